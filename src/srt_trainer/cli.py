@@ -1,0 +1,67 @@
+"""The ``srt`` command: one sub-command per pipeline stage.
+
+Each stage parses its own dataclass config (TRL style: ``--config file.yaml`` plus CLI overrides), so
+``srt STAGE --help`` lists that stage's options with their docstrings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Stage:
+    help: str
+    entry: str | None  # "module:function" taking argv; None while the stage is not built yet
+
+
+STAGES: dict[str, Stage] = {
+    "score": Stage("score rows with the student's IFD / r-IFD statistics", None),
+    "reflect": Stage("rewrite instructions or responses with a teacher LLM", None),
+    "select": Stage("keep the rewrites the student accepts", None),
+    "train": Stage("fine-tune the student on the selected data with TRL's SFTTrainer", None),
+    "run": Stage("the main job: reflect, score, select and train end to end from one config", "srt_trainer.run:main"),
+    "eval": Stage("generate answers, judge them pairwise, aggregate win/tie/lose", None),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="srt",
+        description="Selective Reflection-Tuning: teacher rewrites, student-selected data, TRL fine-tuning.",
+        epilog="Run `srt STAGE --help` for a stage's options.",
+    )
+    from srt_trainer import __version__
+
+    parser.add_argument("--version", action="version", version=f"srt_trainer {__version__}")
+    sub = parser.add_subparsers(dest="stage", metavar="STAGE", title="stages")
+    for name, stage in STAGES.items():
+        label = stage.help if stage.entry else f"{stage.help} [not built yet]"
+        sub.add_parser(name, help=label, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.stage is None:
+        parser.print_help()
+        return 2
+    stage = STAGES[args.stage]
+    if stage.entry is None:
+        print(
+            f"srt {args.stage}: this stage is not built yet in srt_trainer; see the README for what exists today.",
+            file=sys.stderr,
+        )
+        return 2
+    module, func = stage.entry.split(":")
+    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Rows that could not be used: each is kept with the file, row, field and reason, never dropped silently."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass
+class Reject:
+    """One unusable input row.
+
+    ``row`` is the 0-based position of the row in its source (for JSONL, among non-blank lines); ``line`` is the
+    1-based line number where the source has lines. ``raw`` holds the row as read, so nothing is lost.
+    """
+
+    file: str
+    row: int
+    field: str | None
+    reason: str
+    raw: str
+    line: int | None = None
+
+    def describe(self) -> str:
+        where = f"{self.file}: row {self.row}" + (f" (line {self.line})" if self.line is not None else "")
+        field = f", field '{self.field}'" if self.field else ""
+        return f"{where}{field}: {self.reason}"
+
+
+class RowError(ValueError):
+    """A row is unusable; carries the offending field."""
+
+    def __init__(self, field: str | None, reason: str) -> None:
+        super().__init__(reason)
+        self.field = field
+        self.reason = reason
+
+
+def rejects_path_for(output: str | Path) -> Path:
+    """Where the rejects of a stage writing ``output`` go: beside it, ``<stem>.rejects.jsonl``."""
+    output = Path(output)
+    name = output.name
+    for suffix in (".jsonl", ".json", ".parquet"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return output.with_name(f"{name}.rejects.jsonl")
+
+
+def write_rejects(rejects: Iterable[Reject], path: str | Path) -> Path:
+    """Write rejects as JSONL (an empty file when there are none, so a stale file never misleads)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for r in rejects:
+            f.write(json.dumps(asdict(r), ensure_ascii=False) + "\n")
+    return path
+
+
+def summarize_rejects(rejects: list[Reject], limit: int = 5) -> str:
+    """A few lines for the console: the count per reason and the first few rows in full."""
+    if not rejects:
+        return "no rejected rows"
+    counts = Counter(r.reason for r in rejects)
+    lines = [f"{len(rejects)} rejected row(s): " + "; ".join(f"{n}× {reason}" for reason, n in counts.items())]
+    lines += ["  " + r.describe() for r in rejects[:limit]]
+    if len(rejects) > limit:
+        lines.append(f"  ... and {len(rejects) - limit} more")
+    return "\n".join(lines)
