@@ -1,0 +1,201 @@
+"""The four IFD / r-IFD views of a sample, tokenized and masked exactly as the released scorer does.
+
+For a sample (instruction + input ``x``, response ``y``) the student's statistics are four mean token NLLs:
+
+============== ================== ========================= =======================================
+view           text               targets                   truncation
+============== ================== ========================= =======================================
+``out_alone``  ``y``              every token after the 1st ``max_length - len(prompt ids) + 1``
+``out_cond``   ``prompt(x) + y``  from ``len(prompt ids)``  ``max_length``
+``ins_alone``  ``x``              every token after the 1st ``max_length - len(reverse ids) + 1``
+``ins_cond``   ``reverse(y) + x`` from ``len(reverse ids)`` ``max_length``
+============== ================== ========================= =======================================
+
+``x`` is ``instruction + input`` (plain concatenation); every text is tokenized with the tokenizer's default
+special tokens. A multi-turn conversation gives these views for each assistant turn: its response conditioned
+on the dialogue before it, and its user turn predicted from the response.
+
+``DataCollatorForIFD`` does one thing: samples in, padded tensors of their views out (with ``labels`` masked to
+``-100`` outside the targets), usable with a plain ``DataLoader``. The batched scorer uses its ``views`` method
+and packs the views itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from srt_trainer.templates import PromptTemplate
+
+VIEW_KINDS = ("out_alone", "out_cond", "ins_alone", "ins_cond")
+CONDITIONED = frozenset({"out_cond", "ins_cond"})
+IGNORE_INDEX = -100
+
+
+@dataclass
+class View:
+    """One tokenized text whose targets are ``input_ids[target_start:]``."""
+
+    sample: int  # position of the sample in the list given to ``views``
+    turn: int  # 0-based assistant turn
+    kind: str  # one of VIEW_KINDS
+    input_ids: list[int]
+    target_start: int
+
+    @property
+    def num_targets(self) -> int:
+        return len(self.input_ids) - self.target_start
+
+    @property
+    def conditioned(self) -> bool:
+        return self.kind in CONDITIONED
+
+
+@dataclass
+class SampleViews:
+    """The views of one sample, or why it has no statistics."""
+
+    views: list[View] = field(default_factory=list)
+    num_turns: int = 0
+    error: str | None = None
+
+
+@dataclass
+class _Turn:
+    sample: int
+    turn: int
+    context: str  # prompt before the response
+    response: str
+    instruction: str  # the r-IFD target: instruction + input
+    reverse: str  # reverse prompt built from the response
+
+
+def _turns(sample: Mapping[str, Any], template: PromptTemplate, eos_token: str) -> list[tuple[str, str, str]]:
+    """(context, response, instruction text) per assistant turn of a normalized or Alpaca-style sample."""
+    system = sample.get("system") or None
+    messages = sample.get("messages")
+    if messages and len(messages) > 2:
+        out = []
+        for k in range(1, len(messages), 2):
+            context = template.conversation_prompt(messages[:k], system=system, eos_token=eos_token)
+            out.append((context, messages[k]["content"], messages[k - 1]["content"]))
+        return out
+    instruction, input_ = sample.get("instruction") or "", sample.get("input") or ""
+    return [(template.prompt(instruction, input_, system=system), sample.get("output") or "", instruction + input_)]
+
+
+@dataclass
+class DataCollatorForIFD:
+    """Turn samples into their IFD / r-IFD views and pad them into a batch.
+
+    Args:
+        tokenizer: the student's tokenizer (needs a pad token for ``__call__``).
+        template: the prompt template the statistics are computed under.
+        max_length: the release's ``max_length`` (2048).
+    """
+
+    tokenizer: Any
+    template: PromptTemplate
+    max_length: int = 2048
+
+    def _ids(self, texts: list[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        return self.tokenizer(texts, add_special_tokens=True)["input_ids"]
+
+    def _truncate(self, texts: list[str], ids: list[list[int]], limits: list[int]) -> list[list[int]]:
+        # Re-tokenize with the tokenizer's own truncation only where needed: it keeps special tokens right.
+        out = []
+        for text, t, limit in zip(texts, ids, limits, strict=True):
+            if len(t) > limit > 0:
+                t = self.tokenizer(text, truncation=True, max_length=limit)["input_ids"]
+            out.append(t)
+        return out
+
+    def views(self, samples: Sequence[Mapping[str, Any]]) -> list[SampleViews]:
+        """The views of each sample (tokenized in bulk), or the reason it has none."""
+        eos = self.tokenizer.eos_token or ""
+        result = [SampleViews() for _ in samples]
+        turns: list[_Turn] = []
+        for i, sample in enumerate(samples):
+            sample_turns = _turns(sample, self.template, eos)
+            result[i].num_turns = len(sample_turns)
+            for k, (context, response, instruction) in enumerate(sample_turns):
+                if not response.strip():
+                    result[i].error = "empty response" + (f" (turn {k + 1})" if len(sample_turns) > 1 else "")
+                    break
+                turns.append(_Turn(i, k, context, response, instruction, self.template.reverse_prompt(response)))
+        turns = [t for t in turns if result[t.sample].error is None]
+
+        context_ids = self._ids([t.context for t in turns])
+        reverse_ids = self._ids([t.reverse for t in turns])
+        whole = [t.context + t.response for t in turns]
+        whole_rev = [t.reverse + t.instruction for t in turns]
+        out_cond = self._truncate(whole, self._ids(whole), [self.max_length] * len(turns))
+        ins_cond = self._truncate(whole_rev, self._ids(whole_rev), [self.max_length] * len(turns))
+        responses = [t.response for t in turns]
+        instructions = [t.instruction for t in turns]
+        out_alone = self._truncate(
+            responses, self._ids(responses), [self.max_length - len(c) + 1 for c in context_ids]
+        )
+        ins_alone = self._truncate(
+            instructions, self._ids(instructions), [self.max_length - len(r) + 1 for r in reverse_ids]
+        )
+        for j, t in enumerate(turns):
+            entry = result[t.sample]
+            if entry.error is not None:
+                continue
+            views = [
+                View(t.sample, t.turn, "out_alone", out_alone[j], 1),
+                View(t.sample, t.turn, "out_cond", out_cond[j], len(context_ids[j])),
+                View(t.sample, t.turn, "ins_alone", ins_alone[j], 1),
+                View(t.sample, t.turn, "ins_cond", ins_cond[j], len(reverse_ids[j])),
+            ]
+            empty = [v.kind for v in views if v.num_targets <= 0]
+            if empty:
+                entry.error = _no_target_reason(empty[0], len(context_ids[j]), len(reverse_ids[j]), self.max_length)
+                entry.views = []
+                continue
+            entry.views += views
+        return result
+
+    def pad(self, views: Sequence[View], prefix_len: int = 0) -> dict[str, torch.Tensor]:
+        """Right-padded ``input_ids`` / ``attention_mask`` / ``labels`` of ``views``, skipping the first
+        ``prefix_len`` tokens of each (a shared prefix whose keys and values are computed once)."""
+        length = max(len(v.input_ids) - prefix_len for v in views)
+        pad_id = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(views), length), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(views), length), dtype=torch.long)
+        labels = torch.full((len(views), length), IGNORE_INDEX, dtype=torch.long)
+        for i, v in enumerate(views):
+            ids = torch.tensor(v.input_ids[prefix_len:], dtype=torch.long)
+            input_ids[i, : len(ids)] = ids
+            attention_mask[i, : len(ids)] = 1
+            start = max(v.target_start - prefix_len, 0)
+            labels[i, start : len(ids)] = ids[start:]
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        """Samples to a padded batch of all their views, with ``view_sample`` / ``view_turn`` / ``view_kind``
+        (index into ``VIEW_KINDS``) telling which statistic each row of the batch is. Samples without
+        statistics contribute no rows."""
+        views = [v for sv in self.views(features) for v in sv.views]
+        if not views:
+            raise ValueError("none of the samples in this batch has statistics")
+        batch = self.pad(views)
+        batch["view_sample"] = torch.tensor([v.sample for v in views])
+        batch["view_turn"] = torch.tensor([v.turn for v in views])
+        batch["view_kind"] = torch.tensor([VIEW_KINDS.index(v.kind) for v in views])
+        return batch
+
+
+def _no_target_reason(kind: str, prompt_len: int, reverse_len: int, max_length: int) -> str:
+    if kind == "out_cond" or (kind == "out_alone" and prompt_len >= max_length):
+        return f"prompt is {prompt_len} tokens: no room for the response within max_length {max_length}"
+    if kind == "ins_cond" or (kind == "ins_alone" and reverse_len >= max_length):
+        return f"reverse prompt is {reverse_len} tokens: no room for the instruction within max_length {max_length}"
+    what = "response" if kind == "out_alone" else "instruction"
+    return f"{what} is a single token: its unconditioned loss has no target (every token after the first)"
