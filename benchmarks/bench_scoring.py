@@ -123,8 +123,10 @@ def main() -> None:
     views = [v for sv in DataCollatorForIFD(tokenizer, template, args.max_length).views(rows) for v in sv.views]
     tokens = sum(len(v.input_ids) for v in views)
     peaks = {d: matmul_peak(getattr(torch, d), args.device) for d in ("float32", "bfloat16")}
-    print(f"device {args.device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads); "
-          f"matmul peak fp32 {peaks['float32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bfloat16'] / 1e9:.0f} GFLOP/s")
+    print(
+        f"device {args.device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads); "
+        f"matmul peak fp32 {peaks['float32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bfloat16'] / 1e9:.0f} GFLOP/s"
+    )
     print(f"{args.n} samples, {len(views)} views, {tokens} tokens (loop on {loop_n})")
 
     results = []
@@ -137,8 +139,17 @@ def main() -> None:
         scores = release_loop(model, tokenizer, template, sub, args.max_length, args.device)
         dt = time.perf_counter() - start
         flops = model_flops(model, sub_views, None, logits_for_all=True)
-        results.append({"method": f"release loop {dtype}", "dtype": dtype, "seconds": dt, "samples": loop_n,
-                        "tokens": sum(len(v.input_ids) for v in sub_views), "flops": flops, "scores": scores})
+        results.append(
+            {
+                "method": f"release loop {dtype}",
+                "dtype": dtype,
+                "seconds": dt,
+                "samples": loop_n,
+                "tokens": sum(len(v.input_ids) for v in sub_views),
+                "flops": flops,
+                "scores": scores,
+            }
+        )
         if dtype == "float32":
             reference = scores
     for dtype in args.scorer_dtypes.split(","):
@@ -153,8 +164,17 @@ def main() -> None:
         dt = time.perf_counter() - start
         prefix = {k: scorer._shared_prefix_length([v for v in views if v.kind == k]) for k in ("out_cond", "ins_cond")}
         flops = model_flops(model, views, prefix, logits_for_all=False)
-        results.append({"method": f"scorer {dtype}", "dtype": dtype, "seconds": dt, "samples": args.n,
-                        "tokens": tokens, "flops": flops, "scores": scores})
+        results.append(
+            {
+                "method": f"scorer {dtype}",
+                "dtype": dtype,
+                "seconds": dt,
+                "samples": args.n,
+                "tokens": tokens,
+                "flops": flops,
+                "scores": scores,
+            }
+        )
 
     base = next(r for r in results if r["method"] == "release loop float32")
     base_rate = base["samples"] / base["seconds"]
@@ -169,14 +189,16 @@ def main() -> None:
         r["ratio_vs_loop_fp32"] = rate / base_rate
         n = min(len(r["scores"]), len(reference))
         if r["dtype"] == "float32":
-            rel = max(abs(a[k] - b[k]) / abs(b[k]) for a, b in zip(r["scores"][:n], reference[:n])
+            rel = max(abs(a[k] - b[k]) / abs(b[k]) for a, b in zip(r["scores"][:n], reference[:n], strict=True)
                       for k in (*LOSS_COLUMNS, "ifd", "rifd"))  # fmt: skip
             r["agreement"] = f"max rel diff {rel:.1e}"
         else:
             ifd = [s["ifd"] for s in r["scores"][:n]]
             r["agreement"] = f"Spearman IFD {spearman(ifd, [s['ifd'] for s in reference[:n]]):.4f}"
-        print(f"{r['method']:<24}{rate:>10.2f}{r['tokens_per_s']:>10.0f}{gflops:>9.0f}{r['pct_peak']:>7.0f}%"
-              f"{r['ratio_vs_loop_fp32']:>11.2f}×  {r['agreement']}")
+        print(
+            f"{r['method']:<24}{rate:>10.2f}{r['tokens_per_s']:>10.0f}{gflops:>9.0f}{r['pct_peak']:>7.0f}%"
+            f"{r['ratio_vs_loop_fp32']:>11.2f}×  {r['agreement']}"
+        )
     if args.json:
         for r in results:
             r.pop("scores")

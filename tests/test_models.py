@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.metadata
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ from transformers import AutoConfig
 
 from srt_trainer.models import EmbeddedModelError, ensure_pad_token, find_embedded_gguf, load_student, load_tokenizer
 from srt_trainer.models import embedded as embedded_mod
+from tests.conftest import ARCHS
 
 
 def test_embedded_gguf_comes_from_the_installed_wheel():
@@ -68,68 +68,7 @@ def test_dtype_and_device_options(embedded_dir):
         load_student(embedded_dir, dtype="float8")
 
 
-# --- other architectures: tokenizers trained on real data, tiny random models from configs -----------------
-
-
-def _train_tokenizer(texts: list[str], *, bos: bool, specials: dict[str, str]):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token=specials.get("unk_token")))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600, special_tokens=list(specials.values()), initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(texts, trainer)
-    if bos:  # Llama-style: BOS prepended to every text
-        b = specials["bos_token"]
-        tok.post_processor = processors.TemplateProcessing(
-            single=f"{b} $A", pair=f"{b} $A {b} $B", special_tokens=[(b, tok.token_to_id(b))]
-        )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, **specials)
-
-
-ARCHS = {
-    # name: (config factory, prepends BOS, special tokens); only Qwen2 has a pad token of its own
-    "llama": ("LlamaConfig", True, {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}),
-    "mistral": ("MistralConfig", True, {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}),
-    "gpt2": ("GPT2Config", False, {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}),
-    "qwen2": ("Qwen2Config", False, {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}),
-}
-
-
-@pytest.fixture(scope="module")
-def tiny_models(alpaca_rows, tmp_path_factory) -> dict[str, Path]:
-    import transformers
-
-    texts = [r["instruction"] + " " + r["input"] + " " + r["output"] for r in alpaca_rows[:500]]
-    folders = {}
-    for name, (config_cls, bos, specials) in ARCHS.items():
-        folder = tmp_path_factory.mktemp(name)
-        tok = _train_tokenizer(texts, bos=bos, specials=specials)
-        tok.save_pretrained(folder)
-        size = (
-            {"n_embd": 32, "n_layer": 2, "n_head": 2}
-            if name == "gpt2"
-            else {
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 2,
-                "num_key_value_heads": 1,
-            }
-        )
-        ids = {
-            k.replace("_token", "_token_id"): tok.convert_tokens_to_ids(v)
-            for k, v in specials.items()
-            if k in ("bos_token", "eos_token")
-        }
-        config = getattr(transformers, config_cls)(vocab_size=len(tok), **size, **ids)
-        torch.manual_seed(0)
-        transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-        folders[name] = folder
-    return folders
+# --- other architectures: tokenizers trained on real data, tiny random models from configs (conftest) ------
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))

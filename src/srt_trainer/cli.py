@@ -20,7 +20,7 @@ class Stage:
 
 
 STAGES: dict[str, Stage] = {
-    "score": Stage("score rows with the student's IFD / r-IFD statistics", None),
+    "score": Stage("score rows with the student's IFD / r-IFD statistics", "srt_trainer.scoring.cli:main"),
     "reflect": Stage("rewrite instructions or responses with a teacher LLM", None),
     "select": Stage("keep the rewrites the student accepts", None),
     "train": Stage("fine-tune the student on the selected data with TRL's SFTTrainer", None),

@@ -60,9 +60,10 @@ def _text(row: Mapping[str, Any], field: str, *, required: bool, label: str | No
 
 def normalize_alpaca(row: Mapping[str, Any], require_output: bool = True) -> dict[str, Any]:
     instruction = _text(row, "instruction", required=True)
-    if not instruction.strip():
-        raise RowError("instruction", "empty instruction")
     input_ = _text(row, "input", required=False)
+    # A row with only an input is usable: the statistics' instruction text is instruction + input.
+    if not instruction.strip() and not input_.strip():
+        raise RowError("instruction", "empty instruction")
     output = _text(row, "output", required=require_output)
     system = _text(row, "system", required=False)
     user = f"{instruction}\n{input_}" if input_ else instruction

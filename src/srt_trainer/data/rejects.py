@@ -41,13 +41,9 @@ class RowError(ValueError):
 
 def rejects_path_for(output: str | Path) -> Path:
     """Where the rejects of a stage writing ``output`` go: beside it, ``<stem>.rejects.jsonl``."""
-    output = Path(output)
-    name = output.name
-    for suffix in (".jsonl", ".json", ".parquet"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return output.with_name(f"{name}.rejects.jsonl")
+    from srt_trainer.io import sidecar_path
+
+    return sidecar_path(output, "rejects.jsonl")
 
 
 def write_rejects(rejects: Iterable[Reject], path: str | Path) -> Path:

@@ -73,15 +73,30 @@ def load_student(
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
     revision: str | None = None,
+    adapter: str | Path | None = None,
+    load_in_4bit: bool = False,
+    load_in_8bit: bool = False,
     **model_kwargs: Any,
 ) -> Any:
     """A causal LM in eval mode on ``device`` (default: CUDA when present, else CPU).
 
+    ``adapter`` is a PEFT adapter folder applied on top (LoRA stays unmerged, as trained);
+    ``load_in_4bit`` / ``load_in_8bit`` quantize with bitsandbytes (NF4, computing in ``dtype``).
     ``device="auto"`` spreads the model with accelerate's ``device_map``; other keyword arguments go to
-    ``AutoModelForCausalLM.from_pretrained`` (``quantization_config`` for bitsandbytes, for example).
+    ``AutoModelForCausalLM.from_pretrained``.
     """
     from transformers import AutoModelForCausalLM
 
+    if load_in_4bit or load_in_8bit:
+        from transformers import BitsAndBytesConfig
+
+        compute = resolve_dtype(dtype)
+        model_kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=load_in_4bit,
+            load_in_8bit=load_in_8bit,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=compute if isinstance(compute, torch.dtype) else torch.bfloat16,
+        )
     path = resolve_model_path(model_name_or_path)
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
     if attn_implementation:
@@ -94,5 +109,9 @@ def load_student(
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if "device_map" not in kwargs:
         model.to(device or default_device())
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter))
     model.eval()
     return model

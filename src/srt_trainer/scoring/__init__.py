@@ -1,0 +1,18 @@
+"""The student's statistics: IFD / r-IFD views (collator), the batched scorer, the sharded multi-process runner."""
+
+from srt_trainer.scoring.collator import VIEW_KINDS, DataCollatorForIFD, SampleViews, View
+from srt_trainer.scoring.runner import ResumeMismatchError, score_dataset
+from srt_trainer.scoring.scorer import LOSS_COLUMNS, STAT_COLUMNS, IFDScorer, stats_from_losses
+
+__all__ = [
+    "LOSS_COLUMNS",
+    "STAT_COLUMNS",
+    "VIEW_KINDS",
+    "DataCollatorForIFD",
+    "IFDScorer",
+    "ResumeMismatchError",
+    "SampleViews",
+    "View",
+    "score_dataset",
+    "stats_from_losses",
+]

@@ -138,9 +138,7 @@ class DataCollatorForIFD:
         ins_cond = self._truncate(whole_rev, self._ids(whole_rev), [self.max_length] * len(turns))
         responses = [t.response for t in turns]
         instructions = [t.instruction for t in turns]
-        out_alone = self._truncate(
-            responses, self._ids(responses), [self.max_length - len(c) + 1 for c in context_ids]
-        )
+        out_alone = self._truncate(responses, self._ids(responses), [self.max_length - len(c) + 1 for c in context_ids])
         ins_alone = self._truncate(
             instructions, self._ids(instructions), [self.max_length - len(r) + 1 for r in reverse_ids]
         )

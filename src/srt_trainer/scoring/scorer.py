@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from srt_trainer.scoring.collator import CONDITIONED, VIEW_KINDS, DataCollatorForIFD, View
 from srt_trainer.templates import PromptTemplate, get_template
@@ -86,6 +85,11 @@ def stats_from_losses(losses: Mapping[str, float]) -> dict[str, float]:
     out["ifd_loss"] = losses["loss_out_cond"] / losses["loss_out_alone"]
     out["rifd_loss"] = losses["loss_ins_cond"] / losses["loss_ins_alone"]
     return out
+
+
+def _nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-row cross-entropy; logsumexp reduces without writing a full log-softmax matrix back to memory."""
+    return torch.logsumexp(logits, dim=-1) - logits.gather(-1, targets[:, None]).squeeze(-1)
 
 
 def _unwrap(model: Any) -> Any:
@@ -196,11 +200,10 @@ class IFDScorer:
         if self.fast_path:
             rows = self._decoder(**kwargs).last_hidden_state[:, :-1][keep]
             chunk = max(1, self.logits_chunk // self._head.weight.shape[0])
-            nll = torch.cat([F.cross_entropy(self._project(rows[i : i + chunk]), targets[i : i + chunk],
-                                             reduction="none") for i in range(0, len(rows), chunk)])  # fmt: skip
+            nll = torch.cat([_nll(self._project(rows[i : i + chunk]), targets[i : i + chunk])
+                             for i in range(0, len(rows), chunk)])  # fmt: skip
         else:
-            logits = self.model(**kwargs).logits[:, :-1][keep].float()
-            nll = F.cross_entropy(logits, targets, reduction="none")
+            nll = _nll(self.model(**kwargs).logits[:, :-1][keep].float(), targets)
         sums = torch.zeros(b, dtype=torch.float64, device=self.device).index_add_(0, owner, nll.double())
         counts = torch.bincount(owner, minlength=b)
         return sums.cpu().numpy(), counts.cpu().numpy()

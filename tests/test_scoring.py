@@ -1,0 +1,179 @@
+"""The batched scorer against the golden file and against the slow one-sample-at-a-time reference."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from srt_trainer.models import load_student, load_tokenizer
+from srt_trainer.scoring import STAT_COLUMNS, IFDScorer
+from srt_trainer.scoring.runner import assign_shards
+from srt_trainer.scoring.scorer import common_prefix_length, pack_by_token_budget
+from srt_trainer.templates import get_template
+from tests.reference_scorer import reference_sample
+
+CHECKED = ("loss_ins_alone", "loss_out_alone", "loss_ins_cond", "loss_out_cond", "ifd", "rifd")
+
+
+def assert_close_rel(got: dict, want: dict, rel: float = 1e-4) -> None:
+    for k in CHECKED:
+        assert got[k] == pytest.approx(want[k], rel=rel), k
+
+
+@pytest.fixture(scope="module")
+def fp32_scores_200(embedded_model, embedded_tokenizer, alpaca_rows):
+    """fp32 statistics of the first 200 real rows (shared by the golden and the bf16 tests)."""
+    return IFDScorer(embedded_model, embedded_tokenizer, "vicuna").score(alpaca_rows[:200])
+
+
+def test_golden_fp32(fp32_scores_200, shared_data):
+    golden = [json.loads(x) for x in (shared_data / "golden_smollm2_vicuna_64.jsonl").read_text().splitlines()]
+    assert len(golden) == 64
+    for got, want in zip(fp32_scores_200[:64], golden, strict=True):
+        assert got["score_error"] is None
+        assert_close_rel(got, want, rel=1e-4)
+        assert got["ifd_loss"] == pytest.approx(want["loss_out_cond"] / want["loss_out_alone"], rel=1e-4)
+
+
+def test_bf16_ranks_agree_with_fp32(fp32_scores_200, embedded_dir, embedded_tokenizer, alpaca_rows):
+    model = load_student(embedded_dir, dtype="bfloat16", device="cpu")
+    bf16 = IFDScorer(model, embedded_tokenizer, "vicuna").score(alpaca_rows[:200])
+    a = np.array([r["ifd"] for r in fp32_scores_200])
+    b = np.array([r["ifd"] for r in bf16])
+    ranks = lambda x: np.argsort(np.argsort(x))  # noqa: E731
+    rho = np.corrcoef(ranks(a), ranks(b))[0, 1]
+    print(f"Spearman(IFD fp32, bf16) over 200 real samples = {rho:.4f}")
+    assert rho >= 0.99
+
+
+@pytest.mark.parametrize("template", ["alpaca", "wizardlm", "chat"])
+def test_embedded_other_templates_match_reference(template, embedded_model, embedded_tokenizer, alpaca_rows):
+    t = get_template(template, embedded_tokenizer)
+    rows = alpaca_rows[3000:3006]  # other data than the golden rows, with and without inputs
+    got = IFDScorer(embedded_model, embedded_tokenizer, t).score(rows)
+    for g, r in zip(got, rows, strict=True):
+        assert_close_rel(g, reference_sample(embedded_model, embedded_tokenizer, t, r), rel=1e-4)
+
+
+def test_compressed_data_and_truncation_match_reference(embedded_model, embedded_tokenizer, shared_data):
+    """Other data (inputs folded into the instruction), with max_length just past the r-IFD context, so the
+    conditioned response view and the response alone are cut."""
+    t, tok = get_template("vicuna"), embedded_tokenizer
+    n = lambda text: len(tok(text)["input_ids"])  # noqa: E731
+    data = json.loads((shared_data / "cherry_alpaca_5_percent_compressed.json").read_text())
+    rows = [{**r, "input": ""} for r in data if n(t.prompt(r["instruction"])) > 80][:4]
+    assert len(rows) == 4
+    for r in rows:
+        max_length = n(t.reverse_prompt(r["output"])) + 4
+        assert n(t.prompt(r["instruction"]) + r["output"]) > max_length  # the cut is real
+        (got,) = IFDScorer(embedded_model, tok, t, max_length=max_length).score([r])
+        assert got["score_error"] is None
+        assert_close_rel(got, reference_sample(embedded_model, tok, t, r, max_length=max_length))
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "gpt2", "qwen2"])
+def test_other_tokenizers_with_and_without_bos_match_reference(arch, tiny_models, alpaca_rows):
+    tok = load_tokenizer(tiny_models[arch])
+    model = load_student(tiny_models[arch], device="cpu")
+    t = get_template("vicuna")
+    rows = alpaca_rows[10:30]
+    scorer = IFDScorer(model, tok, t, token_budget=1024)
+    assert scorer.fast_path
+    for g, r in zip(scorer.score(rows), rows, strict=True):
+        assert_close_rel(g, reference_sample(model, tok, t, r), rel=1e-4)
+
+
+def test_multi_turn_per_turn_and_mean(embedded_model, embedded_tokenizer, alpaca_rows):
+    a, b = alpaca_rows[5], alpaca_rows[6]
+    msgs = [
+        {"role": "user", "content": a["instruction"]},
+        {"role": "assistant", "content": a["output"]},
+        {"role": "user", "content": b["instruction"]},
+        {"role": "assistant", "content": b["output"]},
+    ]
+    sample = {"instruction": a["instruction"], "input": "", "output": a["output"], "messages": msgs}
+    t = get_template("vicuna")
+    (got,) = IFDScorer(embedded_model, embedded_tokenizer, t).score([sample])
+    assert got["num_turns"] == 2 and len(got["ifd_turns"]) == 2
+    assert got["ifd"] == pytest.approx(sum(got["ifd_turns"]) / 2)
+    assert_close_rel(got, reference_sample(embedded_model, embedded_tokenizer, t, sample))
+
+
+def test_shared_prefix_is_exact(embedded_model, embedded_tokenizer, alpaca_rows):
+    rows = alpaca_rows[40:52]
+    shared = IFDScorer(embedded_model, embedded_tokenizer, "vicuna")
+    plain = IFDScorer(embedded_model, embedded_tokenizer, "vicuna", share_prefix=False)
+    views = [v for sv in shared.collator.views(rows) for v in sv.views]
+    assert shared._shared_prefix_length([v for v in views if v.kind == "out_cond"]) >= 30
+    assert shared._shared_prefix_length([v for v in views if v.kind == "ins_cond"]) >= 45
+    for x, y in zip(shared.score(rows), plain.score(rows), strict=True):
+        assert_close_rel(x, y, rel=1e-5)
+
+
+def test_lora_adapter_on_its_base(tiny_models, alpaca_rows, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    folder = tiny_models["llama"]
+    tok = load_tokenizer(folder)
+    torch.manual_seed(1)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(load_student(folder, device="cpu"), lora)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    adapted = load_student(folder, device="cpu", adapter=tmp_path / "adapter")
+    merged = load_student(folder, device="cpu", adapter=tmp_path / "adapter").merge_and_unload()
+    base = load_student(folder, device="cpu")
+    t = get_template("vicuna")
+    rows = alpaca_rows[:8]
+    got = IFDScorer(adapted, tok, t).score(rows)
+    for g, r in zip(got, rows, strict=True):
+        assert_close_rel(g, reference_sample(merged, tok, t, r), rel=1e-4)
+    plain = IFDScorer(base, tok, t).score(rows)
+    assert any(abs(g["ifd"] - p["ifd"]) > 1e-4 for g, p in zip(got, plain, strict=True))  # the adapter counts
+
+
+def test_models_whose_logits_need_more_than_the_head_fall_back(tiny_models, alpaca_rows):
+    """Gemma-2 soft-caps its logits: the fast path disagrees with forward(), so full forwards are used."""
+    import transformers
+
+    tok = load_tokenizer(tiny_models["llama"])
+    config = transformers.Gemma2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                       final_logit_softcapping=0.5, sliding_window=4096)  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    t = get_template("vicuna")
+    scorer = IFDScorer(model, tok, t)
+    assert not scorer.fast_path
+    rows = alpaca_rows[:6]
+    for g, r in zip(scorer.score(rows), rows, strict=True):
+        assert_close_rel(g, reference_sample(model, tok, t, r), rel=1e-4)
+
+
+def test_edge_rows_are_kept_and_marked(embedded_model, embedded_tokenizer):
+    rows = [
+        {"instruction": "Name a color.", "input": "", "output": ""},
+        {"instruction": "", "input": "Summarize: the cat sat on the mat all day.", "output": "A cat rested."},
+        {"instruction": "Write a long story.", "input": "", "output": "Once upon a time " * 200},
+    ]
+    got = IFDScorer(embedded_model, embedded_tokenizer, "vicuna", max_length=128).score(rows)
+    assert got[0]["score_error"] == "empty response" and all(got[0][c] is None for c in STAT_COLUMNS)
+    assert got[1]["score_error"] is None and math.isfinite(got[1]["ifd"])
+    assert got[2]["score_error"].startswith("reverse prompt is")  # the response fills the r-IFD context
+
+
+def test_packing_and_shard_assignment():
+    lengths = [5, 300, 40, 41, 300, 7, 120, 119, 2000]
+    batches = pack_by_token_budget(lengths, token_budget=700, max_batch_size=3)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) <= 3 and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 700)
+    assert [8] in batches  # an over-budget view still gets a batch of its own
+    work = [10, 50, 30, 30, 20, 60]
+    owned = assign_shards(work, 2)
+    assert sorted(k for ks in owned for k in ks) == list(range(6))
+    assert abs(sum(work[k] for k in owned[0]) - sum(work[k] for k in owned[1])) <= 10
+    assert common_prefix_length([[1, 2, 3], [1, 2, 4], [1, 2]]) == 2 and common_prefix_length([]) == 0
