@@ -51,17 +51,15 @@ def test_main_job_on_the_recipe_config(tmp_path, embedded_dir):
     res = _srt("run", str(config), "--output_dir", str(tmp_path / "demo"), "--max_new_tokens", "16")
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert summary["data"] == {
-        "source": summary["data"]["source"],
-        "format": "alpaca",
-        "rows_read": 32,
-        "usable": 32,
-        "rejected": 0,
-    }
+    assert summary["scoring"]["rows"] == summary["scoring"]["scored"] == 32
+    assert summary["scoring"]["rejected_rows"] == 0 and 0 < summary["scoring"]["ifd_quantiles"]["0.5"] < 2
+    scores = [json.loads(x) for x in (tmp_path / "demo" / "scores.jsonl").read_text().splitlines()]
+    assert len(scores) == 32 and all(r["ifd"] > 0 and r["rifd"] > 0 for r in scores)
+    assert (tmp_path / "demo" / "scores.hist.png").exists()
     answers = [json.loads(x) for x in (tmp_path / "demo" / "answers.jsonl").read_text().splitlines()]
     assert len(answers) == 4 and all(a["output"].strip() for a in answers)
     assert "USER: Give three tips for keeping houseplants healthy. ASSISTANT:" in res.stdout
-    assert (tmp_path / "demo" / "data.rejects.jsonl").read_text() == ""
+    assert (tmp_path / "demo" / "scores.rejects.jsonl").read_text() == ""
 
 
 def test_main_job_on_real_data_reports_rejects(tmp_path, alpaca_rows, embedded_dir):
@@ -70,6 +68,6 @@ def test_main_job_on_real_data_reports_rejects(tmp_path, alpaca_rows, embedded_d
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     res = _srt("run", "--data", str(data), "--held_out", "", "--output_dir", str(tmp_path / "o"))
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "21 rows read as alpaca, 20 usable" in res.stdout
-    rejects = [json.loads(x) for x in (tmp_path / "o" / "data.rejects.jsonl").read_text().splitlines()]
+    assert "21 rows read (alpaca), 20 to score" in res.stdout
+    rejects = [json.loads(x) for x in (tmp_path / "o" / "scores.rejects.jsonl").read_text().splitlines()]
     assert [(r["row"], r["field"], r["reason"]) for r in rejects] == [(20, "instruction", "empty instruction")]

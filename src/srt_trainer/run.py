@@ -1,8 +1,8 @@
 """The main job, ``srt run CONFIG``.
 
-Today it is the pipeline's first slice: it loads the instruction data (with its rejects), loads the student,
-shows the prompt format, and lets the untuned student answer the held-out instructions. Reflection, scoring,
-selection and training join here as they are built.
+Today it is the pipeline's first slices: it scores the instruction data with the student (IFD / r-IFD, with a
+summary, a histogram and the rejected rows), shows the prompt format, and lets the untuned student answer the
+held-out instructions. Reflection, selection and training join here as they are built.
 """
 
 from __future__ import annotations
@@ -55,29 +55,26 @@ class RunConfig:
 
 def run(config: RunConfig) -> dict:
     """Run the job and return its summary (also written to ``output_dir/summary.json``)."""
-    from srt_trainer.data import load_instruction_data, summarize_rejects
+    from srt_trainer.data import load_instruction_data
     from srt_trainer.generation import generate_answers
     from srt_trainer.models import load_student, load_tokenizer
     from srt_trainer.resources import resolve_data
+    from srt_trainer.scoring.cli import ScoreConfig, run_score
     from srt_trainer.templates import get_template
 
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    data = load_instruction_data(
-        resolve_data(config.data), format=config.data_format, rejects_path=out / "data.rejects.jsonl"
-    )
-    held_out = (
-        load_instruction_data(
-            resolve_data(config.held_out), rejects_path=out / "held_out.rejects.jsonl", require_output=False
+    # 1. the student's statistics of every row (resumable: finished shards are kept beside the output)
+    scored = run_score(
+        ScoreConfig(
+            data=resolve_data(config.data), output=str(out / "scores.jsonl"), data_format=config.data_format,
+            model=config.model_name_or_path, template=config.template, dtype=config.dtype, device=config.device,
+            trust_remote_code=config.trust_remote_code,
         )
-        if config.held_out
-        else None
-    )
-    print(
-        f"data: {data.source}: {data.num_rows_read} rows read as {data.format}, {len(data.dataset)} usable; "
-        f"{summarize_rejects(data.rejects)}"
-    )
+    )  # fmt: skip
+    scoring = json.loads((out / "scores.summary.json").read_text())
 
+    # 2. the student answers the held-out instructions in the training format
     tokenizer = load_tokenizer(config.model_name_or_path, trust_remote_code=config.trust_remote_code)
     model = load_student(
         config.model_name_or_path, dtype=config.dtype, device=config.device, trust_remote_code=config.trust_remote_code
@@ -88,14 +85,16 @@ def run(config: RunConfig) -> dict:
         f"student: {config.model_name_or_path} ({model.config.model_type}, {n_params / 1e6:.1f}M parameters, "
         f"{model.dtype}, {model.device}); template: {config.template}"
     )
-    first = data.dataset[0]
-    print("first prompt:\n" + template.prompt(first["instruction"], first["input"]) + "\n")
-
+    if scored:
+        print("first prompt:\n" + template.prompt(scored[0]["instruction"], scored[0]["input"]) + "\n")
     answers = []
-    if held_out is not None and len(held_out.dataset):
-        prompts = [template.prompt(r["instruction"], r["input"]) for r in held_out.dataset]
+    if config.held_out:
+        held_out = load_instruction_data(
+            resolve_data(config.held_out), rejects_path=out / "held_out.rejects.jsonl", require_output=False
+        ).dataset
+        prompts = [template.prompt(r["instruction"], r["input"]) for r in held_out]
         texts = generate_answers(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens)
-        answers = [{"instruction": r["instruction"], "output": t} for r, t in zip(held_out.dataset, texts, strict=True)]
+        answers = [{"instruction": r["instruction"], "output": t} for r, t in zip(held_out, texts, strict=True)]
         with (out / "answers.jsonl").open("w", encoding="utf-8") as f:
             for a in answers:
                 f.write(json.dumps(a, ensure_ascii=False) + "\n")
@@ -104,19 +103,14 @@ def run(config: RunConfig) -> dict:
 
     summary = {
         "config": asdict(config),
-        "data": {
-            "source": data.source,
-            "format": data.format,
-            "rows_read": data.num_rows_read,
-            "usable": len(data.dataset),
-            "rejected": len(data.rejects),
-        },
+        "scoring": {k: scoring[k] for k in ("data", "rows", "scored", "without_statistics", "rejected_rows",
+                                            "ifd_quantiles", "rifd_quantiles", "share_ifd_above_1") if k in scoring},
         "student": {"parameters": n_params, "model_type": model.config.model_type, "dtype": str(model.dtype)},
         "held_out_answers": len(answers),
-        "stages_not_built_yet": ["reflect", "score", "select", "train"],
-    }
+        "stages_not_built_yet": ["reflect", "select", "train"],
+    }  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"wrote {out}/summary.json; reflection, scoring, selection and training are not built yet.")
+    print(f"wrote {out}/summary.json; reflection, selection and training are not built yet.")
     return summary
 
 
