@@ -15,6 +15,7 @@ whose logits need more than that (soft-capping, scaling, exotic heads) falls bac
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -24,6 +25,8 @@ import torch
 
 from srt_trainer.scoring.collator import CONDITIONED, VIEW_KINDS, DataCollatorForIFD, View
 from srt_trainer.templates import PromptTemplate, get_template
+
+logger = logging.getLogger(__name__)
 
 LOSS_COLUMNS = ("loss_ins_alone", "loss_out_alone", "loss_ins_cond", "loss_out_cond")
 STAT_COLUMNS = (*LOSS_COLUMNS, "ifd", "rifd", "ifd_loss", "rifd_loss")
@@ -97,6 +100,12 @@ def _unwrap(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def _batch_dependent(model: Any) -> bool:
+    """Whether the model has layers whose arithmetic depends on the other rows of a batch (LLM.int8 outliers)."""
+    return any(type(m).__name__ == "Linear8bitLt" and getattr(getattr(m, "state", None), "threshold", 0) > 0
+               for m in model.modules())  # fmt: skip
+
+
 def _has_sliding_window(config: Any) -> bool:
     layer_types = getattr(config, "layer_types", None) or []
     if any(t != "full_attention" for t in layer_types):
@@ -135,10 +144,15 @@ class IFDScorer:
         self.tokenizer = tokenizer
         self.collator = DataCollatorForIFD(tokenizer, template, max_length)
         self.token_budget = token_budget
-        self.max_batch_size = max_batch_size
         self.logits_chunk = logits_chunk
         inner = _unwrap(model)
         self._config = inner.config
+        if _batch_dependent(inner):
+            # LLM.int8() picks outlier columns from all rows of a product: a view's numbers would depend on the
+            # other views in its batch (and on which prefix rows were cached). One whole view per forward.
+            logger.warning("8-bit (LLM.int8) student: scoring one view per forward so scores do not depend on batching")
+            max_batch_size, share_prefix = 1, False
+        self.max_batch_size = max_batch_size
         self.share_prefix = share_prefix and not _has_sliding_window(self._config)
         self.device = inner.get_input_embeddings().weight.device
         self._decoder = inner.get_decoder() if hasattr(inner, "get_decoder") else None
