@@ -162,7 +162,7 @@ def main() -> None:
         scores = scorer.score(rows)
         sync(args.device)
         dt = time.perf_counter() - start
-        prefix = {k: scorer._shared_prefix_length([v for v in views if v.kind == k]) for k in ("out_cond", "ins_cond")}
+        prefix = {k: scorer.shared_prefix_length([v for v in views if v.kind == k]) for k in ("out_cond", "ins_cond")}
         flops = model_flops(model, views, prefix, logits_for_all=False)
         results.append(
             {

@@ -108,8 +108,8 @@ def test_shared_prefix_is_exact(embedded_model, embedded_tokenizer, alpaca_rows)
     shared = IFDScorer(embedded_model, embedded_tokenizer, "vicuna")
     plain = IFDScorer(embedded_model, embedded_tokenizer, "vicuna", share_prefix=False)
     views = [v for sv in shared.collator.views(rows) for v in sv.views]
-    assert shared._shared_prefix_length([v for v in views if v.kind == "out_cond"]) >= 30
-    assert shared._shared_prefix_length([v for v in views if v.kind == "ins_cond"]) >= 45
+    assert shared.shared_prefix_length([v for v in views if v.kind == "out_cond"]) >= 30
+    assert shared.shared_prefix_length([v for v in views if v.kind == "ins_cond"]) >= 45
     for x, y in zip(shared.score(rows), plain.score(rows), strict=True):
         assert_close_rel(x, y, rel=1e-5)
 

@@ -224,7 +224,8 @@ class IFDScorer:
 
     # -- public API ---------------------------------------------------------------------------------------------
 
-    def _shared_prefix_length(self, views: Sequence[View]) -> int:
+    def shared_prefix_length(self, views: Sequence[View]) -> int:
+        """Tokens at the start of every view in ``views`` whose keys and values can be computed once."""
         if not views or not self.share_prefix:
             return 0
         plen = common_prefix_length([v.input_ids for v in views])
@@ -240,7 +241,7 @@ class IFDScorer:
         rest: list[int] = []
         for kind in VIEW_KINDS:
             members = [i for i, v in enumerate(views) if v.kind == kind]
-            plen = self._shared_prefix_length([views[i] for i in members]) if kind in CONDITIONED else 0
+            plen = self.shared_prefix_length([views[i] for i in members]) if kind in CONDITIONED else 0
             if plen >= MIN_SHARED_PREFIX:
                 groups.append((members, plen, self._prefix_kv(views[members[0]].input_ids[:plen])))
             else:
