@@ -64,21 +64,24 @@ def run(config: RunConfig) -> dict:
 
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # one student for both steps
+    tokenizer = load_tokenizer(config.model_name_or_path, trust_remote_code=config.trust_remote_code)
+    model = load_student(
+        config.model_name_or_path, dtype=config.dtype, device=config.device, trust_remote_code=config.trust_remote_code
+    )
     # 1. the student's statistics of every row (resumable: finished shards are kept beside the output)
     scored = run_score(
         ScoreConfig(
             data=resolve_data(config.data), output=str(out / "scores.jsonl"), data_format=config.data_format,
             model=config.model_name_or_path, template=config.template, dtype=config.dtype, device=config.device,
             trust_remote_code=config.trust_remote_code,
-        )
+        ),
+        model=model,
+        tokenizer=tokenizer,
     )  # fmt: skip
     scoring = json.loads((out / "scores.summary.json").read_text())
 
     # 2. the student answers the held-out instructions in the training format
-    tokenizer = load_tokenizer(config.model_name_or_path, trust_remote_code=config.trust_remote_code)
-    model = load_student(
-        config.model_name_or_path, dtype=config.dtype, device=config.device, trust_remote_code=config.trust_remote_code
-    )
     template = get_template(config.template, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
     print(

@@ -87,10 +87,10 @@ def load_student(
     """
     from transformers import AutoModelForCausalLM
 
+    compute = resolve_dtype(dtype)
     if load_in_4bit or load_in_8bit:
         from transformers import BitsAndBytesConfig
 
-        compute = resolve_dtype(dtype)
         model_kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=load_in_4bit,
             load_in_8bit=load_in_8bit,
@@ -98,7 +98,7 @@ def load_student(
             bnb_4bit_compute_dtype=compute if isinstance(compute, torch.dtype) else torch.bfloat16,
         )
     path = resolve_model_path(model_name_or_path)
-    kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
+    kwargs: dict[str, Any] = {"dtype": compute, "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if revision:

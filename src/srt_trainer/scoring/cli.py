@@ -70,8 +70,12 @@ def output_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
     return ["row_index", "instruction", "input", "output", *(["system", "messages"] if chat else []), *extras]
 
 
-def run_score(config: ScoreConfig) -> list[dict[str, Any]] | None:
-    """Score ``config.data`` and write ``config.output``; returns the rows on the main process."""
+def run_score(config: ScoreConfig, model: Any = None, tokenizer: Any = None) -> list[dict[str, Any]] | None:
+    """Score ``config.data`` and write ``config.output``; returns the rows on the main process.
+
+    ``model`` / ``tokenizer``: a student already loaded by the caller (the main job scores and then generates with
+    the same one); by default they are loaded from ``config``.
+    """
     import torch
 
     from srt_trainer.data import load_instruction_data, rejects_path_for, summarize_rejects
@@ -103,12 +107,14 @@ def run_score(config: ScoreConfig) -> list[dict[str, Any]] | None:
     device = config.device or (str(state.device) if state.num_processes > 1 else None)
     if state.num_processes > 1 and (device or "cpu").startswith("cpu") and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // state.num_processes))
-    tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
-    model = load_student(
-        config.model, dtype=config.dtype, device=device, trust_remote_code=config.trust_remote_code,
-        attn_implementation=config.attn_implementation, adapter=config.adapter,
-        load_in_4bit=config.load_in_4bit, load_in_8bit=config.load_in_8bit,
-    )  # fmt: skip
+    if tokenizer is None:
+        tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
+    if model is None:
+        model = load_student(
+            config.model, dtype=config.dtype, device=device, trust_remote_code=config.trust_remote_code,
+            attn_implementation=config.attn_implementation, adapter=config.adapter,
+            load_in_4bit=config.load_in_4bit, load_in_8bit=config.load_in_8bit,
+        )  # fmt: skip
     on_gpu = next(model.parameters()).device.type == "cuda"
     budget = config.token_budget or (32768 if on_gpu else 4096)
     scorer = IFDScorer(model, tokenizer, config.template, max_length=config.max_length, token_budget=budget,
