@@ -112,3 +112,16 @@ def tiny_models(alpaca_rows, tmp_path_factory) -> dict[str, Path]:
         transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
         folders[name] = folder
     return folders
+
+
+@pytest.fixture(scope="session")
+def teacher_server(embedded_dir: Path, tmp_path_factory):
+    """Yields ``http://127.0.0.1:PORT/v1`` of a real ``transformers serve`` with the embedded model (CPU), started
+    once per session and stopped at its end. Requests must name the model as ``str(embedded_dir)``."""
+    from tests.serving import start_transformers_serve
+
+    server = start_transformers_serve(embedded_dir, tmp_path_factory.mktemp("teacher_server") / "serve.log")
+    try:
+        yield server.base_url
+    finally:
+        server.stop()

@@ -21,11 +21,11 @@ class Stage:
 
 STAGES: dict[str, Stage] = {
     "score": Stage("score rows with the student's IFD / r-IFD statistics", "srt_trainer.scoring.cli:main"),
-    "reflect": Stage("rewrite instructions or responses with a teacher LLM", None),
-    "select": Stage("keep the rewrites the student accepts", None),
-    "train": Stage("fine-tune the student on the selected data with TRL's SFTTrainer", None),
+    "reflect": Stage("rewrite instructions or responses with a teacher LLM", "srt_trainer.reflection.cli:main"),
+    "select": Stage("keep the rewrites the student accepts", "srt_trainer.selection.cli:main"),
+    "train": Stage("fine-tune the student on the selected data with TRL's SFTTrainer", "srt_trainer.training.cli:main"),
     "run": Stage("the main job: reflect, score, select and train end to end from one config", "srt_trainer.run:main"),
-    "eval": Stage("generate answers, judge them pairwise, aggregate win/tie/lose", None),
+    "eval": Stage("generate answers, judge them pairwise, aggregate win/tie/lose", "srt_trainer.evaluation.cli:main"),
 }
 
 

@@ -1,8 +1,8 @@
-"""Batched greedy generation with a student, in a prompt template's format."""
+"""Batched generation with a student, in a prompt template's format (greedy unless sampling is asked for)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -17,23 +17,33 @@ def generate_answers(
     max_new_tokens: int = 128,
     batch_size: int = 8,
     desc: str = "Generating",
+    generation_kwargs: Mapping[str, Any] | None = None,
+    sort_by_length: bool = False,
+    progress: bool = True,
 ) -> list[str]:
-    """Greedy answers to already-rendered prompts (left padding, so every row's answer starts at the same column)."""
+    """Answers to already-rendered prompts, in the prompts' order (left padding, so every row's answer starts at
+    the same column).
+
+    ``generation_kwargs`` go to ``model.generate`` (e.g. ``do_sample``, ``temperature``, ``top_p``); the default
+    is greedy. ``sort_by_length`` batches prompts of similar length together (less padding, fewer wasted steps).
+    """
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
-    answers: list[str] = []
+    kwargs = {"do_sample": False, **(generation_kwargs or {})}
+    order = list(range(len(prompts)))
+    if sort_by_length and prompts:
+        lengths = [len(ids) for ids in tokenizer(list(prompts))["input_ids"]]
+        order.sort(key=lambda i: (-lengths[i], i))
+    answers: list[str] = [""] * len(prompts)
     try:
-        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
-            batch = tokenizer(list(prompts[start : start + batch_size]), return_tensors="pt", padding=True)
+        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", disable=not progress):
+            idx = order[start : start + batch_size]
+            batch = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True)
             batch = batch.to(model.device)
-            out = model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-            )
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **kwargs)
             new_tokens = out[:, batch["input_ids"].shape[1] :]
-            answers += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+            for i, text in zip(idx, tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
+                answers[i] = text.strip()
     finally:
         tokenizer.padding_side = side
     return answers

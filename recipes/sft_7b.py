@@ -1,0 +1,17 @@
+"""Selective Reflection-Tuning SFT of a 7B student (paper: Llama-2-7B, learning rate 2e-5).
+
+The student is loaded once; it scores the reflected variants (IFD / r-IFD, shared over all processes), the main
+process selects what the student accepts, and TRL's SFTTrainer fine-tunes the same student on it.
+
+    accelerate launch --config_file accelerate_configs/deepspeed_zero3.yaml recipes/sft_7b.py \\
+        --config recipes/llama2-7b/sft/config_full.yaml
+
+Any field of the YAML can be overridden on the command line (``--learning_rate 1e-5``); ``--help`` lists them.
+"""
+
+import sys
+
+from srt_trainer.training.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(prog="recipes/sft_7b.py", defaults={"learning_rate": 2e-5}))

@@ -1,0 +1,28 @@
+"""Evaluation of the paper family: answers to the test sets, pairwise judging in both orders, win / tie / lose."""
+
+from srt_trainer.evaluation.aggregate import (
+    Aggregate,
+    ItemOutcome,
+    Tally,
+    aggregate_records,
+    judge_item,
+    load_review_records,
+    outcome_from_scores,
+)
+from srt_trainer.evaluation.judge import parse_scores, review_messages
+from srt_trainer.evaluation.test_sets import TestSet, read_test_set, read_test_sets
+
+__all__ = [
+    "Aggregate",
+    "ItemOutcome",
+    "Tally",
+    "TestSet",
+    "aggregate_records",
+    "judge_item",
+    "load_review_records",
+    "outcome_from_scores",
+    "parse_scores",
+    "read_test_set",
+    "read_test_sets",
+    "review_messages",
+]

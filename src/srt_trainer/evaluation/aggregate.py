@@ -1,0 +1,284 @@
+"""Pairwise reviews → win / tie / lose, the winning score, a stacked bar chart and a markdown summary.
+
+The rule of the paper family (each item judged twice, answers swapped, to cancel position bias): with d1 the
+sign of (score of A − score of B) in the first review (A is Assistant 1) and d2 the same sign in the reverse
+review (there B is Assistant 1, so A's score is the *second* one), the item is a win if d1 + d2 > 0, a loss if
+d1 + d2 < 0 and a tie otherwise. Winning score = (win − lose) / n + 1, over the n items judged.
+
+A review whose scores cannot be read is a failure: reported, never counted (in particular never as a tie).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from srt_trainer.evaluation.judge import parse_scores
+
+OUTCOMES = ("win", "tie", "lose")
+OVERALL = "overall"
+COLORS = {"win": "#55a868", "tie": "#b0b0b0", "lose": "#c44e52"}
+
+
+def sign(x: float) -> int:
+    return (x > 0) - (x < 0)
+
+
+@dataclass(frozen=True)
+class ItemOutcome:
+    """One item's verdict: ``result`` is win / tie / lose, or ``failed`` with a ``reason``."""
+
+    result: str
+    d1: int | None = None
+    d2: int | None = None
+    scores: tuple[float, float] | None = None  # first review: (A, B)
+    scores_reverse: tuple[float, float] | None = None  # reverse review as written: (B, A)
+    reason: str | None = None
+
+
+def outcome_from_scores(scores: tuple[float, float], scores_reverse: tuple[float, float]) -> ItemOutcome:
+    """The rule, from the two score pairs as the judge wrote them (Assistant 1 first in each)."""
+    d1 = sign(scores[0] - scores[1])
+    d2 = sign(scores_reverse[1] - scores_reverse[0])  # reverse review: Assistant 1 is B
+    total = d1 + d2
+    result = "win" if total > 0 else "lose" if total < 0 else "tie"
+    return ItemOutcome(result, d1, d2, scores, scores_reverse)
+
+
+def judge_item(review: str | None, review_reverse: str | None) -> ItemOutcome:
+    """Verdict of one item from the judge's two raw reviews."""
+    scores, scores_reverse = parse_scores(review), parse_scores(review_reverse)
+    missing = [name for name, s in (("review", scores), ("review_reverse", scores_reverse)) if s is None]
+    if missing:
+
+        def why(name: str, text: str | None) -> str:
+            return f"{name}: no review" if not text else f"{name}: no score pair on its first line"
+
+        texts = {"review": review, "review_reverse": review_reverse}
+        return ItemOutcome("failed", scores=scores, scores_reverse=scores_reverse,
+                           reason="; ".join(why(n, texts[n]) for n in missing))  # fmt: skip
+    return outcome_from_scores(scores, scores_reverse)
+
+
+@dataclass
+class Tally:
+    """Counts of one test set (or of all of them)."""
+
+    win: int = 0
+    tie: int = 0
+    lose: int = 0
+    failed: int = 0
+
+    @property
+    def n(self) -> int:
+        """Items judged (failures excluded)."""
+        return self.win + self.tie + self.lose
+
+    @property
+    def winning_score(self) -> float | None:
+        return (self.win - self.lose) / self.n + 1 if self.n else None
+
+    def add(self, result: str) -> None:
+        setattr(self, result, getattr(self, result) + 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"win": self.win, "tie": self.tie, "lose": self.lose, "failed": self.failed, "n": self.n,
+                "winning_score": self.winning_score}  # fmt: skip
+
+
+@dataclass
+class Aggregate:
+    """Tallies per test set (in first-seen order) and overall, with every failure and its reason."""
+
+    per_test_set: dict[str, Tally] = field(default_factory=dict)
+    overall: Tally = field(default_factory=Tally)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    generator_a: str | None = None
+    generator_b: str | None = None
+    judge: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.overall.to_dict(), "per_test_set": {k: t.to_dict() for k, t in self.per_test_set.items()},
+                "generator_a": self.generator_a, "generator_b": self.generator_b, "judge": self.judge,
+                "failures": self.failures}  # fmt: skip
+
+
+def aggregate_records(records: Iterable[Any], default_test_set: str = "all") -> Aggregate:
+    """Apply the rule to review records (``review``, ``review_reverse``, optional ``test_set`` and ``id``)."""
+    agg = Aggregate()
+    for row, rec in enumerate(records):
+        if not isinstance(rec, Mapping):
+            outcome, test_set, item_id = (
+                ItemOutcome("failed", reason=f"row {row}: not an object"),
+                default_test_set,
+                None,
+            )
+        else:
+            test_set = str(rec.get("test_set") or default_test_set)
+            item_id = rec.get("id")
+            absent = [k for k in ("review", "review_reverse") if k not in rec]
+            if absent:
+                outcome = ItemOutcome("failed", reason=f"missing field {', '.join(absent)}")
+            else:
+                outcome = judge_item(rec["review"], rec["review_reverse"])
+            for key in ("generator_a", "generator_b", "judge"):
+                if rec.get(key) and getattr(agg, key) is None:
+                    setattr(agg, key, str(rec[key]))
+        tally = agg.per_test_set.setdefault(test_set, Tally())
+        if outcome.result == "failed":
+            tally.failed += 1
+            agg.overall.failed += 1
+            agg.failures.append({"row": row, "test_set": test_set, "id": item_id, "reason": outcome.reason})
+        else:
+            tally.add(outcome.result)
+            agg.overall.add(outcome.result)
+    return agg
+
+
+def load_review_records(path: str | Path) -> list[Any]:
+    """Records of a JSON list, a JSON object with a ``data`` list, JSONL, or Parquet."""
+    path = Path(path)
+    if path.name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    text = path.read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
+    if stripped.startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            data = None  # JSONL: one object per line
+        if isinstance(data, dict):
+            if isinstance(data.get("data"), list):
+                return data["data"]
+            return [data]
+    records: list[Any] = []
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: line {line_no} is not valid JSON ({e.msg}, column {e.colno})") from e
+    return records
+
+
+def summary_line(tally: Tally) -> str:
+    """The line ``srt eval aggregate`` prints per file."""
+    return f"win {tally.win} tie {tally.tie} lose {tally.lose}"
+
+
+def _rows(agg: Aggregate) -> list[tuple[str, Tally]]:
+    rows = list(agg.per_test_set.items())
+    return [*rows, (OVERALL, agg.overall)] if len(rows) > 1 else rows
+
+
+def _pair_title(agg: Aggregate) -> str:
+    a, b = agg.generator_a or "model A", agg.generator_b or "model B"
+    return f"{a} vs {b}" + (f" (judge: {agg.judge})" if agg.judge else "")
+
+
+def plot_outcomes(agg: Aggregate, path: str | Path, title: str | None = None) -> Path:
+    """Stacked horizontal bars of win / tie / lose shares, one per test set (and overall), counts inside."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _rows(agg)
+    fig, ax = plt.subplots(figsize=(9, 0.55 * len(rows) + 1.6))
+    labels = []
+    for y, (name, t) in enumerate(reversed(rows)):
+        ws = f"{t.winning_score:.3f}" if t.n else "n/a"
+        labels.append(f"{name}\n(n={t.n}, WS {ws}" + (f", {t.failed} failed)" if t.failed else ")"))
+        left = 0.0
+        for outcome in OUTCOMES:
+            count = getattr(t, outcome)
+            share = count / t.n if t.n else 0.0
+            ax.barh(y, share, left=left, color=COLORS[outcome], edgecolor="white",
+                    label=outcome if y == 0 else None)  # fmt: skip
+            if share >= 0.06:
+                ax.text(left + share / 2, y, str(count), ha="center", va="center", fontsize=9)
+            left += share
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of items judged")
+    ax.legend(ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.28 if len(rows) < 3 else -0.12), frameon=False)
+    ax.set_title(title or _pair_title(agg), fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def markdown_summary(
+    agg: Aggregate, chart: str | None = None, source: str | None = None, max_failures: int = 20
+) -> str:
+    """A markdown report: the rule, a table per test set with the winning score, the chart, the failures."""
+    lines = [f"# Pairwise evaluation: {_pair_title(agg)}", ""]
+    if source:
+        lines += [f"Reviews: `{source}`", ""]
+    lines += [
+        "Each item is judged twice with the answers swapped. With d1 = sign(A − B) in the first review and d2 the "
+        "same sign in the swapped one: win if d1 + d2 > 0, lose if < 0, tie otherwise. "
+        "Winning score = (win − lose) / n + 1 (1 is parity; reviews without readable scores are failures, not ties).",
+        "",
+        "| test set | n | win | tie | lose | failed | winning score |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, t in _rows(agg):
+        ws = f"{t.winning_score:.4f}" if t.n else "n/a"
+        label = f"**{name}**" if name == OVERALL else name
+        lines.append(f"| {label} | {t.n} | {t.win} | {t.tie} | {t.lose} | {t.failed} | {ws} |")
+    if chart:
+        lines += ["", f"![win / tie / lose]({chart})"]
+    if agg.failures:
+        lines += ["", f"## Failures ({len(agg.failures)})", ""]
+        for f in agg.failures[:max_failures]:
+            item = f"{f['test_set']} {f['id']}" if f["id"] is not None else f["test_set"]
+            lines.append(f"- row {f['row']} ({item}): {f['reason']}")
+        if len(agg.failures) > max_failures:
+            lines.append(f"- ... and {len(agg.failures) - max_failures} more")
+    return "\n".join(lines) + "\n"
+
+
+def format_table(agg: Aggregate) -> str:
+    """Per-test-set lines for the console."""
+    out = []
+    for name, t in _rows(agg):
+        ws = f"{t.winning_score:.4f}" if t.n else "n/a"
+        out.append(f"  {name:<12} win {t.win:>4} tie {t.tie:>4} lose {t.lose:>4} failed {t.failed:>4}  "
+                   f"winning score {ws}")  # fmt: skip
+    return "\n".join(out)
+
+
+def write_reports(agg: Aggregate, stem_path: Path, source: str | None = None, plot: bool = True) -> dict[str, str]:
+    """Write ``<stem>.aggregate.json``, ``.md`` and (with ``plot``) ``.png``; returns their paths."""
+    from srt_trainer.io import sidecar_path
+
+    stem_path.parent.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, str] = {}
+    chart = None
+    if plot:
+        chart = plot_outcomes(agg, sidecar_path(stem_path, "aggregate.png"))
+        paths["chart"] = str(chart)
+    md = sidecar_path(stem_path, "aggregate.md")
+    md.write_text(markdown_summary(agg, chart=chart.name if chart else None, source=source))
+    paths["markdown"] = str(md)
+    js = sidecar_path(stem_path, "aggregate.json")
+    js.write_text(json.dumps({**agg.to_dict(), "source": source}, indent=2))
+    paths["json"] = str(js)
+    return paths
+
+
+def aggregate_files(paths: Sequence[str | Path]) -> list[tuple[Path, Aggregate]]:
+    return [(Path(p), aggregate_records(load_review_records(p))) for p in paths]

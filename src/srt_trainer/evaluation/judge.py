@@ -1,0 +1,306 @@
+"""``srt eval judge``: two answer files judged pairwise by an OpenAI-compatible judge, in both orders.
+
+The review prompt is the Vicuna / FastChat pairwise reviewer: the question, Assistant 1's and Assistant 2's
+answers, and the request for two 1–10 scores on the first line, then an explanation that avoids order bias.
+Every item is asked twice (A as Assistant 1, then B as Assistant 1) through the teacher client, so judging has
+its concurrency, retries, durable cache and resume. A review whose scores cannot be read is re-asked, then
+counted as a failure — never as a tie.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+JUDGE_SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
+JUDGE_INSTRUCTION = (
+    "We would like to request your feedback on the performance of two AI assistants in response to the user "
+    "question displayed above.\nPlease rate the helpfulness, relevance, accuracy, level of details of their "
+    "responses. Each assistant receives an overall score on a scale of 1 to 10, where a higher score indicates "
+    "better overall performance.\nPlease first output a single line containing only two values indicating the "
+    "scores for Assistant 1 and 2, respectively. The two scores are separated by a space. In the subsequent line, "
+    "please provide a comprehensive explanation of your evaluation, avoiding any potential bias and ensuring that "
+    "the order in which the responses were presented does not affect your judgment."
+)
+REVIEW_TEMPLATE = (
+    "[Question]\n{question}\n\n"
+    "[The Start of Assistant 1's Answer]\n{answer_1}\n\n[The End of Assistant 1's Answer]\n\n"
+    "[The Start of Assistant 2's Answer]\n{answer_2}\n\n[The End of Assistant 2's Answer]\n\n"
+    "[System]\n{instruction}\n\n"
+)
+
+
+def question_text(instruction: str, input: str = "") -> str:
+    """The question as the judge sees it: the instruction, and its input on the next line when there is one."""
+    return f"{instruction}\n{input}" if input else instruction
+
+
+def review_messages(question: str, answer_1: str, answer_2: str) -> list[dict[str, str]]:
+    """The judge's chat: the system line and the review request with Assistant 1's answer first."""
+    user = REVIEW_TEMPLATE.format(question=question, answer_1=answer_1, answer_2=answer_2,
+                                  instruction=JUDGE_INSTRUCTION)  # fmt: skip
+    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
+
+
+# --- score parsing --------------------------------------------------------------------------------------------
+# Markdown and quoting the judge may wrap its first line in.
+_MARKUP = re.compile(r"[*_`#>|]+")
+# "Assistant 1", "Assistant 2's", "Answer 2", "Assistant A", "Assistants 1 and 2": labels whose digits are not scores.
+_LABEL = re.compile(
+    r"(?i)\bassistants?\s*1\s*(?:and|&|,|/)\s*(?:assistant\s*)?2\b"
+    r"|\b(?:assistant|answer|response|model)\s*(?:#\s*)?(?:[12]|one|two|[ab](?![a-z]))(?:'s)?"
+)
+# "8/10", "8 / 10", "8 out of 10": the scale is not a score.
+_OUT_OF = re.compile(r"(?i)\s*(?:/|out\s+of)\s*10(?:\.0+)?(?![\d.])")
+_NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?!\w|\.\d)")
+_HEADER_MAX_CHARS = 40
+# A short line that announces the scores on the next one: "Scores:", "**Evaluation**".
+_HEADER = re.compile(r"(?i)(?::\s*$|\b(?:scores?|ratings?|evaluation|review|verdict)\b)")
+
+
+def _clean(line: str) -> str:
+    return _MARKUP.sub(" ", line).strip()
+
+
+def _numbers(line: str) -> list[float]:
+    return [float(x) for x in _NUMBER.findall(_OUT_OF.sub(" ", _LABEL.sub(" ", line)))]
+
+
+def _label_at(line: str, which: str) -> int | None:
+    """Where "Assistant 1" (``which="1"``) or "Assistant 2" is named in a line, or None."""
+    names = {"1": r"(?:1|one|a)", "2": r"(?:2|two|b)"}[which]
+    m = re.search(rf"(?i)\b(?:assistant|answer|response|model)\s*(?:#\s*)?{names}\b", line)
+    return m.start() if m else None
+
+
+def parse_scores(review: str | None) -> tuple[float, float] | None:
+    """The two scores (Assistant 1, Assistant 2) from the first line of a review, or None.
+
+    Accepts "8 7", "8, 7", "8/10 7/10", "Assistant 1: 8 Assistant 2: 7", "Score: 8 and 7", decimals ("7.5 8"),
+    markdown emphasis, labels in either order ("Assistant 2: 7, Assistant 1: 8"), a short header line ("Scores:")
+    before the score line, and the two scores on two labelled lines ("Assistant 1: 8" / "Assistant 2: 7"). Scores
+    must lie in 0–10. Numbers further down
+    (the explanation) are never read.
+    """
+    if not review:
+        return None
+    lines = [c for c in (_clean(x) for x in review.splitlines()) if c]
+    if not lines:
+        return None
+    start = 0
+    if len(lines) > 1 and not _numbers(lines[0]) and len(lines[0]) <= _HEADER_MAX_CHARS and _HEADER.search(lines[0]):
+        start = 1
+    line = lines[start]
+    first = _numbers(line)
+    scores: list[float] | None = None
+    if len(first) == 2:
+        scores = first
+        at_1, at_2 = _label_at(line, "1"), _label_at(line, "2")
+        if at_1 is not None and at_2 is not None and at_2 < at_1:  # "Assistant 2: 7, Assistant 1: 8"
+            scores = scores[::-1]
+    elif len(first) == 1 and start + 1 < len(lines) and _label_at(line, "1") is not None:
+        second = _numbers(lines[start + 1])
+        if len(second) == 1 and _label_at(lines[start + 1], "2") is not None:
+            scores = [first[0], second[0]]
+    if scores is None or not all(0 <= s <= 10 for s in scores):
+        return None
+    return scores[0], scores[1]
+
+
+def has_scores(review: str | None) -> bool:
+    """The judge answered with a readable score pair (the validator that triggers a re-ask)."""
+    return parse_scores(review) is not None
+
+
+# --- answer files ---------------------------------------------------------------------------------------------
+@dataclass
+class AnswerFile:
+    """Answers keyed by (test set, id), in file order, with the rows that could not be used."""
+
+    path: str
+    answers: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    rows: dict[tuple[str, str], int] = field(default_factory=dict)
+    rejects: list[Any] = field(default_factory=list)
+
+
+def answer_key(row: dict[str, Any]) -> tuple[str, str]:
+    """(test set, id); files without ids (e.g. AlpacaEval outputs) are matched on the instruction instead."""
+    test_set = str(row.get("test_set") or row.get("dataset") or "")
+    return (test_set, str(row["id"])) if row.get("id") is not None else (test_set, str(row["instruction"]))
+
+
+def read_answers(path: str | Path) -> AnswerFile:
+    """Rows with a string ``instruction`` and ``output`` (``srt eval generate`` output, or AlpacaEval's JSON)."""
+    import json
+
+    from srt_trainer.data.loading import iter_raw_rows
+    from srt_trainer.data.rejects import Reject
+
+    result = AnswerFile(str(path))
+    for raw in iter_raw_rows(path):
+        if raw.error is not None:
+            result.rejects.append(Reject(str(path), raw.row, None, raw.error, raw.text or "", raw.line))
+            continue
+        row, reason, bad_field = raw.value, None, None
+        if not isinstance(row, dict):
+            reason = f"not an object (got {type(row).__name__})"
+        else:
+            for key in ("instruction", "output"):
+                if not isinstance(row.get(key), str):
+                    bad_field, reason = key, "missing" if row.get(key) is None else "not a string"
+                    break
+            if reason is None and row.get("input") is not None and not isinstance(row["input"], str):
+                bad_field, reason = "input", "not a string"
+            if reason is None and answer_key(row) in result.answers:
+                bad_field, reason = "id", f"duplicate of row {result.rows[answer_key(row)]}"
+        if reason is not None:
+            text = json.dumps(row, ensure_ascii=False, default=str)
+            result.rejects.append(Reject(str(path), raw.row, bad_field, reason, text, raw.line))
+            continue
+        result.answers[answer_key(row)] = row
+        result.rows[answer_key(row)] = raw.row
+    return result
+
+
+def match_answers(a: AnswerFile, b: AnswerFile) -> tuple[list[tuple[dict[str, Any], dict[str, Any]]], list[Any]]:
+    """Pairs of answers to the same item, in A's order; the unmatched rows of either file are rejected."""
+    import json
+
+    from srt_trainer.data.rejects import Reject
+
+    pairs, rejects = [], []
+    for key, row in a.answers.items():
+        other = b.answers.get(key)
+        if other is None:
+            rejects.append(Reject(a.path, a.rows[key], "id", f"no answer to item {key[0]}/{key[1]} in {b.path}",
+                                  json.dumps(row, ensure_ascii=False, default=str)))  # fmt: skip
+        elif other["instruction"] != row["instruction"] or (other.get("input") or "") != (row.get("input") or ""):
+            rejects.append(Reject(a.path, a.rows[key], "instruction", f"item {key[0]}/{key[1]} has another "
+                                  f"instruction in {b.path} (row {b.rows[key]})",
+                                  json.dumps(row, ensure_ascii=False, default=str)))  # fmt: skip
+        else:
+            pairs.append((row, other))
+    for key, row in b.answers.items():
+        if key not in a.answers:
+            rejects.append(Reject(b.path, b.rows[key], "id", f"no answer to item {key[0]}/{key[1]} in {a.path}",
+                                  json.dumps(row, ensure_ascii=False, default=str)))  # fmt: skip
+    return pairs, rejects
+
+
+# --- the judging run ------------------------------------------------------------------------------------------
+@dataclass
+class JudgeConfig:
+    """Options of ``srt eval judge`` (YAML via ``--config``; every field also a flag)."""
+
+    answers_a: str = field(default=None, metadata={"help": "Answers of model A (`srt eval generate` output, or "
+                                                   "AlpacaEval JSON)."})  # fmt: skip
+    answers_b: str = field(default=None, metadata={"help": "Answers of model B to the same items."})
+    output: str = field(default=None, metadata={"help": "Reviews file, .jsonl or .parquet (one record per item)."})
+    judge: str = field(
+        default="openai",
+        metadata={"help": "Judge client: openai (any OpenAI-compatible server), transformers or vllm (local).",
+                  "choices": ["openai", "transformers", "vllm"]},
+    )  # fmt: skip
+    judge_model: str | None = field(default=None, metadata={"help": "The judge's model: the served name (required "
+                                    "for openai; the paper used gpt-4), or a folder for a local judge."})  # fmt: skip
+    base_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible endpoint, e.g. "
+                                 "http://127.0.0.1:8000/v1 (the API key comes from OPENAI_API_KEY)."})  # fmt: skip
+    max_tokens: int = field(default=512, metadata={"help": "Length limit of a review, in tokens."})
+    temperature: float = field(default=0.0, metadata={"help": "Judge temperature (0: deterministic reviews)."})
+    seed: int | None = field(default=None, metadata={"help": "Sampling seed sent to the judge, when it takes one."})
+    concurrency: int = field(default=16, metadata={"help": "Requests in flight at once (openai judge)."})
+    max_retries: int = field(default=8, metadata={"help": "Retries of a failed request, with backoff (openai judge)."})
+    timeout: float = field(default=120.0, metadata={"help": "Seconds a request may take (openai judge)."})
+    max_reasks: int = field(default=1, metadata={"help": "Times a review without readable scores is asked again."})
+    limit: int | None = field(default=None, metadata={"help": "Judge only the first N matched items."})
+    cache: str | None = field(
+        default=None,
+        metadata={"help": "Durable cache of reviews (default: <output stem>.cache.jsonl); a rerun resumes from it."},
+    )
+    plot: bool = field(default=True, metadata={"help": "Write the win / tie / lose chart beside the output."})
+
+
+def _record(a: dict[str, Any], b: dict[str, Any], judge: str, first: Any, reverse: Any) -> dict[str, Any]:
+    from srt_trainer.evaluation.aggregate import judge_item
+
+    outcome = judge_item(first.text, reverse.text)
+    errors = [f"{name}: request failed: {r.error}" for name, r in (("review", first), ("review_reverse", reverse))
+              if r.text is None and r.error]  # fmt: skip
+    s, sr = outcome.scores, outcome.scores_reverse
+    return {
+        "test_set": a.get("test_set") or a.get("dataset") or "",
+        "id": a.get("id"),
+        "instruction": a["instruction"],
+        "input": a.get("input") or "",
+        "generator_a": a.get("generator"),
+        "generator_b": b.get("generator"),
+        "output_a": a["output"],
+        "output_b": b["output"],
+        "judge": judge,
+        "review": first.text,
+        "review_reverse": reverse.text,
+        "score_a": s[0] if s else None,
+        "score_b": s[1] if s else None,
+        "score_a_reverse": sr[1] if sr else None,  # in the reverse review A is Assistant 2
+        "score_b_reverse": sr[0] if sr else None,
+        "reasks": first.reasks,
+        "reasks_reverse": reverse.reasks,
+        "result": None if outcome.result == "failed" else outcome.result,
+        "status": "failed" if outcome.result == "failed" else "ok",
+        "error": "; ".join(errors) or outcome.reason,
+    }
+
+
+def run_judge(config: JudgeConfig, teacher: Any = None) -> list[dict[str, Any]]:
+    """Judge every matched item in both orders; write the reviews, failures, rejects and the aggregate reports."""
+    from srt_trainer.data import summarize_rejects, write_rejects
+    from srt_trainer.data.rejects import rejects_path_for
+    from srt_trainer.evaluation.aggregate import aggregate_records, format_table, summary_line, write_reports
+    from srt_trainer.io import check_output_path, sidecar_path, write_rows
+    from srt_trainer.teachers import SamplingConfig, build_teacher, complete_all
+
+    if not (config.answers_a and config.answers_b and config.output):
+        raise SystemExit("srt eval judge: --answers_a, --answers_b and --output are required")
+    output = check_output_path(config.output)
+    file_a, file_b = read_answers(config.answers_a), read_answers(config.answers_b)
+    pairs, unmatched = match_answers(file_a, file_b)
+    if config.limit is not None:
+        pairs = pairs[: config.limit]
+    rejects = [*file_a.rejects, *file_b.rejects, *unmatched]
+    write_rejects(rejects, rejects_path_for(output))
+    print(f"{len(pairs)} items to judge in both orders; {summarize_rejects(rejects)}")
+
+    if teacher is None:
+        if config.judge == "openai" and not config.judge_model:
+            raise SystemExit("srt eval judge: --judge_model is required with the openai judge (the paper used gpt-4)")
+        options: dict[str, Any] = {}
+        if config.judge == "openai":
+            options = {"concurrency": config.concurrency, "max_retries": config.max_retries, "timeout": config.timeout}
+        teacher = build_teacher(config.judge, model=config.judge_model, base_url=config.base_url, **options)
+    judge_name = getattr(teacher, "model_name", None) or config.judge_model or config.judge
+    conversations = []
+    for a, b in pairs:
+        question = question_text(a["instruction"], a.get("input") or "")
+        conversations.append(review_messages(question, a["output"], b["output"]))
+        conversations.append(review_messages(question, b["output"], a["output"]))  # swapped: B is Assistant 1
+    sampling = SamplingConfig(temperature=config.temperature, top_p=1.0, max_tokens=config.max_tokens, seed=config.seed)
+    cache = Path(config.cache) if config.cache else sidecar_path(output, "cache.jsonl")
+    results, counts = complete_all(teacher, conversations, sampling, cache, validate=has_scores,
+                                   max_reasks=config.max_reasks, desc="Judging")  # fmt: skip
+    records = [_record(a, b, str(judge_name), results[2 * i], results[2 * i + 1]) for i, (a, b) in enumerate(pairs)]
+    write_rows(records, output)
+    failures = [r for r in records if r["status"] == "failed"]
+    write_rows(failures, sidecar_path(output, "failures.jsonl"))
+    print(f"judge: {counts.format()}")
+    agg = aggregate_records(records)
+    paths = write_reports(agg, output, source=str(output), plot=config.plot)
+    print(f"{summary_line(agg.overall)} ({len(failures)} failed, reported in "
+          f"{sidecar_path(output, 'failures.jsonl')})\n{format_table(agg)}")  # fmt: skip
+    print(f"wrote {output} ({len(records)} items); " + ", ".join(paths.values()))
+    logger.debug("judge config: %s", asdict(config))
+    return records

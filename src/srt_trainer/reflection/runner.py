@@ -1,0 +1,167 @@
+"""Reflection of rows by a teacher (SPEC 1.2): variant Q (instruction mode), A and QA (response mode).
+
+Every input row gives one output row, in order: ``ok`` (the teacher's rewrite), ``fallback`` (the teacher answered
+but nothing usable came back, even after re-asking: the original text is kept) or ``failed`` (the teacher never
+answered: the original text is kept with the error; a rerun asks again).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from srt_trainer.reflection.parsers import parse_instruction_reflection, parse_response_reflection
+from srt_trainer.reflection.prompts import ReflectionPrompt, load_prompt
+from srt_trainer.teachers import ChatResult, RunCounts, SamplingConfig, Teacher, complete_all
+
+logger = logging.getLogger(__name__)
+
+STATUSES = ("ok", "fallback", "failed")
+REFLECTION_COLUMNS = ("instruction", "input", "output", "source_index", "variant", "teacher", "teacher_model",
+                      "reflection_status", "reflection_error")  # fmt: skip
+# normalized columns of the loader that describe the source row's encoding, not the reflected row
+_INTERNAL = {"row_index", "messages", "system", "num_turns", "source_format", "q_reflection_status"}
+
+
+@dataclass
+class ReflectionResult:
+    """Output rows (in input order), one raw record per row for the side file, and the run's counts."""
+
+    rows: list[dict[str, Any]]
+    raw: list[dict[str, Any]]
+    counts: RunCounts
+    statuses: dict[str, int] = field(default_factory=dict)
+    variant: str = ""
+
+    def format(self) -> str:
+        s = self.statuses
+        return (f"{len(self.rows)} rows reflected (variant {self.variant}): ok {s.get('ok', 0)}, "
+                f"fallback {s.get('fallback', 0)}, failed {s.get('failed', 0)}\n{self.counts.format()}")  # fmt: skip
+
+
+def detect_variant(rows: Sequence[dict[str, Any]], mode: str, variant: str = "auto") -> str:
+    """Q for instruction mode; for response mode A on original rows and QA on rows that are Q rewrites (their
+    ``variant`` column says Q), unless ``variant`` names it."""
+    if mode == "instruction":
+        if variant not in ("auto", "Q"):
+            raise ValueError(f"instruction reflection makes variant Q, not {variant!r}")
+        return "Q"
+    if variant in ("A", "QA"):
+        return variant
+    if variant != "auto":
+        raise ValueError(f"response reflection makes variant A or QA, not {variant!r}")
+    seen = {r.get("variant") or None for r in rows}
+    if seen <= {None, "ori"}:
+        return "A"
+    if seen == {"Q"}:
+        return "QA"
+    raise ValueError(f"cannot tell A from QA: the rows' variant column holds {sorted(map(str, seen))}; "
+                     "pass --variant A or --variant QA")  # fmt: skip
+
+
+def reflect(
+    rows: Sequence[dict[str, Any]],
+    mode: str,
+    teacher: Teacher,
+    *,
+    prompt: ReflectionPrompt | None = None,
+    sampling: SamplingConfig | None = None,
+    cache_path: str | Path | None = None,
+    prefill: bool | None = None,
+    variant: str = "auto",
+    max_reasks: int = 1,
+    reask_temperature: float | None = 0.7,
+    progress: bool = True,
+) -> ReflectionResult:
+    """Reflect ``rows`` (dicts with ``instruction``, ``input``, ``output``; ``source_index`` / ``row_index`` and
+    ``variant`` are used when present, other columns are carried over).
+
+    ``prefill`` (None: on for local teachers, off for API teachers) starts the teacher's reply with the mode's tag,
+    so a small model writes in the expected format. ``cache_path`` is the durable response cache (None: memory).
+    """
+    prompt = prompt or load_prompt(mode)
+    if prompt.mode != mode:
+        raise ValueError(f"a {prompt.mode} prompt cannot run {mode} reflection")
+    sampling = sampling or SamplingConfig()
+    variant = detect_variant(rows, mode, variant)
+    if prefill is None:
+        prefill = teacher.kind != "openai"
+    prefix = prompt.prefix if prefill else ""
+    parse = parse_instruction_reflection if mode == "instruction" else parse_response_reflection
+    conversations = [prompt.messages(r["instruction"] or "", r.get("input") or "", r["output"] or "", prefill=prefill)
+                     for r in rows]  # fmt: skip
+
+    def usable(text: str) -> bool:
+        return parse(prefix + text) is not None
+
+    results, counts = complete_all(teacher, conversations, sampling, cache_path, validate=usable,
+                                   max_reasks=max_reasks, progress=progress, desc=f"reflect {mode}",
+                                   reask_temperature=reask_temperature)  # fmt: skip
+    identity = teacher.identity()
+    out_rows, raw = [], []
+    for position, (row, result) in enumerate(zip(rows, results, strict=True)):
+        out, status = _reflected_row(row, position, result, parse, prefix, variant)
+        out.update(teacher=identity["teacher"], teacher_model=identity["model"])
+        out_rows.append(_ordered(out, row))
+        raw.append({"position": position, "source_index": out["source_index"], "variant": variant,
+                    "reflection_status": status, "prefix": prefix, "texts": result.texts, "error": result.error,
+                    "cached": result.cached, "attempts": result.attempts, "reasks": result.reasks})  # fmt: skip
+    statuses = Counter(r["reflection_status"] for r in out_rows)
+    return ReflectionResult(out_rows, raw, counts, {s: statuses.get(s, 0) for s in STATUSES}, variant)
+
+
+def _reflected_row(row: dict[str, Any], position: int, result: ChatResult, parse: Any, prefix: str,
+                   variant: str) -> tuple[dict[str, Any], str]:  # fmt: skip
+    source_index = row.get("source_index")
+    if source_index is None:
+        source_index = row.get("row_index", position)
+    out: dict[str, Any] = {"instruction": row["instruction"], "input": row.get("input") or "",
+                           "output": row["output"], "source_index": source_index, "variant": variant}  # fmt: skip
+    if variant == "QA" and row.get("reflection_status") is not None:
+        out["q_reflection_status"] = row["reflection_status"]
+    if result.text is None:
+        status, error = "failed", result.error or "no answer"
+    else:
+        parsed = parse(prefix + result.text)
+        if parsed is None:
+            status = "fallback"
+            tags = "[New Instruction] and [New Answer]" if variant == "Q" else "[Better Answer]"
+            error = f"no usable {tags} in the teacher's answer after {result.reasks + 1} asks"
+        elif variant == "Q":
+            status, error = "ok", None
+            out.update(instruction=parsed.instruction, input=parsed.input, output=parsed.output)
+        else:
+            status, error = "ok", None
+            out["output"] = parsed
+    out.update(reflection_status=status, reflection_error=error)
+    return out, status
+
+
+def _ordered(out: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    """The reflection's columns first, then the source row's own extra columns."""
+    ordered = {k: out.get(k) for k in REFLECTION_COLUMNS}
+    if "q_reflection_status" in out:
+        ordered["q_reflection_status"] = out["q_reflection_status"]
+    for k, v in row.items():
+        if k not in ordered and k not in _INTERNAL:
+            ordered[k] = v
+    return ordered
+
+
+def reflect_rows(rows: Sequence[dict[str, Any]], mode: str, teacher: Teacher, config: Any = None,
+                 cache_path: str | Path | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Reflected rows, in input order (see ``reflect``), with the settings of a ``ReflectConfig`` (default: its
+    defaults; its ``cache`` when ``cache_path`` is None)."""
+    from srt_trainer.reflection.cli import ReflectConfig
+
+    config = config or ReflectConfig(mode=mode)
+    return reflect(
+        rows, mode, teacher, prompt=load_prompt(mode, config.prompt_template), sampling=config.sampling(),
+        cache_path=cache_path if cache_path is not None else config.cache, prefill=config.prefill_flag(),
+        variant=config.variant, max_reasks=config.max_reasks, reask_temperature=config.reask_temperature,
+        progress=config.progress,
+    ).rows  # fmt: skip

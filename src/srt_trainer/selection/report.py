@@ -1,0 +1,295 @@
+"""What a selection did, beside the selected data: counts, a funnel plot, IFD / r-IFD histograms, a data card."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from srt_trainer.selection.policy import VARIANTS, SelectConfig, SelectionResult
+
+BRANCH_TEXT = {
+    1: "new instruction and new response accepted → QA",
+    2: "new instruction accepted, new response not → Q",
+    3: "new instruction not accepted, new response accepted → A",
+    4: "neither accepted → ori",
+}
+COLORS = {"QA": "#4c72b0", "A": "#55a868", "Q": "#8172b2", "ori": "#ccb974", "none": "#c0c0c0"}
+BRANCH_VIEW = {1: "QA", 2: "Q", 3: "A", 4: "ori"}
+
+
+def format_counts(counts: Mapping[str, int]) -> str:
+    """The counts as printed by ``srt select``: one line per step, indented under its parent."""
+    lines = []
+    for key, n in counts.items():
+        nested = "/" in key and key.rsplit("/", 1)[0] in counts
+        label = key.rsplit("/", 1)[-1] if nested else key
+        lines.append(f"  {'    ' * nested}{label:<{44 - 4 * nested}}{n:>8}")
+    return "\n".join(lines)
+
+
+def funnel_stages(counts: Mapping[str, int], config: SelectConfig) -> list[tuple[str, list[tuple[str, int, str]]]]:
+    """The funnel, top to bottom: (stage label, [(segment label, count, color)])."""
+    stages = [("input rows", [("rows", counts["rows"], COLORS["none"])])]
+    stages.append(("judged", [("judged", counts["judged"], "#64b5cd")]))
+    if config.policy == "paper":
+        stages.append(("branch", [(f"branch {b}", counts[f"branch_{b}"], COLORS[BRANCH_VIEW[b]]) for b in (1, 2, 3, 4)]))
+        passed = [(BRANCH_VIEW[b], counts[f"branch_{b}/passed"], COLORS[BRANCH_VIEW[b]])
+                  for b in (1, 2, 3, 4) if f"branch_{b}/passed" in counts]  # fmt: skip
+    else:
+        passed = [("ori", counts["ifd/passed"], COLORS["ori"])]
+    stages.append(("passed thresholds", passed))
+    kept = [(v, counts[f"kept/{v}"], COLORS[v]) for v in BRANCH_VIEW.values() if f"kept/{v}" in counts]
+    stages.append(("kept (after budget)", kept))
+    return stages
+
+
+def plot_funnel(counts: Mapping[str, int], config: SelectConfig, path: str | Path, title: str = "") -> Path:
+    """Centered horizontal bars, one per step, split by branch / variant where the step has parts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = funnel_stages(counts, config)
+    total = max(1, counts["rows"])
+    fig, ax = plt.subplots(figsize=(9, 0.8 + 0.75 * len(stages)))
+    for y, (label, parts) in enumerate(stages):
+        width = sum(n for _, n, _ in parts)
+        left = (total - width) / 2
+        for name, n, color in parts:
+            if n:
+                ax.barh(y, n, left=left, color=color, edgecolor="white", height=0.7)
+                if len(parts) > 1 and n / total > 0.06:
+                    ax.text(left + n / 2, y, f"{name}\n{n}", ha="center", va="center", fontsize=7)
+            left += n
+        ax.text(total * 1.02, y, f"{width}", va="center", fontsize=9)
+    ax.set_yticks(range(len(stages)), [s[0] for s in stages])
+    ax.invert_yaxis()
+    ax.set_xlim(0, total * 1.12)
+    ax.set_xticks([])
+    for side in ("top", "right", "bottom"):
+        ax.spines[side].set_visible(False)
+    ax.set_title(title or f"Selection funnel ({config.policy} policy)", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_histograms(
+    scored: Mapping[str, Sequence[Mapping[str, Any]]], result: SelectionResult, config: SelectConfig, path: str | Path
+) -> Path | None:
+    """IFD (top) and r-IFD (bottom) of each view, one column per view, with the rows kept from it overlaid."""
+    views = [v for v in VARIANTS if scored.get(v)]
+    values = {(v, k): np.array([r[k] for r in scored[v] if r.get(k) is not None], dtype=float)
+              for v in views for k in ("ifd", "rifd")}  # fmt: skip
+    if not any(len(x) for x in values.values()):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kept_index = {v: {i for i, d in enumerate(result.decisions) if d["variant"] == v} for v in views}
+    fig, axes = plt.subplots(2, len(views), figsize=(3.2 * len(views), 5.4), squeeze=False)
+    for row, (key, label, threshold) in enumerate(
+        (("ifd", "IFD", config.ifd_threshold), ("rifd", "r-IFD", config.rifd_threshold))
+    ):
+        pooled = np.concatenate([values[(v, key)] for v in views])
+        lo, hi = np.quantile(pooled, [0.0, 0.99]) if len(pooled) else (0.0, 2.0)
+        bins = np.linspace(min(lo, threshold * 0.95), max(hi, threshold * 1.05), 30)
+        for col, v in enumerate(views):
+            ax = axes[row][col]
+            ax.hist(np.clip(values[(v, key)], bins[0], bins[-1]), bins=bins, color=COLORS["none"], label="scored")
+            kept = [scored[v][i][key] for i in sorted(kept_index[v]) if scored[v][i].get(key) is not None]
+            if kept:
+                ax.hist(np.clip(kept, bins[0], bins[-1]), bins=bins, color=COLORS[v], label="kept")
+            ax.axvline(threshold, color="#c44e52", linestyle="--", linewidth=1)
+            ax.set_title(f"{v}: {label} (n={len(values[(v, key)])})", fontsize=9)
+            if col == 0:
+                ax.set_ylabel("samples")
+            ax.legend(frameon=False, fontsize=7)
+    fig.suptitle(f"Student statistics of the views; kept rows in colour; dashed: threshold ({config.policy} policy)",
+                 fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _score_summary(file: str | None) -> dict[str, Any]:
+    """The ``srt score`` summary written beside a score output, when there is one (it names the student)."""
+    from srt_trainer.io import sidecar_path
+
+    if not file:
+        return {}
+    path = sidecar_path(file, "summary.json")
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _column_values(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[str]:
+    found = []
+    for r in rows:
+        for n in names:
+            if r.get(n) and str(r[n]) not in found:
+                found.append(str(r[n]))
+    return found
+
+
+def input_summary(config: SelectConfig, scored: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
+    """Per view: file, rows, rows with statistics, reflection statuses, student and teacher where recorded."""
+    out = {}
+    for view in VARIANTS:
+        rows = scored.get(view)
+        if rows is None:
+            continue
+        summary = _score_summary(config.files()[view])
+        student = summary.get("config", {})
+        statuses: dict[str, int] = {}
+        for r in rows:
+            if r.get("reflection_status") is not None:
+                statuses[str(r["reflection_status"])] = statuses.get(str(r["reflection_status"]), 0) + 1
+        out[view] = {
+            "file": config.files()[view],
+            "rows": len(rows),
+            "with_statistics": sum(1 for r in rows if r.get("ifd") is not None),
+            "reflection_status": statuses,
+            "student": {k: student[k] for k in ("model", "adapter", "template", "dtype", "max_length") if k in student},
+            "teacher": _column_values(rows, ("teacher_model", "teacher")),
+        }
+    return out
+
+
+RULE_TEXT = """\
+if IFD(Q) > IFD(ori):            # the student accepts the new instruction
+    if rIFD(QA) < rIFD(Q):       # ... and the new response
+        keep QA if rIFD(QA) < {r:g} and IFD(QA) < {i:g}          (branch 1)
+    else: {b2:<50}(branch 2)
+else:
+    if rIFD(A) < rIFD(ori):
+        keep A  if rIFD(A) < {r:g} and IFD(A) < {i:g}            (branch 3)
+    else: {b4:<50}(branch 4)"""
+
+
+def data_card(
+    result: SelectionResult, config: SelectConfig, scored: Mapping[str, Sequence[Mapping[str, Any]]],
+    files: Mapping[str, Path],
+) -> str:  # fmt: skip
+    """Markdown: what went in, which models, the rule, the counts, the budgets, where the plots are."""
+    from srt_trainer import __version__
+
+    inputs = input_summary(config, scored)
+    out = Path(config.output).name
+    lines = [f"# Data card: `{out}`", "",
+             f"{len(result.rows)} instruction-response pairs selected by the student from {result.counts['rows']} "
+             f"source rows with the `{config.policy}` policy of `srt select` (srt_trainer {__version__}), "
+             "Selective Reflection-Tuning (Li et al., ACL 2024 Findings).", "", "## Inputs", "",
+             "| view | pair | file | rows | with statistics | reflection status |", "|---|---|---|---:|---:|---|"]  # fmt: skip
+    pairs = {"ori": "(x0, y0)", "Q": "(x_ins, y_ins)", "A": "(x0, y_res)", "QA": "(x_ins, y_res')"}
+    for view, s in inputs.items():
+        status = ", ".join(f"{k}: {n}" for k, n in s["reflection_status"].items()) or "—"
+        lines.append(f"| {view} | {pairs[view]} | `{Path(s['file']).name if s['file'] else '(in memory)'}` | "
+                     f"{s['rows']} | {s['with_statistics']} | {status} |")  # fmt: skip
+    students = {json.dumps(s["student"], sort_keys=True) for s in inputs.values() if s["student"]}
+    teachers = sorted({t for s in inputs.values() for t in s["teacher"]})
+    lines += ["", "## Models", ""]
+    if students:
+        for s in sorted(students):
+            d = json.loads(s)
+            lines.append("- Student (scored the pairs): " + ", ".join(f"{k} `{v}`" for k, v in d.items() if v))
+    else:
+        lines.append("- Student: not recorded beside the inputs (no `srt score` summary found).")
+    lines.append(f"- Teacher (rewrote the pairs): {', '.join(f'`{t}`' for t in teachers)}" if teachers else
+                 "- Teacher: not recorded in the inputs' columns.")  # fmt: skip
+    fallbacks = {v: s["reflection_status"] for v, s in inputs.items() if set(s["reflection_status"]) - {"ok"}}
+    if fallbacks:
+        lines.append("- Teacher fallbacks / failures (the original text was kept): " + "; ".join(
+            f"{v}: " + ", ".join(f"{k} {n}" for k, n in st.items() if k != "ok") for v, st in fallbacks.items()))  # fmt: skip
+    lines += ["", "## Rule", ""]
+    if config.policy == "paper":
+        winners = config.keep_unaccepted_winners
+        lines += ["The released rule (SPEC 1.3); IFD = ppl(y|x)/ppl(y), r-IFD = ppl(x|y)/ppl(x) under the student:", "",
+                  "```", RULE_TEXT.format(
+                      r=config.rifd_threshold, i=config.ifd_threshold,
+                      b2=f"keep Q if rIFD(Q) < {config.rifd_threshold:g} and IFD(Q) < {config.ifd_threshold:g}"
+                      if winners else "not kept (as in the release)",
+                      b4=f"keep ori if rIFD(ori) < {config.rifd_threshold:g} and IFD(ori) < {config.ifd_threshold:g}"
+                      if winners else "not kept (as in the release)"), "```", ""]  # fmt: skip
+        lines.append("Threshold cuts are counted r-IFD first, then IFD, so each row is counted once. A rewrite "
+                     "identical to its source (a teacher fallback) is not accepted: it scores as its source does.")
+    else:
+        lines.append(f"Cherry_LLM-style: the original pairs only, kept when IFD < {config.ifd_threshold:g}.")
+    budget = [f"top_k = {config.top_k}" if config.top_k is not None else "",
+              f"top_p = {config.top_p:g}" if config.top_p is not None else ""]  # fmt: skip
+    budget_text = " and ".join(b for b in budget if b)
+    lines += ["", f"Budget: {budget_text + ', the pairs with the highest IFD first' if budget_text else 'none'}.",
+              "", "## Counts", "", "| step | rows |", "|---|---:|"]  # fmt: skip
+    for key, n in result.counts.items():
+        nested = "/" in key and key.rsplit("/", 1)[0] in result.counts
+        lines.append(f"| {'&nbsp;' * 4 * nested}{key} | {n} |")
+    if config.policy == "paper":
+        lines += ["", "Branches: " + "; ".join(f"{b}: {t}" for b, t in BRANCH_TEXT.items()) + "."]
+    lines += ["", "## Files", "", f"- `{out}`: the kept pairs (`instruction`, `input`, `output`, `variant`, "
+              "`source_index`, `branch`, `ifd`, `rifd`, `ifd_ori`, `rifd_ori`), in source order."]  # fmt: skip
+    described = {"selection": "counts and configuration (JSON)", "decisions": "one decision per source row: "
+                 "branch, kept variant, cut reason, the statistics used", "funnel": "the funnel plot",
+                 "hist": "IFD / r-IFD histograms of each view"}  # fmt: skip
+    for key, text in described.items():
+        if key in files:
+            lines.append(f"- `{files[key].name}`: {text}")
+    for key, text in (("funnel", "Funnel"), ("hist", "Statistics")):
+        if key in files:
+            lines += ["", f"![{text}]({files[key].name})"]
+    cmd = ["srt", "select"]
+    for k, v in asdict(config).items():
+        if v is not None and v is not False and k not in ("plot", "data_card"):
+            cmd += [f"--{k}", str(v)]
+    lines += ["", "## Reproduce", "", "```", shlex.join(cmd), "```", ""]
+    return "\n".join(lines)
+
+
+def write_selection(
+    result: SelectionResult, config: SelectConfig, scored: Mapping[str, Sequence[Mapping[str, Any]]]
+) -> dict[str, Path]:
+    """Write the kept rows to ``config.output`` and the report beside it; returns the paths by kind.
+
+    ``scored``: the scored views by name (``ori``, ``Q``, ``A``, ``QA``; lower case accepted), for the histograms
+    and the data card.
+    """
+    from srt_trainer.io import check_output_path, sidecar_path, write_rows
+
+    output = check_output_path(config.output)
+    names = {v.lower(): v for v in VARIANTS}
+    scored = {names.get(k.lower(), k): v for k, v in scored.items() if v is not None}
+    files: dict[str, Path] = {"output": write_rows(result.rows, output)}
+    report = {
+        "counts": result.counts,
+        "inputs": input_summary(config, scored),
+        "output": str(output),
+        "kept": len(result.rows),
+        "config": asdict(config),
+    }
+    files["selection"] = sidecar_path(output, "selection.json")
+    files["selection"].write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    files["decisions"] = write_rows(result.decisions, sidecar_path(output, "decisions.jsonl"))
+    if config.plot:
+        files["funnel"] = plot_funnel(result.counts, config, sidecar_path(output, "funnel.png"),
+                                      title=f"{output.name}: selection funnel ({config.policy} policy)")  # fmt: skip
+        hist = plot_histograms(scored, result, config, sidecar_path(output, "hist.png"))
+        if hist:
+            files["hist"] = hist
+    if config.data_card:
+        files["card"] = sidecar_path(output, "card.md")
+        files["card"].write_text(data_card(result, config, scored, files), encoding="utf-8")
+    return files

@@ -1,0 +1,68 @@
+"""Teachers: chat LLMs behind one interface, and ``complete_all``, which asks them without losing or repeating.
+
+- ``build_teacher("openai", model=..., base_url=...)``: any OpenAI-compatible endpoint (key from ``OPENAI_API_KEY``).
+- ``build_teacher("transformers")``: a local model (the embedded student by default; offline).
+- ``build_teacher("vllm", model=...)``: vLLM's offline engine, when installed.
+- ``complete_all(teacher, conversations, sampling, cache_path, validate=...)``: answers in input order, durably
+  cached per answer, re-asked when ``validate`` rejects them; returns the results and the run's counts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from srt_trainer.teachers.base import (
+    Answer,
+    ChatResult,
+    Conversation,
+    RunCounts,
+    SamplingConfig,
+    Teacher,
+    TeacherError,
+)
+from srt_trainer.teachers.cache import ResponseCache, cache_key, load_cache_entries
+from srt_trainer.teachers.runner import complete_all
+
+TEACHER_KINDS = ("openai", "transformers", "vllm")
+
+
+def build_teacher(kind: str, model: str | None = None, base_url: str | None = None, **options: Any) -> Teacher:
+    """A teacher of ``kind`` ("openai" | "transformers" | "vllm").
+
+    ``model``: the served model name (openai), or a folder / hub id / "embedded" (transformers, vllm; None means
+    the embedded student). ``options`` go to the teacher's class: ``OpenAITeacher`` (concurrency, max_retries,
+    timeout, ...), ``TransformersTeacher`` (dtype, device, batch_size, model_obj, tokenizer) or ``VLLMTeacher``
+    (engine options).
+    """
+    if kind == "openai":
+        from srt_trainer.teachers.openai_teacher import OpenAITeacher
+
+        return OpenAITeacher(model=model or "", base_url=base_url, **options)
+    if base_url:
+        raise ValueError(f"--base-url is for the openai teacher, not {kind!r}")
+    if kind == "transformers":
+        from srt_trainer.teachers.local import TransformersTeacher
+
+        return TransformersTeacher(model=model, **options)
+    if kind == "vllm":
+        from srt_trainer.teachers.vllm_teacher import VLLMTeacher
+
+        return VLLMTeacher(model=model, **options)
+    raise ValueError(f"unknown teacher {kind!r}; choose one of {', '.join(TEACHER_KINDS)}")
+
+
+__all__ = [
+    "TEACHER_KINDS",
+    "Answer",
+    "ChatResult",
+    "Conversation",
+    "ResponseCache",
+    "RunCounts",
+    "SamplingConfig",
+    "Teacher",
+    "TeacherError",
+    "build_teacher",
+    "cache_key",
+    "complete_all",
+    "load_cache_entries",
+]

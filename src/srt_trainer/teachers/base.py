@@ -1,0 +1,115 @@
+"""The teacher interface: a chat LLM that answers many conversations, reporting each answer as it arrives."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+Conversation = list[dict[str, str]]
+
+
+class TeacherError(RuntimeError):
+    """A teacher cannot work at all (bad key, unknown model, missing backend): the run stops, answers kept."""
+
+
+@dataclass
+class SamplingConfig:
+    """How the teacher samples. Greedy by default, as the release ran ChatGPT (temperature 0, top_p 1)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 1024
+    seed: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Answer:
+    """One request's outcome as a teacher reports it (``text`` None: it failed for good after its retries)."""
+
+    text: str | None
+    error: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    attempts: int = 1
+
+
+@dataclass
+class ChatResult:
+    """The final answer to one conversation, after the cache, transport retries and re-asks."""
+
+    text: str | None  # None when the request failed for good
+    error: str | None  # why it failed (after retries)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached: bool = False  # came from the durable cache, nothing sent
+    attempts: int = 0  # requests actually sent for this prompt (0 when cached)
+    valid: bool | None = None  # the text passed `validate` (None: no validator, or no text)
+    reasks: int = 0  # times it was asked again because an answer failed `validate`
+    texts: list[str] = field(default_factory=list)  # every answer received, first ask then re-asks
+
+
+@dataclass
+class RunCounts:
+    """What a run cost: requests per outcome and tokens (fresh requests only; cached answers cost nothing)."""
+
+    conversations: int = 0
+    asked: int = 0  # (conversation, ask) pairs sent to the teacher in this run
+    cached: int = 0  # (conversation, ask) pairs answered by the cache
+    requests: int = 0  # requests actually sent, transport retries included
+    retried: int = 0  # extra requests after a transport error (429, 5xx, time-out, dropped connection, bad JSON)
+    reasked: int = 0  # asks again because an answer failed validation
+    invalid: int = 0  # conversations whose last answer still failed validation
+    failed: int = 0  # conversations the teacher never answered
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def format(self) -> str:
+        rate = self.requests / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"{self.conversations} conversations: asked {self.asked}, cached {self.cached}, "
+            f"retried {self.retried} ({self.requests} requests), re-asked {self.reasked}, "
+            f"invalid {self.invalid}, failed {self.failed}; tokens {self.prompt_tokens} prompt + "
+            f"{self.completion_tokens} completion; {self.seconds:.1f} s ({rate:.2f} requests/s)"
+        )
+
+
+OnAnswer = Callable[[int, Answer], None]
+
+
+class Teacher(abc.ABC):
+    """A chat model behind one interface.
+
+    ``generate`` answers every conversation and calls ``on_answer(position, answer)`` as soon as each one is
+    final (in any order), so the caller can store it durably before anything else happens.
+    """
+
+    kind: str = ""
+    model_name: str = ""
+
+    def identity(self) -> dict[str, Any]:
+        """What, besides the messages and sampling, decides the answers (the cache key includes it)."""
+        return {"teacher": self.kind, "model": self.model_name}
+
+    @abc.abstractmethod
+    def generate(self, conversations: Sequence[Conversation], sampling: SamplingConfig, on_answer: OnAnswer) -> None:
+        """Answer every conversation, reporting each through ``on_answer``."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what the teacher holds (model weights, engines)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.model_name!r})"
+
+
+def prefilled(conversation: Conversation) -> bool:
+    """A conversation ending in an assistant message asks the model to continue that message."""
+    return bool(conversation) and conversation[-1].get("role") == "assistant"

@@ -1,0 +1,130 @@
+"""The durable response cache: every finished answer is appended, flushed and fsync'd before it is used.
+
+One JSON line per answer, keyed by the sha256 of the teacher, model, messages, sampling settings and ask number.
+A run killed mid-write leaves at most a torn last line; it is cut off when the file is opened again, so the next
+append starts on a clean line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from srt_trainer.teachers.base import Answer, Conversation, SamplingConfig
+
+logger = logging.getLogger(__name__)
+
+
+def cache_key(identity: Mapping[str, Any], messages: Sequence[Mapping[str, str]], sampling: SamplingConfig,
+              ask: int = 0) -> str:  # fmt: skip
+    """sha256 of everything that decides an answer; ``ask`` > 0 names a re-ask, a distinct request."""
+    payload = {
+        "identity": dict(identity),
+        "messages": [dict(m) for m in messages],
+        "sampling": sampling.as_dict(),
+        "ask": ask,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def conversation_hash(messages: Sequence[Mapping[str, str]]) -> str:
+    """A short name of a prompt, for logs and side files."""
+    return hashlib.sha256(json.dumps([dict(m) for m in messages], ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+class ResponseCache:
+    """Answers by key, in memory, backed by an append-only JSONL file (``path`` None: memory only)."""
+
+    def __init__(self, path: str | Path | None, fsync: bool = True) -> None:
+        self.path = Path(path) if path is not None else None
+        self.fsync = fsync
+        self._entries: dict[str, dict[str, Any]] = {}
+        self._file = None
+        self.torn_lines = 0
+        if self.path is not None:
+            self._load()
+
+    def _load(self) -> None:
+        assert self.path is not None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):  # a torn last line from a killed run: cut it off so appends stay line-aligned
+            logger.warning("%s: dropping a torn last line (%d bytes) left by an interrupted run",
+                           self.path, len(data) - end)  # fmt: skip
+            self.torn_lines += 1
+            with self.path.open("r+b") as f:
+                f.truncate(end)
+            data = data[:end]
+        for line_no, line in enumerate(data.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                self._entries[entry["key"]] = entry
+            except (json.JSONDecodeError, KeyError, TypeError):
+                self.torn_lines += 1
+                logger.warning("%s:%d: unreadable cache line skipped", self.path, line_no)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._entries
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self._entries.get(key)
+
+    def put(self, key: str, answer: Answer, **meta: Any) -> None:
+        """Store a finished answer durably (only answers with text are cached: failures are asked again)."""
+        entry = {
+            "key": key,
+            "text": answer.text,
+            "prompt_tokens": answer.prompt_tokens,
+            "completion_tokens": answer.completion_tokens,
+            "attempts": answer.attempts,
+            "time": round(time.time(), 3),
+            **meta,
+        }
+        self._entries[key] = entry
+        if self.path is None:
+            return
+        if self._file is None:
+            self._file = self.path.open("a", encoding="utf-8")
+        self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        self._file.flush()
+        if self.fsync:
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> ResponseCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load_cache_entries(path: str | Path) -> list[dict[str, Any]]:
+    """Every readable entry of a cache file, in the order written (for reports and tests)."""
+    entries = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return entries
+
+
+__all__ = ["Conversation", "ResponseCache", "cache_key", "conversation_hash", "load_cache_entries"]

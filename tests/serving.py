@@ -1,0 +1,253 @@
+"""Real servers for teacher tests: ``transformers serve`` with the embedded model, and a fault-injecting proxy.
+
+The proxy stands in front of the real server and, by a seeded per-prompt schedule, answers 429 with
+``Retry-After``, 500, stalls past the client's time-out, drops the connection, or returns a truncated JSON body;
+every other request is forwarded to the server. It logs every request by prompt, so a test can check that no
+prompt was sent more often than its retries allow and that the client's own accounting is exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import http.server
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FAULTS = ("429", "500", "stall", "drop", "badjson")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tail(path: Path, n: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return "(no log)"
+
+
+@dataclass
+class ServeProcess:
+    """A running ``transformers serve``; ``base_url`` ends in ``/v1``, ``model`` is the name requests must use."""
+
+    process: subprocess.Popen
+    port: int
+    model: str
+    log_path: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=15)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def start_transformers_serve(model_dir: str | Path, log_path: str | Path, timeout: float = 240.0) -> ServeProcess:
+    """Start ``transformers serve MODEL_DIR`` on a free loopback port (CPU) and wait until ``/health`` answers;
+    raises with the server's log tail when it exits or does not come up in ``timeout`` seconds."""
+    exe = Path(sys.executable).parent / "transformers"
+    port = free_port()
+    log_path = Path(log_path)
+    log = log_path.open("w")
+    cmd = [str(exe), "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
+           "--log-level", "warning"]  # fmt: skip
+    # one thread: the server shares the cores with the tests, and idle-spinning torch threads slow both many times
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    log.close()
+    server = ServeProcess(process, port, str(model_dir), log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"transformers serve exited with {process.returncode}:\n{_tail(log_path)}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return server
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    server.stop()
+    raise RuntimeError(f"transformers serve did not answer /health within {timeout:.0f} s:\n{_tail(log_path)}")
+
+
+def prompt_hash(messages: list[dict]) -> str:
+    """The proxy's name of a prompt (the request's messages)."""
+    return hashlib.sha256(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Hit:
+    time: float
+    outcome: str  # "ok" (forwarded) or the fault injected
+    temperature: float | None = None
+    status: int | None = None
+
+
+@dataclass
+class FaultPlan:
+    """Which fault the ``n``-th request of a prompt gets (n from 1), decided per prompt so that thread timing
+    cannot change it. ``rates``: chance of each fault on a prompt's requests up to ``max_faults_per_prompt``;
+    ``always``: prompts (by a predicate on the user message) that get 500 on every request."""
+
+    rates: dict[str, float] = field(default_factory=dict)
+    max_faults_per_prompt: int = 2
+    seed: int = 0
+    retry_after: str = "1"
+    stall_seconds: float = 5.0
+    always: Callable[[str], bool] | None = None
+    forced: dict[str, list[str]] = field(default_factory=dict)  # prompt hash -> faults of its first requests
+
+    def fault(self, key: str, user_text: str, n: int) -> str | None:
+        if self.always is not None and self.always(user_text):
+            return "500"
+        if key in self.forced:
+            seq = self.forced[key]
+            return seq[n - 1] if n <= len(seq) else None
+        if n > self.max_faults_per_prompt:
+            return None
+        rng = random.Random(f"{self.seed}:{key}:{n}")
+        x = rng.random()
+        for name in FAULTS:
+            x -= self.rates.get(name, 0.0)
+            if x < 0:
+                return name
+        return None
+
+
+class FaultProxy:
+    """A threaded HTTP proxy to ``upstream`` (``http://127.0.0.1:PORT``) that injects the faults of ``plan``."""
+
+    def __init__(self, upstream_port: int, plan: FaultPlan | None = None) -> None:
+        self.upstream_port = upstream_port
+        self.plan = plan or FaultPlan()
+        self.hits: dict[str, list[Hit]] = defaultdict(list)
+        self.lock = threading.Lock()
+        self.authorizations: set[str] = set()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+                self.wfile.flush()
+
+            def do_GET(self) -> None:
+                self._forward(b"", record=None)
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    request = json.loads(body)
+                    messages = request["messages"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    self._forward(body, record=None)
+                    return
+                key = prompt_hash(messages)
+                user = next((m["content"] for m in messages if m.get("role") == "user"), "")
+                with proxy.lock:
+                    proxy.authorizations.add(self.headers.get("Authorization", ""))
+                    n = len(proxy.hits[key]) + 1
+                    fault = proxy.plan.fault(key, user, n)
+                    hit = Hit(time.monotonic(), fault or "ok", request.get("temperature"))
+                    proxy.hits[key].append(hit)
+                if fault == "429":
+                    self._send(429, b'{"error": {"message": "rate limited", "type": "rate_limit"}}',
+                               {"Retry-After": proxy.plan.retry_after})  # fmt: skip
+                elif fault == "500":
+                    self._send(500, b'{"error": {"message": "injected server error", "type": "server_error"}}')
+                elif fault == "stall":
+                    time.sleep(proxy.plan.stall_seconds)
+                    self.close_connection = True
+                elif fault == "drop":
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                elif fault == "badjson":
+                    self._send(200, b'{"id": "chatcmpl-injected", "object": "chat.completion", "choices": [{"ind')
+                else:
+                    hit.status = self._forward(body, record=hit)
+
+            def _forward(self, body: bytes, record: Hit | None) -> int:
+                conn = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=600)
+                try:
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                    conn.request(self.command, self.path, body=body or None, headers=headers)
+                    response = conn.getresponse()
+                    data = response.read()
+                finally:
+                    conn.close()
+                self._send(response.status, data)
+                return response.status
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+            def handle_error(self, request: object, client_address: object) -> None:
+                # a client that timed out, or the server stopping under a forwarded request: expected here
+                exc = sys.exc_info()[1]
+                if not isinstance(exc, (ConnectionError, http.client.HTTPException, TimeoutError)):
+                    super().handle_error(request, client_address)
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, name="fault-proxy", daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def counts(self) -> dict[str, int]:
+        with self.lock:
+            return {k: len(v) for k, v in self.hits.items()}
+
+    def outcomes(self) -> dict[str, int]:
+        with self.lock:
+            out: dict[str, int] = defaultdict(int)
+            for hits in self.hits.values():
+                for h in hits:
+                    out[h.outcome] += 1
+            return dict(out)
+
+    def __enter__(self) -> FaultProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

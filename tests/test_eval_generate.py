@@ -1,0 +1,151 @@
+"""`srt eval generate` end to end with the embedded model: output contract, AlpacaEval file, kill-and-resume,
+a LoRA adapter and its merged folder, and the vLLM engine's message where vllm is absent."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from srt_trainer.cli import main as srt_main
+from srt_trainer.io import read_rows
+
+SRT = str(Path(sys.executable).parent / "srt")
+PER_SET = 2
+SETS = ("koala", "lima", "sinstruct", "vicuna", "wizardlm")
+
+
+def _args(shared_data: Path, output: Path, *extra: str) -> list[str]:
+    return ["eval", "generate", "--test_sets", str(shared_data / "eval"), "--limit", str(PER_SET),
+            "--max_new_tokens", "12", "--shard_size", "2", "--output", str(output), *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def base_run(shared_data, embedded_dir, tmp_path_factory) -> tuple[Path, str]:
+    """The uninterrupted run, in this process (the kill-and-resume test runs the console script)."""
+    out = tmp_path_factory.mktemp("gen") / "base.jsonl"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert srt_main(_args(shared_data, out)) == 0
+    return out, stdout.getvalue()
+
+
+def test_output_contract(base_run, shared_data, embedded_tokenizer):
+    from srt_trainer.evaluation.test_sets import read_test_sets
+    from srt_trainer.templates import get_template
+
+    out, stdout = base_run
+    rows = read_rows(out)
+    items = [it for s in read_test_sets([shared_data / "eval"], limit=PER_SET) for it in s.items]
+    assert [(r["test_set"], r["id"], r["instruction"], r["input"]) for r in rows] == [
+        (it["test_set"], it["id"], it["instruction"], it["input"]) for it in items
+    ]  # every item, in input order
+    assert [r["test_set"] for r in rows] == [s for s in SETS for _ in range(PER_SET)]
+    assert all(list(r) == ["id", "test_set", "instruction", "input", "output", "generator"] for r in rows)
+    assert {r["generator"] for r in rows} == {"SmolLM2-135M-Instruct"}
+    assert all(r["output"] and r["output"] == r["output"].strip() for r in rows)
+    for r in rows:  # at most max_new_tokens tokens, and never the prompt echoed back
+        assert len(embedded_tokenizer(r["output"], add_special_tokens=False)["input_ids"]) <= 12
+        assert not r["output"].startswith("A chat between")
+    sinstruct = [r for r in rows if r["test_set"] == "sinstruct"]
+    assert all(r["input"] for r in sinstruct)  # Self-Instruct items carry an input; the prompt shows it
+    assert "\nInput:\n" + sinstruct[0]["input"] in get_template("vicuna").prompt(sinstruct[0]["instruction"],
+                                                                                sinstruct[0]["input"])  # fmt: skip
+    assert "template vicuna; first prompt:\nA chat between a curious user" in stdout
+
+    alpaca = json.loads(out.with_name("base.alpaca_eval.json").read_text())
+    assert [a["output"] for a in alpaca] == [r["output"] for r in rows]
+    assert all(set(a) == {"instruction", "output", "generator", "dataset"} for a in alpaca)
+    assert alpaca[4]["instruction"] == f"{sinstruct[0]['instruction']}\n\n{sinstruct[0]['input']}"
+    summary = json.loads(out.with_name("base.summary.json").read_text())
+    assert summary["per_test_set"] == dict.fromkeys(SETS, PER_SET) and summary["generated_now"] == len(rows)
+    assert out.with_name("base.rejects.jsonl").read_text() == ""
+
+
+def test_matches_plain_greedy_generate(base_run, embedded_model, embedded_tokenizer):
+    """An answer equals transformers' own greedy decoding of its prompt, one at a time (no padding)."""
+    import torch
+
+    from srt_trainer.templates import get_template
+
+    row = read_rows(base_run[0])[6]  # vicuna: a short prompt
+    prompt = get_template("vicuna").prompt(row["instruction"], row["input"])
+    ids = embedded_tokenizer(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = embedded_model.generate(**ids, max_new_tokens=12, do_sample=False,
+                                      pad_token_id=embedded_tokenizer.pad_token_id)  # fmt: skip
+    expected = embedded_tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    assert row["output"] == expected
+
+
+def test_killed_run_resumes_to_identical_output(base_run, shared_data, tmp_path):
+    out = tmp_path / "resumed.jsonl"
+    shards = tmp_path / "resumed.gen-shards"
+    cmd = [SRT, *_args(shared_data, out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(shards.glob("shard-*.jsonl"))) < 2:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*.jsonl")}
+    assert 2 <= len(finished) < 5 and not out.exists()
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"resuming: {len(finished)} of 5 shards already generated" in res.stderr
+    assert all(shards.joinpath(n).stat().st_mtime_ns == t for n, t in finished.items())  # not redone
+    summary = json.loads(out.with_name("resumed.summary.json").read_text())
+    assert summary["generated_now"] == 10 - 2 * len(finished)
+    assert out.read_bytes() == base_run[0].read_bytes()
+
+    other = subprocess.run([*cmd, "--max_new_tokens", "8"], capture_output=True, text=True, timeout=600)
+    assert other.returncode != 0 and "holds shards of a run with different settings" in other.stderr
+
+
+@pytest.fixture(scope="module")
+def lora_dirs(embedded_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """A fresh LoRA on the embedded model, initialized non-zero so it changes the answers, and its merged folder."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from srt_trainer.models import load_student, load_tokenizer
+
+    root = tmp_path_factory.mktemp("lora")
+    torch.manual_seed(0)
+    config = LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = get_peft_model(load_student(embedded_dir, device="cpu"), config)
+    model.save_pretrained(root / "lora")
+    merged = model.merge_and_unload()
+    merged.save_pretrained(root / "merged")
+    load_tokenizer(embedded_dir).save_pretrained(root / "merged")
+    return root / "lora", root / "merged"
+
+
+def test_adapter_and_merged_model(base_run, lora_dirs, shared_data, tmp_path, capsys):
+    lora, merged = lora_dirs
+    args = ["--limit", "1", "--shard_size", "8"]
+    assert srt_main([*_args(shared_data, tmp_path / "lora.jsonl"), "--adapter", str(lora), *args]) == 0
+    assert srt_main([*_args(shared_data, tmp_path / "merged.jsonl"), "--model", str(merged), *args]) == 0
+    with_adapter, from_merged = read_rows(tmp_path / "lora.jsonl"), read_rows(tmp_path / "merged.jsonl")
+    base = {(r["test_set"], r["id"]): r["output"] for r in read_rows(base_run[0])}
+    assert {r["generator"] for r in with_adapter} == {"SmolLM2-135M-Instruct+lora"}
+    assert {r["generator"] for r in from_merged} == {"merged"}
+    assert len(with_adapter) == len(from_merged) == len(SETS)
+    # the adapter is applied: its answers differ from the base model's; merging it changes nothing
+    assert sum(r["output"] != base[(r["test_set"], r["id"])] for r in with_adapter) >= 3
+    assert [r["output"] for r in from_merged] == [r["output"] for r in with_adapter]
+
+
+def test_vllm_engine_without_vllm_says_what_to_install(shared_data, tmp_path):
+    """vllm is not part of this environment (it needs a GPU): asking for it explains what to do."""
+    with pytest.raises(SystemExit, match=r"--engine vllm needs the vllm package.*or use --engine transformers"):
+        srt_main([*_args(shared_data, tmp_path / "v.jsonl"), "--engine", "vllm"])

@@ -1,0 +1,144 @@
+"""`srt eval judge` end to end against a real OpenAI-compatible server (`transformers serve`, embedded model).
+
+The 135M judge rarely writes a score line: such reviews are re-asked, then reported as failures, never as ties.
+What must hold whatever it writes: both orders asked for every item, statuses that agree with the parser and the
+rule, counts that add up, rejects for unmatched answers, and a rerun served from the durable cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from srt_trainer.cli import main as srt_main
+from srt_trainer.evaluation.aggregate import aggregate_records, judge_item
+from srt_trainer.evaluation.judge import parse_scores, question_text, review_messages
+from srt_trainer.io import read_rows
+
+ITEMS = 2
+
+
+@pytest.fixture(scope="module")
+def answer_files(shared_data, embedded_model, embedded_tokenizer, tmp_path_factory) -> tuple[Path, Path]:
+    """Two real answer files to the first vicuna items: the embedded model prompted in two formats. B has one
+    extra item (unmatched) and one unusable row."""
+    from srt_trainer.evaluation.generate import GenerateConfig, run_generate
+
+    root = tmp_path_factory.mktemp("answers")
+    files = []
+    for name, template in (("a", "vicuna"), ("b", "alpaca")):
+        config = GenerateConfig(test_sets=[str(shared_data / "eval" / "vicuna_test_set.jsonl")], limit=ITEMS + 1,
+                                output=str(root / f"{name}.jsonl"), template=template, max_new_tokens=8,
+                                generator=f"smollm2-{template}")  # fmt: skip
+        with contextlib.redirect_stdout(io.StringIO()):
+            run_generate(config, model=embedded_model, tokenizer=embedded_tokenizer)
+        files.append(root / f"{name}.jsonl")
+    a_rows = read_rows(files[0])
+    files[0].write_text("".join(json.dumps(r) + "\n" for r in a_rows[:ITEMS]))  # A lacks B's last item
+    with files[1].open("a") as f:
+        f.write(json.dumps({"id": "x", "test_set": "vicuna", "instruction": "Q?", "output": None}) + "\n")
+    return files[0], files[1]
+
+
+def _judge(a: Path, b: Path, out: Path, server: str, model: str) -> str:
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        rc = srt_main(["eval", "judge", "--answers_a", str(a), "--answers_b", str(b), "--output", str(out),
+                       "--base_url", server, "--judge_model", model, "--max_tokens", "16", "--concurrency", "2",
+                       "--timeout", "300"])  # fmt: skip
+    assert rc == 0
+    return stdout.getvalue()
+
+
+@pytest.fixture(scope="module")
+def judged(answer_files, teacher_server, embedded_dir, tmp_path_factory, monkeypatch_module):
+    monkeypatch_module.delenv("OPENAI_API_KEY", raising=False)  # a local server needs no key
+    out = tmp_path_factory.mktemp("judge") / "reviews.jsonl"
+    printed = _judge(*answer_files, out, teacher_server, str(embedded_dir))
+    return out, printed
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+def test_every_item_judged_in_both_orders(judged, answer_files, teacher_server, embedded_dir):
+    from srt_trainer.teachers import SamplingConfig, build_teacher, cache_key, load_cache_entries
+
+    out, printed = judged
+    records = read_rows(out)
+    a_rows = read_rows(answer_files[0])
+    assert [(r["test_set"], r["id"]) for r in records] == [(r["test_set"], r["id"]) for r in a_rows]
+    assert {(r["generator_a"], r["generator_b"]) for r in records} == {("smollm2-vicuna", "smollm2-alpaca")}
+    assert {r["judge"] for r in records} == {str(embedded_dir)}
+    # the two prompts of every item reached the server: A as Assistant 1, then B as Assistant 1
+    identity = build_teacher("openai", model=str(embedded_dir), base_url=teacher_server).identity()
+    sampling = SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=16, seed=None)
+    cached = {e["key"] for e in load_cache_entries(out.with_name("reviews.cache.jsonl"))}
+    for r in records:
+        q = question_text(r["instruction"], r["input"])
+        first, swapped = (
+            review_messages(q, r["output_a"], r["output_b"]),
+            review_messages(q, r["output_b"], r["output_a"]),
+        )
+        assert swapped[1]["content"].index(r["output_b"]) < swapped[1]["content"].index("Assistant 2's Answer")
+        assert cache_key(identity, first, sampling) in cached and cache_key(identity, swapped, sampling) in cached
+        assert isinstance(r["review"], str) and isinstance(r["review_reverse"], str)  # the server answered
+    reasked = sum(r["reasks"] + r["reasks_reverse"] for r in records)  # each re-ask is a request of its own
+    assert f"judge: {2 * ITEMS} conversations: asked {2 * ITEMS + reasked}, cached 0," in printed
+
+
+def test_statuses_follow_the_parser_and_the_rule(judged):
+    out, printed = judged
+    records = read_rows(out)
+    for r in records:
+        scores, reverse = parse_scores(r["review"]), parse_scores(r["review_reverse"])
+        outcome = judge_item(r["review"], r["review_reverse"])
+        if scores is None or reverse is None:
+            assert r["status"] == "failed" and r["result"] is None and r["error"]
+            # an unreadable review was asked again before it was given up
+            assert (scores is not None or r["reasks"] == 1) and (reverse is not None or r["reasks_reverse"] == 1)
+        else:
+            assert r["status"] == "ok" and r["result"] == outcome.result and r["error"] is None
+            assert (r["score_a"], r["score_b"]) == scores and (r["score_b_reverse"], r["score_a_reverse"]) == reverse
+    failures = read_rows(out.with_name("reviews.failures.jsonl"))
+    assert failures == [r for r in records if r["status"] == "failed"]
+    agg = aggregate_records(records)
+    assert agg.overall.n + agg.overall.failed == ITEMS and agg.overall.failed == len(failures)
+    assert sum(r["result"] == "tie" for r in records) == agg.overall.tie  # a failure is never a tie
+    assert f"win {agg.overall.win} tie {agg.overall.tie} lose {agg.overall.lose} ({len(failures)} failed" in printed
+    md = out.with_name("reviews.aggregate.md").read_text()
+    assert "smollm2-vicuna vs smollm2-alpaca" in md and out.with_name("reviews.aggregate.png").exists()
+    # `srt eval aggregate` on the judge's output reads the same verdicts from the raw reviews
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
+        assert srt_main(["eval", "aggregate", "--reviews", str(out), "--json", "--plot", "false"]) == 0
+    result = json.loads(stdout.getvalue())
+    assert (result["win"], result["tie"], result["lose"], result["failed"]) == (
+        agg.overall.win, agg.overall.tie, agg.overall.lose, agg.overall.failed)  # fmt: skip
+
+
+def test_unmatched_and_bad_rows_are_rejected(judged, answer_files):
+    out, _ = judged
+    rejects = [json.loads(x) for x in out.with_name("reviews.rejects.jsonl").read_text().splitlines()]
+    b_rows = read_rows(answer_files[1])
+    assert [(r["file"], r["row"], r["field"]) for r in rejects] == [
+        (str(answer_files[1]), len(b_rows) - 1, "output"),
+        (str(answer_files[1]), ITEMS, "id"),
+    ]
+    assert rejects[1]["reason"] == f"no answer to item vicuna/{ITEMS + 1} in {answer_files[0]}"
+
+
+def test_rerun_is_served_from_the_cache(judged, answer_files, teacher_server, embedded_dir, tmp_path):
+    out, _ = judged
+    again = tmp_path / "reviews.jsonl"
+    (tmp_path / "reviews.cache.jsonl").write_bytes(out.with_name("reviews.cache.jsonl").read_bytes())
+    printed = _judge(*answer_files, again, teacher_server, str(embedded_dir))
+    assert f"judge: {2 * ITEMS} conversations: asked 0, cached " in printed and "(0 requests)" in printed
+    assert read_rows(again) == read_rows(out)

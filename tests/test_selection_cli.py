@@ -1,0 +1,143 @@
+"""`srt select` end to end on real `srt score` outputs: real rows and rewrites built from them, scored by the
+embedded student."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from srt_trainer.cli import main
+from srt_trainer.io import read_rows
+
+N = 8
+
+
+def _restate(instruction: str, output: str) -> str:
+    # a response that opens by restating its instruction implies it strongly (low r-IFD): the kind of
+    # rewrite the student accepts
+    return f"{instruction.rstrip('.?!')}: here is the answer.\n\n{output}"
+
+
+@pytest.fixture(scope="module")
+def scored_files(alpaca_rows, embedded_dir, embedded_tokenizer, tmp_path_factory) -> dict[str, Path]:
+    """ori = 8 real rows; Q = 8 other real rows (row 7 a teacher fallback, i.e. ori again); A = ori with restated or
+    swapped responses; QA = Q with restated or lightly edited responses, one empty (no statistics).
+
+    Short real rows and a bfloat16 student keep the four `srt score` runs to seconds on two CPU cores."""
+    from srt_trainer.models import load_student
+    from srt_trainer.scoring.cli import ScoreConfig, run_score
+
+    d = tmp_path_factory.mktemp("select")
+    short = [{k: r[k] for k in ("instruction", "input", "output")} for r in alpaca_rows
+             if 25 <= len(r["output"].strip()) <= 120 and len(r["instruction"]) + len(r["input"]) <= 90]  # fmt: skip
+    base, other = short[:N], short[N : 2 * N]
+    q = [{**o, "source_index": i, "reflection_status": "ok"} for i, o in enumerate(other)]
+    q[7] = {**base[7], "source_index": 7, "reflection_status": "fallback"}
+    a = [{**b, "output": _restate(b["instruction"], b["output"]) if i % 2 == 0 else base[(i + 1) % N]["output"],
+          "source_index": i, "reflection_status": "ok"} for i, b in enumerate(base)]  # fmt: skip
+    qa = [{**x, "output": _restate(x["instruction"], x["output"]) if i % 2 == 0 else x["output"] + " I hope it helps.",
+           "source_index": i, "reflection_status": "ok"} for i, x in enumerate(q)]  # fmt: skip
+    qa[5]["output"] = ""
+    model = load_student(embedded_dir, dtype="bfloat16", device="cpu")
+    files = {}
+    for name, rows in (("ori", base), ("q", q), ("a", a), ("qa", qa)):
+        data = d / f"{name}.json"
+        data.write_text(json.dumps(rows))
+        files[name] = d / f"{name}.scores.jsonl"
+        run_score(ScoreConfig(data=str(data), output=str(files[name]), dtype="bfloat16", plot=False),
+                  model=model, tokenizer=embedded_tokenizer)  # fmt: skip
+    return files
+
+
+def expected_selection(files: dict[str, Path], winners: bool = False) -> list[tuple[int, str]]:
+    """The rule written out again, straight from SPEC 1.3, on the scored files."""
+    ori, q, a, qa = (read_rows(files[k]) for k in ("ori", "q", "a", "qa"))
+    keep = []
+    for i in range(len(ori)):
+        o, x, y, z = ori[i], q[i], a[i], qa[i]
+        if o["ifd"] is None:
+            continue
+        fallback = x["reflection_status"] == "fallback"
+        if not fallback and x["ifd"] is not None and x["ifd"] > o["ifd"]:
+            if z["rifd"] is None:
+                continue
+            pick = ("QA", z) if z["rifd"] < x["rifd"] else (("Q", x) if winners else None)
+        else:
+            pick = ("A", y) if y["rifd"] < o["rifd"] else (("ori", o) if winners else None)
+        if pick and pick[1]["rifd"] < 1 and pick[1]["ifd"] < 1:
+            keep.append((i, pick[0]))
+    return keep
+
+
+def _select(files: dict[str, Path], output: Path, *extra: str) -> int:
+    args = ["select", *(a for k in ("ori", "q", "a", "qa") for a in (f"--{k}", str(files[k]))), "--output", str(output)]
+    return main([*args, *extra])
+
+
+def test_srt_select_end_to_end(scored_files, tmp_path, capsys):
+    out = tmp_path / "selected.jsonl"
+    assert _select(scored_files, out) == 0
+    printed = capsys.readouterr().out
+    rows = read_rows(out)
+    expected = expected_selection(scored_files)
+    assert [(r["source_index"], r["variant"]) for r in rows] == expected
+    views = {"QA": read_rows(scored_files["qa"]), "A": read_rows(scored_files["a"])}
+    for r in rows:
+        src = views[r["variant"]][r["source_index"]]
+        assert (r["instruction"], r["input"], r["output"]) == (src["instruction"], src["input"], src["output"])
+        assert r["ifd"] == src["ifd"] < 1 and r["rifd"] == src["rifd"] < 1 and r["branch"] in (1, 3)
+
+    report = json.loads((tmp_path / "selected.selection.json").read_text())
+    c = report["counts"]
+    assert c["rows"] == N == c["no_statistics"] + c["judged"]
+    assert c["judged"] == sum(c[f"branch_{b}"] for b in (1, 2, 3, 4))
+    for b in (1, 3):
+        assert c[f"branch_{b}"] == c[f"branch_{b}/cut_rifd"] + c[f"branch_{b}/cut_ifd"] + c[f"branch_{b}/passed"]
+    assert c["passed_thresholds"] == c["kept"] == len(rows) == c["kept/QA"] + c["kept/A"]
+    assert c["reflection_status/Q/fallback"] == 1 and c["unchanged_rewrites/Q"] == 1
+    assert report["inputs"]["ori"]["student"]["model"] == "embedded"  # from the score summary beside the input
+
+    decisions = read_rows(tmp_path / "selected.decisions.jsonl")
+    assert len(decisions) == N and decisions[7]["branch"] in (3, 4)  # the fallback Q is never "accepted"
+    assert [d["source_index"] for d in decisions] == list(range(N))
+    assert sum(d["branch"] == "no statistics" for d in decisions) == c["no_statistics"]
+    for d in decisions:
+        if d["branch"] == "no statistics":
+            assert d["cut"] == "no statistics: QA (empty response)"  # only QA row 5 lacks statistics
+
+    for png in ("funnel", "hist"):
+        with Image.open(tmp_path / f"selected.{png}.png") as im:
+            im.verify()
+            assert im.format == "PNG" and im.size[0] > 600
+    card = (tmp_path / "selected.card.md").read_text()
+    assert f"{len(rows)} instruction-response pairs selected by the student from {N} source rows" in card
+    assert "model `embedded`" in card and "dtype `bfloat16`" in card and "fallback 1" in card
+    assert f"| judged | {c['judged']} |" in card and "![Funnel](selected.funnel.png)" in card
+    for line in ("branch_1", "branch_4", "passed_thresholds", f"wrote {out} ({len(rows)} rows)"):
+        assert line in printed
+
+
+def test_srt_select_switch_and_budget(scored_files, tmp_path):
+    out = tmp_path / "top.parquet"
+    assert _select(scored_files, out, "--keep_unaccepted_winners", "--top_k", "2", "--no_plot", "--no_data_card") == 0
+    candidates = expected_selection(scored_files, winners=True)
+    by_view = {"ori": "ori", "Q": "q", "A": "a", "QA": "qa"}
+    ifd = {(i, v): read_rows(scored_files[by_view[v]])[i]["ifd"] for i, v in candidates}
+    top = sorted(sorted(candidates, key=lambda k: (-ifd[k], k[0]))[:2])
+    assert [(r["source_index"], r["variant"]) for r in read_rows(out)] == top
+    c = json.loads((tmp_path / "top.selection.json").read_text())["counts"]
+    assert c["passed_thresholds"] == len(candidates) and c["budget_cut"] == c["budget_cut/top_k"] == len(candidates) - 2
+    assert not (tmp_path / "top.funnel.png").exists() and not (tmp_path / "top.card.md").exists()
+
+
+def test_srt_select_refuses_misaligned_inputs(scored_files, tmp_path, capsys):
+    short = tmp_path / "a_short.jsonl"
+    short.write_text("".join(scored_files["a"].read_text().splitlines(keepends=True)[:-1]))
+    files = {**scored_files, "a": short}
+    assert _select(files, tmp_path / "x.jsonl") == 1
+    err = capsys.readouterr().err
+    assert f"srt select: {short} (A): {N - 1} rows, but {scored_files['ori']} (ori) has {N}" in err
+    assert not (tmp_path / "x.jsonl").exists()

@@ -1,0 +1,141 @@
+"""Teachers without a server: the durable cache, ``complete_all`` with the real embedded model as a local teacher,
+reflection in both modes through it, and the clear errors of teachers that cannot run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from srt_trainer.reflection import parse_instruction_reflection, parse_response_reflection, reflect
+from srt_trainer.teachers import (
+    Answer,
+    ResponseCache,
+    SamplingConfig,
+    TeacherError,
+    build_teacher,
+    cache_key,
+    complete_all,
+    load_cache_entries,
+)
+from srt_trainer.teachers.local import TransformersTeacher
+
+SAMPLING = SamplingConfig(max_tokens=12)
+CONVERSATIONS = [
+    [{"role": "system", "content": "You answer in one short sentence."}, {"role": "user", "content": q}]
+    for q in ("What is the capital of France?", "Name a primary color.", "What is 2 + 2?")
+]
+
+
+@pytest.fixture(scope="module")
+def local_teacher(embedded_model, embedded_tokenizer) -> TransformersTeacher:
+    return TransformersTeacher("embedded", model_obj=embedded_model, tokenizer=embedded_tokenizer, batch_size=2)
+
+
+def test_cache_keys_and_torn_last_line(tmp_path):
+    ident = {"teacher": "openai", "model": "m"}
+    msgs = CONVERSATIONS[0]
+    key = cache_key(ident, msgs, SAMPLING)
+    assert key == cache_key(dict(ident), [dict(m) for m in msgs], SamplingConfig(max_tokens=12))
+    others = {
+        cache_key(ident, msgs, SAMPLING, ask=1),
+        cache_key({**ident, "model": "n"}, msgs, SAMPLING),
+        cache_key(ident, msgs, SamplingConfig(max_tokens=13)),
+        cache_key(ident, CONVERSATIONS[1], SAMPLING),
+    }
+    assert key not in others and len(others) == 4
+
+    path = tmp_path / "cache.jsonl"
+    with ResponseCache(path) as cache:
+        cache.put("a", Answer("first", prompt_tokens=3, completion_tokens=2))
+        cache.put("b", Answer("second"))
+    with path.open("a") as f:  # what a kill in the middle of a write leaves
+        f.write('{"key": "c", "text": "unfini')
+    cache = ResponseCache(path)
+    assert cache.torn_lines == 1 and len(cache) == 2 and cache.get("a")["text"] == "first"
+    cache.put("c", Answer("third"))
+    cache.close()
+    assert [e["key"] for e in load_cache_entries(path)] == ["a", "b", "c"]  # the torn tail was cut, not glued to
+    assert all(json.loads(line) for line in path.read_text().splitlines())
+
+
+def test_complete_all_caches_every_answer_and_resumes_exactly(local_teacher, embedded_dir, tmp_path):
+    cache = tmp_path / "teacher-cache.jsonl"
+    results, counts = complete_all(local_teacher, CONVERSATIONS, SAMPLING, cache, progress=False)
+    assert [r.cached for r in results] == [False] * 3 and all(r.text for r in results)
+    assert (counts.asked, counts.cached, counts.requests, counts.failed) == (3, 0, 3, 0)
+    assert counts.completion_tokens == sum(r.completion_tokens for r in results) > 0
+    assert counts.prompt_tokens == sum(r.prompt_tokens for r in results) > 30
+    assert "asked 3, cached 0" in counts.format()
+    entries = load_cache_entries(cache)
+    assert sorted(e["text"] for e in entries) == sorted(r.text for r in results)
+
+    # a fresh teacher of the same model, never loaded: everything comes from the cache, nothing is generated
+    fresh = TransformersTeacher("embedded")
+    again, counts2 = complete_all(fresh, CONVERSATIONS, SAMPLING, cache, progress=False)
+    assert [r.text for r in again] == [r.text for r in results] and all(r.cached and r.attempts == 0 for r in again)
+    assert (counts2.asked, counts2.cached, counts2.requests) == (0, 3, 0) and fresh._model is None
+
+    # other settings are other requests: one new answer per conversation, appended
+    _, counts3 = complete_all(local_teacher, CONVERSATIONS[:1], SamplingConfig(max_tokens=6), cache, progress=False)
+    assert (counts3.asked, counts3.cached) == (1, 0) and len(load_cache_entries(cache)) == 4
+
+
+def test_unusable_answers_are_reasked_as_distinct_requests(local_teacher, tmp_path):
+    cache = tmp_path / "cache.jsonl"
+    results, counts = complete_all(local_teacher, CONVERSATIONS[:2], SAMPLING, cache, validate=lambda t: "@@" in t,
+                                   max_reasks=2, progress=False)  # fmt: skip
+    assert (counts.asked, counts.reasked, counts.invalid, counts.failed) == (6, 4, 2, 0)
+    assert all(r.valid is False and r.reasks == 2 and len(r.texts) == 3 and r.attempts == 3 for r in results)
+    assert len(load_cache_entries(cache)) == 6  # each ask is its own entry
+    # re-asks of a greedy request sample (a greedy teacher would repeat itself), so the answers may differ
+    again, counts2 = complete_all(local_teacher, CONVERSATIONS[:2], SAMPLING, cache, validate=lambda t: "@@" in t,
+                                  max_reasks=2, progress=False)  # fmt: skip
+    assert (counts2.asked, counts2.cached) == (0, 6) and [r.texts for r in again] == [r.texts for r in results]
+    # a validator that accepts the first answer: nothing re-asked
+    ok, counts3 = complete_all(local_teacher, CONVERSATIONS[:2], SAMPLING, cache, validate=bool, progress=False)
+    assert counts3.reasked == 0 and counts3.cached == 2 and all(r.valid for r in ok)
+
+
+def test_reflection_with_the_embedded_teacher_both_modes(local_teacher, alpaca_rows, tmp_path):
+    rows = [dict(alpaca_rows[i], row_index=i) for i in (7, 19)]
+    sampling = SamplingConfig(max_tokens=16)
+    q = reflect(rows, "instruction", local_teacher, sampling=sampling, cache_path=tmp_path / "q.jsonl",
+                progress=False)  # fmt: skip
+    assert q.variant == "Q" and len(q.rows) == 2 and sum(q.statuses.values()) == 2
+    for src, out, raw in zip(rows, q.rows, q.raw, strict=True):
+        assert out["source_index"] == src["row_index"] and out["variant"] == "Q"
+        assert (out["teacher"], out["teacher_model"]) == ("transformers", "embedded")
+        assert raw["prefix"] == "[New Instruction]" and raw["texts"]  # prefilled: a small teacher starts on format
+        parsed = parse_instruction_reflection(raw["prefix"] + raw["texts"][-1])
+        if out["reflection_status"] == "ok":
+            assert (out["instruction"], out["input"], out["output"]) == (parsed.instruction, parsed.input,
+                                                                         parsed.output)  # fmt: skip
+        else:  # fallback keeps the original instruction and answer
+            assert out["reflection_status"] == "fallback" and parsed is None and len(raw["texts"]) == 2
+            assert (out["instruction"], out["output"]) == (src["instruction"], src["output"])
+            assert "no usable" in out["reflection_error"]
+
+    qa = reflect(q.rows, "response", local_teacher, sampling=sampling, cache_path=tmp_path / "qa.jsonl",
+                 progress=False)  # fmt: skip
+    assert qa.variant == "QA"
+    for q_row, out, raw in zip(q.rows, qa.rows, qa.raw, strict=True):
+        assert out["source_index"] == q_row["source_index"] and out["instruction"] == q_row["instruction"]
+        assert out["q_reflection_status"] == q_row["reflection_status"]
+        better = parse_response_reflection(raw["prefix"] + raw["texts"][-1])
+        assert out["output"] == (better if out["reflection_status"] == "ok" else q_row["output"])
+    assert qa.statuses["ok"] >= 1  # prefilled with [Better Answer], even a 135M model gives a usable answer
+
+
+def test_teachers_that_cannot_run_say_why(monkeypatch):
+    with pytest.raises(TeacherError, match=r"pip install 'srt-trainer\[vllm\]'"):
+        build_teacher("vllm", model="embedded")  # vLLM is not installed here
+    with pytest.raises(TeacherError, match="needs a model name"):
+        build_teacher("openai", base_url="http://127.0.0.1:9/v1")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(TeacherError, match="set OPENAI_API_KEY"):
+        build_teacher("openai", model="gpt-4o-mini")
+    with pytest.raises(ValueError, match="unknown teacher"):
+        build_teacher("claude")
+    with pytest.raises(ValueError, match="--base-url is for the openai teacher"):
+        build_teacher("transformers", base_url="http://127.0.0.1:9/v1")

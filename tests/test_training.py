@@ -1,0 +1,254 @@
+"""The SFT stage: the paper's defaults, global-batch arithmetic, the response-only loss on a real tokenized batch,
+LoRA / full / QLoRA training on real rows, and the selection statistics in TensorBoard and in every checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from srt_trainer.io import read_rows, write_rows
+from srt_trainer.training import (
+    GlobalBatchError,
+    SRTModelConfig,
+    SRTScriptArguments,
+    SRTSFTConfig,
+    SRTSFTTrainer,
+    TrainingDataError,
+    build_sft_dataset,
+    gradient_accumulation_for,
+    resolve_resume,
+    train,
+)
+from srt_trainer.training.cli import main as train_main
+from srt_trainer.training.cli import make_parser
+
+# Small and quick on a 2-core CPU: few steps, short sequences, no gradient checkpointing.
+QUICK = {"max_length": 128, "per_device_train_batch_size": 2, "global_batch_size": 4, "report_to": "none",
+         "gradient_checkpointing": False, "logging_steps": 1, "dataloader_num_workers": 0, "seed": 0}  # fmt: skip
+
+
+def write_variant_files(alpaca_rows: list[dict], shared_data: Path, folder: Path, n: int = 8) -> dict[str, Path]:
+    """Four variant files of ``n`` real Alpaca rows, no teacher needed: ori is the row; Q its instruction as the
+    release's compressed data rewrote it (the input folded in); A the original instruction answered by the first
+    sentence of its response; QA the rewritten instruction with that answer."""
+    compressed = json.loads((shared_data / "cherry_alpaca_5_percent_compressed.json").read_text())
+    rewritten = {r["output"]: r["instruction"] for r in compressed}
+    rows = [r for r in alpaca_rows if r["input"] and rewritten.get(r["output"], r["instruction"]) != r["instruction"]
+            and 40 < len(r["output"]) < 600][:n]  # fmt: skip
+    variants: dict[str, list[dict]] = {"ori": [], "Q": [], "A": [], "QA": []}
+    for i, r in enumerate(rows):
+        new_instruction = rewritten[r["output"]]
+        short = r["output"].split("\n")[0].split(". ")[0].rstrip(".") + "."
+        variants["ori"].append({"instruction": r["instruction"], "input": r["input"], "output": r["output"]})
+        variants["Q"].append({"instruction": new_instruction, "input": "", "output": r["output"], "source_index": i})
+        variants["A"].append({"instruction": r["instruction"], "input": r["input"], "output": short, "source_index": i})
+        variants["QA"].append({"instruction": new_instruction, "input": "", "output": short, "source_index": i})
+    folder.mkdir(parents=True, exist_ok=True)
+    return {v: write_rows(rs, folder / f"{v.lower()}.jsonl") for v, rs in variants.items()}
+
+
+def quick_args(output_dir: Path, argv: list[str] = (), **overrides) -> tuple:
+    """Parse like the CLI does (YAML-free), with the quick settings."""
+    merged = {**QUICK, **overrides}
+    flags = []
+    for k, v in merged.items():
+        flags += [f"--{k}", str(v)]
+    return make_parser().parse_args_and_config(["--output_dir", str(output_dir), *flags, *argv])
+
+
+@pytest.fixture(scope="module")
+def scored_variants(alpaca_rows, shared_data, embedded_model, embedded_tokenizer, tmp_path_factory) -> dict[str, str]:
+    """The four variant files scored by the embedded student (shared by the training tests)."""
+    from srt_trainer.scoring.cli import ScoreConfig, run_score
+
+    folder = tmp_path_factory.mktemp("variants")
+    files = write_variant_files(alpaca_rows, shared_data, folder)
+    out = {}
+    for v, f in files.items():
+        output = folder / f"{v.lower()}.scores.jsonl"
+        run_score(ScoreConfig(data=str(f), output=str(output), model="embedded", plot=False),
+                  model=embedded_model, tokenizer=embedded_tokenizer)  # fmt: skip
+        out[v] = str(output)
+    return out
+
+
+# --- configuration ------------------------------------------------------------------------------------------
+
+
+def test_paper_defaults(tmp_path):
+    (script, args, model), _ = make_parser().parse_args_and_config(["--output_dir", str(tmp_path)]), None
+    assert (args.learning_rate, args.num_train_epochs, args.max_length) == (2e-5, 3.0, 2048)
+    assert (args.warmup_steps, args.weight_decay, str(args.lr_scheduler_type)) == (0.03, 0.0, "SchedulerType.COSINE")
+    assert args.completion_only_loss is True and args.global_batch_size == 128
+    assert args.bf16 is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    # 128 = 8 per device × 16 accumulation × 1 process
+    assert args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size == 128
+    assert args.get_warmup_steps(1000) == 30
+    assert script.template == "vicuna" and model.model_name_or_path == "embedded"
+
+
+def test_13b_defaults_yaml_and_cli_precedence(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("num_train_epochs: 2\nper_device_train_batch_size: 4\n")
+    parser = make_parser("sft_13b", defaults={"learning_rate": 1e-5})
+    _, args, _ = parser.parse_args_and_config(["--config", str(cfg), "--output_dir", str(tmp_path)])
+    assert args.learning_rate == 1e-5 and args.num_train_epochs == 2 and args.gradient_accumulation_steps == 32
+    _, args, _ = make_parser("sft_13b", defaults={"learning_rate": 1e-5}).parse_args_and_config(
+        ["--config", str(cfg), "--output_dir", str(tmp_path), "--learning_rate", "3e-5"]
+    )
+    assert args.learning_rate == 3e-5
+
+
+@pytest.mark.parametrize(("world", "per_device", "steps"), [(1, 4, 32), (2, 4, 16), (4, 4, 8), (8, 4, 4), (8, 16, 1)])
+def test_global_batch_holds_on_1_to_8_processes(world, per_device, steps):
+    assert gradient_accumulation_for(128, per_device, world) == steps
+    assert per_device * steps * world == 128
+
+
+def test_global_batch_errors_name_the_numbers(tmp_path):
+    with pytest.raises(GlobalBatchError, match=r"per_device_train_batch_size=3 × 1 process\(es\) = 3.*divisor of 128"):
+        gradient_accumulation_for(128, 3, 1)
+    with pytest.raises(GlobalBatchError, match="number of processes to a divisor of 128"):
+        gradient_accumulation_for(128, 1, 3)
+    with pytest.raises(GlobalBatchError, match="per_device_train_batch_size=256"):
+        SRTSFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=256)
+    with pytest.raises(GlobalBatchError, match="gradient_accumulation_steps=4 contradicts"):
+        SRTSFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, gradient_accumulation_steps=4)
+    as_given = SRTSFTConfig(output_dir=str(tmp_path), global_batch_size=None, gradient_accumulation_steps=3)
+    assert as_given.gradient_accumulation_steps == 3
+    # the CLI prints the message and exits 2 instead of a traceback
+    assert train_main(["--dataset", "x.jsonl", "--output_dir", str(tmp_path), "--per_device_train_batch_size", "3"]) == 2
+
+
+def test_exactly_one_kind_of_input(tmp_path):
+    assert SRTScriptArguments(dataset="a.jsonl").mode() == "dataset"
+    assert SRTScriptArguments(ori_scores="o", q_scores="q", a_scores="a", qa_scores="qa").mode() == "scores"
+    assert SRTScriptArguments(policy="ifd", ori_data="o").mode() == "data"
+    with pytest.raises(ValueError, match="exactly one kind"):
+        SRTScriptArguments(dataset="a.jsonl", ori_scores="o").mode()
+    with pytest.raises(ValueError, match="needs --a_scores, --qa_scores"):
+        SRTScriptArguments(ori_scores="o", q_scores="q").mode()
+
+
+def test_resume_values(tmp_path):
+    assert resolve_resume(None, tmp_path) is None and resolve_resume("auto", tmp_path / "none") is None
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "checkpoint-10").mkdir()
+    assert resolve_resume("true", tmp_path) == str(tmp_path / "checkpoint-10")
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        resolve_resume(str(tmp_path / "checkpoint-3"), tmp_path)
+
+
+# --- data ----------------------------------------------------------------------------------------------------
+
+
+def test_rows_without_response_are_refused_by_name(alpaca_rows):
+    rows = [dict(alpaca_rows[0]), {"instruction": "Name a color.", "input": "", "output": " "}]
+    with pytest.raises(TrainingDataError, match=r"sel.jsonl: row 1, field 'output': empty response"):
+        build_sft_dataset(rows, source="sel.jsonl")
+    with pytest.raises(TrainingDataError, match="row 0, field 'instruction'"):
+        build_sft_dataset([{"output": "x"}])
+
+
+def test_loss_mask_covers_exactly_the_response_and_eos(alpaca_rows, embedded_model, embedded_tokenizer, tmp_path):
+    """A real batch from the trainer's own dataloader: labels are the response tokens plus EOS, nothing else."""
+    rows = alpaca_rows[:6]
+    dataset = build_sft_dataset(rows, "vicuna", embedded_tokenizer)
+    assert dataset[0]["prompt"].endswith("ASSISTANT:") and dataset[0]["completion"] == " " + rows[0]["output"]
+    _, args, _ = quick_args(tmp_path, max_length=2048, global_batch_size=6, per_device_train_batch_size=3)
+    trainer = SRTSFTTrainer(model=embedded_model, args=args, train_dataset=dataset, processing_class=embedded_tokenizer)
+    tok = embedded_tokenizer
+    seen = 0
+    for batch in trainer.get_train_dataloader():
+        for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"], strict=True):
+            n = int(mask.sum())
+            assert (labels[n:] == -100).all()  # padding never trained on
+            text = tok.decode(ids[:n])
+            row = next(r for r in rows if text.startswith(dataset[rows.index(r)]["prompt"]))
+            prompt_ids = tok(dataset[rows.index(row)]["prompt"])["input_ids"]
+            response_ids = tok(" " + row["output"] + tok.eos_token)["input_ids"]
+            assert ids[:n].tolist() == prompt_ids + response_ids  # prompt, then " response<|im_end|>"
+            assert (labels[: len(prompt_ids)] == -100).all()
+            assert labels[len(prompt_ids) : n].tolist() == response_ids
+            assert tok.decode(labels[len(prompt_ids) : n]) == " " + row["output"] + tok.eos_token
+            seen += 1
+    assert seen == 6
+
+
+# --- training ------------------------------------------------------------------------------------------------
+
+
+def test_lora_training_logs_selection_to_tensorboard_and_checkpoints(scored_variants, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    script, args, model_args = quick_args(
+        out,
+        ["--use_peft", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj", "--keep_unaccepted_winners"],
+        ori_scores=scored_variants["ori"], q_scores=scored_variants["Q"], a_scores=scored_variants["A"],
+        qa_scores=scored_variants["QA"], max_steps=2, save_steps=1, report_to="tensorboard",
+    )  # fmt: skip
+    outcome = train(script, args, model_args)
+    assert outcome.global_step == 2 and outcome.train_rows >= 1
+
+    selection = json.loads((out / "selection" / "selected.selection.json").read_text())
+    counts = selection["counts"]
+    kept = read_rows(out / "selection" / "selected.jsonl")
+    assert counts["kept"] == len(kept) == outcome.train_rows and counts["rows"] == 8
+    assert sum(counts[f"branch_{b}"] for b in (1, 2, 3, 4)) == counts["judged"]
+
+    # the counts and plots reached TensorBoard through the trainer's own logger
+    (run_dir,) = (out / "runs").iterdir()  # transformers' default: output_dir/runs/<date>_<host>
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    for name in ("kept", "rows", "branch_1", "branch_3", "judged"):
+        assert events.Scalars(f"train/selection/{name}")[0].value == counts[name]  # Trainer.log adds train/
+    assert {"selection/funnel", "selection/hist"} <= set(tags["images"])
+    assert events.Images("selection/funnel")[0].width > 100
+    assert "train/loss" in tags["scalars"]
+
+    # every checkpoint carries the selection report
+    for step in (1, 2):
+        saved = {p.name for p in (out / f"checkpoint-{step}" / "selection").iterdir()}
+        assert {"selected.selection.json", "selected.funnel.png", "selected.hist.png", "selected.card.md"} <= saved
+    assert (out / "adapter_model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    summary = json.loads((out / "srt_train_summary.json").read_text())
+    assert summary["selection"]["kept"] == len(kept) and summary["global_step"] == 2
+
+
+def test_full_fine_tuning_changes_weights(tiny_models, alpaca_rows, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    data = write_rows(alpaca_rows[:8], tmp_path / "sel.jsonl")
+    out = tmp_path / "full"
+    script, args, model_args = quick_args(out, dataset=str(data), max_steps=2, learning_rate=1e-3,
+                                          model_name_or_path=str(tiny_models["llama"]))  # fmt: skip
+    train(script, args, model_args)
+    before = AutoModelForCausalLM.from_pretrained(tiny_models["llama"]).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert len(changed) > len(before) // 2  # full fine-tuning moved (nearly) every tensor
+    assert (out / "selection" / "train.rejects.jsonl").read_text() == ""
+
+
+def test_qlora_trains_a_4bit_student(embedded_dir, alpaca_rows, tmp_path):
+    from peft import PeftModel
+
+    data = write_rows(alpaca_rows[:4], tmp_path / "sel.jsonl")
+    out = tmp_path / "qlora"
+    script, args, model_args = quick_args(
+        out, ["--use_peft", "--load_in_4bit", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj"],
+        dataset=str(data), max_steps=1, max_length=64, learning_rate=1e-3,
+    )  # fmt: skip
+    outcome = train(script, args, model_args)
+    assert outcome.global_step == 1 and outcome.metrics["train_loss"] > 0
+    from srt_trainer.models import load_student
+
+    model = load_student(embedded_dir, load_in_4bit=True, device="cpu", adapter=out)
+    assert isinstance(model, PeftModel)
+    lora = {k: v for k, v in model.state_dict().items() if "lora_B" in k}
+    assert lora and any(v.abs().sum() > 0 for v in lora.values())  # B starts at zero; one step moved it
