@@ -10,5 +10,8 @@ import sys
 
 from srt_trainer.training.cli import main
 
+# The paper's learning rate for this size; a YAML --config and the command line override it.
+DEFAULTS = {"learning_rate": 1e-5}
+
 if __name__ == "__main__":
-    sys.exit(main(prog="recipes/sft_13b.py", defaults={"learning_rate": 1e-5}))
+    sys.exit(main(prog="recipes/sft_13b.py", defaults=DEFAULTS))

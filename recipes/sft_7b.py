@@ -13,5 +13,8 @@ import sys
 
 from srt_trainer.training.cli import main
 
+# The paper's learning rate for this size; a YAML --config and the command line override it.
+DEFAULTS = {"learning_rate": 2e-5}
+
 if __name__ == "__main__":
-    sys.exit(main(prog="recipes/sft_7b.py", defaults={"learning_rate": 2e-5}))
+    sys.exit(main(prog="recipes/sft_7b.py", defaults=DEFAULTS))

@@ -27,11 +27,11 @@ def test_help_lists_every_stage():
     assert set(STAGES) == {"score", "reflect", "select", "train", "run", "eval"}
 
 
-@pytest.mark.parametrize("stage", [s for s, v in STAGES.items() if v.entry is None])
-def test_unbuilt_stages_say_so_and_fail(stage):
-    res = _srt(stage, "--data", "x.json")
-    assert res.returncode == 2
-    assert f"srt {stage}: this stage is not built yet" in res.stderr
+def test_every_stage_is_built_and_documents_its_options():
+    for stage in STAGES:
+        assert STAGES[stage].entry is not None
+    res = _srt("select", "--help")
+    assert res.returncode == 0 and "--keep_unaccepted_winners" in res.stdout
 
 
 def test_no_stage_prints_help_and_fails():

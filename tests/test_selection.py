@@ -106,6 +106,8 @@ def test_switch_keeps_branch_2_and_4_winners():
     assert [(r["source_index"], r["variant"]) for r in res.rows] == [
         (0, "QA"), (3, "Q"), (4, "A"), (7, "ori"), (11, "QA"), (12, "A")]  # fmt: skip
     assert (c["kept/Q"], c["kept/ori"]) == (1, 1)
+    assert all(list(r) == list(res.rows[0]) for r in res.rows)  # one schema, though ori rows have no teacher columns
+    assert res.rows[3]["reflection_status"] is None and res.rows[1]["reflection_status"] == "ok"
     assert res.rows[1]["output"] == "Q answer 3" and res.rows[3]["instruction"] == "ori instruction 7"
 
 

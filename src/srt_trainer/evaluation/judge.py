@@ -275,6 +275,7 @@ def run_judge(config: JudgeConfig, teacher: Any = None) -> list[dict[str, Any]]:
     write_rejects(rejects, rejects_path_for(output))
     print(f"{len(pairs)} items to judge in both orders; {summarize_rejects(rejects)}")
 
+    own_teacher = teacher is None
     if teacher is None:
         if config.judge == "openai" and not config.judge_model:
             raise SystemExit("srt eval judge: --judge_model is required with the openai judge (the paper used gpt-4)")
@@ -290,8 +291,12 @@ def run_judge(config: JudgeConfig, teacher: Any = None) -> list[dict[str, Any]]:
         conversations.append(review_messages(question, b["output"], a["output"]))  # swapped: B is Assistant 1
     sampling = SamplingConfig(temperature=config.temperature, top_p=1.0, max_tokens=config.max_tokens, seed=config.seed)
     cache = Path(config.cache) if config.cache else sidecar_path(output, "cache.jsonl")
-    results, counts = complete_all(teacher, conversations, sampling, cache, validate=has_scores,
-                                   max_reasks=config.max_reasks, desc="Judging")  # fmt: skip
+    try:
+        results, counts = complete_all(teacher, conversations, sampling, cache, validate=has_scores,
+                                       max_reasks=config.max_reasks, desc="Judging")  # fmt: skip
+    finally:
+        if own_teacher:
+            teacher.close()
     records = [_record(a, b, str(judge_name), results[2 * i], results[2 * i + 1]) for i, (a, b) in enumerate(pairs)]
     write_rows(records, output)
     failures = [r for r in records if r["status"] == "failed"]

@@ -1,9 +1,9 @@
 """Read the teacher's tagged answers, tolerating what the release tolerated.
 
 ``[New Instruction] ... [End]``, ``[New Answer] ... [End]`` and ``[Better Answer] ... [End]``; also without
-``[End]`` (a segment stops at the next tag, an echoed ``[The End of Answer]``, or the end of the text), the ``New Answer:`` forms, any letter case,
-Markdown emphasis around a tag, tags repeated back to back, and a template placeholder echoed back ("your answer").
-An optional ``[New Input] ... [End]`` becomes the new row's input.
+``[End]`` (a segment stops at the next tag, an echoed ``[The End of Answer]``, or the end of the text), the
+``New Answer:`` forms, any letter case, Markdown emphasis around a tag, tags repeated back to back, and a template
+placeholder echoed back ("your answer"). An optional ``[New Input] ... [End]`` becomes the new row's input.
 """
 
 from __future__ import annotations

@@ -44,8 +44,8 @@ def run_select(config: SelectConfig) -> SelectionResult:
     files = config.files()
     missing = [f"--{v.lower()}" for v in needed if not files[v]]
     if missing or not config.output:
-        raise SelectionInputError(f"srt select: {', '.join([*missing, *([] if config.output else ['--output'])])} "
-                                  f"required by the {config.policy!r} policy")  # fmt: skip
+        missing += [] if config.output else ["--output"]
+        raise SelectionInputError(f"{', '.join(missing)} required (the {config.policy!r} policy)")
     output = check_output_path(config.output)
     for view, file in files.items():
         if file and Path(file).resolve() == output.resolve():
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (config,) = TrlParser(SelectConfig, prog="srt select").parse_args_and_config(argv)
     try:
         run_select(config)
-    except (SelectionInputError, ValueError) as e:
+    except ValueError as e:  # SelectionInputError included: bad inputs, said plainly
         print(f"srt select: {e}", file=sys.stderr)
         return 1
     return 0

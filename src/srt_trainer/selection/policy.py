@@ -15,7 +15,8 @@ the cuts are counted in that order (r-IFD first), so each row is cut once and th
 ``keep_unaccepted_winners`` the pair that won the comparison in branch 2 (Q: the student accepted the new
 instruction but not the new response) and in branch 4 (ori: it accepted neither) go through the same thresholds.
 A rewrite identical to its source (a teacher fallback) is never "accepted", as in the release where it scores
-exactly like its source. Budgets then rank the candidates that passed by IFD, highest (hardest, still feasible) first, as Cherry_LLM does.
+exactly like its source. Budgets then rank the candidates that passed by IFD, highest (hardest, still feasible)
+first, as Cherry_LLM does.
 """
 
 from __future__ import annotations
@@ -69,11 +70,16 @@ class SelectConfig:
     ifd_threshold: float = field(default=1.0, metadata={"help": "Keep a pair only if its IFD is below this."})
     rifd_threshold: float = field(default=1.0, metadata={"help": "Keep a pair only if its r-IFD is below this "
                                                          "(not used by the 'ifd' policy)."})  # fmt: skip
-    top_k: int | None = field(default=None, metadata={"help": "Budget: keep at most this many pairs, those with the "
-                                                      "highest IFD among the pairs that passed the thresholds."})  # fmt: skip
-    top_p: float | None = field(default=None, metadata={"help": "Budget: keep this fraction (0.05 = 5%%, rounded "
-                                                        "down) of the pairs that passed the thresholds, highest IFD "
-                                                        "first. With top_k too, the smaller budget holds."})  # fmt: skip
+    top_k: int | None = field(
+        default=None,
+        metadata={"help": "Budget: keep at most this many pairs, those with the highest IFD among the pairs that "
+                  "passed the thresholds."},
+    )  # fmt: skip
+    top_p: float | None = field(
+        default=None,
+        metadata={"help": "Budget: keep this fraction (0.05 = 5%%, rounded down) of the pairs that passed the "
+                  "thresholds, highest IFD first. With top_k too, the smaller budget holds."},
+    )  # fmt: skip
     plot: bool = field(default=True, metadata={"help": "Write the funnel and IFD / r-IFD histogram PNGs."})
     data_card: bool = field(default=True, metadata={"help": "Write a markdown data card beside the output."})
 
@@ -140,7 +146,9 @@ def check_alignment(views: Mapping[str, Sequence[Mapping[str, Any]]], files: Map
                 raise SelectionInputError(f"{where} ({name}) row {i}: not an object: {row!r:.80}")
             for col in ("ifd", "rifd"):
                 if col not in row:
-                    raise SelectionInputError(f"{where} ({name}) row {i}: no field {col!r}; is it an `srt score` output?")
+                    raise SelectionInputError(
+                        f"{where} ({name}) row {i}: no field {col!r}; is it an `srt score` output?"
+                    )
         if name == "ori":
             continue
         for i, (o, v) in enumerate(zip(ori, rows, strict=True)):
@@ -349,6 +357,9 @@ def select_rows(
         kept_rows.append(_kept_row(views[d["variant"]][i], d["variant"], d["source_index"], d["branch"], ori[i]))
         counts["kept"] += 1
         counts[f"kept/{d['variant']}"] += 1
+    # one schema for all kept rows (Parquet takes its columns from the first row)
+    columns = list(dict.fromkeys(k for row in kept_rows for k in row))
+    kept_rows = [{k: row.get(k) for k in columns} for row in kept_rows]
     return SelectionResult(rows=kept_rows, decisions=decisions, counts=_ordered(counts))
 
 
@@ -360,4 +371,3 @@ def _ordered(counts: Mapping[str, int]) -> dict[str, int]:
         out.update({k: n for k, n in counts.items() if k.startswith(key + "/") and k not in out})
     out.update({k: n for k, n in counts.items() if k not in out})
     return out
-

@@ -38,7 +38,9 @@ def funnel_stages(counts: Mapping[str, int], config: SelectConfig) -> list[tuple
     stages = [("input rows", [("rows", counts["rows"], COLORS["none"])])]
     stages.append(("judged", [("judged", counts["judged"], "#64b5cd")]))
     if config.policy == "paper":
-        stages.append(("branch", [(f"branch {b}", counts[f"branch_{b}"], COLORS[BRANCH_VIEW[b]]) for b in (1, 2, 3, 4)]))
+        stages.append(
+            ("branch", [(f"branch {b}", counts[f"branch_{b}"], COLORS[BRANCH_VIEW[b]]) for b in (1, 2, 3, 4)])
+        )
         passed = [(BRANCH_VIEW[b], counts[f"branch_{b}/passed"], COLORS[BRANCH_VIEW[b]])
                   for b in (1, 2, 3, 4) if f"branch_{b}/passed" in counts]  # fmt: skip
     else:
@@ -59,7 +61,7 @@ def plot_funnel(counts: Mapping[str, int], config: SelectConfig, path: str | Pat
     stages = funnel_stages(counts, config)
     total = max(1, counts["rows"])
     fig, ax = plt.subplots(figsize=(9, 0.8 + 0.75 * len(stages)))
-    for y, (label, parts) in enumerate(stages):
+    for y, (_, parts) in enumerate(stages):
         width = sum(n for _, n, _ in parts)
         left = (total - width) / 2
         for name, n, color in parts:
@@ -195,7 +197,8 @@ def data_card(
              f"{len(result.rows)} instruction-response pairs selected by the student from {result.counts['rows']} "
              f"source rows with the `{config.policy}` policy of `srt select` (srt_trainer {__version__}), "
              "Selective Reflection-Tuning (Li et al., ACL 2024 Findings).", "", "## Inputs", "",
-             "| view | pair | file | rows | with statistics | reflection status |", "|---|---|---|---:|---:|---|"]  # fmt: skip
+             "| view | pair | file | rows | with statistics | reflection status |",
+             "|---|---|---|---:|---:|---|"]  # fmt: skip
     pairs = {"ori": "(x0, y0)", "Q": "(x_ins, y_ins)", "A": "(x0, y_res)", "QA": "(x_ins, y_res')"}
     for view, s in inputs.items():
         status = ", ".join(f"{k}: {n}" for k, n in s["reflection_status"].items()) or "—"
@@ -214,8 +217,9 @@ def data_card(
                  "- Teacher: not recorded in the inputs' columns.")  # fmt: skip
     fallbacks = {v: s["reflection_status"] for v, s in inputs.items() if set(s["reflection_status"]) - {"ok"}}
     if fallbacks:
-        lines.append("- Teacher fallbacks / failures (the original text was kept): " + "; ".join(
-            f"{v}: " + ", ".join(f"{k} {n}" for k, n in st.items() if k != "ok") for v, st in fallbacks.items()))  # fmt: skip
+        text = "; ".join(f"{v}: " + ", ".join(f"{k} {n}" for k, n in st.items() if k != "ok")
+                         for v, st in fallbacks.items())  # fmt: skip
+        lines.append(f"- Teacher fallbacks / failures (the original text was kept): {text}")
     lines += ["", "## Rule", ""]
     if config.policy == "paper":
         winners = config.keep_unaccepted_winners
@@ -226,8 +230,10 @@ def data_card(
                       if winners else "not kept (as in the release)",
                       b4=f"keep ori if rIFD(ori) < {config.rifd_threshold:g} and IFD(ori) < {config.ifd_threshold:g}"
                       if winners else "not kept (as in the release)"), "```", ""]  # fmt: skip
-        lines.append("Threshold cuts are counted r-IFD first, then IFD, so each row is counted once. A rewrite "
-                     "identical to its source (a teacher fallback) is not accepted: it scores as its source does.")
+        lines.append(
+            "Threshold cuts are counted r-IFD first, then IFD, so each row is counted once. A rewrite "
+            "identical to its source (a teacher fallback) is not accepted: it scores as its source does."
+        )
     else:
         lines.append(f"Cherry_LLM-style: the original pairs only, kept when IFD < {config.ifd_threshold:g}.")
     budget = [f"top_k = {config.top_k}" if config.top_k is not None else "",

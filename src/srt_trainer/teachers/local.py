@@ -93,9 +93,9 @@ class TransformersTeacher(Teacher):
                 mask[row, width - len(ids[i]) :] = 1
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed + start)
-            with torch.no_grad():
+            with torch.no_grad():  # use_cache: a training config may have turned the cache off
                 out = model.generate(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
-                                     **options)  # fmt: skip
+                                     use_cache=True, **options)  # fmt: skip
             for row, i in enumerate(batch):
                 new = out[row, width:].tolist()
                 n = next((k for k, t in enumerate(new) if t in eos), len(new))

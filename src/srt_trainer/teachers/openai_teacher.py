@@ -154,8 +154,13 @@ class OpenAITeacher(Teacher):
                         on_answer: OnAnswer) -> None:  # fmt: skip
         import openai
 
-        # the client's own retries are off: this teacher retries, so it can honour Retry-After and count requests
-        client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, max_retries=0, timeout=self.timeout)
+        # the client's own retries are off: this teacher retries, so it can honour Retry-After and count requests;
+        # a pool the size of the concurrency (the default holds 1000) keeps the pool's per-request scans short
+        limits = type(openai.DEFAULT_CONNECTION_LIMITS)(max_connections=self.concurrency,
+                                                        max_keepalive_connections=self.concurrency)  # fmt: skip
+        http_client = openai.DefaultAsyncHttpxClient(limits=limits, timeout=self.timeout)
+        client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, max_retries=0, timeout=self.timeout,
+                                    http_client=http_client)  # fmt: skip
         semaphore = asyncio.Semaphore(self.concurrency)
         refusals = {"streak": 0, "status": None, "ok": 0}
 

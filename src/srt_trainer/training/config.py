@@ -40,19 +40,32 @@ class SRTSFTConfig(SFTConfig):
     """
 
     output_dir: str | None = field(default="outputs/sft", metadata={"help": "Where checkpoints and the model go."})
-    learning_rate: float = field(default=2e-5, metadata={"help": "Peak learning rate of AdamW (paper: 2e-5 for 7B, "
-                                                         "1e-5 for 13B)."})  # fmt: skip
+    learning_rate: float = field(
+        default=2e-5,
+        metadata={"help": "Peak learning rate of AdamW (paper: 2e-5 for 7B, 1e-5 for 13B)."},
+    )
     num_train_epochs: float = field(default=3.0, metadata={"help": "Passes over the selected data (paper: 3)."})
-    max_length: int | None = field(default=2048, metadata={"help": "Tokens per training sequence; longer ones are "
-                                                           "truncated at the end (paper: 2048)."})  # fmt: skip
-    warmup_steps: float = field(default=0.03, metadata={"help": "Linear warmup: a float in [0, 1) is a ratio of the "
-                                                        "total steps (paper: 0.03), an integer a number of steps."})  # fmt: skip
+    max_length: int | None = field(
+        default=2048,
+        metadata={"help": "Tokens per training sequence; longer ones are truncated at the end (paper: 2048)."},
+    )
+    warmup_steps: float = field(
+        default=0.03,
+        metadata={
+            "help": "Linear warmup: a float in [0, 1) is a ratio of the total steps (paper: 0.03), an integer a "
+            "number of steps."
+        },
+    )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (paper: 0)."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule (paper: cosine)."})
-    completion_only_loss: bool | None = field(default=True, metadata={"help": "Loss on the response tokens (and the "
-                                                                      "EOS that ends them) only, as the paper trains."})  # fmt: skip
-    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision. Unset: on where the GPU "
-                                                      "supports it, off elsewhere (fp32 on CPU)."})  # fmt: skip
+    completion_only_loss: bool | None = field(
+        default=True,
+        metadata={"help": "Loss on the response tokens (and the EOS that ends them) only, as the paper trains."},
+    )
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bf16 mixed precision. Unset: on where the GPU supports it, off elsewhere (fp32 on CPU)."},
+    )
     global_batch_size: int | None = field(
         default=128,
         metadata={
@@ -105,27 +118,46 @@ class SRTScriptArguments:
     ``qa_data``), scored with the student here (across all processes) and then selected.
     """
 
-    dataset: str | None = field(default=None, metadata={"help": "Rows to train on as they are (JSON, JSONL or "
-                                                        "Parquet; Alpaca, ShareGPT or messages form), e.g. an "
-                                                        "`srt select` output; 'demo' for the set the package "
-                                                        "carries."})  # fmt: skip
+    dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Rows to train on as they are (JSON, JSONL or Parquet; Alpaca, ShareGPT or messages form), e.g. "
+            "an `srt select` output; 'demo' for the set the package carries."
+        },
+    )
     ori_scores: str | None = field(default=None, metadata={"help": "`srt score` output of the original pairs."})
-    q_scores: str | None = field(default=None, metadata={"help": "`srt score` output of the Q pairs (new "
-                                                         "instruction, its answer)."})  # fmt: skip
-    a_scores: str | None = field(default=None, metadata={"help": "`srt score` output of the A pairs (original "
-                                                         "instruction, better answer)."})  # fmt: skip
-    qa_scores: str | None = field(default=None, metadata={"help": "`srt score` output of the QA pairs (new "
-                                                          "instruction, better answer)."})  # fmt: skip
-    ori_data: str | None = field(default=None, metadata={"help": "Original pairs to score with the student ('demo': "
-                                                         "the set the package carries)."})  # fmt: skip
-    q_data: str | None = field(default=None, metadata={"help": "Q pairs (`srt reflect --mode instruction` output) "
-                                                       "to score."})  # fmt: skip
-    a_data: str | None = field(default=None, metadata={"help": "A pairs (`srt reflect --mode response` on the "
-                                                       "originals) to score."})  # fmt: skip
-    qa_data: str | None = field(default=None, metadata={"help": "QA pairs (`srt reflect --mode response` on Q) "
-                                                        "to score."})  # fmt: skip
-    data_format: str = field(default="auto", metadata={"help": "Format of the input files: auto, alpaca, sharegpt "
-                                                       "or messages."})  # fmt: skip
+    q_scores: str | None = field(
+        default=None,
+        metadata={"help": "`srt score` output of the Q pairs (new instruction, its answer)."},
+    )
+    a_scores: str | None = field(
+        default=None,
+        metadata={"help": "`srt score` output of the A pairs (original instruction, better answer)."},
+    )
+    qa_scores: str | None = field(
+        default=None,
+        metadata={"help": "`srt score` output of the QA pairs (new instruction, better answer)."},
+    )
+    ori_data: str | None = field(
+        default=None,
+        metadata={"help": "Original pairs to score with the student ('demo': the set the package carries)."},
+    )
+    q_data: str | None = field(
+        default=None,
+        metadata={"help": "Q pairs (`srt reflect --mode instruction` output) to score."},
+    )
+    a_data: str | None = field(
+        default=None,
+        metadata={"help": "A pairs (`srt reflect --mode response` on the originals) to score."},
+    )
+    qa_data: str | None = field(
+        default=None,
+        metadata={"help": "QA pairs (`srt reflect --mode response` on Q) to score."},
+    )
+    data_format: str = field(
+        default="auto",
+        metadata={"help": "Format of the input files: auto, alpaca, sharegpt or messages."},
+    )
     template: str = field(
         default="vicuna",
         metadata={
@@ -145,20 +177,38 @@ class SRTScriptArguments:
         metadata={"help": "Selection policy: 'paper' (the released rule, needs all four variants) or 'ifd' "
                   "(Cherry_LLM-style, the original pairs only).", "choices": ["paper", "ifd"]},
     )  # fmt: skip
-    keep_unaccepted_winners: bool = field(default=False, metadata={"help": "Also keep the winners of branches 2 "
-                                                                   "and 4 under the same thresholds."})  # fmt: skip
+    keep_unaccepted_winners: bool = field(
+        default=False,
+        metadata={"help": "Also keep the winners of branches 2 and 4 under the same thresholds."},
+    )
     ifd_threshold: float = field(default=1.0, metadata={"help": "Keep a pair only if its IFD is below this."})
     rifd_threshold: float = field(default=1.0, metadata={"help": "Keep a pair only if its r-IFD is below this."})
-    top_k: int | None = field(default=None, metadata={"help": "Selection budget: at most this many pairs, highest "
-                                                      "IFD first."})  # fmt: skip
-    top_p: float | None = field(default=None, metadata={"help": "Selection budget: this fraction of the pairs that "
-                                                        "passed the thresholds, highest IFD first."})  # fmt: skip
-    score_max_length: int = field(default=2048, metadata={"help": "Truncation length of the IFD / r-IFD scorer "
-                                                          "(the release's 2048)."})  # fmt: skip
-    score_token_budget: int | None = field(default=None, metadata={"help": "Padded tokens per scoring batch "
-                                                                   "(default: 4096 on CPU, 32768 on GPU)."})  # fmt: skip
+    top_k: int | None = field(
+        default=None,
+        metadata={"help": "Selection budget: at most this many pairs, highest IFD first."},
+    )
+    top_p: float | None = field(
+        default=None,
+        metadata={
+            "help": "Selection budget: this fraction of the pairs that passed the thresholds, highest IFD first."
+        },
+    )
+    score_max_length: int = field(
+        default=2048,
+        metadata={"help": "Truncation length of the IFD / r-IFD scorer (the release's 2048)."},
+    )
+    score_token_budget: int | None = field(
+        default=None,
+        metadata={"help": "Padded tokens per scoring batch (default: 4096 on CPU, 32768 on GPU)."},
+    )
     score_shard_size: int = field(default=256, metadata={"help": "Rows per resumable scoring shard."})
     plot: bool = field(default=True, metadata={"help": "Write the scoring histograms and selection plots."})
+
+    def __post_init__(self) -> None:
+        # `--ori_data null` on the command line clears a value that a YAML config set
+        for stem in ("dataset", *(f"{v}_{k}" for v in VARIANT_FIELDS.values() for k in ("scores", "data"))):
+            if str(getattr(self, stem)).lower() in ("null", "none", ""):
+                setattr(self, stem, None)
 
     def mode(self) -> str:
         """``dataset``, ``scores`` or ``data``; raises ``ValueError`` unless exactly one kind of input is given."""

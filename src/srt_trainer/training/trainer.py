@@ -47,17 +47,39 @@ class TrainOutcome:
     selection: SelectionReport | None = None
 
 
-def resolve_resume(value: str | bool | None, output_dir: str | Path) -> str | None:
-    """``--resume_from_checkpoint``: a checkpoint folder, or ``true`` / ``last`` / ``auto`` for the last checkpoint
-    in ``output_dir`` (a fresh start when there is none yet, so the same command restarts a killed run)."""
-    from transformers.trainer_utils import get_last_checkpoint
+def last_complete_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest ``checkpoint-N`` in ``output_dir`` that was saved to the end.
 
+    The trainer writes ``trainer_state.json`` last, so a run killed while saving leaves a newer folder without it;
+    that one is skipped (and named in the log) instead of failing the resume.
+    """
+    import re
+
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    found = []
+    for path in folder.iterdir():
+        if path.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", path.name)):
+            found.append((int(m.group(1)), path))
+    for _, path in sorted(found, reverse=True):
+        if (path / "trainer_state.json").is_file():
+            return str(path)
+        logger.warning("%s was not saved to the end (the run was stopped while saving): skipped", path)
+    return None
+
+
+def resolve_resume(value: str | bool | None, output_dir: str | Path) -> str | None:
+    """``--resume_from_checkpoint``: a checkpoint folder, or ``true`` / ``last`` / ``auto`` for the last complete
+    checkpoint in ``output_dir`` (a fresh start when there is none yet, so the same command restarts a killed run)."""
     if value in (None, False, "", "false", "False", "none", "None"):
         return None
     if value is True or str(value).lower() in RESUME_LAST:
-        last = get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+        last = last_complete_checkpoint(output_dir)
         if last is None:
             logger.info("no checkpoint in %s yet: starting from the beginning", output_dir)
+        else:
+            logger.info("resuming from %s", last)
         return last
     if not Path(value).is_dir():
         raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such checkpoint folder")
@@ -101,11 +123,19 @@ def score_variants(
             continue
         output = folder / f"{variant.lower()}.scores.jsonl"
         config = ScoreConfig(
-            data=resolve_data(data), output=str(output), data_format=script_args.data_format, model=model_args.model_name_or_path,
-            template=script_args.template, dtype=model_args.dtype or "float32", max_length=script_args.score_max_length,
-            token_budget=script_args.score_token_budget, shard_size=script_args.score_shard_size,
-            load_in_4bit=model_args.load_in_4bit, load_in_8bit=model_args.load_in_8bit, plot=script_args.plot,
-        )  # fmt: skip
+            data=resolve_data(data),
+            output=str(output),
+            data_format=script_args.data_format,
+            model=model_args.model_name_or_path,
+            template=script_args.template,
+            dtype=model_args.dtype or "float32",
+            max_length=script_args.score_max_length,
+            token_budget=script_args.score_token_budget,
+            shard_size=script_args.score_shard_size,
+            load_in_4bit=model_args.load_in_4bit,
+            load_in_8bit=model_args.load_in_8bit,
+            plot=script_args.plot,
+        )
         if state.is_main_process:
             print(f"scoring the {variant} pairs of {data} with the student")
         was_training = model.training
@@ -210,8 +240,9 @@ def train(
             "script_args": asdict(script_args),
         }  # fmt: skip
         (out / "srt_train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        print(f"saved the {'adapter' if model_args.use_peft else 'model'} to {out} "
-              f"(step {trainer.state.global_step}, train loss {metrics.get('train_loss', float('nan')):.4f})")  # fmt: skip
+        what = "adapter" if model_args.use_peft else "model"
+        loss = metrics.get("train_loss", float("nan"))
+        print(f"saved the {what} to {out} (step {trainer.state.global_step}, train loss {loss:.4f})")
     state.wait_for_everyone()
     if finish and hasattr(trainer, "end"):
         trainer.end()  # transformers ≥ 5.18: finish the trackers and the process group

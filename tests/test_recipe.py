@@ -1,0 +1,147 @@
+"""The SFT recipes: every model config parses with the paper's settings, and a real two-process
+``accelerate launch`` of ``recipes/sft_7b.py`` on the embedded student scores the variants across both processes,
+selects, trains, saves; the saved adapter reloads and generates. ``--cpu`` (one process) runs the recipe too."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from srt_trainer.io import read_rows
+from srt_trainer.training import gradient_accumulation_for
+from srt_trainer.training.cli import make_parser
+from tests.test_training import write_variant_files
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+MODEL_CONFIGS = sorted(p for p in (REPO / "recipes").glob("*/sft/config_*.yaml") if "smollm2" not in str(p))
+
+
+def _recipe_defaults(name: str) -> dict:
+    spec = importlib.util.spec_from_file_location(name, REPO / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # the recipe only defines DEFAULTS unless run as a script
+    return module.DEFAULTS
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_recipe_configs_cover_the_students():
+    names = {p.parent.parent.name for p in MODEL_CONFIGS}
+    assert {"llama2-7b", "llama2-13b", "llama3-8b", "mistral-7b", "qwen2-7b", "gemma-2-9b"} <= names
+    assert {p.name for p in (REPO / "recipes" / "llama2-7b" / "sft").iterdir()} >= {
+        "config_full.yaml", "config_lora.yaml", "config_qlora.yaml"}  # fmt: skip
+
+
+@pytest.mark.parametrize("config", MODEL_CONFIGS, ids=lambda p: f"{p.parent.parent.name}/{p.stem}")
+def test_model_config_parses_with_paper_settings(config, tmp_path):
+    recipe = "sft_13b" if "13b" in config.parent.parent.name else "sft_7b"
+    script, args, model = make_parser(recipe, _recipe_defaults(recipe)).parse_args_and_config(
+        ["--config", str(config), "--output_dir", str(tmp_path), "--bf16", "false"]  # bf16 needs a GPU here
+    )
+    assert script.mode() == "data" and script.template == "vicuna" and script.policy == "paper"
+    assert (args.num_train_epochs, args.max_length, args.warmup_steps, args.weight_decay) == (3, 2048, 0.03, 0.0)
+    assert str(args.lr_scheduler_type).endswith("COSINE") and args.global_batch_size == 128
+    assert args.completion_only_loss is True and model.model_name_or_path and "/" in model.model_name_or_path
+    full = not model.use_peft
+    if full:
+        assert args.learning_rate == (1e-5 if recipe == "sft_13b" else 2e-5)
+    assert model.load_in_4bit == config.stem.endswith("qlora")
+    # on the 8 processes of the accelerate configs the global batch stays 128
+    assert (
+        args.per_device_train_batch_size * gradient_accumulation_for(128, args.per_device_train_batch_size, 8) * 8
+        == 128
+    )
+
+
+def test_13b_recipe_defaults_to_its_learning_rate(tmp_path):
+    _, args, _ = make_parser("sft_13b", _recipe_defaults("sft_13b")).parse_args_and_config(
+        ["--output_dir", str(tmp_path)]
+    )
+    assert args.learning_rate == 1e-5
+
+
+def _launch(*args: str, launcher: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
+    cmd = [str(BIN / "accelerate"), "launch", *launcher, "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--main_process_port", str(_free_port()), str(REPO / "recipes" / "sft_7b.py"),
+           "--config", str(REPO / "recipes" / "smollm2-135m" / "sft" / "config_cpu.yaml"), *args]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    return res
+
+
+@pytest.fixture(scope="module")
+def two_process_run(alpaca_rows, shared_data, embedded_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("recipe")
+    files = write_variant_files(alpaca_rows, shared_data, folder / "variants")
+    out = folder / "out"
+    # on a machine without CUDA, --multi_gpu starts two CPU processes (gloo); accelerate's --cpu starts only one
+    res = _launch(
+        "--output_dir", str(out), "--ori_data", str(files["ori"]), "--q_data", str(files["Q"]),
+        "--a_data", str(files["A"]), "--qa_data", str(files["QA"]), "--policy", "paper",
+        "--keep_unaccepted_winners", "true", "--score_max_length", "256", "--score_shard_size", "2",
+        "--max_steps", "2", "--save_steps", "1", "--max_length", "128", "--per_device_train_batch_size", "1",
+        "--global_batch_size", "4", "--warmup_steps", "0", "--learning_rate", "1e-3",
+        launcher=["--multi_gpu", "--num_processes", "2"],
+    )  # fmt: skip
+    return out, res
+
+
+def test_two_processes_score_select_train_and_save(two_process_run):
+    out, res = two_process_run
+    # scoring shared the rows of every variant between the two processes
+    for rank in (0, 1):
+        shares = [int(n) for n in re.findall(rf"rank {rank} of 2: (\d+) shards", res.stderr)]
+        assert len(shares) == 4 and sum(shares) >= 4, res.stderr[-3000:]
+    for variant in ("ori", "q", "a", "qa"):
+        assert len(read_rows(out / "scores" / f"{variant}.scores.jsonl")) == 6
+    selection = json.loads((out / "selection" / "selected.selection.json").read_text())
+    kept = read_rows(out / "selection" / "selected.jsonl")
+    assert selection["counts"]["rows"] == 6 and selection["counts"]["kept"] == len(kept) >= 1
+    # one global batch of 4 = 1 per device × 2 accumulation × 2 processes
+    summary = json.loads((out / "srt_train_summary.json").read_text())
+    assert summary["global_batch_size"] == 4 and summary["global_step"] == 2 and summary["train_rows"] == len(kept)
+    assert "global batch 1 × 2 × 2 = 4" in res.stdout
+    for step in (1, 2):
+        assert (out / f"checkpoint-{step}" / "selection" / "selected.selection.json").is_file()
+    adapter = load_file(out / "adapter_model.safetensors")
+    assert any(v.abs().max() > 0 for k, v in adapter.items() if "lora_B" in k)  # trained off the zero init
+
+
+def test_saved_adapter_reloads_and_generates(two_process_run, embedded_dir, alpaca_rows):
+    from peft import PeftModel
+
+    from srt_trainer.generation import generate_answers
+    from srt_trainer.models import load_student, load_tokenizer
+    from srt_trainer.templates import get_template
+
+    out, _ = two_process_run
+    tokenizer = load_tokenizer(out)
+    model = load_student(embedded_dir, device="cpu", adapter=out)
+    assert isinstance(model, PeftModel)
+    prompts = [get_template("vicuna").prompt(r["instruction"], r["input"]) for r in alpaca_rows[:2]]
+    answers = generate_answers(model, tokenizer, prompts, max_new_tokens=8, progress=False)
+    assert len(answers) == 2 and all(a.strip() for a in answers)
+
+
+def test_cpu_flag_runs_the_recipe_in_one_process(two_process_run, tmp_path):
+    out, _ = two_process_run
+    res = _launch("--output_dir", str(tmp_path / "one"), "--dataset", str(out / "selection" / "selected.jsonl"),
+                  "--ori_data", "null", "--max_steps", "1", "--max_length", "64", "--per_device_train_batch_size", "1",
+                  "--global_batch_size", "1", "--save_strategy", "no", launcher=["--cpu"])  # fmt: skip
+    assert "global batch 1 × 1 × 1 = 1" in res.stdout
+    # the selection report of the given dataset travels with the run
+    assert (tmp_path / "one" / "selection" / "selected.funnel.png").is_file()
+    assert (tmp_path / "one" / "adapter_model.safetensors").is_file()
