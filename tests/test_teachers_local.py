@@ -103,6 +103,12 @@ def test_complete_all_caches_every_answer_and_resumes_exactly(local_teacher, emb
     assert [r.text for r in again] == [r.text for r in results] and all(r.cached and r.attempts == 0 for r in again)
     assert (counts2.asked, counts2.cached, counts2.requests) == (0, 3, 0) and fresh._model is None
 
+    # a prompt that occurs twice in one run is sent once
+    twice = [CONVERSATIONS[0], CONVERSATIONS[1], CONVERSATIONS[0]]
+    dup, counts_dup = complete_all(local_teacher, twice, SamplingConfig(max_tokens=5), None, progress=False)
+    assert (counts_dup.asked, counts_dup.cached, counts_dup.requests) == (2, 1, 2)
+    assert dup[2].text == dup[0].text and (dup[0].attempts, dup[2].attempts, dup[2].cached) == (1, 0, True)
+
     # other settings are other requests: one new answer per conversation, appended
     _, counts3 = complete_all(local_teacher, CONVERSATIONS[:1], SamplingConfig(max_tokens=6), cache, progress=False)
     assert (counts3.asked, counts3.cached) == (1, 0) and len(load_cache_entries(cache)) == 4

@@ -23,6 +23,7 @@ from srt_trainer.training import (
 )
 from srt_trainer.training.cli import main as train_main
 from srt_trainer.training.cli import make_parser
+from srt_trainer.training.data import load_training_rows
 
 # Small and quick on a 2-core CPU: few steps, short sequences, no gradient checkpointing.
 QUICK = {"max_length": 128, "per_device_train_batch_size": 2, "global_batch_size": 4, "report_to": "none",
@@ -57,22 +58,6 @@ def quick_args(output_dir: Path, argv: list[str] = (), **overrides) -> tuple:
     for k, v in merged.items():
         flags += [f"--{k}", str(v)]
     return make_parser().parse_args_and_config(["--output_dir", str(output_dir), *flags, *argv])
-
-
-@pytest.fixture(scope="module")
-def scored_variants(alpaca_rows, shared_data, embedded_model, embedded_tokenizer, tmp_path_factory) -> dict[str, str]:
-    """The four variant files scored by the embedded student (shared by the training tests)."""
-    from srt_trainer.scoring.cli import ScoreConfig, run_score
-
-    folder = tmp_path_factory.mktemp("variants")
-    files = write_variant_files(alpaca_rows, shared_data, folder)
-    out = {}
-    for v, f in files.items():
-        output = folder / f"{v.lower()}.scores.jsonl"
-        run_score(ScoreConfig(data=str(f), output=str(output), model="embedded", plot=False),
-                  model=embedded_model, tokenizer=embedded_tokenizer)  # fmt: skip
-        out[v] = str(output)
-    return out
 
 
 # --- configuration ------------------------------------------------------------------------------------------
@@ -122,6 +107,24 @@ def test_global_batch_errors_name_the_numbers(tmp_path):
     # the CLI prints the message and exits 2 instead of a traceback
     argv = ["--dataset", "x.jsonl", "--output_dir", str(tmp_path), "--per_device_train_batch_size", "3"]
     assert train_main(argv) == 2
+
+
+def test_cli_names_bad_input(alpaca_rows, tmp_path, capsys):
+    quick = ["--output_dir", str(tmp_path / "out"), "--global_batch_size", "1", "--per_device_train_batch_size", "1"]
+    assert train_main(["--dataset", str(tmp_path / "missing.jsonl"), *quick]) == 2
+    assert "missing.jsonl" in capsys.readouterr().err
+    assert train_main(["--ori_scores", "o.jsonl", "--q_scores", "q.jsonl", *quick]) == 2
+    assert "needs --a_scores, --qa_scores" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "Say hi.", "input": "", "output": "Hi."}\n{"instruction": "Name a color."}\n')
+    rows = load_training_rows(bad, tmp_path / "rejects.jsonl")
+    assert [r["output"] for r in rows] == ["Hi."]  # the good row trains; the bad one is kept with its reason
+    (reject,) = [json.loads(x) for x in (tmp_path / "rejects.jsonl").read_text().splitlines()]
+    assert reject["file"].endswith("bad.jsonl") and reject["row"] == 1 and reject["field"] == "output"
+    only_bad = tmp_path / "only_bad.jsonl"
+    only_bad.write_text('{"instruction": "Name a color."}\n')
+    assert train_main(["--dataset", str(only_bad), *quick]) == 2
+    assert "only_bad.jsonl: no usable rows" in capsys.readouterr().err
 
 
 def test_exactly_one_kind_of_input(tmp_path):
@@ -184,31 +187,34 @@ def test_loss_mask_covers_exactly_the_response_and_eos(alpaca_rows, embedded_mod
 # --- training ------------------------------------------------------------------------------------------------
 
 
-def test_lora_training_logs_selection_to_tensorboard_and_checkpoints(scored_variants, tmp_path):
+def test_lora_training_logs_selection_to_tensorboard_and_checkpoints(shared_data, tmp_path):
+    """Real precomputed scores (the golden statistics of 64 rows under the embedded student), selected here with
+    the IFD policy and a top-k budget, then LoRA steps reporting to TensorBoard. (The paper policy on scores computed
+    across two processes is the recipe test's.)"""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
     script, args, model_args = quick_args(
         out,
-        ["--use_peft", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj", "--keep_unaccepted_winners"],
-        ori_scores=scored_variants["ori"], q_scores=scored_variants["Q"], a_scores=scored_variants["A"],
-        qa_scores=scored_variants["QA"], max_steps=2, save_steps=1, report_to="tensorboard",
+        ["--use_peft", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj"],
+        ori_scores=shared_data / "golden_smollm2_vicuna_64.jsonl", policy="ifd", top_k=6,
+        max_steps=2, save_steps=1, report_to="tensorboard",
     )  # fmt: skip
     outcome = train(script, args, model_args)
-    assert outcome.global_step == 2 and outcome.train_rows >= 1
+    assert outcome.global_step == 2 and outcome.train_rows == 6
 
     selection = json.loads((out / "selection" / "selected.selection.json").read_text())
     counts = selection["counts"]
     kept = read_rows(out / "selection" / "selected.jsonl")
-    assert counts["kept"] == len(kept) == outcome.train_rows and counts["rows"] == 6
-    assert sum(counts[f"branch_{b}"] for b in (1, 2, 3, 4)) == counts["judged"]
+    assert counts["rows"] == 64 and counts["kept"] == len(kept) == 6
+    assert counts["budget_cut"] == counts["passed_thresholds"] - 6 > 0
 
     # the counts and plots reached TensorBoard through the trainer's own logger
     (run_dir,) = (out / "runs").iterdir()  # transformers' default: output_dir/runs/<date>_<host>
     events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     tags = events.Tags()
-    for name in ("kept", "rows", "branch_1", "branch_3", "judged"):
+    for name in ("rows", "kept", "budget_cut", "passed_thresholds", "ifd/passed"):
         assert events.Scalars(f"train/selection/{name}")[0].value == counts[name]  # Trainer.log adds train/
     assert {"selection/funnel", "selection/hist"} <= set(tags["images"])
     assert events.Images("selection/funnel")[0].width > 100
@@ -220,7 +226,7 @@ def test_lora_training_logs_selection_to_tensorboard_and_checkpoints(scored_vari
         assert {"selected.selection.json", "selected.funnel.png", "selected.hist.png", "selected.card.md"} <= saved
     assert (out / "adapter_model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     summary = json.loads((out / "srt_train_summary.json").read_text())
-    assert summary["selection"]["kept"] == len(kept) and summary["global_step"] == 2
+    assert summary["selection"]["kept"] == 6 and summary["global_step"] == 2
 
 
 def test_full_fine_tuning_changes_weights(tiny_models, alpaca_rows, tmp_path):
@@ -245,7 +251,7 @@ def test_qlora_trains_a_4bit_student(embedded_dir, alpaca_rows, tmp_path):
     out = tmp_path / "qlora"
     script, args, model_args = quick_args(
         out, ["--use_peft", "--load_in_4bit", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj"],
-        dataset=str(data), max_steps=1, max_length=64, learning_rate=1e-3,
+        dataset=str(data), max_steps=1, max_length=64, learning_rate=1e-3, global_batch_size=2,
     )  # fmt: skip
     outcome = train(script, args, model_args)
     assert outcome.global_step == 1 and outcome.metrics["train_loss"] > 0

@@ -39,7 +39,8 @@ class TransformersTeacher(Teacher):
         tokenizer: Any = None,
     ) -> None:
         self.model_name = model or "embedded"
-        self.dtype = dtype
+        # a model handed in answers in its own dtype, and the cache key must say which
+        self.dtype = str(model_obj.dtype).removeprefix("torch.") if model_obj is not None else dtype
         self.device = device
         self.batch_size = max(1, int(batch_size))
         self.trust_remote_code = trust_remote_code

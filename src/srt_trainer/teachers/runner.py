@@ -41,7 +41,7 @@ def complete_all(
     fsync'd) the moment it arrives, so a killed run resumes without asking again and a rerun with the same settings
     sends nothing. An answer that fails ``validate`` is asked again up to ``max_reasks`` times; each re-ask is a
     request of its own in the cache (keyed with its ask number), so a resumed run replays exactly. A conversation
-    whose requests all failed has ``text`` None and the last error.
+    whose requests all failed has ``text`` None and the last error. A prompt that occurs more than once is sent once.
     """
     start = time.perf_counter()
     n = len(conversations)
@@ -55,20 +55,22 @@ def complete_all(
         for ask in range(max_reasks + 1):
             samp = reask_sampling(sampling, ask, reask_temperature)
             keys = {i: cache_key(identity, conversations[i], samp, ask) for i in pending}
-            to_send = []
+            waiting: dict[str, list[int]] = {}  # key -> positions; a prompt asked twice in one run is sent once
             for i in pending:
                 hit = cache.get(keys[i])
                 if hit is None:
-                    to_send.append(i)
+                    waiting.setdefault(keys[i], []).append(i)
                     continue
                 counts.cached += 1
                 _record(results[i], Answer(hit["text"], None, hit.get("prompt_tokens", 0),
                                            hit.get("completion_tokens", 0), 0), cached=True)  # fmt: skip
                 bar.update(1)
-            if to_send:
+            if waiting:
+                to_send = [positions[0] for positions in waiting.values()]
                 counts.asked += len(to_send)
 
-                def on_answer(j: int, answer: Answer, to_send: list[int] = to_send, keys: dict = keys) -> None:
+                def on_answer(j: int, answer: Answer, to_send: list[int] = to_send, keys: dict = keys,
+                              waiting: dict = waiting) -> None:  # fmt: skip
                     i = to_send[j]
                     if answer.text is not None:  # durable first, then used
                         cache.put(keys[i], answer, teacher=identity.get("teacher"), model=identity.get("model"))
@@ -77,7 +79,10 @@ def complete_all(
                     counts.prompt_tokens += answer.prompt_tokens
                     counts.completion_tokens += answer.completion_tokens
                     _record(results[i], answer, cached=False)
-                    bar.update(1)
+                    for twin in waiting[keys[i]][1:]:  # the same prompt elsewhere in the input: answered, not sent
+                        counts.cached += answer.text is not None
+                        _record(results[twin], dataclasses.replace(answer, attempts=0), cached=answer.text is not None)
+                    bar.update(len(waiting[keys[i]]))
                     bar.set_postfix_str(f"{counts.completion_tokens} tok out, {counts.retried} retried", refresh=False)
 
                 teacher.generate([conversations[i] for i in to_send], samp, on_answer)

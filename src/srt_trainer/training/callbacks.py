@@ -62,7 +62,8 @@ class SelectionReport:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         for f in self.files:
-            shutil.copy2(f, folder / f.name)
+            if (folder / f.name).resolve() != f.resolve():
+                shutil.copy2(f, folder / f.name)
         return folder
 
 

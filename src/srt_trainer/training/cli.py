@@ -28,6 +28,8 @@ def make_parser(prog: str = "srt train", defaults: Mapping[str, Any] | None = No
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "srt train", defaults: Mapping[str, Any] | None = None) -> int:
+    from srt_trainer.data import DataLoadError
+    from srt_trainer.selection import SelectionInputError
     from srt_trainer.training.batch import GlobalBatchError
     from srt_trainer.training.data import TrainingDataError
     from srt_trainer.training.trainer import train
@@ -39,7 +41,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "srt train", defaults: M
     try:
         script_args, training_args, model_args = make_parser(prog, defaults).parse_args_and_config(argv)
         train(script_args, training_args, model_args)
-    except (GlobalBatchError, TrainingDataError, FileNotFoundError) as e:
+    except (GlobalBatchError, TrainingDataError, DataLoadError, SelectionInputError, FileNotFoundError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
     except ValueError as e:

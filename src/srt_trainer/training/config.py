@@ -66,6 +66,14 @@ class SRTSFTConfig(SFTConfig):
         default=None,
         metadata={"help": "bf16 mixed precision. Unset: on where the GPU supports it, off elsewhere (fp32 on CPU)."},
     )
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "Continue a stopped run: a checkpoint folder, or 'auto' (also 'last', 'true') for the newest "
+            "complete checkpoint-N in output_dir, starting fresh when there is none, so the same command restarts "
+            "a killed run."
+        },
+    )
     global_batch_size: int | None = field(
         default=128,
         metadata={

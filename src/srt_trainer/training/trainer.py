@@ -190,21 +190,20 @@ def train(
         model_args.model_name_or_path = resolve_model_path(model_args.model_name_or_path)
     if tokenizer is None:
         tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
-    if model is None:
-        model = load_model_for_training(model_args, training_args)
 
-    # 1. the rows to train on: as given, or selected here from scores (computed here when only data is given)
+    # 1. the rows to train on: as given, or selected here from scores (computed here, by the student that will be
+    #    trained, when only the variant files are given); bad input fails before the student is loaded otherwise
     selection_dir = out / REPORT_DIR
     if mode == "dataset":
         data_file = Path(resolve_data(script_args.dataset))
-        report = SelectionReport.beside(data_file)
     else:
-        score_files = (
-            script_args.variant_files("scores") if mode == "scores"
-            else score_variants(script_args, model_args, model, tokenizer, out / "scores")
-        )  # fmt: skip
+        if mode == "scores":
+            score_files = script_args.variant_files("scores")
+        else:
+            model = model if model is not None else load_model_for_training(model_args, training_args)
+            score_files = score_variants(script_args, model_args, model, tokenizer, out / "scores")
         data_file = select(script_args, score_files, selection_dir / "selected.jsonl")
-        report = SelectionReport.beside(data_file)
+    report = SelectionReport.beside(data_file)
     rejects = selection_dir / "train.rejects.jsonl"
     with state.main_process_first():  # the main process writes the rejects file, the others read the same rows
         rows = load_training_rows(data_file, rejects if state.is_main_process else None, script_args.data_format)
@@ -218,6 +217,8 @@ def train(
             report.copy_to(selection_dir)
 
     # 2. the trainer, with LoRA / QLoRA wrapping done by TRL on the student that scored
+    if model is None:
+        model = load_model_for_training(model_args, training_args)
     resume = resolve_resume(training_args.resume_from_checkpoint, out)
     trainer = SRTSFTTrainer(
         model=model,
