@@ -43,6 +43,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_scoring.py
+	$(PY) benchmarks/bench_teacher.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

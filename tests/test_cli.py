@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from srt_trainer.cli import STAGES
 
 SRT = str(Path(sys.executable).parent / "srt")
@@ -46,28 +44,39 @@ def test_run_help_documents_its_config():
 
 
 def test_main_job_on_the_recipe_config(tmp_path, embedded_dir):
-    """The README's first command: the recipe config, with the output folder moved into the test's tmp dir."""
+    """The README's first command, on a 6-row slice: reflect → score → select → LoRA SFT → answers; then the same
+    command again reuses every stage (teacher cache, score shards, the last checkpoint)."""
     config = REPO / "recipes" / "smollm2-135m" / "run" / "config_cpu.yaml"
-    res = _srt("run", str(config), "--output_dir", str(tmp_path / "demo"), "--max_new_tokens", "16")
+    out = tmp_path / "demo"
+    args = ["run", str(config), "--output_dir", str(out), "--limit", "6", "--teacher_max_tokens", "48",
+            "--max_new_tokens", "12", "--num_train_epochs", "1", "--save_steps", "1", "--score_max_length", "256",
+            "--max_length", "256", "--keep_unaccepted_winners", "true"]  # fmt: skip
+    res = _srt(*args)
     assert res.returncode == 0, res.stderr[-3000:]
-    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert summary["scoring"]["rows"] == summary["scoring"]["scored"] == 32
-    assert summary["scoring"]["rejected_rows"] == 0 and 0 < summary["scoring"]["ifd_quantiles"]["0.5"] < 2
-    scores = [json.loads(x) for x in (tmp_path / "demo" / "scores.jsonl").read_text().splitlines()]
-    assert len(scores) == 32 and all(r["ifd"] > 0 and r["rifd"] > 0 for r in scores)
-    assert (tmp_path / "demo" / "scores.hist.png").exists()
-    answers = [json.loads(x) for x in (tmp_path / "demo" / "answers.jsonl").read_text().splitlines()]
-    assert len(answers) == 4 and all(a["output"].strip() for a in answers)
-    assert "USER: Give three tips for keeping houseplants healthy. ASSISTANT:" in res.stdout
-    assert (tmp_path / "demo" / "scores.rejects.jsonl").read_text() == ""
+    summary = json.loads((out / "summary.json").read_text())
+    for variant in ("Q", "A", "QA"):
+        r = summary["reflection"][variant]
+        assert r["rows"] == 6 and r["ok"] + r["fallback"] + r["failed"] == 6 and r["failed"] == 0
+        rows = [json.loads(x) for x in (out / "reflect" / f"{variant.lower()}.jsonl").read_text().splitlines()]
+        assert [x["source_index"] for x in rows] == list(range(6)) and {x["variant"] for x in rows} == {variant}
+    for name in ("ori", "q", "a", "qa"):
+        scores = [json.loads(x) for x in (out / "scores" / f"{name}.scores.jsonl").read_text().splitlines()]
+        assert len(scores) == 6 and all(x["ifd"] is None or x["ifd"] > 0 for x in scores)
+    counts = summary["selection"]
+    assert counts["rows"] == 6 and counts["kept"] == summary["training"]["rows"] > 0
+    selected = [json.loads(x) for x in (out / "selection" / "selected.jsonl").read_text().splitlines()]
+    assert len(selected) == counts["kept"] and all(x["variant"] in ("QA", "A", "Q", "ori") for x in selected)
+    for suffix in ("funnel.png", "hist.png", "card.md", "selection.json"):
+        assert (out / "selection" / f"selected.{suffix}").is_file()
+    assert summary["training"]["global_step"] >= 1 and (out / "adapter_config.json").is_file()
+    answers = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
+    assert len(answers) == 4 and all("untuned_output" in a for a in answers)
 
-
-def test_main_job_on_real_data_reports_rejects(tmp_path, alpaca_rows, embedded_dir):
-    rows = [*alpaca_rows[:20], {"instruction": "", "input": "", "output": "orphan"}]
-    data = tmp_path / "mine.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    res = _srt("run", "--data", str(data), "--held_out", "", "--output_dir", str(tmp_path / "o"))
+    res = _srt(*args)  # a rerun: nothing is asked, scored or trained again
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "21 rows read (alpaca), 20 to score" in res.stdout
-    rejects = [json.loads(x) for x in (tmp_path / "o" / "scores.rejects.jsonl").read_text().splitlines()]
-    assert [(r["row"], r["field"], r["reason"]) for r in rejects] == [(20, "instruction", "empty instruction")]
+    again = json.loads((out / "summary.json").read_text())
+    for variant in ("Q", "A", "QA"):
+        assert again["reflection"][variant]["counts"]["asked"] == 0
+        assert again["reflection"][variant]["counts"]["requests"] == 0
+    assert again["training"]["resumed_from"] and again["training"]["global_step"] == summary["training"]["global_step"]
+    assert again["selection"] == counts
