@@ -164,7 +164,8 @@ def run(run_args: RunArguments, script_args: Any, training_args: Any, model_args
             from srt_trainer.io import write_rows
 
             rows = load_instruction_data(ori, limit=run_args.limit, rejects_path=out / "reflect" / "ori.rejects.jsonl")
-            write_rows(rows.dataset.to_list(), limited)
+            alpaca = ("row_index", "instruction", "input", "output")  # Alpaca form, as the reflections are
+            write_rows([{k: r[k] for k in alpaca} for r in rows.dataset], limited)
         state.wait_for_everyone()
         script_args.ori_data = str(limited)
     if training_args.resume_from_checkpoint is None:

@@ -219,8 +219,11 @@ def _judge_paper(r: Mapping[str, Mapping[str, Any]], config: SelectConfig) -> tu
 
 
 def _kept_row(view_row: Mapping[str, Any], variant: str, source_index: Any, branch: Any, ori: Mapping[str, Any]):
+    # kept rows are single exchanges (the rule judges the first one): a source conversation's `messages` would
+    # contradict a rewritten instruction or response, and would make loaders read the file as chat data
     extras = {k: v for k, v in view_row.items() if k not in SCORE_COLUMNS and k not in
-              ("row_index", "instruction", "input", "output", "source_index")}  # fmt: skip
+              ("row_index", "instruction", "input", "output", "source_index", "messages", "system", "num_turns",
+               "source_format")}  # fmt: skip
     return {
         "instruction": view_row.get("instruction") or "",
         "input": view_row.get("input") or "",
