@@ -187,7 +187,7 @@ def run_generate(config: GenerateConfig, model: Any = None, tokenizer: Any = Non
     from srt_trainer.data.rejects import rejects_path_for
     from srt_trainer.evaluation.test_sets import read_test_sets
     from srt_trainer.io import check_output_path, sidecar_path, write_rows
-    from srt_trainer.scoring.runner import _check_manifest, _read_shard, _write_shard, shard_bounds
+    from srt_trainer.scoring.runner import check_manifest, read_shard, shard_bounds, write_shard
 
     if not config.test_sets or not config.output:
         raise SystemExit("srt eval generate: --test_sets and --output are required")
@@ -215,7 +215,7 @@ def run_generate(config: GenerateConfig, model: Any = None, tokenizer: Any = Non
         shutil.rmtree(work_dir, ignore_errors=True)
     manifest = {"settings": config.fingerprint_settings(), "shard_size": config.shard_size, "num_items": len(items),
                 "items": _items_fingerprint(items, prompts)}  # fmt: skip
-    _check_manifest(work_dir, manifest, is_main=True)
+    check_manifest(work_dir, manifest, is_main=True)
     bounds = shard_bounds(len(order), config.shard_size)
     shard_path = [work_dir / f"shard-{k:06d}.jsonl" for k in range(len(bounds))]
     done = [k for k in range(len(bounds)) if shard_path[k].exists()]
@@ -223,7 +223,7 @@ def run_generate(config: GenerateConfig, model: Any = None, tokenizer: Any = Non
         logger.info("resuming: %d of %d shards already generated in %s", len(done), len(bounds), work_dir)
     outputs: dict[int, str] = {}
     for k in done:
-        outputs.update((r["index"], r["output"]) for r in _read_shard(shard_path[k]))
+        outputs.update((r["index"], r["output"]) for r in read_shard(shard_path[k]))
     start = time.perf_counter()
     bar = tqdm(total=len(items), initial=len(outputs), desc=f"Answering ({generator})", unit="item")
     for k, (s, e) in enumerate(bounds):
@@ -231,7 +231,7 @@ def run_generate(config: GenerateConfig, model: Any = None, tokenizer: Any = Non
             continue
         idx = order[s:e]
         texts = engine.generate([prompts[i] for i in idx], seed=config.seed + k)
-        _write_shard(shard_path[k], [{"index": i, "output": t} for i, t in zip(idx, texts, strict=True)])
+        write_shard(shard_path[k], [{"index": i, "output": t} for i, t in zip(idx, texts, strict=True)])
         outputs.update(zip(idx, texts, strict=True))
         bar.update(len(idx))
     bar.close()

@@ -75,7 +75,9 @@ def _shard_path(work_dir: Path, k: int) -> Path:
     return work_dir / f"shard-{k:06d}.jsonl"
 
 
-def _write_shard(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_shard(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write a finished shard atomically (temporary file, fsync, rename): a kill never leaves half a shard.
+    Shared by every resumable stage (scoring, evaluation answers)."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     with tmp.open("w", encoding="utf-8") as f:
         for r in rows:
@@ -85,12 +87,15 @@ def _write_shard(path: Path, rows: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def _read_shard(path: Path) -> list[dict[str, Any]]:
+def read_shard(path: Path) -> list[dict[str, Any]]:
+    """Rows of a shard written by ``write_shard``."""
     with path.open(encoding="utf-8") as f:
         return [json.loads(line) for line in f]
 
 
-def _check_manifest(work_dir: Path, manifest: dict[str, Any], is_main: bool) -> None:
+def check_manifest(work_dir: Path, manifest: dict[str, Any], is_main: bool) -> None:
+    """Refuse to resume into ``work_dir`` when its run had other settings or data; the main process writes the
+    manifest of a new run."""
     path = work_dir / MANIFEST
     if path.exists():
         old = json.loads(path.read_text())
@@ -126,10 +131,10 @@ def score_dataset(
     manifest = {"settings": dict(settings or {}), "shard_size": shard_size, "num_rows": len(rows),
                 "data": data_fingerprint(rows)}  # fmt: skip
     if state.is_main_process:
-        _check_manifest(work_dir, manifest, True)
+        check_manifest(work_dir, manifest, True)
     state.wait_for_everyone()
     if not state.is_main_process:
-        _check_manifest(work_dir, manifest, False)
+        check_manifest(work_dir, manifest, False)
 
     bounds = shard_bounds(len(rows), shard_size)
     done = {k for k in range(len(bounds)) if _shard_path(work_dir, k).exists()}
@@ -156,7 +161,7 @@ def score_dataset(
 
         stats = scorer.score(rows[start:end], progress=advance)
         bar.update(shard_end - bar.n)
-        _write_shard(_shard_path(work_dir, k), stats)
+        write_shard(_shard_path(work_dir, k), stats)
         new.append((k, stats))
     bar.close()
 
@@ -166,7 +171,7 @@ def score_dataset(
         return None
     by_shard = dict(gathered)
     for k in done:
-        by_shard[k] = _read_shard(_shard_path(work_dir, k))
+        by_shard[k] = read_shard(_shard_path(work_dir, k))
     missing = [k for k in range(len(bounds)) if k not in by_shard]
     if missing:
         raise RuntimeError(f"shards {missing} were not scored by any rank")
