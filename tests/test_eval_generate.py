@@ -6,17 +6,15 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from srt_trainer.cli import main as srt_main
 from srt_trainer.io import read_rows
+from tests.processes import kill_when
 
 SRT = str(Path(sys.executable).parent / "srt")
 PER_SET = 2
@@ -108,13 +106,7 @@ def test_killed_run_resumes_to_identical_output(vicuna_run, shared_data, tmp_pat
     out = tmp_path / "vicuna.jsonl"
     shards = tmp_path / "vicuna.gen-shards"
     cmd = [SRT, *_vicuna_args(shared_data, out, 6)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list(shards.glob("shard-*.jsonl"))) < 2:
-        assert proc.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(cmd, lambda: len(list(shards.glob("shard-*.jsonl"))) >= 2, timeout=300, poll=0.02)
     finished = {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*.jsonl")}
     assert 2 <= len(finished) < 6 and not out.exists()
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from srt_trainer.cli import main as srt_main
 from srt_trainer.io import read_rows
 from srt_trainer.reflection import parse_instruction_reflection
 from srt_trainer.teachers import load_cache_entries
+from tests.processes import kill_when
 from tests.serving import FaultProxy
 
 SRT = str(Path(sys.executable).parent / "srt")
@@ -46,13 +45,8 @@ def test_killed_run_resumes_without_asking_again_and_never_writes_the_key(teache
                "--concurrency", "1", "--max_reasks", "1", "--no_progress"]  # fmt: skip
         env = _env(OPENAI_API_KEY=secret)
         logs = []
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and (not cache.exists() or len(load_cache_entries(cache)) < 3):
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            time.sleep(0.1)
-        os.killpg(proc.pid, signal.SIGKILL)
-        logs.append(proc.communicate()[0].decode())
+        logs.append(kill_when(cmd, lambda: cache.exists() and len(load_cache_entries(cache)) >= 3, timeout=240,
+                              env=env))  # fmt: skip
         first = {e["key"] for e in load_cache_entries(cache)}
         sent_first = sum(proxy.counts().values())
         assert 3 <= len(first) < 12 and not out.exists()

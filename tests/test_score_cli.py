@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from srt_trainer.io import read_rows
 from srt_trainer.scoring import STAT_COLUMNS
+from tests.processes import kill_when
 
 BIN = Path(sys.executable).parent
 STATS = (*STAT_COLUMNS, "score_error")
@@ -103,13 +101,7 @@ def test_killed_run_resumes_to_identical_output(single_run, data_file, tmp_path)
     out = tmp_path / "scores.jsonl"
     shards = tmp_path / "scores.score-shards"
     cmd = [str(BIN / "srt"), "score", "--data", str(data_file), "--output", str(out), "--shard_size", "4"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 600
-    while time.time() < deadline and len(list(shards.glob("shard-*.jsonl"))) < 2:
-        assert proc.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(cmd, lambda: len(list(shards.glob("shard-*.jsonl"))) >= 2, timeout=600, poll=0.2)
     finished = {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*.jsonl")}
     assert 2 <= len(finished) < 7 and not out.exists()
     res = _score(*cmd[2:])

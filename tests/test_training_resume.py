@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
 from srt_trainer.io import write_rows
+from tests.processes import kill_when
 
 BIN = Path(sys.executable).parent
 STEPS = 6
@@ -47,14 +45,7 @@ def test_killed_training_resumes_to_the_uninterrupted_result(alpaca_rows, embedd
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     _run(_command(data, straight))
 
-    proc = subprocess.Popen(_command(data, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # fmt: skip
-    deadline = time.time() + 600
-    while time.time() < deadline and not (killed / "checkpoint-2" / "trainer_state.json").is_file():
-        assert proc.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(_command(data, killed), (killed / "checkpoint-2" / "trainer_state.json").is_file, timeout=600)
     assert not (killed / "adapter_model.safetensors").exists()  # it did not finish
     assert not (killed / f"checkpoint-{STEPS}").exists()
 

@@ -65,61 +65,64 @@ class RunArguments:
     )
 
 
-def _reflect_all(run_args: RunArguments, model_args: Any, model: Any, tokenizer: Any, ori: str, folder: Path,
-                 need_variants: bool) -> tuple[dict[str, str], dict[str, Any]]:  # fmt: skip
-    """Q from the originals, A from the originals, QA from Q; each resumable through its teacher cache."""
+VARIANT_FILES = {"Q": "q.jsonl", "A": "a.jsonl", "QA": "qa.jsonl"}
+
+
+def _reflect_all(run_args: RunArguments, model_args: Any, model: Any, tokenizer: Any, ori: str,
+                 folder: Path) -> dict[str, Any]:  # fmt: skip
+    """Q from the originals, A from the originals, QA from Q (into ``folder``), each resumable through its teacher
+    cache; returns each variant's reflection counts."""
+    from srt_trainer.io import sidecar_path
     from srt_trainer.reflection.cli import ReflectConfig, build_teacher_from_config, run_reflect
     from srt_trainer.teachers.local import TransformersTeacher
 
-    if not need_variants:
-        return {}, {}
     base = dict(teacher=run_args.teacher, teacher_model=run_args.teacher_model, base_url=run_args.base_url,
                 max_tokens=run_args.teacher_max_tokens, batch_size=run_args.teacher_batch_size,
                 concurrency=run_args.teacher_concurrency, prefill=run_args.prefill,
                 max_reasks=run_args.max_reasks)  # fmt: skip
-    first = ReflectConfig(mode="instruction", data=ori, output=str(folder / "q.jsonl"), limit=run_args.limit, **base)
+    q_file = str(folder / VARIANT_FILES["Q"])
+    steps = {
+        "Q": ReflectConfig(mode="instruction", data=ori, output=q_file, **base),
+        "A": ReflectConfig(mode="response", data=ori, output=str(folder / VARIANT_FILES["A"]), **base),
+        "QA": ReflectConfig(mode="response", data=q_file, output=str(folder / VARIANT_FILES["QA"]), **base),
+    }
     same_model = run_args.teacher_model in (None, model_args.model_name_or_path)
     if run_args.teacher == "transformers" and same_model:
         teacher = TransformersTeacher(model=model_args.model_name_or_path, batch_size=run_args.teacher_batch_size,
                                       model_obj=model, tokenizer=tokenizer)  # fmt: skip
     else:
-        teacher = build_teacher_from_config(first)
-    steps = [
-        ("Q", first),
-        ("A", ReflectConfig(mode="response", data=ori, output=str(folder / "a.jsonl"), limit=run_args.limit, **base)),
-        ("QA", ReflectConfig(mode="response", data=str(folder / "q.jsonl"), output=str(folder / "qa.jsonl"), **base)),
-    ]
-    files, summaries = {}, {}
+        teacher = build_teacher_from_config(steps["Q"])
+    summaries = {}
     was_training = model.training
     model.eval()
-    for variant, config in steps:
+    for variant, config in steps.items():
         print(f"\n== reflection {variant}: {config.mode} mode on {config.data}")
         run_reflect(config, teacher=teacher)
-        files[variant] = config.output
-        summary = json.loads(Path(config.output).with_name(Path(config.output).stem + ".summary.json").read_text())
+        summary = json.loads(sidecar_path(config.output, "summary.json").read_text())
         summaries[variant] = {k: summary.get(k) for k in ("rows", "ok", "fallback", "failed", "counts")}
     model.train(was_training)
-    return files, summaries
+    return summaries
 
 
-def _answers(model: Any, tokenizer: Any, template_name: str, held_out: str, max_new_tokens: int,
-             rejects: Path) -> tuple[list[dict[str, str]], list[str]]:  # fmt: skip
+def _held_out_prompts(held_out: str, template_name: str, tokenizer: Any,
+                      rejects: Path) -> tuple[list[dict[str, str]], list[str]]:  # fmt: skip
+    """The held-out instructions and their prompts in the training format."""
     from srt_trainer.data import load_instruction_data
-    from srt_trainer.generation import generate_answers
     from srt_trainer.resources import resolve_data
     from srt_trainer.templates import get_template
 
     rows = load_instruction_data(resolve_data(held_out), rejects_path=rejects, require_output=False).dataset
     template = get_template(template_name, tokenizer)
-    prompts = [template.prompt(r["instruction"], r["input"]) for r in rows]
-    return [{"instruction": r["instruction"], "input": r["input"]} for r in rows], generate_answers(
-        model, tokenizer, prompts, max_new_tokens=max_new_tokens
-    )
+    return ([{"instruction": r["instruction"], "input": r["input"]} for r in rows],
+            [template.prompt(r["instruction"], r["input"]) for r in rows])  # fmt: skip
 
 
 def run(run_args: RunArguments, script_args: Any, training_args: Any, model_args: Any) -> dict[str, Any]:
     """Run the whole job; returns its summary (also written to ``output_dir/summary.json``)."""
+    from srt_trainer.data import load_instruction_data
     from srt_trainer.distributed import get_state
+    from srt_trainer.generation import generate_answers
+    from srt_trainer.io import write_rows
     from srt_trainer.models import load_student, load_tokenizer, resolve_model_path
     from srt_trainer.resources import resolve_data
     from srt_trainer.training.trainer import load_model_for_training, train
@@ -135,39 +138,40 @@ def run(run_args: RunArguments, script_args: Any, training_args: Any, model_args
     # one student: it teaches (local default), scores, and is trained
     tokenizer = load_tokenizer(student_name, trust_remote_code=training_args.trust_remote_code)
     model = load_model_for_training(model_args, training_args)
+    held_out: list[dict[str, str]] = []
+    prompts: list[str] = []
     untuned: list[str] = []
-    if run_args.held_out and run_args.compare_untuned and state.is_main_process:
-        _, untuned = _answers(model, tokenizer, script_args.template, run_args.held_out,
-                                     run_args.max_new_tokens, out / "held_out.rejects.jsonl")  # fmt: skip
+    if run_args.held_out and state.is_main_process:
+        held_out, prompts = _held_out_prompts(run_args.held_out, script_args.template, tokenizer,
+                                              out / "held_out.rejects.jsonl")  # fmt: skip
+        if run_args.compare_untuned:
+            untuned = generate_answers(model, tokenizer, prompts, max_new_tokens=run_args.max_new_tokens)
     timings["load_and_untuned_answers_s"] = time.perf_counter() - t0
 
     # 1. reflection (main process; the others wait for its files)
     t = time.perf_counter()
     ori = resolve_data(run_args.data)
+    if run_args.limit is not None:
+        # one slice, in Alpaca form as the reflections are, that is reflected, scored and trained on
+        limited = out / "reflect" / "ori.jsonl"
+        if state.is_main_process:
+            rows = load_instruction_data(ori, limit=run_args.limit, rejects_path=out / "reflect" / "ori.rejects.jsonl")
+            write_rows([{k: r[k] for k in ("instruction", "input", "output")} for r in rows.dataset], limited)
+        ori = str(limited)
     need_variants = script_args.policy != "ifd"
     reflection: dict[str, Any] = {}
-    if state.is_main_process:
-        files, reflection = _reflect_all(run_args, model_args, model, tokenizer, ori, out / "reflect", need_variants)
+    if need_variants and state.is_main_process:
+        reflection = _reflect_all(run_args, model_args, model, tokenizer, ori, out / "reflect")
     state.wait_for_everyone()
-    files = {v: str(out / "reflect" / f"{v.lower()}.jsonl") for v in ("Q", "A", "QA")} if need_variants else {}
     timings["reflect_s"] = time.perf_counter() - t
 
     # 2-3. scoring, selection and SFT, in the training library (resumable: shards and checkpoints)
     t = time.perf_counter()
     script_args.ori_data = ori
-    script_args.q_data, script_args.a_data, script_args.qa_data = (files.get(v) for v in ("Q", "A", "QA"))
-    if run_args.limit is not None:
-        # score and train on the same rows that were reflected
-        limited = out / "reflect" / "ori.jsonl"
-        if state.is_main_process:
-            from srt_trainer.data import load_instruction_data
-            from srt_trainer.io import write_rows
-
-            rows = load_instruction_data(ori, limit=run_args.limit, rejects_path=out / "reflect" / "ori.rejects.jsonl")
-            alpaca = ("row_index", "instruction", "input", "output")  # Alpaca form, as the reflections are
-            write_rows([{k: r[k] for k in alpaca} for r in rows.dataset], limited)
-        state.wait_for_everyone()
-        script_args.ori_data = str(limited)
+    if need_variants:
+        script_args.q_data, script_args.a_data, script_args.qa_data = (
+            str(out / "reflect" / VARIANT_FILES[v]) for v in ("Q", "A", "QA")
+        )
     if training_args.resume_from_checkpoint is None:
         training_args.resume_from_checkpoint = "auto"  # a rerun after a kill goes on from the last checkpoint
     outcome = train(script_args, training_args, model_args, model=model, tokenizer=tokenizer)
@@ -178,13 +182,12 @@ def run(run_args: RunArguments, script_args: Any, training_args: Any, model_args
     # 4. the tuned student answers the held-out instructions (reloaded from what was saved: proves it loads)
     t = time.perf_counter()
     answers: list[dict[str, Any]] = []
-    if run_args.held_out:
+    if held_out:
         adapter = str(out) if model_args.use_peft else None
         tuned = load_student(student_name if adapter else str(out), dtype=model_args.dtype or "float32",
                              adapter=adapter, trust_remote_code=training_args.trust_remote_code)  # fmt: skip
-        rows, texts = _answers(tuned, tokenizer, script_args.template, run_args.held_out, run_args.max_new_tokens,
-                               out / "held_out.rejects.jsonl")  # fmt: skip
-        for i, (r, text) in enumerate(zip(rows, texts, strict=True)):
+        texts = generate_answers(tuned, tokenizer, prompts, max_new_tokens=run_args.max_new_tokens)
+        for i, (r, text) in enumerate(zip(held_out, texts, strict=True)):
             answers.append({**r, "output": text, **({"untuned_output": untuned[i]} if untuned else {})})
         with (out / "answers.jsonl").open("w", encoding="utf-8") as f:
             for a in answers:

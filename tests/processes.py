@@ -1,0 +1,28 @@
+"""Killing a real run part-way, the way a crash or a pre-empted job would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+
+def kill_when(cmd: Sequence[str], ready: Callable[[], bool], timeout: float, poll: float = 0.1,
+              env: Mapping[str, str] | None = None) -> str:  # fmt: skip
+    """Start ``cmd`` in its own process group, SIGKILL the whole group as soon as ``ready()`` holds (or after
+    ``timeout`` seconds), and return what it printed. Fails if the run ends by itself before that."""
+    with tempfile.TemporaryFile() as log:  # a file, not a pipe: a chatty run never blocks on a full pipe
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not ready():
+            if proc.poll() is not None:
+                log.seek(0)
+                raise AssertionError(f"the run ended before it could be killed:\n{log.read().decode()[-3000:]}")
+            time.sleep(poll)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        log.seek(0)
+        return log.read().decode()
