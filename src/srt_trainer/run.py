@@ -189,9 +189,7 @@ def run(run_args: RunArguments, script_args: Any, training_args: Any, model_args
         texts = generate_answers(tuned, tokenizer, prompts, max_new_tokens=run_args.max_new_tokens)
         for i, (r, text) in enumerate(zip(held_out, texts, strict=True)):
             answers.append({**r, "output": text, **({"untuned_output": untuned[i]} if untuned else {})})
-        with (out / "answers.jsonl").open("w", encoding="utf-8") as f:
-            for a in answers:
-                f.write(json.dumps(a, ensure_ascii=False) + "\n")
+        write_rows(answers, out / "answers.jsonl")
         for a in answers:
             print(f"\nQ: {a['instruction']}\nA (tuned): {a['output']}")
             if "untuned_output" in a:
