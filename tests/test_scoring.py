@@ -12,7 +12,7 @@ import torch
 from srt_trainer.models import load_student, load_tokenizer
 from srt_trainer.scoring import STAT_COLUMNS, IFDScorer
 from srt_trainer.scoring.runner import assign_shards
-from srt_trainer.scoring.scorer import common_prefix_length, pack_by_token_budget
+from srt_trainer.scoring.scorer import common_prefix_length, pack_by_token_budget, tiled_nll
 from srt_trainer.templates import get_template
 from tests.reference_scorer import reference_sample
 
@@ -114,13 +114,15 @@ def test_shared_prefix_is_exact(embedded_model, embedded_tokenizer, alpaca_rows)
         assert_close_rel(x, y, rel=1e-5)
 
 
-def test_lora_adapter_on_its_base(tiny_models, alpaca_rows, tmp_path):
+@pytest.mark.parametrize("targets", [["q_proj", "v_proj"], ["q_proj", "v_proj", "lm_head"]])
+def test_lora_adapter_on_its_base(targets, tiny_models, alpaca_rows, tmp_path):
+    """With ``lm_head`` adapted the output layer is no plain linear layer: it runs whole, in row chunks."""
     from peft import LoraConfig, get_peft_model
 
     folder = tiny_models["llama"]
     tok = load_tokenizer(folder)
     torch.manual_seed(1)
-    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    lora = LoraConfig(r=4, target_modules=targets, init_lora_weights=False)
     peft_model = get_peft_model(load_student(folder, device="cpu"), lora)
     peft_model.save_pretrained(tmp_path / "adapter")
     adapted = load_student(folder, device="cpu", adapter=tmp_path / "adapter")
@@ -128,7 +130,9 @@ def test_lora_adapter_on_its_base(tiny_models, alpaca_rows, tmp_path):
     base = load_student(folder, device="cpu")
     t = get_template("vicuna")
     rows = alpaca_rows[:8]
-    got = IFDScorer(adapted, tok, t).score(rows)
+    scorer = IFDScorer(adapted, tok, t)
+    assert scorer.fast_path and scorer._tiled == ("lm_head" not in targets)
+    got = scorer.score(rows)
     for g, r in zip(got, rows, strict=True):
         assert_close_rel(g, reference_sample(merged, tok, t, r), rel=1e-4)
     plain = IFDScorer(base, tok, t).score(rows)
@@ -163,6 +167,22 @@ def test_edge_rows_are_kept_and_marked(embedded_model, embedded_tokenizer):
     assert got[0]["score_error"] == "empty response" and all(got[0][c] is None for c in STAT_COLUMNS)
     assert got[1]["score_error"] is None and math.isfinite(got[1]["ifd"])
     assert got[2]["score_error"].startswith("reverse prompt is")  # the response fills the r-IFD context
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tiled_nll_equals_cross_entropy(dtype):
+    torch.manual_seed(0)
+    hidden, weight, bias = torch.randn(11, 16), torch.randn(1000, 16), torch.randn(1000)
+    targets = torch.tensor([0, 999, 255, 256, 511, 512, 3, 768, 767, 1, 998])  # both sides of every tile edge
+    hidden, weight, bias = hidden.to(dtype), weight.to(dtype), bias.to(dtype)
+    want = torch.nn.functional.cross_entropy(torch.nn.functional.linear(hidden, weight, bias).float(), targets,
+                                             reduction="none")  # fmt: skip
+    for rows, vocab in [(3, 256), (11, 1000), (4, 300)]:
+        got = tiled_nll(hidden, weight, bias, targets, rows=rows, vocab=vocab)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)
+    no_bias = torch.nn.functional.cross_entropy((hidden @ weight.T).float(), targets, reduction="none")
+    got = tiled_nll(hidden, weight, None, targets, rows=3, vocab=256)
+    torch.testing.assert_close(got, no_bias, rtol=1e-6, atol=1e-5)
 
 
 def test_packing_and_shard_assignment():

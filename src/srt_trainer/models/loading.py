@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from srt_trainer.models.embedded import EMBEDDED_NAME, ensure_embedded_model
+from srt_trainer.models.precision import warn_if_slow_half
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -114,4 +115,5 @@ def load_student(
 
         model = PeftModel.from_pretrained(model, str(adapter))
     model.eval()
+    warn_if_slow_half(model)
     return model

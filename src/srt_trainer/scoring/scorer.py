@@ -15,6 +15,7 @@ whose logits need more than that (soft-capping, scaling, exotic heads) falls bac
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from srt_trainer.models.precision import float32_products_for
 from srt_trainer.scoring.collator import CONDITIONED, VIEW_KINDS, DataCollatorForIFD, View
 from srt_trainer.templates import PromptTemplate, get_template
 
@@ -95,6 +97,37 @@ def _nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits, dim=-1) - logits.gather(-1, targets[:, None]).squeeze(-1)
 
 
+def tiled_nll(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    rows: int = 256,
+    vocab: int = 4096,
+) -> torch.Tensor:
+    """Cross-entropy of ``hidden @ weight.T + bias`` at ``targets``, one (rows × vocab) tile of logits at a time.
+
+    A tile small enough to stay in cache is written by the matrix product, upcast and reduced while it is still
+    there; full-vocabulary rows (49k-128k columns) would go to memory and back several times. Each tile's
+    log-sum-exp is combined exactly at the end, and the target logit is read from the tile that holds it.
+    """
+    n, size = hidden.shape[0], weight.shape[0]
+    starts = range(0, size, vocab)
+    out = torch.empty(n, dtype=torch.float32, device=hidden.device)
+    for r in range(0, n, rows):
+        h, t = hidden[r : r + rows], targets[r : r + rows]
+        parts = torch.empty(len(h), len(starts), dtype=torch.float32, device=hidden.device)
+        picked = torch.empty(len(h), dtype=torch.float32, device=hidden.device)
+        for c, v in enumerate(starts):
+            tile = torch.nn.functional.linear(h, weight[v : v + vocab], None if bias is None else bias[v : v + vocab])
+            tile = tile.float()
+            parts[:, c] = torch.logsumexp(tile, dim=-1)
+            here = ((t >= v) & (t < v + vocab)).nonzero().squeeze(1)
+            picked[here] = tile[here, t[here] - v]
+        out[r : r + rows] = torch.logsumexp(parts, dim=-1) - picked
+    return out
+
+
 def _unwrap(model: Any) -> Any:
     """The transformers model under a PEFT wrapper (adapter layers stay active)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -104,6 +137,12 @@ def _batch_dependent(model: Any) -> bool:
     """Whether the model has layers whose arithmetic depends on the other rows of a batch (LLM.int8 outliers)."""
     return any(type(m).__name__ == "Linear8bitLt" and getattr(getattr(m, "state", None), "threshold", 0) > 0
                for m in model.modules())  # fmt: skip
+
+
+def _cache_keyword(forward: Any) -> str:
+    """The name under which ``forward`` takes a KV cache: ``cache`` since transformers 5.24, ``past_key_values``
+    before (and a deprecated alias after)."""
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 def _has_sliding_window(config: Any) -> bool:
@@ -124,7 +163,8 @@ class IFDScorer:
         token_budget: padded tokens per forward batch.
         max_batch_size: views per forward batch at most.
         share_prefix: compute the conditioned views' common prefix once.
-        logits_chunk: elements (target rows × vocabulary) of one logits chunk.
+        logits_chunk: elements (target rows × vocabulary) of one logits chunk when the output layer is not a
+            plain linear layer; a plain one is reduced in cache-sized tiles (``tiled_nll``).
     """
 
     def __init__(
@@ -157,7 +197,10 @@ class IFDScorer:
         self.device = inner.get_input_embeddings().weight.device
         self._decoder = inner.get_decoder() if hasattr(inner, "get_decoder") else None
         self._head = inner.get_output_embeddings()
+        # a plain linear head is reduced tile by tile; anything else (quantized, adapted) runs whole, in chunks
+        self._tiled = type(self._head) is torch.nn.Linear
         self.fast_path = self._decoder is not None and self._head is not None and self._fast_path_agrees()
+        self._cache_kw = _cache_keyword((self._decoder if self.fast_path else self.model).forward)
 
     # -- model plumbing -----------------------------------------------------------------------------------------
 
@@ -166,8 +209,9 @@ class IFDScorer:
         ids = torch.tensor([self.tokenizer("The quick brown fox jumps over the lazy dog.")["input_ids"]])
         ids = ids.to(self.device)
         try:
-            reference = self.model(input_ids=ids).logits.float()
-            fast = self._project(self._decoder(input_ids=ids).last_hidden_state)
+            with float32_products_for(self.model):
+                reference = self.model(input_ids=ids).logits.float()
+                fast = self._project(self._decoder(input_ids=ids).last_hidden_state)
         except Exception:  # any architecture whose decoder cannot be called alone
             return False
         return fast.shape == reference.shape and torch.allclose(fast, reference, rtol=1e-3, atol=1e-3)
@@ -189,7 +233,8 @@ class IFDScorer:
 
         ids = torch.tensor([list(prefix)], device=self.device)
         target = self._decoder if self.fast_path else self.model
-        cache = target(input_ids=ids, use_cache=True, past_key_values=DynamicCache()).past_key_values
+        out = target(input_ids=ids, use_cache=True, **{self._cache_kw: DynamicCache()})
+        cache = out["cache"] if "cache" in out else out["past_key_values"]
         return [(layer.keys, layer.values) for layer in cache.layers]
 
     @torch.no_grad()
@@ -197,25 +242,26 @@ class IFDScorer:
         """Summed NLL (float64) and target count of each view."""
         batch = self.collator.pad(views, prefix_len)
         ids = batch["input_ids"].to(self.device)
-        mask = batch["attention_mask"].to(self.device)
         labels = batch["labels"].to(self.device)
         b, length = ids.shape
+        # No attention mask: the views are right-padded, so under causal attention no real token sees a pad, and
+        # the model can take its mask-free causal kernels (no padding mask to build, no key/value heads repeated).
         kwargs: dict[str, Any] = {"input_ids": ids, "use_cache": prefix_kv is not None}
         if prefix_kv is not None:
-            kwargs["past_key_values"] = self._cache(prefix_kv, b)
-            kwargs["attention_mask"] = torch.cat([mask.new_ones(b, prefix_len), mask], dim=1)
+            kwargs[self._cache_kw] = self._cache(prefix_kv, b)
             kwargs["position_ids"] = torch.arange(prefix_len, prefix_len + length, device=self.device).expand(b, -1)
-        else:
-            kwargs["attention_mask"] = mask
         targets = labels[:, 1:]
         keep = targets != -100
         owner = torch.arange(b, device=self.device)[:, None].expand(-1, length - 1)[keep]
         targets = targets[keep]
         if self.fast_path:
             rows = self._decoder(**kwargs).last_hidden_state[:, :-1][keep]
-            chunk = max(1, self.logits_chunk // self._head.weight.shape[0])
-            nll = torch.cat([_nll(self._project(rows[i : i + chunk]), targets[i : i + chunk])
-                             for i in range(0, len(rows), chunk)])  # fmt: skip
+            if self._tiled:
+                nll = tiled_nll(rows, self._head.weight, self._head.bias, targets)
+            else:
+                chunk = max(1, self.logits_chunk // self._head.weight.shape[0])
+                nll = torch.cat([_nll(self._project(rows[i : i + chunk]), targets[i : i + chunk])
+                                 for i in range(0, len(rows), chunk)])  # fmt: skip
         else:
             nll = _nll(self.model(**kwargs).logits[:, :-1][keep].float(), targets)
         sums = torch.zeros(b, dtype=torch.float64, device=self.device).index_add_(0, owner, nll.double())
@@ -234,6 +280,11 @@ class IFDScorer:
 
     def view_losses(self, views: Sequence[View], progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Mean target NLL of each view (float64)."""
+        # a half-precision student on a CPU without half-precision kernels: its products run in fp32 on its values
+        with float32_products_for(self.model):
+            return self._view_losses(views, progress)
+
+    def _view_losses(self, views: Sequence[View], progress: Callable[[int], None] | None) -> np.ndarray:
         losses = np.full(len(views), np.nan)
         # Each conditioned kind has its own shared prefix: the system prompt and "USER:" for out_cond, and the
         # whole constant r-IFD instruction up to the response for ins_cond.

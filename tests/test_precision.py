@@ -1,0 +1,67 @@
+"""Half-precision products in fp32 on CPUs without half-precision kernels: same arithmetic, same model outputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from srt_trainer.models import load_student
+from srt_trainer.models.precision import (
+    HalfProductsInFloat32,
+    cpu_has_half_kernels,
+    float32_products_for,
+    needs_float32_products,
+)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_products_are_fp32_accumulated_half_products(dtype):
+    torch.manual_seed(0)
+    x, w, b = torch.randn(5, 3, 64).to(dtype), torch.randn(48, 64).to(dtype), torch.randn(48).to(dtype)
+    with HalfProductsInFloat32():
+        got = F.linear(x, w, b)
+        mm = x @ w.T
+        bmm = torch.bmm(x, x.transpose(1, 2))
+    # exactly the fp32 product of the half values, rounded once to half precision
+    assert got.dtype == mm.dtype == bmm.dtype == dtype
+    assert torch.equal(got, F.linear(x.float(), w.float(), b.float()).to(dtype))
+    assert torch.equal(mm, (x.float() @ w.float().T).to(dtype))
+    # and PyTorch's own half-precision kernel (also fp32-accumulating) agrees to the last bit or two
+    torch.testing.assert_close(got, F.linear(x, w, b), rtol=2**-6, atol=1e-2)
+    torch.testing.assert_close(bmm, torch.bmm(x, x.transpose(1, 2)), rtol=2**-6, atol=1e-2)
+
+
+def test_attention_and_other_ops():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 16).to(torch.bfloat16) for _ in range(3))
+    with HalfProductsInFloat32():
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        plain = F.linear(torch.randn(4, 8), torch.randn(3, 8))  # fp32 operands: untouched
+        act = F.silu(q)  # not a product: stays in bf16 arithmetic
+    assert att.dtype == torch.bfloat16 and plain.dtype == torch.float32
+    want = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True).to(torch.bfloat16)
+    assert torch.equal(att, want)
+    assert torch.equal(act, F.silu(q))
+
+
+def test_when_it_applies():
+    assert not needs_float32_products(torch.float32, "cpu")
+    assert not needs_float32_products(torch.bfloat16, "cuda")
+    for dtype in (torch.bfloat16, torch.float16):
+        assert needs_float32_products(dtype, "cpu") is (not cpu_has_half_kernels(dtype))
+
+
+def test_bf16_student_gives_the_same_predictions(embedded_dir, embedded_tokenizer):
+    """The embedded student in bf16: the mode's logits match PyTorch's own bf16 kernels to bf16 noise."""
+    model = load_student(embedded_dir, dtype="bfloat16", device="cpu")
+    ids = torch.tensor([embedded_tokenizer("The capital of France is Paris. The capital of Italy is")["input_ids"]])
+    with torch.no_grad():
+        native = model(ids).logits.float()
+        with HalfProductsInFloat32():
+            emulated = model(ids).logits.float()
+    assert (native.argmax(-1) == emulated.argmax(-1)).float().mean() >= 0.9
+    assert (native - emulated).abs().mean() < 0.05 * native.std()
+    assert isinstance(float32_products_for(model), HalfProductsInFloat32) is needs_float32_products(
+        torch.bfloat16, "cpu"
+    )
