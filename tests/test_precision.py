@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from srt_trainer.models import load_student
 from srt_trainer.models.precision import (
@@ -15,14 +16,37 @@ from srt_trainer.models.precision import (
 )
 
 
+class AtenProducts(TorchDispatchMode):
+    """Records the dtypes of the matrix-product kernels that actually run (below the function-level mode)."""
+
+    KERNELS = ("mm", "addmm", "bmm", "baddbmm", "_scaled_dot_product", "_flash_attention")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, torch.dtype]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.__name__.split(".")[0]
+        if name.startswith(self.KERNELS):
+            self.seen.append((name, args[0].dtype))
+        return func(*args, **(kwargs or {}))
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_products_are_fp32_accumulated_half_products(dtype):
     torch.manual_seed(0)
     x, w, b = torch.randn(5, 3, 64).to(dtype), torch.randn(48, 64).to(dtype), torch.randn(48).to(dtype)
-    with HalfProductsInFloat32():
+    m = torch.randn(64, 64).to(dtype)
+    with HalfProductsInFloat32(), AtenProducts() as kernels:
         got = F.linear(x, w, b)
         mm = x @ w.T
+        mm2d = m @ m  # Tensor.matmul
+        mm_fn = torch.mm(m, m)
         bmm = torch.bmm(x, x.transpose(1, 2))
+        att = F.scaled_dot_product_attention(x, x, x)
+    # every product kernel ran in fp32, and there was one for each call
+    assert len(kernels.seen) >= 6 and all(dt == torch.float32 for _, dt in kernels.seen), kernels.seen
+    assert mm2d.dtype == mm_fn.dtype == att.dtype == dtype and torch.equal(mm2d, (m.float() @ m.float()).to(dtype))
     # exactly the fp32 product of the half values, rounded once to half precision
     assert got.dtype == mm.dtype == bmm.dtype == dtype
     assert torch.equal(got, F.linear(x.float(), w.float(), b.float()).to(dtype))

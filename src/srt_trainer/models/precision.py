@@ -44,15 +44,12 @@ class HalfProductsInFloat32(TorchFunctionMode):
     fp32 on those values, and their results are rounded back to the operands' dtype; everything else is unchanged.
     """
 
+    # the functions and the tensor methods (``a @ b`` arrives here as ``Tensor.matmul``)
     PRODUCTS = frozenset({
         torch.nn.functional.linear,
         torch.nn.functional.scaled_dot_product_attention,
-        torch.matmul,
-        torch.Tensor.__matmul__,
-        torch.mm,
-        torch.bmm,
-        torch.addmm,
-        torch.baddbmm,
+        *(getattr(owner, name) for owner in (torch, torch.Tensor)
+          for name in ("matmul", "mm", "bmm", "addmm", "baddbmm")),
     })  # fmt: skip
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
