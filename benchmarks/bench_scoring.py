@@ -12,7 +12,6 @@ and the agreement of the scores (max relative difference for fp32, Spearman of I
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import platform
@@ -24,7 +23,7 @@ import torch
 
 from srt_trainer.data import load_instruction_data
 from srt_trainer.models import load_student, load_tokenizer
-from srt_trainer.models.precision import HalfProductsInFloat32, needs_float32_products
+from srt_trainer.models.precision import float32_products, needs_float32_products
 from srt_trainer.scoring.collator import DataCollatorForIFD
 from srt_trainer.scoring.scorer import LOSS_COLUMNS, IFDScorer, stats_from_losses
 from srt_trainer.templates import get_template
@@ -42,7 +41,7 @@ def matmul_peak(dtype: torch.dtype, device: str, n: int = 2048, reps: int = 10) 
     fp32 on the half values where the CPU has no half-precision kernels)."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    with HalfProductsInFloat32() if needs_float32_products(dtype, device) else contextlib.nullcontext():
+    with float32_products(dtype, device):
         for _ in range(2):
             a @ b
         sync(device)

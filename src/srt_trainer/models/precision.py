@@ -62,10 +62,15 @@ class HalfProductsInFloat32(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+def float32_products(dtype: torch.dtype, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """``HalfProductsInFloat32`` where ``dtype`` on ``device`` needs it (``needs_float32_products``), else a no-op."""
+    return HalfProductsInFloat32() if needs_float32_products(dtype, device) else contextlib.nullcontext()
+
+
 def float32_products_for(model: Any) -> contextlib.AbstractContextManager:
-    """``HalfProductsInFloat32`` where ``model`` needs it (``needs_float32_products``), else a no-op context."""
+    """``float32_products`` for ``model``'s dtype and device."""
     param = next(model.parameters())
-    return HalfProductsInFloat32() if needs_float32_products(param.dtype, param.device) else contextlib.nullcontext()
+    return float32_products(param.dtype, param.device)
 
 
 def warn_if_slow_half(model: Any) -> None:
