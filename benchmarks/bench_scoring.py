@@ -99,6 +99,44 @@ def release_loop(model, tokenizer, template, rows, max_length: int, device: str)
     return out
 
 
+def measure_scorer(
+    model,
+    tokenizer,
+    template,
+    rows: list[dict],
+    views: list,
+    max_length: int,
+    device: str,
+    engine: str = "auto",
+    token_budget: int | None = None,
+) -> dict:
+    """Time ``IFDScorer`` on ``rows`` (after an 8-row warm-up): seconds, samples, tokens, executed FLOPs, peak
+    device memory (CUDA), the engine it ran and its scores."""
+    kw = {"token_budget": token_budget} if token_budget else {}
+    if engine != "auto":
+        kw["engine"] = engine
+    scorer = IFDScorer(model, tokenizer, template, max_length=max_length, **kw)
+    scorer.score(rows[:8])  # warm-up
+    sync(device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    scores = scorer.score(rows)
+    sync(device)
+    seconds = time.perf_counter() - start
+    prefix = {k: scorer.shared_prefix_length([v for v in views if v.kind == k]) for k in ("out_cond", "ins_cond")}
+    return {
+        "engine": getattr(scorer, "engine", "padded"),
+        "seconds": seconds,
+        "samples": len(rows),
+        "tokens": sum(len(v.input_ids) for v in views),
+        "flops": model_flops(model, views, prefix, logits_for_all=False),
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None,
+        "token_budget": scorer.token_budget,
+        "scores": scores,
+    }
+
+
 def spearman(a, b) -> float:
     ra = np.argsort(np.argsort(a))
     rb = np.argsort(np.argsort(b))
@@ -118,6 +156,7 @@ def main() -> None:
         "bf16 runs PyTorch's reference kernel, ~7x slower than fp32: hours for 200 samples)",
     )
     ap.add_argument("--scorer-dtypes", default="float32,bfloat16")
+    ap.add_argument("--engines", default="auto", help="scorer engines to time: auto, packed, padded (comma-separated)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--max-length", type=int, default=2048)
     ap.add_argument("--token-budget", type=int, default=None)
@@ -166,28 +205,11 @@ def main() -> None:
             reference = scores
     for dtype in args.scorer_dtypes.split(","):
         model = load_student(args.model, dtype=dtype, device=args.device)
-        kw = {"token_budget": args.token_budget} if args.token_budget else {}
-        scorer = IFDScorer(model, tokenizer, template, max_length=args.max_length, **kw)
-        scorer.score(rows[:8])  # warm-up
-        sync(args.device)
-        start = time.perf_counter()
-        scores = scorer.score(rows)
-        sync(args.device)
-        dt = time.perf_counter() - start
-        prefix = {k: scorer.shared_prefix_length([v for v in views if v.kind == k]) for k in ("out_cond", "ins_cond")}
-        flops = model_flops(model, views, prefix, logits_for_all=False)
-        results.append(
-            {
-                "method": f"scorer {dtype}",
-                "dtype": dtype,
-                "seconds": dt,
-                "samples": args.n,
-                "tokens": tokens,
-                "flops": flops,
-                "scores": scores,
-            }
-        )
-
+        for engine in args.engines.split(","):
+            r = measure_scorer(model, tokenizer, template, rows, views, args.max_length, args.device, engine,
+                               args.token_budget)  # fmt: skip
+            results.append({"method": f"scorer {dtype}" + (f" {r['engine']}" if engine != "auto" else ""),
+                            "dtype": dtype, **r})  # fmt: skip
     base = next(r for r in results if r["method"] == "release loop float32")
     base_rate = base["samples"] / base["seconds"]
     header = f"{'method':<24}{'samples/s':>10}{'tokens/s':>10}{'GFLOP/s':>9}{'% peak':>8}{'× loop fp32':>12}  agreement"

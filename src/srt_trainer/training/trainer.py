@@ -19,6 +19,7 @@ from trl import SFTTrainer, get_peft_config, get_quantization_config
 from srt_trainer.training.callbacks import REPORT_DIR, SelectionReport, SelectionStatsCallback
 from srt_trainer.training.config import SRTModelConfig, SRTScriptArguments, SRTSFTConfig
 from srt_trainer.training.data import build_sft_dataset, load_training_rows
+from srt_trainer.training.step_time import StepTimeCallback, step_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -26,13 +27,21 @@ RESUME_LAST = ("true", "last", "auto", "latest")
 
 
 class SRTSFTTrainer(SFTTrainer):
-    """``SFTTrainer`` that reports the selection its data came from (see ``SelectionStatsCallback``)."""
+    """``SFTTrainer`` that reports the selection its data came from (see ``SelectionStatsCallback``) and logs each
+    optimizer step's wall time and the peak memory (``step_seconds``, ``max_memory_gib``)."""
 
     def __init__(self, *args: Any, selection_report: SelectionReport | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.selection_report = selection_report
         if selection_report is not None:
             self.add_callback(SelectionStatsCallback(selection_report, trainer=self))
+        self.step_timer = StepTimeCallback()
+        self.add_callback(self.step_timer)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log (not the final summary or an evaluation)
+            logs.update(step_metrics(self.step_timer))
+        super().log(logs, start_time)
 
 
 @dataclass
