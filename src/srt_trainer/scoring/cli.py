@@ -37,8 +37,9 @@ class ScoreConfig:
         default="float32", metadata={"help": "Compute dtype.", "choices": ["float32", "bfloat16", "float16"]}
     )
     max_length: int = field(default=2048, metadata={"help": "Truncation length of the released scorer."})
-    token_budget: int | None = field(default=None, metadata={"help": "Padded tokens per forward batch (default: "
-                                                             "4096 on CPU, 32768 on GPU)."})  # fmt: skip
+    token_budget: int | None = field(default=None, metadata={"help": "Tokens per forward, padding included (default: "
+                                                             "4096 on CPU; on CUDA derived from free memory, at most "
+                                                             "65536; halved on out-of-memory errors)."})  # fmt: skip
     max_batch_size: int = field(default=128, metadata={"help": "Views per forward batch at most."})
     shard_size: int = field(default=256, metadata={"help": "Rows per checkpointed shard (the unit of resume)."})
     limit: int | None = field(default=None, metadata={"help": "Score only the first N rows of the file."})
@@ -51,13 +52,19 @@ class ScoreConfig:
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the model's folder."})
     share_prefix: bool = field(default=True, metadata={"help": "Compute the shared template prefix's keys and "
                                                        "values once (exact; off only to compare)."})  # fmt: skip
+    engine: str = field(
+        default="auto",
+        metadata={"help": "How views are laid out per forward: packed (back to back in rows under a block-diagonal "
+                  "causal mask, no padding), padded (right-padded batches), or auto: packed where the attention "
+                  "(sdpa, eager) takes an explicit mask, padded otherwise.", "choices": ["auto", "packed", "padded"]},
+    )  # fmt: skip
     overwrite: bool = field(default=False, metadata={"help": "Discard finished shards of an earlier run."})
     plot: bool = field(default=True, metadata={"help": "Write the IFD / r-IFD histogram PNG beside the output."})
 
     def fingerprint_settings(self) -> dict[str, Any]:
         """What changes the numbers: a resumed run must match these."""
         keys = ("model", "adapter", "template", "dtype", "max_length", "token_budget", "max_batch_size",
-                "load_in_4bit", "load_in_8bit", "attn_implementation", "share_prefix")  # fmt: skip
+                "load_in_4bit", "load_in_8bit", "attn_implementation", "share_prefix", "engine")  # fmt: skip
         return {k: getattr(self, k) for k in keys}
 
 
@@ -115,10 +122,9 @@ def run_score(config: ScoreConfig, model: Any = None, tokenizer: Any = None) -> 
             attn_implementation=config.attn_implementation, adapter=config.adapter,
             load_in_4bit=config.load_in_4bit, load_in_8bit=config.load_in_8bit,
         )  # fmt: skip
-    on_gpu = next(model.parameters()).device.type == "cuda"
-    budget = config.token_budget or (32768 if on_gpu else 4096)
-    scorer = IFDScorer(model, tokenizer, config.template, max_length=config.max_length, token_budget=budget,
-                       max_batch_size=config.max_batch_size, share_prefix=config.share_prefix)  # fmt: skip
+    scorer = IFDScorer(model, tokenizer, config.template, max_length=config.max_length,
+                       token_budget=config.token_budget, max_batch_size=config.max_batch_size,
+                       share_prefix=config.share_prefix, engine=config.engine)  # fmt: skip
     stats = score_dataset(rows, scorer, work_dir, shard_size=config.shard_size,
                           settings=config.fingerprint_settings(), progress=state.is_local_main_process)  # fmt: skip
     if stats is None:
@@ -136,7 +142,7 @@ def run_score(config: ScoreConfig, model: Any = None, tokenizer: Any = None) -> 
         rejected_rows=len(loaded.rejects),
         output=str(output),
         config=asdict(config),
-        scorer={"fast_path": scorer.fast_path, "token_budget": budget},
+        scorer={"fast_path": scorer.fast_path, "engine": scorer.engine, "token_budget": scorer.token_budget},
     )
     sidecar_path(output, "summary.json").write_text(json.dumps(summary, indent=2))
     print(format_summary(summary))

@@ -17,7 +17,7 @@ on the dialogue before it, and its user turn predicted from the response.
 
 ``DataCollatorForIFD`` does one thing: samples in, padded tensors of their views out (with ``labels`` masked to
 ``-100`` outside the targets), usable with a plain ``DataLoader``. The batched scorer uses its ``views`` method
-and packs the views itself.
+and lays the views out itself, with ``pad`` (right-padded rows) or ``pack`` (several views back to back per row).
 """
 
 from __future__ import annotations
@@ -175,6 +175,32 @@ class DataCollatorForIFD:
             start = max(v.target_start - prefix_len, 0)
             labels[i, start : len(ids)] = ids[start:]
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+    def pack(self, rows: Sequence[Sequence[View]], prefix_len: int = 0) -> dict[str, torch.Tensor]:
+        """Views laid back to back (``rows[r]``: the views of row ``r``), each without its first ``prefix_len``
+        tokens: ``input_ids`` and ``labels`` as in ``pad``, ``position_ids`` that start at ``prefix_len`` again
+        with every view, and ``view_index``, the view (numbered over the rows in order) of each token, ``-1`` on a
+        row's unused tail. A view's first token is never a label: the state before it belongs to another view."""
+        width = max(sum(len(v.input_ids) - prefix_len for v in row) for row in rows)
+        pad_id = self.tokenizer.pad_token_id or 0
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        view_index = torch.full((len(rows), width), -1, dtype=torch.long)
+        position_ids = torch.empty((len(rows), width), dtype=torch.long)
+        k = 0
+        for r, row in enumerate(rows):
+            col = 0
+            for v in row:
+                ids = torch.tensor(v.input_ids[prefix_len:], dtype=torch.long)
+                end = col + len(ids)
+                input_ids[r, col:end] = ids
+                position_ids[r, col:end] = torch.arange(prefix_len, prefix_len + len(ids))
+                start = max(v.target_start - prefix_len, 1)
+                labels[r, col + start : end] = ids[start:]
+                view_index[r, col:end] = k
+                k, col = k + 1, end
+            position_ids[r, col:] = torch.arange(prefix_len, prefix_len + width - col)
+        return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels, "view_index": view_index}
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         """Samples to a padded batch of all their views, with ``view_sample`` / ``view_turn`` / ``view_kind``

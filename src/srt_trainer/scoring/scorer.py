@@ -2,7 +2,10 @@
 
 Work is cut, not only overhead:
 
-- views are sorted by length and packed into batches by a padded-token budget;
+- the packed engine lays views back to back in rows, each view seeing only its own earlier tokens (an explicit
+  block-diagonal causal mask, position ids restarting per view), so no work goes to padding beyond row tails; the
+  padded engine (attention kernels that take no explicit mask) sorts views by length into right-padded batches;
+- forwards are sized by a token budget derived from free accelerator memory, halved on out-of-memory errors;
 - every conditioned view starts with the same template tokens (the system prompt and ``USER:``): their keys and
   values are computed once per call and reused for every batch, exactly, since a causal model's states at a
   position depend only on the tokens before it;
@@ -15,6 +18,7 @@ whose logits need more than that (soft-capping, scaling, exotic heads) falls bac
 
 from __future__ import annotations
 
+import bisect
 import inspect
 import logging
 import math
@@ -35,6 +39,16 @@ STAT_COLUMNS = (*LOSS_COLUMNS, "ifd", "rifd", "ifd_loss", "rifd_loss")
 _KIND_COLUMN = {"out_alone": "loss_out_alone", "out_cond": "loss_out_cond",
                 "ins_alone": "loss_ins_alone", "ins_cond": "loss_ins_cond"}  # fmt: skip
 MIN_SHARED_PREFIX = 4  # below this, a shared prefix saves less than it costs
+ENGINES = ("auto", "packed", "padded")
+# Attention implementations that use an explicit 4D mask as given: transformers' mask builders return a 4D
+# ``attention_mask`` untouched (masking_utils._preprocess_mask_arguments), sdpa takes it as a boolean or additive
+# mask, eager adds it to the scores. Flash kernels take no mask; flex wants a BlockMask.
+MASKED_ATTENTION = frozenset({"sdpa", "eager"})
+CPU_TOKEN_BUDGET = 4096
+MAX_TOKEN_BUDGET = 65536  # beyond this a forward is already long enough to keep an accelerator busy
+MIN_TOKEN_BUDGET = 256  # an out-of-memory error below this is final
+CPU_BATCH_OVERHEAD = 64
+GPU_BATCH_OVERHEAD = 2048
 
 
 def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
@@ -80,6 +94,137 @@ def pack_by_token_budget(
         batches.append(order[cut[i] : i])
         i = cut[i]
     return batches[::-1]
+
+
+def _fill_rows(lengths: Sequence[int], order: Sequence[int], width: int) -> list[list[int]]:
+    """Best-fit-decreasing: each view (``order`` is longest first) goes to the open row it leaves least room in."""
+    rows: list[list[int]] = []
+    room: list[tuple[int, int]] = []  # (free columns, row), sorted
+    for i in order:
+        k = bisect.bisect_left(room, (lengths[i], -1))
+        if k < len(room):
+            free, r = room.pop(k)
+        else:
+            free, r = width, len(rows)
+            rows.append([])
+        rows[r].append(i)
+        if free > lengths[i]:
+            bisect.insort(room, (free - lengths[i], r))
+    return rows
+
+
+def pack_rows(
+    lengths: Sequence[int],
+    token_budget: int,
+    max_batch_size: int,
+    context: int = 0,
+    attention_weight: float = 0.0,
+    batch_overhead: int = 64,
+) -> list[list[list[int]]]:
+    """Indices packed back to back into rows, rows grouped into forwards: ``forwards[f][r]`` lists row ``r``'s views.
+
+    Over the views sorted longest first, a dynamic program cuts runs of consecutive views; a run is one forward
+    whose rows are as wide as its longest view, filled best-fit-decreasing. A run costs its row tokens (tails
+    included) plus ``batch_overhead`` token-equivalents. With an explicit mask attention still meets every key of a
+    row and the ``context`` prefix columns, so each row token also costs ``attention_weight * (context + width)``
+    (attention multiply-adds per key over linear-layer multiply-adds per token, see ``attention_weight``): without
+    that term all short views would share the widest rows; with it they get narrower rows of their own. A run
+    holds at most ``max_batch_size`` views and ``token_budget`` row tokens (a view over the budget runs alone).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    n = len(order)
+    best = [0.0] + [math.inf] * n  # best[i]: cost of the first i sorted views
+    cut = [0] * (n + 1)
+    for j in range(n):
+        width = lengths[order[j]]
+        row_cost = width * (1 + attention_weight * (context + width))
+        room: list[int] = []  # free columns of the open rows, sorted
+        rows = 0
+        # growing the run one (shorter) view at a time is best-fit-decreasing itself: only the row count is kept
+        for i in range(j, min(n, j + max_batch_size)):
+            need = lengths[order[i]]
+            k = bisect.bisect_left(room, need)
+            if k < len(room):
+                free = room.pop(k)
+            else:
+                free, rows = width, rows + 1
+            if free > need:
+                bisect.insort(room, free - need)
+            if rows * width > token_budget and i > j:
+                break
+            cost = best[j] + rows * row_cost + batch_overhead
+            if cost < best[i + 1]:
+                best[i + 1], cut[i + 1] = cost, j
+    forwards: list[list[list[int]]] = []
+    i = n
+    while i > 0:
+        run = order[cut[i] : i]
+        forwards.append(_fill_rows(lengths, run, lengths[run[0]]))
+        i = cut[i]
+    return forwards[::-1]
+
+
+def attention_weight(config: Any) -> float:
+    """Attention multiply-adds per key over linear-layer multiply-adds per token, in one decoder layer.
+
+    Per token, the query / key / value / output projections and a gated MLP cost ``2·d·q + 2·d·kv + 3·d·ff``
+    multiply-adds; attention costs ``2·q`` per key it meets (scores and weighted values). 1/4096 when the config
+    lacks the sizes.
+    """
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    try:
+        d, heads = int(config.hidden_size), int(config.num_attention_heads)
+        head_dim = int(getattr(config, "head_dim", None) or d // heads)
+        kv = int(getattr(config, "num_key_value_heads", None) or heads) * head_dim
+        ff = int(getattr(config, "intermediate_size", None) or 4 * d)
+    except (AttributeError, TypeError, ValueError, ZeroDivisionError):
+        return 1 / 4096
+    q = heads * head_dim
+    return 2 * q / (2 * d * q + 2 * d * kv + 3 * d * ff)
+
+
+def activation_bytes_per_token(config: Any, dtype: torch.dtype, max_length: int, eager: bool = False) -> int:
+    """A conservative estimate of the accelerator memory one token of a scoring forward holds at its peak.
+
+    - In the compute dtype, at the peak of a decoder layer: the residual stream, its norm and the attention and
+      output-projection results (6·d), queries, keys and values (q + 2·kv), keys and values repeated to every
+      query head when a mask is given (2·q), and a gated MLP's gate, up, activation and product (4·ff).
+    - The key/value cache of every layer, held until the forward ends when a shared prefix is used, counted twice
+      since every row gets its own copy of the prefix's keys and values (2 · 2·layers·kv).
+    - The packed engine's boolean mask, one byte per key (at most ``max_length``); with eager attention also the
+      fp32 scores and probabilities of every head over every key (2 · 4·heads·max_length).
+    """
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    d, heads = int(config.hidden_size), int(config.num_attention_heads)
+    head_dim = int(getattr(config, "head_dim", None) or d // heads)
+    kv = int(getattr(config, "num_key_value_heads", None) or heads) * head_dim
+    ff = int(getattr(config, "intermediate_size", None) or 4 * d)
+    layers = int(config.num_hidden_layers)
+    q = heads * head_dim
+    size = torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 4
+    transient = size * (6 * d + q + 2 * kv + 2 * q + 4 * ff)
+    cache = 2 * size * 2 * layers * kv
+    scores = 2 * 4 * heads * max_length if eager else 0
+    return transient + cache + max_length + scores
+
+
+def device_token_budget(free_bytes: int, bytes_per_token: int, fraction: float = 0.5) -> int:
+    """Tokens per forward that fit in ``fraction`` of ``free_bytes``: a multiple of 256 between 1024 and
+    ``MAX_TOKEN_BUDGET`` (out-of-memory errors still halve it while scoring)."""
+    tokens = int(free_bytes * fraction) // max(1, bytes_per_token)
+    return max(1024, min(MAX_TOKEN_BUDGET, tokens // 256 * 256))
+
+
+def block_causal_mask(view_index: torch.Tensor, prefix_len: int = 0) -> torch.Tensor:
+    """Boolean attention mask ``[rows, 1, width, prefix_len + width]`` of packed rows: a token sees every prefix
+    column and the earlier tokens of its own view (``view_index``: the view of each token, ``-1`` on the unused
+    tail of a row, which sees only itself and so never gives a row of scores with no key)."""
+    rows, width = view_index.shape
+    causal = torch.ones(width, width, dtype=torch.bool, device=view_index.device).tril()
+    mask = (view_index[:, :, None] == view_index[:, None, :]) & causal
+    if prefix_len:
+        mask = torch.cat([mask.new_ones(rows, width, prefix_len), mask], dim=-1)
+    return mask[:, None]
 
 
 def stats_from_losses(losses: Mapping[str, float]) -> dict[str, float]:
@@ -160,11 +305,17 @@ class IFDScorer:
         tokenizer: its tokenizer, with a pad token.
         template: a template name or ``PromptTemplate``.
         max_length: the release's truncation length.
-        token_budget: padded tokens per forward batch.
-        max_batch_size: views per forward batch at most.
+        token_budget: tokens per forward (padding and row tails included). None: derived from free memory on
+            CUDA (``activation_bytes_per_token``, at most ``MAX_TOKEN_BUDGET``), ``CPU_TOKEN_BUDGET`` elsewhere.
+            Halved, and the rest of the group re-packed, on an out-of-memory error.
+        max_batch_size: views per forward at most.
         share_prefix: compute the conditioned views' common prefix once.
         logits_chunk: elements (target rows × vocabulary) of one logits chunk when the output layer is not a
             plain linear layer; a plain one is reduced in cache-sized tiles (``tiled_nll``).
+        engine: ``packed`` (views back to back in rows under a block-diagonal causal mask), ``padded``
+            (right-padded batches, no mask) or ``auto``: packed where the attention implementation takes an
+            explicit mask (``MASKED_ATTENTION``), the fast path is on and a check at start agrees; padded
+            otherwise. The choice is ``self.engine``.
     """
 
     def __init__(
@@ -173,17 +324,19 @@ class IFDScorer:
         tokenizer: Any,
         template: str | PromptTemplate = "vicuna",
         max_length: int = 2048,
-        token_budget: int = 4096,
+        token_budget: int | None = None,
         max_batch_size: int = 128,
         share_prefix: bool = True,
         logits_chunk: int = 2**25,
+        engine: str = "auto",
     ) -> None:
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
         if isinstance(template, str):
             template = get_template(template, tokenizer)
         self.model = model
         self.tokenizer = tokenizer
         self.collator = DataCollatorForIFD(tokenizer, template, max_length)
-        self.token_budget = token_budget
         self.logits_chunk = logits_chunk
         inner = _unwrap(model)
         self._config = inner.config
@@ -194,13 +347,104 @@ class IFDScorer:
             max_batch_size, share_prefix = 1, False
         self.max_batch_size = max_batch_size
         self.share_prefix = share_prefix and not _has_sliding_window(self._config)
-        self.device = inner.get_input_embeddings().weight.device
+        embeddings = inner.get_input_embeddings().weight
+        self.device = embeddings.device
+        self._dtype = embeddings.dtype if embeddings.dtype.is_floating_point else torch.float32
         self._decoder = inner.get_decoder() if hasattr(inner, "get_decoder") else None
         self._head = inner.get_output_embeddings()
         # a plain linear head is reduced tile by tile; anything else (quantized, adapted) runs whole, in chunks
         self._tiled = type(self._head) is torch.nn.Linear
         self.fast_path = self._decoder is not None and self._head is not None and self._fast_path_agrees()
         self._cache_kw = _cache_keyword((self._decoder if self.fast_path else self.model).forward)
+        self._attn = getattr(self._config, "_attn_implementation", None)
+        self._attention_weight = attention_weight(self._config)
+        self.engine = self._choose_engine(engine)
+        self.token_budget = token_budget if token_budget is not None else self._default_token_budget()
+        # The fixed cost of one forward, in token-equivalents, that the plans weigh against padding and masked
+        # attention: on a CPU small matrix products; on a GPU some hundreds of kernel launches, which a small
+        # student streams through as fast as thousands of tokens.
+        self.batch_overhead = GPU_BATCH_OVERHEAD if self.device.type == "cuda" else CPU_BATCH_OVERHEAD
+
+    # -- engine and budget --------------------------------------------------------------------------------------
+
+    def packed_refusal(self) -> str | None:
+        """Why the packed engine cannot score with this model, or None when it can."""
+        if self._attn not in MASKED_ATTENTION:
+            return f"attention implementation {self._attn!r} takes no explicit 4D mask"
+        other = set(getattr(self._config, "layer_types", None) or ()) - {"full_attention", "sliding_attention"}
+        if other:
+            return f"layers of type {sorted(other)}"
+        window = getattr(self._config, "sliding_window", None) if _has_sliding_window(self._config) else None
+        if window and window < self.collator.max_length:
+            # the mask is used as given: it would have to carry the window of the sliding layers, and not of the rest
+            return f"sliding-window attention ({window} tokens) narrower than max_length ({self.collator.max_length})"
+        return None
+
+    def _choose_engine(self, engine: str) -> str:
+        refusal = self.packed_refusal()
+        if engine == "packed" and refusal is not None:
+            raise ValueError(f"engine='packed' cannot score this model: {refusal}")
+        if engine != "auto":
+            return engine
+        if refusal is not None or not self.fast_path or self.max_batch_size == 1:
+            return "padded"
+        if not self._packed_agrees():
+            logger.warning("the model does not honour an explicit attention mask as expected: padded engine")
+            return "padded"
+        return "packed"
+
+    @torch.no_grad()
+    def _packed_agrees(self) -> bool:
+        """Whether a text packed after another in one row (behind a cached prefix when prefixes are shared) gets
+        the final hidden states it gets alone rather than those it gets after the other, as a model that ignored
+        or misread the mask would give: its distance to the former must be under a tenth of the distance between
+        the two (a quarter in half precision, where kernels with and without a mask round differently; measured:
+        2e-6 in fp32, 0.05 in bf16, 0.02 for a 4-bit student)."""
+        prefix = self.tokenizer("A chat between a curious user and an assistant.")["input_ids"]
+        prefix = prefix if self.share_prefix else []
+        p = len(prefix)
+        texts = ("The quick brown fox jumps over the lazy dog.", "A stitch in time saves nine, they said.")
+        first, second = (self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts)
+        pair = [View(0, 0, "out_cond", prefix + ids, p + 1) for ids in (first, second)]
+
+        def hidden(ids: list[int]) -> torch.Tensor:
+            return self._decoder(input_ids=torch.tensor([ids], device=self.device)).last_hidden_state[0].float()
+
+        try:
+            with float32_products_for(self.model):
+                alone = hidden(prefix + second)[p:]
+                after = hidden(prefix + first + second)[p + len(first) :]
+                kv = self._prefix_kv(prefix) if p else None
+                kwargs = self._forward_kwargs(self.collator.pack([pair], p), p, kv, packed=True)
+                packed = self._decoder(**kwargs).last_hidden_state[0, len(first) :].float()
+        except Exception:  # a decoder that rejects the mask or the position ids
+            logger.debug("packed-engine check failed", exc_info=True)
+            return False
+        err, leak = float((packed - alone).norm()), float((after - alone).norm())
+        logger.debug("packed-engine check: error %.2e, distance to the unmasked states %.2e", err, leak)
+        return err < (0.1 if self._dtype == torch.float32 else 0.25) * leak
+
+    def _default_token_budget(self) -> int:
+        if self.device.type != "cuda":
+            return CPU_TOKEN_BUDGET
+        free, _ = torch.cuda.mem_get_info(self.device)
+        # memory the caching allocator holds but no tensor uses is free to this process too
+        free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+        per_token = activation_bytes_per_token(self._config, self._dtype, self.collator.max_length,
+                                               eager=self._attn == "eager")  # fmt: skip
+        return device_token_budget(free, per_token)
+
+    def _halve_budget(self, remaining: int) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if self.token_budget // 2 < MIN_TOKEN_BUDGET:
+            raise RuntimeError(
+                f"out of memory even at a token budget of {self.token_budget} tokens per forward: free accelerator "
+                f"memory, lower max_length, or use a smaller (or quantized) student"
+            )
+        self.token_budget //= 2
+        logger.warning("out of memory: token budget halved to %d; re-packing the %d views left in this group",
+                       self.token_budget, remaining)  # fmt: skip
 
     # -- model plumbing -----------------------------------------------------------------------------------------
 
@@ -237,22 +481,47 @@ class IFDScorer:
         cache = out["cache"] if "cache" in out else out["past_key_values"]
         return [(layer.keys, layer.values) for layer in cache.layers]
 
-    @torch.no_grad()
-    def _batch_nll(self, views: Sequence[View], prefix_len: int, prefix_kv: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Summed NLL (float64) and target count of each view."""
-        batch = self.collator.pad(views, prefix_len)
+    def _attention_mask(self, view_index: torch.Tensor, prefix_len: int) -> torch.Tensor:
+        """The packed rows' mask as the attention takes it: sdpa a boolean one (True: attend), eager an additive
+        one, since it adds the mask to the scores."""
+        mask = block_causal_mask(view_index, prefix_len)
+        if self._attn == "eager":
+            return torch.zeros(mask.shape, dtype=self._dtype, device=mask.device).masked_fill_(
+                ~mask, torch.finfo(self._dtype).min
+            )
+        return mask
+
+    def _forward_kwargs(
+        self, batch: Mapping[str, torch.Tensor], prefix_len: int, prefix_kv: Any, packed: bool
+    ) -> dict[str, Any]:
         ids = batch["input_ids"].to(self.device)
-        labels = batch["labels"].to(self.device)
         b, length = ids.shape
-        # No attention mask: the views are right-padded, so under causal attention no real token sees a pad, and
-        # the model can take its mask-free causal kernels (no padding mask to build, no key/value heads repeated).
         kwargs: dict[str, Any] = {"input_ids": ids, "use_cache": prefix_kv is not None}
         if prefix_kv is not None:
             kwargs[self._cache_kw] = self._cache(prefix_kv, b)
+        if packed:
+            kwargs["position_ids"] = batch["position_ids"].to(self.device)
+            kwargs["attention_mask"] = self._attention_mask(batch["view_index"].to(self.device), prefix_len)
+        # Padded: no attention mask. The views are right-padded, so under causal attention no real token sees a pad,
+        # and the model can take its mask-free causal kernels (no mask to build, no key/value heads repeated).
+        elif prefix_kv is not None:
             kwargs["position_ids"] = torch.arange(prefix_len, prefix_len + length, device=self.device).expand(b, -1)
+        return kwargs
+
+    @torch.no_grad()
+    def _forward_nll(
+        self, batch: Mapping[str, torch.Tensor], views: int, prefix_len: int, prefix_kv: Any, packed: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Summed NLL (float64) and target count of each of ``views`` views; ``batch["view_index"]`` names each
+        token's view (the sums go by view, not by row: a packed row holds several)."""
+        kwargs = self._forward_kwargs(batch, prefix_len, prefix_kv, packed)
+        labels = batch["labels"].to(self.device)
+        owner = batch["view_index"].to(self.device)
+        # the state at a token predicts the next one; a view's first token is never a target, so the state at the
+        # end of one packed view is never charged to the next
         targets = labels[:, 1:]
         keep = targets != -100
-        owner = torch.arange(b, device=self.device)[:, None].expand(-1, length - 1)[keep]
+        owner = owner[:, 1:][keep]
         targets = targets[keep]
         if self.fast_path:
             rows = self._decoder(**kwargs).last_hidden_state[:, :-1][keep]
@@ -264,9 +533,29 @@ class IFDScorer:
                                  for i in range(0, len(rows), chunk)])  # fmt: skip
         else:
             nll = _nll(self.model(**kwargs).logits[:, :-1][keep].float(), targets)
-        sums = torch.zeros(b, dtype=torch.float64, device=self.device).index_add_(0, owner, nll.double())
-        counts = torch.bincount(owner, minlength=b)
+        sums = torch.zeros(views, dtype=torch.float64, device=self.device).index_add_(0, owner, nll.double())
+        counts = torch.bincount(owner, minlength=views)
         return sums.cpu().numpy(), counts.cpu().numpy()
+
+    def _batch_nll(
+        self, rows: Sequence[Sequence[View]], prefix_len: int, prefix_kv: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Summed NLL and target count of the views of one forward, in row order."""
+        if self.engine == "packed":
+            batch = self.collator.pack(rows, prefix_len)
+        else:
+            batch = self.collator.pad([v for row in rows for v in row], prefix_len)
+            batch["view_index"] = torch.arange(len(rows))[:, None].expand_as(batch["input_ids"])
+        return self._forward_nll(batch, sum(map(len, rows)), prefix_len, prefix_kv, self.engine == "packed")
+
+    def plan(self, lengths: Sequence[int], prefix_len: int = 0) -> list[list[list[int]]]:
+        """Forwards of the engine for views of ``lengths`` tokens (after a ``prefix_len`` shared prefix):
+        ``plan[f][r]`` lists the views of row ``r`` of forward ``f`` (one per row in the padded engine)."""
+        if self.engine == "packed":
+            return pack_rows(lengths, self.token_budget, self.max_batch_size, prefix_len, self._attention_weight,
+                             self.batch_overhead)  # fmt: skip
+        batches = pack_by_token_budget(lengths, self.token_budget, self.max_batch_size, self.batch_overhead)
+        return [[[i] for i in batch] for batch in batches]
 
     # -- public API ---------------------------------------------------------------------------------------------
 
@@ -299,16 +588,36 @@ class IFDScorer:
                 rest += members
         groups.append((rest, 0, None))
         for members, plen, kv in groups:
-            if not members:
-                continue
-            lengths = [len(views[i].input_ids) - plen for i in members]
-            for batch in pack_by_token_budget(lengths, self.token_budget, self.max_batch_size):
-                idx = [members[j] for j in batch]
-                sums, counts = self._batch_nll([views[i] for i in idx], plen, kv)
+            pending = self._score_group(views, members, plen, kv, losses, progress)
+            while pending:
+                # the failed forward's tensors are gone with its frames by now, so the cache can give them back
+                self._halve_budget(len(pending))
+                pending = self._score_group(views, pending, plen, kv, losses, progress)
+        return losses
+
+    def _score_group(
+        self,
+        views: Sequence[View],
+        members: Sequence[int],
+        plen: int,
+        kv: Any,
+        losses: np.ndarray,
+        progress: Callable[[int], None] | None,
+    ) -> list[int]:
+        """Score ``members`` (views sharing ``plen`` prefix tokens) into ``losses``; the views left unscored when a
+        forward ran out of accelerator memory (none when all went through)."""
+        done: set[int] = set()
+        try:
+            for forward in self.plan([len(views[i].input_ids) - plen for i in members], plen):
+                idx = [members[j] for row in forward for j in row]
+                sums, counts = self._batch_nll([[views[members[j]] for j in row] for row in forward], plen, kv)
                 losses[idx] = sums / counts
+                done.update(idx)
                 if progress is not None:
                     progress(sum(len(views[i].input_ids) for i in idx))
-        return losses
+        except torch.cuda.OutOfMemoryError:
+            return [i for i in members if i not in done]
+        return []
 
     def score(
         self, samples: Sequence[Mapping[str, Any]], progress: Callable[[int], None] | None = None

@@ -207,7 +207,7 @@ class SRTScriptArguments:
     )
     score_token_budget: int | None = field(
         default=None,
-        metadata={"help": "Padded tokens per scoring batch (default: 4096 on CPU, 32768 on GPU)."},
+        metadata={"help": "Tokens per scoring forward (default: 4096 on CPU; on CUDA derived from free memory)."},
     )
     score_shard_size: int = field(default=256, metadata={"help": "Rows per resumable scoring shard."})
     plot: bool = field(default=True, metadata={"help": "Write the scoring histograms and selection plots."})
