@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -71,21 +72,21 @@ class Sizes:
 
 
 GPU = Sizes(
-    loop_rows=100, scorer_rows=2000, spearman_rows=500, rows_7b=2000, padded_rows_7b=400, shape_7b="llama2-7b",
-    shape_1b="llama-1b", zero3_steps=10, zero3_save=5, adapter_steps=3, per_device_batch=16, global_batch=None,
+    loop_rows=100, scorer_rows=2000, spearman_rows=500, rows_7b=2000, padded_rows_7b=200, shape_7b="llama2-7b",
+    shape_1b="llama-1b", zero3_steps=10, zero3_save=6, adapter_steps=3, per_device_batch=16, global_batch=None,
     max_length=None, eval_items=32, eval_new_tokens=128,
-    limits={"prepare": 60, "scoring_small": 75, "scoring_7b": 130, "train_zero3": 300, "train_lora": 60,
-            "train_qlora": 70, "eval": 45},
+    limits={"prepare": 45, "scoring_small": 60, "scoring_7b": 100, "train_lora": 50, "eval": 35,
+            "train_qlora": 55, "train_zero3": 250},
 )  # fmt: skip
 DRY = Sizes(
     loop_rows=4, scorer_rows=16, spearman_rows=16, rows_7b=12, padded_rows_7b=12, shape_7b="tiny", shape_1b="tiny",
-    zero3_steps=4, zero3_save=2, adapter_steps=2, per_device_batch=2, global_batch=4, max_length=128, eval_items=4,
+    zero3_steps=4, zero3_save=3, adapter_steps=2, per_device_batch=2, global_batch=4, max_length=128, eval_items=4,
     eval_new_tokens=8,
     limits={"prepare": 300, "scoring_small": 400, "scoring_7b": 200, "train_zero3": 500, "train_lora": 300,
             "train_qlora": 300, "eval": 200},
 )  # fmt: skip
 # Whole-check deadline: steps after it are skipped (reported as not run) so the call ends in time.
-DEADLINE_S = {"gpu": 480, "dry": 2400}
+DEADLINE_S = {"gpu": 380, "dry": 2400}
 # ZeRO-3 with resume (two launches, three checkpoints of a 1B student) is the longest: it goes last and gets what
 # time is left, so a slow disk cannot cost the other steps their numbers.
 STEPS = ("prepare", "scoring_small", "scoring_7b", "train_lora", "eval", "train_qlora", "train_zero3")
@@ -393,9 +394,9 @@ def _throughput(logs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def step_train_zero3(assets: Path, work: Path, sizes: Sizes, dry: bool) -> dict[str, Any]:
-    """``accelerate launch`` with the ZeRO-3 config and the full fine-tuning recipe, then the same command with
-    ``--resume_from_checkpoint auto`` after the last checkpoint is removed (a run killed after the middle one):
-    the resumed steps must repeat the uninterrupted run's losses."""
+    """``accelerate launch`` with the ZeRO-3 config and the full fine-tuning recipe, saving one checkpoint midway;
+    then, with the run's final outputs removed (a run killed after that checkpoint), the same command with
+    ``--resume_from_checkpoint auto``: the resumed steps must repeat the uninterrupted run's losses."""
     _wait_for_deepspeed(work)
     out_dir = work / "zero3"
     launcher = ["--config_file", str(REPO / "accelerate_configs" / "deepspeed_zero3.yaml")]
@@ -407,8 +408,9 @@ def step_train_zero3(assets: Path, work: Path, sizes: Sizes, dry: bool) -> dict[
     full = _train_logs(out_dir)
     out: dict[str, Any] = {"zero3_ok": len(full) == sizes.zero3_steps, **_throughput(full),
                            "run_seconds": first_seconds}  # fmt: skip
-    # the killed run: its last checkpoint never finished, its final model never written
-    shutil.rmtree(out_dir / f"checkpoint-{sizes.zero3_steps}")
+    # the killed run: nothing after the midway checkpoint was written (the trainer also checkpoints the last step;
+    # that one goes, the final model and state are kept aside for the comparison)
+    shutil.rmtree(out_dir / f"checkpoint-{sizes.zero3_steps}", ignore_errors=True)
     uninterrupted = out_dir / "uninterrupted"
     uninterrupted.mkdir()
     for path in [out_dir / "trainer_state.json", *out_dir.glob("model*.safetensors*")]:
@@ -610,14 +612,17 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
+@functools.cache
 def _device_info() -> dict[str, Any]:
-    import torch
-
-    if not torch.cuda.is_available():
-        return {"kind": "cpu", "name": platform.processor() or platform.machine(), "cores": os.cpu_count()}
-    props = torch.cuda.get_device_properties(0)
-    return {"kind": "cuda", "name": props.name, "memory_gib": props.total_memory / 2**30,
-            "cuda": torch.version.cuda, "capability": f"{props.major}.{props.minor}"}  # fmt: skip
+    """The machine, read without creating a CUDA context in the driver (it would hold memory all along)."""
+    if shutil.which("nvidia-smi"):
+        query = "name,memory.total,driver_version"
+        res = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30)  # fmt: skip
+        if res.returncode == 0 and res.stdout.strip():
+            name, memory, driver = (x.strip() for x in res.stdout.splitlines()[0].split(","))
+            return {"kind": "cuda", "name": name, "memory_gib": float(memory) / 1024, "driver": driver}
+    return {"kind": "cpu", "name": platform.processor() or platform.machine(), "cores": os.cpu_count()}
 
 
 def _value(results: dict[str, dict], step: str, *path: str) -> tuple[Any, str | None]:
@@ -728,6 +733,7 @@ def run_check(assets: Path, out: Path, work: Path, dry: bool, steps: list[str]) 
         folder.mkdir(parents=True, exist_ok=True)
     gpu = not dry and shutil.which("nvidia-smi") is not None
     results: dict[str, dict] = {}
+    report: dict[str, Any] = {}
     for name in steps:
         left = deadline - time.perf_counter()
         if left < 10:
@@ -736,6 +742,12 @@ def run_check(assets: Path, out: Path, work: Path, dry: bool, steps: list[str]) 
         results[name] = _drive_step(name, assets, work, dry, limit, gpu)
         status = "ok" if results[name].get("ok") else f"FAILED: {results[name].get('error', '').splitlines()[0]}"
         print(f"[{time.perf_counter() - started:6.0f} s] {name}: {status}", flush=True)
+        # written after every step: a check cut short by its caller still leaves what it measured
+        report = _write_report(results, dry, started, out, work)
+    return report
+
+
+def _write_report(results: dict[str, dict], dry: bool, started: float, out: Path, work: Path) -> dict[str, Any]:
     report = build_report(results, dry, started)
     (out / "gpu_report.json").write_text(json.dumps(report, indent=2, default=float))
     (out / "gpu_report.md").write_text(markdown(report))
