@@ -72,11 +72,11 @@ class Sizes:
 
 
 GPU = Sizes(
-    loop_rows=100, scorer_rows=2000, spearman_rows=500, rows_7b=2000, padded_rows_7b=200, shape_7b="llama2-7b",
+    loop_rows=100, scorer_rows=1000, spearman_rows=200, rows_7b=2000, padded_rows_7b=200, shape_7b="llama2-7b",
     shape_1b="llama-1b", zero3_steps=10, zero3_save=6, adapter_steps=3, per_device_batch=16, global_batch=None,
     max_length=None, eval_items=32, eval_new_tokens=128,
-    limits={"prepare": 45, "scoring_small": 60, "scoring_7b": 100, "train_lora": 50, "eval": 35,
-            "train_qlora": 55, "train_zero3": 250},
+    limits={"prepare": 45, "scoring_small": 90, "scoring_7b": 100, "train_lora": 60, "eval": 75,
+            "train_qlora": 60, "train_zero3": 260},
 )  # fmt: skip
 DRY = Sizes(
     loop_rows=4, scorer_rows=16, spearman_rows=16, rows_7b=12, padded_rows_7b=12, shape_7b="tiny", shape_1b="tiny",
@@ -86,7 +86,7 @@ DRY = Sizes(
             "train_qlora": 300, "eval": 200},
 )  # fmt: skip
 # Whole-check deadline: steps after it are skipped (reported as not run) so the call ends in time.
-DEADLINE_S = {"gpu": 380, "dry": 2400}
+DEADLINE_S = {"gpu": 470, "dry": 2400}
 # ZeRO-3 with resume (two launches, three checkpoints of a 1B student) is the longest: it goes last and gets what
 # time is left, so a slow disk cannot cost the other steps their numbers.
 STEPS = ("prepare", "scoring_small", "scoring_7b", "train_lora", "eval", "train_qlora", "train_zero3")
@@ -134,6 +134,16 @@ def prepare_assets(assets: Path, shared_data: Path = SHARED_DATA) -> Path:
 
 
 # -- helpers shared by the steps -------------------------------------------------------------------------------
+
+_PARTIAL: dict[str, Any] = {}
+_PARTIAL_FILE: list[Path] = []  # set by run_step in the step's process
+
+
+def record(**values: Any) -> None:
+    """Keep numbers a step has measured so far: a step stopped at its time limit still reports them."""
+    _PARTIAL.update(values)
+    if _PARTIAL_FILE:
+        _PARTIAL_FILE[0].write_text(json.dumps(_PARTIAL, indent=2, default=float))
 
 
 def _device() -> str:
@@ -257,10 +267,12 @@ def step_scoring_small(assets: Path, work: Path, sizes: Sizes, dry: bool) -> dic
     start = time.perf_counter()
     bench.release_loop(model, tokenizer, template, loop_rows, 2048, device)
     loop_rate = len(loop_rows) / (time.perf_counter() - start)
+    default = _default_engine(model, tokenizer)
     out: dict[str, Any] = {"weights": weights, "rows": len(rows), "loop_rows": len(loop_rows), "tokens": 0,
-                           "loop_samples_per_s": loop_rate, "engines": {}}  # fmt: skip
+                           "loop_samples_per_s": loop_rate, "default_engine": default, "engines": {}}  # fmt: skip
+    record(**out)
     bf16_scores = {}
-    for engine in _engines():
+    for engine in sorted(_engines(), key=lambda e: e not in (default, "auto")):  # the headline engine first
         r = bench.measure_scorer(model, tokenizer, template, rows, views, 2048, device, engine)
         engine = r["engine"]
         bf16_scores[engine] = r.pop("scores")
@@ -268,9 +280,9 @@ def step_scoring_small(assets: Path, work: Path, sizes: Sizes, dry: bool) -> dic
         out["tokens"] = r["tokens"]
         out["engines"][engine] = {**r, "samples_per_s": rate, "tokens_per_s": r["tokens"] / r["seconds"],
                                   "ratio_vs_loop": rate / loop_rate}  # fmt: skip
-    default = _default_engine(model, tokenizer)
-    out["default_engine"] = default
-    out["loop_ratio"] = out["engines"][default]["ratio_vs_loop"]
+        if engine == default:
+            out["loop_ratio"] = out["engines"][default]["ratio_vs_loop"]
+        record(**out)
 
     # fp32: the engines agree (exactness, on this device's kernels) and bf16 ranks the rows as fp32 does
     sub = rows[: sizes.spearman_rows]
@@ -326,7 +338,7 @@ def step_scoring_7b(assets: Path, work: Path, sizes: Sizes, dry: bool) -> dict[s
     out: dict[str, Any] = {"shape": sizes.shape_7b, "params": sum(p.numel() for p in model.parameters()),
                            "build_seconds": built, "matmul_peak_tflops": peak / 1e12, "engines": {}}  # fmt: skip
     default = _default_engine(model, tokenizer)
-    for engine in _engines():
+    for engine in sorted(_engines(), key=lambda e: e not in (default, "auto")):  # the headline engine first
         n = sizes.rows_7b if engine in (default, "auto") else min(sizes.padded_rows_7b, sizes.rows_7b)
         sub_views = [v for v in views if v.sample < n]
         r = bench.measure_scorer(model, tokenizer, template, rows[:n], sub_views, 2048, device, engine)
@@ -334,10 +346,12 @@ def step_scoring_7b(assets: Path, work: Path, sizes: Sizes, dry: bool) -> dict[s
         out["engines"][r["engine"]] = {**r, "samples_per_s": r["samples"] / r["seconds"],
                                   "tokens_per_s": r["tokens"] / r["seconds"],
                                   "mfu": r["flops"] / r["seconds"] / peak}  # fmt: skip
+        if r["engine"] == default:
+            out["mfu_7b"] = out["engines"][default]["mfu"]
+            out["tokens_per_s"] = out["engines"][default]["tokens_per_s"]
+            out["peak_memory_gib"] = out["engines"][default]["peak_memory_gib"]
+        record(default_engine=default, **out)
     out["default_engine"] = default
-    out["mfu_7b"] = out["engines"][default]["mfu"]
-    out["tokens_per_s"] = out["engines"][default]["tokens_per_s"]
-    out["peak_memory_gib"] = out["engines"][default]["peak_memory_gib"]
     return out
 
 
@@ -408,6 +422,7 @@ def step_train_zero3(assets: Path, work: Path, sizes: Sizes, dry: bool) -> dict[
     full = _train_logs(out_dir)
     out: dict[str, Any] = {"zero3_ok": len(full) == sizes.zero3_steps, **_throughput(full),
                            "run_seconds": first_seconds}  # fmt: skip
+    record(**out)
     # the killed run: nothing after the midway checkpoint was written (the trainer also checkpoints the last step;
     # that one goes, the final model and state are kept aside for the comparison)
     shutil.rmtree(out_dir / f"checkpoint-{sizes.zero3_steps}", ignore_errors=True)
@@ -475,10 +490,12 @@ def step_eval(assets: Path, work: Path, sizes: Sizes, dry: bool) -> dict[str, An
     if not (adapter / "adapter_model.safetensors").is_file():
         raise RuntimeError("no LoRA adapter: the train_lora step did not finish")
     output = work / "eval" / "answers.jsonl"
+    batch = max(1, sizes.eval_items // 2)  # two shards: the log shows progress midway
     cmd = [sys.executable, "-m", "srt_trainer.cli", "eval", "generate", "--test_sets",
            str(assets / "data" / EVAL_SET), "--output", str(output), "--model", str(work / "student_1b"),
-           "--adapter", str(adapter), "--limit", str(sizes.eval_items), "--batch_size", str(sizes.eval_items),
-           "--max_new_tokens", str(sizes.eval_new_tokens), "--dtype", "float32" if dry else "bfloat16"]  # fmt: skip
+           "--adapter", str(adapter), "--limit", str(sizes.eval_items), "--batch_size", str(batch),
+           "--shard_size", str(batch), "--max_new_tokens", str(sizes.eval_new_tokens),
+           "--dtype", "float32" if dry else "bfloat16"]  # fmt: skip
     _launch(cmd, work / "logs" / "eval.log")
     summary = json.loads(output.with_name("answers.summary.json").read_text())
     tokenizer = load_tokenizer(work / "student_1b")
@@ -518,12 +535,14 @@ def run_step(name: str, assets: Path, work: Path, dry: bool) -> int:
     """Child-process entry: run one step and write its result (or its error) as JSON."""
     sizes = DRY if dry else GPU
     result_file = work / "results" / f"{name}.json"
+    _PARTIAL_FILE.append(work / "results" / f"{name}.partial.json")
     try:
         result = {"ok": True, **STEP_FUNCTIONS[name](assets, work, sizes, dry)}
     except Exception as e:  # the report says why; the driver goes on with the next step
         import traceback
 
-        result = {"ok": False, "error": f"{type(e).__name__}: {e}"[-2000:], "traceback": traceback.format_exc()[-4000:]}
+        result = {**_PARTIAL, "ok": False, "error": f"{type(e).__name__}: {e}"[-2000:],
+                  "traceback": traceback.format_exc()[-4000:]}  # fmt: skip
     result_file.write_text(json.dumps(result, indent=2, default=float))
     return 0 if result["ok"] else 1
 
@@ -589,12 +608,14 @@ def _drive_step(name: str, assets: Path, work: Path, dry: bool, limit: float, gp
         peak = sampler.stop()
     seconds = time.perf_counter() - start
     result_file = work / "results" / f"{name}.json"
+    partial_file = work / "results" / f"{name}.partial.json"
+    partial = json.loads(partial_file.read_text()) if partial_file.is_file() else {}
     if result_file.is_file():
         result = json.loads(result_file.read_text())
     elif seconds >= limit:
-        result = {"ok": False, "error": f"stopped at its time limit of {limit:.0f} s"}
+        result = {**partial, "ok": False, "error": f"stopped at its time limit of {limit:.0f} s"}
     else:
-        result = {"ok": False, "error": f"exited {proc.returncode} without a result: see {log.name}"}
+        result = {**partial, "ok": False, "error": f"exited {proc.returncode} without a result: see {log.name}"}
     result["wall_seconds"] = seconds
     result["peak_memory_gib_sampled"] = peak
     return result
@@ -630,16 +651,16 @@ def _value(results: dict[str, dict], step: str, *path: str) -> tuple[Any, str | 
     r = results.get(step)
     if r is None:
         return None, f"step {step} did not run (the check's deadline passed)"
-    if not r.get("ok"):
-        return None, f"step {step} failed: {r.get('error', '?').splitlines()[0][:300]}"
+    failure = None if r.get("ok") else f"step {step} failed: {r.get('error', '?').splitlines()[0][:300]}"
     node: Any = r
     for key in path:
         if not isinstance(node, dict) or key not in node:
-            return None, f"step {step} gave no {'.'.join(path)}"
+            return None, failure or f"step {step} gave no {'.'.join(path)}"
         node = node[key]
     if node is None:
-        return None, r.get(f"{path[-1]}_reason", f"step {step} gave no {'.'.join(path)}")
-    return node, None
+        return None, failure or r.get(f"{path[-1]}_reason", f"step {step} gave no {'.'.join(path)}")
+    # measured before the step failed: kept, with the failure beside it
+    return node, failure and f"measured before {failure}"
 
 
 def build_report(results: dict[str, dict], dry: bool, started: float) -> dict[str, Any]:

@@ -81,3 +81,18 @@ def test_dry_run_numbers(dry_run):
     assert zero3["resume_loss_max_rel_diff"] < 1e-6 and zero3["resume_weights_max_abs_diff"] < 1e-6
     assert training["zero3_step_seconds"] > 0 and training["lora_tokens_per_s"] > 0
     assert report["eval"]["ok"] and report["eval"]["tokens_per_s"] > 0
+
+
+def test_report_keeps_what_a_stopped_step_measured():
+    results = {
+        "scoring_7b": {"ok": False, "error": "stopped at its time limit of 100 s", "mfu_7b": 0.41},
+        "train_lora": {"ok": True, "steps": 3, "max_memory_gib": None, "max_memory_gib_reason": "CPU"},
+    }
+    report = gpu_check.build_report(results, dry=True, started=0.0)
+    assert report["scoring"]["mfu_7b"] == 0.41
+    assert report["scoring"]["mfu_7b_reason"].startswith("measured before step scoring_7b failed")
+    assert report["scoring"]["tokens_per_s_7b"] is None and "time limit" in report["scoring"]["tokens_per_s_7b_reason"]
+    assert (
+        report["training"]["lora_max_memory_gib"] is None and report["training"]["lora_max_memory_gib_reason"] == "CPU"
+    )
+    assert report["training"]["zero3_ok"] is None and "did not run" in report["training"]["zero3_ok_reason"]
