@@ -247,28 +247,35 @@ def tiled_nll(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     targets: torch.Tensor,
-    rows: int = 256,
-    vocab: int = 4096,
+    rows: int | None = None,
+    vocab: int | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of ``hidden @ weight.T + bias`` at ``targets``, one (rows × vocab) tile of logits at a time.
 
-    A tile small enough to stay in cache is written by the matrix product, upcast and reduced while it is still
-    there; full-vocabulary rows (49k-128k columns) would go to memory and back several times. Each tile's
-    log-sum-exp is combined exactly at the end, and the target logit is read from the tile that holds it.
+    On a CPU a tile small enough to stay in cache (256 × 4096) is written by the matrix product, upcast and reduced
+    while it is still there; full-vocabulary rows (49k-128k columns) would go to memory and back several times. On
+    an accelerator, where each small tile costs kernel launches, tiles are 4096 rows × 32768 columns (512 MiB of
+    fp32 logits at most). Each tile's log-sum-exp is combined exactly at the end, and the target logit is taken from
+    the tile that holds it by a masked gather, with no device-to-host synchronization.
     """
+    on_cpu = hidden.device.type == "cpu"
+    rows = rows or (256 if on_cpu else 4096)
+    vocab = vocab or (4096 if on_cpu else 32768)
     n, size = hidden.shape[0], weight.shape[0]
     starts = range(0, size, vocab)
     out = torch.empty(n, dtype=torch.float32, device=hidden.device)
     for r in range(0, n, rows):
         h, t = hidden[r : r + rows], targets[r : r + rows]
         parts = torch.empty(len(h), len(starts), dtype=torch.float32, device=hidden.device)
-        picked = torch.empty(len(h), dtype=torch.float32, device=hidden.device)
+        picked = torch.zeros(len(h), dtype=torch.float32, device=hidden.device)
         for c, v in enumerate(starts):
             tile = torch.nn.functional.linear(h, weight[v : v + vocab], None if bias is None else bias[v : v + vocab])
             tile = tile.float()
             parts[:, c] = torch.logsumexp(tile, dim=-1)
-            here = ((t >= v) & (t < v + vocab)).nonzero().squeeze(1)
-            picked[here] = tile[here, t[here] - v]
+            local = t - v
+            inside = (local >= 0) & (local < tile.shape[1])
+            at = tile.gather(1, local.clamp(0, tile.shape[1] - 1)[:, None]).squeeze(1)
+            picked += torch.where(inside, at, torch.zeros_like(at))
         out[r : r + rows] = torch.logsumexp(parts, dim=-1) - picked
     return out
 
