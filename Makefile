@@ -31,6 +31,7 @@ demo: $(STAMP)
 ## The whole test suite (what CI runs).
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -206,10 +206,12 @@ def main() -> None:
     for dtype in args.scorer_dtypes.split(","):
         model = load_student(args.model, dtype=dtype, device=args.device)
         for engine in args.engines.split(","):
-            r = measure_scorer(model, tokenizer, template, rows, views, args.max_length, args.device, engine,
-                               args.token_budget)  # fmt: skip
-            results.append({"method": f"scorer {dtype}" + (f" {r['engine']}" if engine != "auto" else ""),
-                            "dtype": dtype, **r})  # fmt: skip
+            r = measure_scorer(
+                model, tokenizer, template, rows, views, args.max_length, args.device, engine, args.token_budget
+            )
+            results.append(
+                {"method": f"scorer {dtype}" + (f" {r['engine']}" if engine != "auto" else ""), "dtype": dtype, **r}
+            )
     base = next(r for r in results if r["method"] == "release loop float32")
     base_rate = base["samples"] / base["seconds"]
     header = f"{'method':<24}{'samples/s':>10}{'tokens/s':>10}{'GFLOP/s':>9}{'% peak':>8}{'× loop fp32':>12}  agreement"
@@ -223,8 +225,11 @@ def main() -> None:
         r["ratio_vs_loop_fp32"] = rate / base_rate
         n = min(len(r["scores"]), len(reference))
         if r["dtype"] == "float32":
-            rel = max(abs(a[k] - b[k]) / abs(b[k]) for a, b in zip(r["scores"][:n], reference[:n], strict=True)
-                      for k in (*LOSS_COLUMNS, "ifd", "rifd"))  # fmt: skip
+            rel = max(
+                abs(a[k] - b[k]) / abs(b[k])
+                for a, b in zip(r["scores"][:n], reference[:n], strict=True)
+                for k in (*LOSS_COLUMNS, "ifd", "rifd")
+            )
             r["agreement"] = f"max rel diff {rel:.1e}"
         else:
             ifd = [s["ifd"] for s in r["scores"][:n]]

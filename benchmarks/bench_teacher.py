@@ -83,14 +83,27 @@ class StubEndpoint:
                     status, payload = "500 Internal Server Error", {"error": {"message": "injected"}}
                 else:
                     self.answered[prompt] = self.answered.get(prompt, 0) + 1
-                    payload = {"id": "x", "object": "chat.completion", "created": 0, "model": body.get("model"),
-                               "choices": [{"index": 0, "finish_reason": "stop",
-                                            "message": {"role": "assistant", "content": f"answer to {prompt}"}}],
-                               "usage": {"prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25}}  # fmt: skip
+                    payload = {
+                        "id": "x",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": body.get("model"),
+                        "choices": [
+                            {
+                                "index": 0,
+                                "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": f"answer to {prompt}"},
+                            }
+                        ],
+                        "usage": {"prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25},
+                    }
                     status = "200 OK"
                 data = json.dumps(payload).encode()
-                writer.write(f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}"
-                             f"\r\nConnection: keep-alive\r\n\r\n".encode() + data)  # fmt: skip
+                writer.write(
+                    f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}"
+                    f"\r\nConnection: keep-alive\r\n\r\n".encode()
+                    + data
+                )
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -107,8 +120,9 @@ def run_release(base_url: str, convs: list, batch_size: int, error_sleep: float)
     answers: list[str | None] = [None] * len(convs)
 
     async def batch(client: openai.AsyncOpenAI, part: list) -> list:
-        return await asyncio.gather(*(client.chat.completions.create(model="stub", messages=m, temperature=0.0,
-                                                                     max_tokens=64) for m in part))  # fmt: skip
+        return await asyncio.gather(
+            *(client.chat.completions.create(model="stub", messages=m, temperature=0.0, max_tokens=64) for m in part)
+        )
 
     async def main() -> int:
         client = openai.AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, timeout=60)
@@ -132,10 +146,12 @@ def run_release(base_url: str, convs: list, batch_size: int, error_sleep: float)
 
 
 def run_ours(base_url: str, convs: list, concurrency: int, cache_dir: Path) -> dict:
-    teacher = OpenAITeacher(model="stub", base_url=base_url, concurrency=concurrency, max_retries=8,
-                            backoff_base=0.2, timeout=60)  # fmt: skip
-    results, counts = complete_all(teacher, convs, SamplingConfig(max_tokens=64), cache_dir / "cache.jsonl",
-                                   progress=False)  # fmt: skip
+    teacher = OpenAITeacher(
+        model="stub", base_url=base_url, concurrency=concurrency, max_retries=8, backoff_base=0.2, timeout=60
+    )
+    results, counts = complete_all(
+        teacher, convs, SamplingConfig(max_tokens=64), cache_dir / "cache.jsonl", progress=False
+    )
     return {"answered": sum(r.text is not None for r in results), "retried": counts.retried}
 
 
@@ -148,8 +164,15 @@ def measure(name: str, fn, args: argparse.Namespace, **kw) -> dict:
     finally:
         stub.stop()
     paid_twice = sum(c - 1 for c in stub.answered.values())
-    return {"method": name, "seconds": seconds, "rows_per_s": info["answered"] / seconds, "requests": stub.requests,
-            "errors": stub.errors, "paid_twice": paid_twice, **info}  # fmt: skip
+    return {
+        "method": name,
+        "seconds": seconds,
+        "rows_per_s": info["answered"] / seconds,
+        "requests": stub.requests,
+        "errors": stub.errors,
+        "paid_twice": paid_twice,
+        **info,
+    }
 
 
 def main() -> None:
@@ -163,19 +186,33 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"openai {openai.__version__}; {args.n} requests, latency {args.latency * 1000:.0f} ms, "
-          f"error rate {args.error_rate:.0%}")  # fmt: skip
-    release = measure("release (batches of 10, gather, sleep on error)", run_release, args,
-                      batch_size=args.batch_size, error_sleep=args.error_sleep)  # fmt: skip
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"openai {openai.__version__}; {args.n} requests, latency {args.latency * 1000:.0f} ms, "
+        f"error rate {args.error_rate:.0%}"
+    )
+    release = measure(
+        "release (batches of 10, gather, sleep on error)",
+        run_release,
+        args,
+        batch_size=args.batch_size,
+        error_sleep=args.error_sleep,
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        ours = measure(f"ours (complete_all, concurrency {args.concurrency}, fsync'd cache)", run_ours, args,
-                       concurrency=args.concurrency, cache_dir=Path(tmp))  # fmt: skip
+        ours = measure(
+            f"ours (complete_all, concurrency {args.concurrency}, fsync'd cache)",
+            run_ours,
+            args,
+            concurrency=args.concurrency,
+            cache_dir=Path(tmp),
+        )
     print("\n| method | rows/s | wall s | requests sent | 500s | answers paid twice | × release |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in (release, ours):
-        print(f"| {r['method']} | {r['rows_per_s']:.1f} | {r['seconds']:.2f} | {r['requests']} | {r['errors']} | "
-              f"{r['paid_twice']} | {r['rows_per_s'] / release['rows_per_s']:.2f}× |")  # fmt: skip
+        print(
+            f"| {r['method']} | {r['rows_per_s']:.1f} | {r['seconds']:.2f} | {r['requests']} | {r['errors']} | "
+            f"{r['paid_twice']} | {r['rows_per_s'] / release['rows_per_s']:.2f}× |"
+        )
     assert release["answered"] == ours["answered"] == args.n, "some requests were never answered"
 
 

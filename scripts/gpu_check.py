@@ -40,13 +40,28 @@ LLAMA2_VOCAB = 32000
 # Llama-shaped students built with random weights on the GPU machine (no hub there): the 7B body is Llama-2-7B's,
 # the 1B one TinyLlama-1.1B's (grouped-query attention); both with a 32k vocabulary, as Llama-2.
 SHAPES: dict[str, dict[str, Any]] = {
-    "llama2-7b": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
-                  "num_attention_heads": 32, "num_key_value_heads": 32},
-    "llama-1b": {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
-                 "num_attention_heads": 32, "num_key_value_heads": 4},
-    "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "num_key_value_heads": 2},
-}  # fmt: skip
+    "llama2-7b": {
+        "hidden_size": 4096,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+    },
+    "llama-1b": {
+        "hidden_size": 2048,
+        "intermediate_size": 5632,
+        "num_hidden_layers": 22,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 4,
+    },
+    "tiny": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -72,19 +87,57 @@ class Sizes:
 
 
 GPU = Sizes(
-    loop_rows=100, scorer_rows=1000, spearman_rows=200, rows_7b=2000, padded_rows_7b=200, shape_7b="llama2-7b",
-    shape_1b="llama-1b", zero3_steps=10, zero3_save=6, adapter_steps=3, per_device_batch=16, global_batch=None,
-    max_length=None, eval_items=32, eval_new_tokens=128,
-    limits={"prepare": 45, "scoring_small": 90, "scoring_7b": 100, "train_lora": 60, "eval": 75,
-            "train_qlora": 60, "train_zero3": 260},
-)  # fmt: skip
+    loop_rows=100,
+    scorer_rows=1000,
+    spearman_rows=200,
+    rows_7b=2000,
+    padded_rows_7b=200,
+    shape_7b="llama2-7b",
+    shape_1b="llama-1b",
+    zero3_steps=10,
+    zero3_save=6,
+    adapter_steps=3,
+    per_device_batch=16,
+    global_batch=None,
+    max_length=None,
+    eval_items=32,
+    eval_new_tokens=128,
+    limits={
+        "prepare": 45,
+        "scoring_small": 90,
+        "scoring_7b": 100,
+        "train_lora": 60,
+        "eval": 75,
+        "train_qlora": 60,
+        "train_zero3": 260,
+    },
+)
 DRY = Sizes(
-    loop_rows=4, scorer_rows=16, spearman_rows=16, rows_7b=12, padded_rows_7b=12, shape_7b="tiny", shape_1b="tiny",
-    zero3_steps=4, zero3_save=3, adapter_steps=2, per_device_batch=2, global_batch=4, max_length=128, eval_items=4,
+    loop_rows=4,
+    scorer_rows=16,
+    spearman_rows=16,
+    rows_7b=12,
+    padded_rows_7b=12,
+    shape_7b="tiny",
+    shape_1b="tiny",
+    zero3_steps=4,
+    zero3_save=3,
+    adapter_steps=2,
+    per_device_batch=2,
+    global_batch=4,
+    max_length=128,
+    eval_items=4,
     eval_new_tokens=8,
-    limits={"prepare": 300, "scoring_small": 400, "scoring_7b": 200, "train_zero3": 500, "train_lora": 300,
-            "train_qlora": 300, "eval": 200},
-)  # fmt: skip
+    limits={
+        "prepare": 300,
+        "scoring_small": 400,
+        "scoring_7b": 200,
+        "train_zero3": 500,
+        "train_lora": 300,
+        "train_qlora": 300,
+        "eval": 200,
+    },
+)
 # Whole-check deadline: steps after it are skipped (reported as not run) so the call ends in time.
 DEADLINE_S = {"gpu": 470, "dry": 2400}
 # ZeRO-3 with resume (two launches, three checkpoints of a 1B student) is the longest: it goes last and gets what
@@ -165,10 +218,15 @@ def random_llama(shape: str, dtype: Any, device: str, tokenizer: Any) -> Any:
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     config = LlamaConfig(
-        vocab_size=len(tokenizer), max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
         **SHAPES[shape],
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
@@ -268,8 +326,15 @@ def step_scoring_small(assets: Path, work: Path, sizes: Sizes, dry: bool) -> dic
     bench.release_loop(model, tokenizer, template, loop_rows, 2048, device)
     loop_rate = len(loop_rows) / (time.perf_counter() - start)
     default = _default_engine(model, tokenizer)
-    out: dict[str, Any] = {"weights": weights, "rows": len(rows), "loop_rows": len(loop_rows), "tokens": 0,
-                           "loop_samples_per_s": loop_rate, "default_engine": default, "engines": {}}  # fmt: skip
+    out: dict[str, Any] = {
+        "weights": weights,
+        "rows": len(rows),
+        "loop_rows": len(loop_rows),
+        "tokens": 0,
+        "loop_samples_per_s": loop_rate,
+        "default_engine": default,
+        "engines": {},
+    }
     record(**out)
     bf16_scores = {}
     for engine in sorted(_engines(), key=lambda e: e not in (default, "auto")):  # the headline engine first
@@ -278,8 +343,12 @@ def step_scoring_small(assets: Path, work: Path, sizes: Sizes, dry: bool) -> dic
         bf16_scores[engine] = r.pop("scores")
         rate = r["samples"] / r["seconds"]
         out["tokens"] = r["tokens"]
-        out["engines"][engine] = {**r, "samples_per_s": rate, "tokens_per_s": r["tokens"] / r["seconds"],
-                                  "ratio_vs_loop": rate / loop_rate}  # fmt: skip
+        out["engines"][engine] = {
+            **r,
+            "samples_per_s": rate,
+            "tokens_per_s": r["tokens"] / r["seconds"],
+            "ratio_vs_loop": rate / loop_rate,
+        }
         if engine == default:
             out["loop_ratio"] = out["engines"][default]["ratio_vs_loop"]
         record(**out)
@@ -335,17 +404,25 @@ def step_scoring_7b(assets: Path, work: Path, sizes: Sizes, dry: bool) -> dict[s
     built = time.perf_counter() - start
     rows = _rows(assets, sizes.rows_7b)
     views = [v for sv in DataCollatorForIFD(tokenizer, template, 2048).views(rows) for v in sv.views]
-    out: dict[str, Any] = {"shape": sizes.shape_7b, "params": sum(p.numel() for p in model.parameters()),
-                           "build_seconds": built, "matmul_peak_tflops": peak / 1e12, "engines": {}}  # fmt: skip
+    out: dict[str, Any] = {
+        "shape": sizes.shape_7b,
+        "params": sum(p.numel() for p in model.parameters()),
+        "build_seconds": built,
+        "matmul_peak_tflops": peak / 1e12,
+        "engines": {},
+    }
     default = _default_engine(model, tokenizer)
     for engine in sorted(_engines(), key=lambda e: e not in (default, "auto")):  # the headline engine first
         n = sizes.rows_7b if engine in (default, "auto") else min(sizes.padded_rows_7b, sizes.rows_7b)
         sub_views = [v for v in views if v.sample < n]
         r = bench.measure_scorer(model, tokenizer, template, rows[:n], sub_views, 2048, device, engine)
         r.pop("scores")
-        out["engines"][r["engine"]] = {**r, "samples_per_s": r["samples"] / r["seconds"],
-                                  "tokens_per_s": r["tokens"] / r["seconds"],
-                                  "mfu": r["flops"] / r["seconds"] / peak}  # fmt: skip
+        out["engines"][r["engine"]] = {
+            **r,
+            "samples_per_s": r["samples"] / r["seconds"],
+            "tokens_per_s": r["tokens"] / r["seconds"],
+            "mfu": r["flops"] / r["seconds"] / peak,
+        }
         if r["engine"] == default:
             out["mfu_7b"] = out["engines"][default]["mfu"]
             out["tokens_per_s"] = out["engines"][default]["tokens_per_s"]
@@ -355,17 +432,52 @@ def step_scoring_7b(assets: Path, work: Path, sizes: Sizes, dry: bool) -> dict[s
     return out
 
 
-def _recipe_command(config: str, launcher: list[str], work: Path, out_dir: Path, sizes: Sizes, dry: bool,
-                    extra: list[str]) -> list[str]:  # fmt: skip
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", "1",
-           "--num_machines", "1", "--main_process_port", str(_free_port()), "--dynamo_backend", "no"]  # fmt: skip
+def _recipe_command(
+    config: str, launcher: list[str], work: Path, out_dir: Path, sizes: Sizes, dry: bool, extra: list[str]
+) -> list[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        *launcher,
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+        "--main_process_port",
+        str(_free_port()),
+        "--dynamo_backend",
+        "no",
+    ]
     if dry:
         cmd += ["--mixed_precision", "no"]
-    cmd += [str(REPO / "recipes" / "sft_7b.py"), "--config", str(REPO / config),
-            "--model_name_or_path", str(work / "student_1b"), "--dataset", str(work / "train_rows.jsonl"),
-            "--ori_data", "null", "--q_data", "null", "--a_data", "null", "--qa_data", "null",
-            "--output_dir", str(out_dir), "--per_device_train_batch_size", str(sizes.per_device_batch),
-            "--logging_steps", "1", "--report_to", "none", "--seed", "42"]  # fmt: skip
+    cmd += [
+        str(REPO / "recipes" / "sft_7b.py"),
+        "--config",
+        str(REPO / config),
+        "--model_name_or_path",
+        str(work / "student_1b"),
+        "--dataset",
+        str(work / "train_rows.jsonl"),
+        "--ori_data",
+        "null",
+        "--q_data",
+        "null",
+        "--a_data",
+        "null",
+        "--qa_data",
+        "null",
+        "--output_dir",
+        str(out_dir),
+        "--per_device_train_batch_size",
+        str(sizes.per_device_batch),
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "none",
+        "--seed",
+        "42",
+    ]
     if sizes.global_batch:
         cmd += ["--global_batch_size", str(sizes.global_batch)]
     if sizes.max_length:
@@ -386,8 +498,11 @@ def _launch(cmd: list[str], log: Path) -> None:
 
 def _train_logs(out_dir: Path) -> list[dict[str, Any]]:
     states = sorted(out_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
-    state = json.loads((out_dir / "trainer_state.json").read_text()) if (out_dir / "trainer_state.json").is_file() \
-        else json.loads(states[-1].read_text())  # fmt: skip
+    state = (
+        json.loads((out_dir / "trainer_state.json").read_text())
+        if (out_dir / "trainer_state.json").is_file()
+        else json.loads(states[-1].read_text())
+    )
     return [e for e in state["log_history"] if "loss" in e]
 
 
@@ -420,8 +535,11 @@ def step_train_zero3(assets: Path, work: Path, sizes: Sizes, dry: bool) -> dict[
     _launch(cmd, work / "logs" / "train_zero3.run1.log")
     first_seconds = time.perf_counter() - start
     full = _train_logs(out_dir)
-    out: dict[str, Any] = {"zero3_ok": len(full) == sizes.zero3_steps, **_throughput(full),
-                           "run_seconds": first_seconds}  # fmt: skip
+    out: dict[str, Any] = {
+        "zero3_ok": len(full) == sizes.zero3_steps,
+        **_throughput(full),
+        "run_seconds": first_seconds,
+    }
     record(**out)
     # the killed run: nothing after the midway checkpoint was written (the trainer also checkpoints the last step;
     # that one goes, the final model and state are kept aside for the comparison)
@@ -491,18 +609,43 @@ def step_eval(assets: Path, work: Path, sizes: Sizes, dry: bool) -> dict[str, An
         raise RuntimeError("no LoRA adapter: the train_lora step did not finish")
     output = work / "eval" / "answers.jsonl"
     batch = max(1, sizes.eval_items // 2)  # two shards: the log shows progress midway
-    cmd = [sys.executable, "-m", "srt_trainer.cli", "eval", "generate", "--test_sets",
-           str(assets / "data" / EVAL_SET), "--output", str(output), "--model", str(work / "student_1b"),
-           "--adapter", str(adapter), "--limit", str(sizes.eval_items), "--batch_size", str(batch),
-           "--shard_size", str(batch), "--max_new_tokens", str(sizes.eval_new_tokens),
-           "--dtype", "float32" if dry else "bfloat16"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "srt_trainer.cli",
+        "eval",
+        "generate",
+        "--test_sets",
+        str(assets / "data" / EVAL_SET),
+        "--output",
+        str(output),
+        "--model",
+        str(work / "student_1b"),
+        "--adapter",
+        str(adapter),
+        "--limit",
+        str(sizes.eval_items),
+        "--batch_size",
+        str(batch),
+        "--shard_size",
+        str(batch),
+        "--max_new_tokens",
+        str(sizes.eval_new_tokens),
+        "--dtype",
+        "float32" if dry else "bfloat16",
+    ]
     _launch(cmd, work / "logs" / "eval.log")
     summary = json.loads(output.with_name("answers.summary.json").read_text())
     tokenizer = load_tokenizer(work / "student_1b")
     answers = [json.loads(line)["output"] for line in output.read_text().splitlines()]
     tokens = sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
-    return {"ok": len(answers) == sizes.eval_items, "answers": len(answers), "generated_tokens": tokens,
-            "seconds": summary["seconds"], "tokens_per_s": tokens / summary["seconds"]}  # fmt: skip
+    return {
+        "ok": len(answers) == sizes.eval_items,
+        "answers": len(answers),
+        "generated_tokens": tokens,
+        "seconds": summary["seconds"],
+        "tokens_per_s": tokens / summary["seconds"],
+    }
 
 
 def _wait_for_deepspeed(work: Path, timeout: float = 240) -> None:
@@ -541,8 +684,12 @@ def run_step(name: str, assets: Path, work: Path, dry: bool) -> int:
     except Exception as e:  # the report says why; the driver goes on with the next step
         import traceback
 
-        result = {**_PARTIAL, "ok": False, "error": f"{type(e).__name__}: {e}"[-2000:],
-                  "traceback": traceback.format_exc()[-4000:]}  # fmt: skip
+        result = {
+            **_PARTIAL,
+            "ok": False,
+            "error": f"{type(e).__name__}: {e}"[-2000:],
+            "traceback": traceback.format_exc()[-4000:],
+        }
     result_file.write_text(json.dumps(result, indent=2, default=float))
     return 0 if result["ok"] else 1
 
@@ -562,8 +709,12 @@ class MemorySampler:
 
     def _sample(self) -> float:
         if self.gpu:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                                 capture_output=True, text=True, timeout=10).stdout  # fmt: skip
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout
             return max(float(x) for x in out.split()) / 1024
         import psutil
 
@@ -638,8 +789,12 @@ def _device_info() -> dict[str, Any]:
     """The machine, read without creating a CUDA context in the driver (it would hold memory all along)."""
     if shutil.which("nvidia-smi"):
         query = "name,memory.total,driver_version"
-        res = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=30)  # fmt: skip
+        res = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         if res.returncode == 0 and res.stdout.strip():
             name, memory, driver = (x.strip() for x in res.stdout.splitlines()[0].split(","))
             return {"kind": "cuda", "name": name, "memory_gib": float(memory) / 1024, "driver": driver}
@@ -723,9 +878,14 @@ def _fmt(value: Any) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     """The report for people: one table per section, then each step's time and status."""
-    lines = [f"# GPU check: {report['device']}", "",
-             f"{report['date']}, {report['seconds']:.0f} s, dry run: {str(report['dry_run']).lower()}", "",
-             "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()), ""]  # fmt: skip
+    lines = [
+        f"# GPU check: {report['device']}",
+        "",
+        f"{report['date']}, {report['seconds']:.0f} s, dry run: {str(report['dry_run']).lower()}",
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
+        "",
+    ]
     for section in ("scoring", "training", "eval"):
         lines += [f"## {section}", "", "| measure | value | note |", "| --- | --- | --- |"]
         for key, value in report[section].items():
@@ -740,8 +900,10 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for name, r in report["steps"].items():
         error = (r.get("error") or "").splitlines()[0][:200] if r.get("error") else ""
-        lines.append(f"| {name} | {_fmt(r.get('ok'))} | {r.get('wall_seconds', 0):.0f} | "
-                     f"{r.get('peak_memory_gib_sampled', 0):.1f} | {error} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {_fmt(r.get('ok'))} | {r.get('wall_seconds', 0):.0f} | "
+            f"{r.get('peak_memory_gib_sampled', 0):.1f} | {error} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -10,8 +10,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 
-def kill_when(cmd: Sequence[str], ready: Callable[[], bool], timeout: float, poll: float = 0.1,
-              env: Mapping[str, str] | None = None) -> str:  # fmt: skip
+def kill_when(
+    cmd: Sequence[str],
+    ready: Callable[[], bool],
+    timeout: float,
+    poll: float = 0.1,
+    env: Mapping[str, str] | None = None,
+) -> str:
     """Start ``cmd`` in its own process group, SIGKILL the whole group as soon as ``ready()`` holds (or after
     ``timeout`` seconds), and return what it printed. Fails if the run ends by itself before that."""
     with tempfile.TemporaryFile() as log:  # a file, not a pipe: a chatty run never blocks on a full pipe

@@ -35,12 +35,20 @@ def reference_sample(model, tok, template, sample: dict, max_length: int = 2048)
     messages = sample.get("messages") or []
     if len(messages) > 2:
         turns = [
-            (template.conversation_prompt(messages[:k], eos_token=tok.eos_token), messages[k]["content"],
-             messages[k - 1]["content"])
+            (
+                template.conversation_prompt(messages[:k], eos_token=tok.eos_token),
+                messages[k]["content"],
+                messages[k - 1]["content"],
+            )
             for k in range(1, len(messages), 2)
-        ]  # fmt: skip
+        ]
     else:
-        turns = [(template.prompt(sample["instruction"], sample["input"]), sample["output"],
-                  sample["instruction"] + sample["input"])]  # fmt: skip
+        turns = [
+            (
+                template.prompt(sample["instruction"], sample["input"]),
+                sample["output"],
+                sample["instruction"] + sample["input"],
+            )
+        ]
     per_turn = [reference_turn(model, tok, c, y, x, template.reverse_prompt(y), max_length) for c, y, x in turns]
     return {k: sum(t[k] for t in per_turn) / len(per_turn) for k in per_turn[0]}

@@ -75,8 +75,19 @@ def start_transformers_serve(model_dir: str | Path, log_path: str | Path, timeou
     port = free_port()
     log_path = Path(log_path)
     log = log_path.open("w")
-    cmd = [str(exe), "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
-           "--log-level", "warning"]  # fmt: skip
+    cmd = [
+        str(exe),
+        "serve",
+        str(model_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--log-level",
+        "warning",
+    ]
     # one thread: the server shares the cores with the tests, and idle-spinning torch threads slow both many times
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -188,8 +199,11 @@ class FaultProxy:
                     hit = Hit(time.monotonic(), fault or "ok", request.get("temperature"))
                     proxy.hits[key].append(hit)
                 if fault == "429":
-                    self._send(429, b'{"error": {"message": "rate limited", "type": "rate_limit"}}',
-                               {"Retry-After": proxy.plan.retry_after})  # fmt: skip
+                    self._send(
+                        429,
+                        b'{"error": {"message": "rate limited", "type": "rate_limit"}}',
+                        {"Retry-After": proxy.plan.retry_after},
+                    )
                 elif fault == "500":
                     self._send(500, b'{"error": {"message": "injected server error", "type": "server_error"}}')
                 elif fault == "stall":

@@ -48,9 +48,28 @@ def test_main_job_on_the_recipe_config(tmp_path, embedded_dir):
     command again reuses every stage (teacher cache, score shards, the last checkpoint)."""
     config = REPO / "recipes" / "smollm2-135m" / "run" / "config_cpu.yaml"
     out = tmp_path / "demo"
-    args = ["run", str(config), "--output_dir", str(out), "--limit", "6", "--teacher_max_tokens", "48",
-            "--max_new_tokens", "12", "--num_train_epochs", "1", "--save_steps", "1", "--score_max_length", "256",
-            "--max_length", "256", "--keep_unaccepted_winners", "true"]  # fmt: skip
+    args = [
+        "run",
+        str(config),
+        "--output_dir",
+        str(out),
+        "--limit",
+        "6",
+        "--teacher_max_tokens",
+        "48",
+        "--max_new_tokens",
+        "12",
+        "--num_train_epochs",
+        "1",
+        "--save_steps",
+        "1",
+        "--score_max_length",
+        "256",
+        "--max_length",
+        "256",
+        "--keep_unaccepted_winners",
+        "true",
+    ]
     res = _srt(*args)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())

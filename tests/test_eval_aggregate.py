@@ -56,8 +56,10 @@ def test_parse_scores_rejects_what_is_not_a_score_pair(review):
 
 def test_review_prompt_is_the_pairwise_reviewer():
     system, user = review_messages("Name a prime.", "Two.", "Nine.")
-    assert system == {"role": "system", "content": "You are a helpful and precise assistant for checking the quality "
-                                                    "of the answer."}  # fmt: skip
+    assert system == {
+        "role": "system",
+        "content": "You are a helpful and precise assistant for checking the quality of the answer.",
+    }
     text = user["content"]
     assert text.startswith("[Question]\nName a prime.\n\n[The Start of Assistant 1's Answer]\nTwo.\n")
     assert text.index("Two.") < text.index("[The Start of Assistant 2's Answer]\nNine.") < text.index("[System]")
@@ -128,8 +130,11 @@ def test_records_without_reviews_are_failures():
 @pytest.fixture()
 def review_files(tmp_path) -> dict[str, Path]:
     records = _records()
-    files = {"jsonl": tmp_path / "reviews.jsonl", "list": tmp_path / "reviews_list.json",
-             "data": tmp_path / "reviews_data.json"}  # fmt: skip
+    files = {
+        "jsonl": tmp_path / "reviews.jsonl",
+        "list": tmp_path / "reviews_list.json",
+        "data": tmp_path / "reviews_data.json",
+    }
     files["jsonl"].write_text("".join(json.dumps(r) + "\n" for r in records))
     files["list"].write_text(json.dumps(records, indent=1))
     files["data"].write_text(json.dumps({"data": records[:4]}))
@@ -143,14 +148,25 @@ def test_load_review_records_accepts_three_containers(review_files):
 
 def test_srt_eval_aggregate_prints_one_line_per_file(review_files, tmp_path, capsys):
     out_dir = tmp_path / "reports"
-    rc = srt_main(["eval", "aggregate", "--reviews", str(review_files["jsonl"]), str(review_files["data"]),
-                   "--output_dir", str(out_dir)])  # fmt: skip
+    rc = srt_main(
+        [
+            "eval",
+            "aggregate",
+            "--reviews",
+            str(review_files["jsonl"]),
+            str(review_files["data"]),
+            "--output_dir",
+            str(out_dir),
+        ]
+    )
     assert rc == 0
     lines = capsys.readouterr().out.splitlines()
     overall = aggregate_records(_records()).overall
     first4 = aggregate_records(_records()[:4]).overall
-    assert lines == [f"win {overall.win} tie {overall.tie} lose {overall.lose}",
-                     f"win {first4.win} tie {first4.tie} lose {first4.lose}"]  # fmt: skip
+    assert lines == [
+        f"win {overall.win} tie {overall.tie} lose {overall.lose}",
+        f"win {first4.win} tie {first4.tie} lose {first4.lose}",
+    ]
     png = out_dir / "reviews.aggregate.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     import matplotlib.image
@@ -170,7 +186,11 @@ def test_srt_eval_aggregate_json(review_files, capsys):
     result = json.loads(capsys.readouterr().out)
     agg = aggregate_records(_records())
     assert {k: result[k] for k in ("win", "tie", "lose", "failed")} == {
-        "win": agg.overall.win, "tie": agg.overall.tie, "lose": agg.overall.lose, "failed": 2}  # fmt: skip
+        "win": agg.overall.win,
+        "tie": agg.overall.tie,
+        "lose": agg.overall.lose,
+        "failed": 2,
+    }
     assert result["winning_score"] == pytest.approx((agg.overall.win - agg.overall.lose) / agg.overall.n + 1)
     assert set(result["per_test_set"]) == {"vicuna", "koala", "lima"}
     assert "chart" not in result and Path(result["markdown"]).exists()  # beside the reviews file

@@ -23,14 +23,40 @@ SETS = ("koala", "lima", "sinstruct", "vicuna", "wizardlm")
 
 def _args(shared_data: Path, output: Path, *extra: str) -> list[str]:
     """Two items of each of the five sets, in shards of 4."""
-    return ["eval", "generate", "--test_sets", str(shared_data / "eval"), "--limit", str(PER_SET),
-            "--max_new_tokens", "8", "--shard_size", "4", "--output", str(output), *extra]  # fmt: skip
+    return [
+        "eval",
+        "generate",
+        "--test_sets",
+        str(shared_data / "eval"),
+        "--limit",
+        str(PER_SET),
+        "--max_new_tokens",
+        "8",
+        "--shard_size",
+        "4",
+        "--output",
+        str(output),
+        *extra,
+    ]
 
 
 def _vicuna_args(shared_data: Path, output: Path, limit: int, *extra: str) -> list[str]:
     """The first vicuna questions (short prompts), one per shard: cheap runs for resume and adapter checks."""
-    return ["eval", "generate", "--test_sets", str(shared_data / "eval" / "vicuna_test_set.jsonl"), "--limit",
-            str(limit), "--max_new_tokens", "8", "--shard_size", "1", "--output", str(output), *extra]  # fmt: skip
+    return [
+        "eval",
+        "generate",
+        "--test_sets",
+        str(shared_data / "eval" / "vicuna_test_set.jsonl"),
+        "--limit",
+        str(limit),
+        "--max_new_tokens",
+        "8",
+        "--shard_size",
+        "1",
+        "--output",
+        str(output),
+        *extra,
+    ]
 
 
 def _run_here(args: list[str]) -> str:
@@ -73,8 +99,9 @@ def test_output_contract(base_run, shared_data, embedded_tokenizer):
         assert not r["output"].startswith("A chat between")
     sinstruct = [r for r in rows if r["test_set"] == "sinstruct"]
     assert all(r["input"] for r in sinstruct)  # Self-Instruct items carry an input; the prompt shows it
-    assert "\nInput:\n" + sinstruct[0]["input"] in get_template("vicuna").prompt(sinstruct[0]["instruction"],
-                                                                                sinstruct[0]["input"])  # fmt: skip
+    assert "\nInput:\n" + sinstruct[0]["input"] in get_template("vicuna").prompt(
+        sinstruct[0]["instruction"], sinstruct[0]["input"]
+    )
     assert "template vicuna; first prompt:\nA chat between a curious user" in stdout
 
     alpaca = json.loads(out.with_name("base.alpaca_eval.json").read_text())
@@ -96,8 +123,9 @@ def test_matches_plain_greedy_generate(base_run, embedded_model, embedded_tokeni
     prompt = get_template("vicuna").prompt(row["instruction"], row["input"])
     ids = embedded_tokenizer(prompt, return_tensors="pt")
     with torch.no_grad():
-        out = embedded_model.generate(**ids, max_new_tokens=8, do_sample=False,
-                                      pad_token_id=embedded_tokenizer.pad_token_id)  # fmt: skip
+        out = embedded_model.generate(
+            **ids, max_new_tokens=8, do_sample=False, pad_token_id=embedded_tokenizer.pad_token_id
+        )
     expected = embedded_tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
     assert row["output"] == expected
 

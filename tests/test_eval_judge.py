@@ -31,9 +31,14 @@ def answer_files(shared_data, embedded_model, embedded_tokenizer, tmp_path_facto
     root = tmp_path_factory.mktemp("answers")
     files = []
     for name, template in (("a", "vicuna"), ("b", "alpaca")):
-        config = GenerateConfig(test_sets=[str(shared_data / "eval" / "vicuna_test_set.jsonl")], limit=ITEMS + 1,
-                                output=str(root / f"{name}.jsonl"), template=template, max_new_tokens=8,
-                                generator=f"smollm2-{template}")  # fmt: skip
+        config = GenerateConfig(
+            test_sets=[str(shared_data / "eval" / "vicuna_test_set.jsonl")],
+            limit=ITEMS + 1,
+            output=str(root / f"{name}.jsonl"),
+            template=template,
+            max_new_tokens=8,
+            generator=f"smollm2-{template}",
+        )
         with contextlib.redirect_stdout(io.StringIO()):
             run_generate(config, model=embedded_model, tokenizer=embedded_tokenizer)
         files.append(root / f"{name}.jsonl")
@@ -47,9 +52,28 @@ def answer_files(shared_data, embedded_model, embedded_tokenizer, tmp_path_facto
 def _judge(a: Path, b: Path, out: Path, server: str, model: str) -> str:
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        rc = srt_main(["eval", "judge", "--answers_a", str(a), "--answers_b", str(b), "--output", str(out),
-                       "--base_url", server, "--judge_model", model, "--max_tokens", "16", "--concurrency", "2",
-                       "--timeout", "300"])  # fmt: skip
+        rc = srt_main(
+            [
+                "eval",
+                "judge",
+                "--answers_a",
+                str(a),
+                "--answers_b",
+                str(b),
+                "--output",
+                str(out),
+                "--base_url",
+                server,
+                "--judge_model",
+                model,
+                "--max_tokens",
+                "16",
+                "--concurrency",
+                "2",
+                "--timeout",
+                "300",
+            ]
+        )
     assert rc == 0
     return stdout.getvalue()
 
@@ -121,7 +145,11 @@ def test_statuses_follow_the_parser_and_the_rule(judged):
         assert srt_main(["eval", "aggregate", "--reviews", str(out), "--json", "--plot", "false"]) == 0
     result = json.loads(stdout.getvalue())
     assert (result["win"], result["tie"], result["lose"], result["failed"]) == (
-        agg.overall.win, agg.overall.tie, agg.overall.lose, agg.overall.failed)  # fmt: skip
+        agg.overall.win,
+        agg.overall.tie,
+        agg.overall.lose,
+        agg.overall.failed,
+    )
 
 
 def test_unmatched_and_bad_rows_are_rejected(judged, answer_files):

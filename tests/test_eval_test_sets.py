@@ -24,8 +24,10 @@ def test_five_real_sets_are_read_whole(real_sets, shared_data):
         assert len({it["id"] for it in s.items}) == len(s.items)  # ids are unique keys for matching answers
         assert all(set(it) == set(ts.ITEM_COLUMNS) and it["test_set"] == name for it in s.items)
         assert all(isinstance(it["instruction"], str) and it["instruction"].strip() for it in s.items)
-    raw = {n: [json.loads(x) for x in (shared_data / "eval" / f"{n}_test_set.jsonl").read_text().splitlines()]
-           for n in COUNTS}  # fmt: skip
+    raw = {
+        n: [json.loads(x) for x in (shared_data / "eval" / f"{n}_test_set.jsonl").read_text().splitlines()]
+        for n in COUNTS
+    }
     first = {n: s.items[0] for n, s in real_sets.items()}
     assert first["vicuna"]["instruction"] == raw["vicuna"][0]["text"]
     assert first["vicuna"]["id"] == str(raw["vicuna"][0]["question_id"])
@@ -75,8 +77,13 @@ def test_generic_files_and_rejects(tmp_path):
     ]
     described = [r.describe() for r in s.rejects]
     assert [(r.row, r.field) for r in s.rejects] == [
-        (5, "instruction"), (6, "instruction"), (7, "instruction"), (8, "id"), (9, "instances"), (10, None)
-    ]  # fmt: skip
+        (5, "instruction"),
+        (6, "instruction"),
+        (7, "instruction"),
+        (8, "id"),
+        (9, "instances"),
+        (10, None),
+    ]
     assert all(d.startswith(f"{path}: row ") for d in described)
     assert "not a string (got int)" in described[1] and "duplicate id 'a'" in described[3]
     assert "invalid JSON" in described[5] and s.rejects[5].raw == "{broken"

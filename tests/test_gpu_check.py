@@ -43,8 +43,14 @@ def test_truncated_tokenizer_is_a_real_32k_tokenizer(embedded_dir):
 def dry_run(tmp_path_factory, embedded_dir):
     out = tmp_path_factory.mktemp("gpu_check")
     env = {**os.environ, "SRT_SHARED_DATA": str(REPO / "tests" / "data")}
-    res = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--dry-run", "--out", str(out)],
-                         capture_output=True, text=True, timeout=1800, env=env, cwd=REPO)  # fmt: skip
+    res = subprocess.run(
+        ["bash", str(REPO / "scripts" / "gpu_check.sh"), "--dry-run", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env=env,
+        cwd=REPO,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return out, res
 

@@ -42,7 +42,10 @@ def test_recipe_configs_cover_the_students():
     names = {p.parent.parent.name for p in MODEL_CONFIGS}
     assert {"llama2-7b", "llama2-13b", "llama3-8b", "mistral-7b", "qwen2-7b", "gemma-2-9b"} <= names
     assert {p.name for p in (REPO / "recipes" / "llama2-7b" / "sft").iterdir()} >= {
-        "config_full.yaml", "config_lora.yaml", "config_qlora.yaml"}  # fmt: skip
+        "config_full.yaml",
+        "config_lora.yaml",
+        "config_qlora.yaml",
+    }
 
 
 @pytest.mark.parametrize("config", MODEL_CONFIGS, ids=lambda p: f"{p.parent.parent.name}/{p.stem}")
@@ -74,9 +77,23 @@ def test_13b_recipe_defaults_to_its_learning_rate(tmp_path):
 
 
 def _launch(*args: str, launcher: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
-    cmd = [str(BIN / "accelerate"), "launch", *launcher, "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--main_process_port", str(_free_port()), str(REPO / "recipes" / "sft_7b.py"),
-           "--config", str(REPO / "recipes" / "smollm2-135m" / "sft" / "config_cpu.yaml"), *args]  # fmt: skip
+    cmd = [
+        str(BIN / "accelerate"),
+        "launch",
+        *launcher,
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        str(REPO / "recipes" / "sft_7b.py"),
+        "--config",
+        str(REPO / "recipes" / "smollm2-135m" / "sft" / "config_cpu.yaml"),
+        *args,
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     return res
@@ -89,13 +106,40 @@ def two_process_run(alpaca_rows, shared_data, embedded_dir, tmp_path_factory):
     out = folder / "out"
     # on a machine without CUDA, --multi_gpu starts two CPU processes (gloo); accelerate's --cpu starts only one
     res = _launch(
-        "--output_dir", str(out), "--ori_data", str(files["ori"]), "--q_data", str(files["Q"]),
-        "--a_data", str(files["A"]), "--qa_data", str(files["QA"]), "--policy", "paper",
-        "--keep_unaccepted_winners", "true", "--score_max_length", "256", "--score_shard_size", "2",
-        "--max_steps", "2", "--save_steps", "1", "--max_length", "128", "--per_device_train_batch_size", "1",
-        "--global_batch_size", "4", "--warmup_steps", "0", "--learning_rate", "1e-3",
+        "--output_dir",
+        str(out),
+        "--ori_data",
+        str(files["ori"]),
+        "--q_data",
+        str(files["Q"]),
+        "--a_data",
+        str(files["A"]),
+        "--qa_data",
+        str(files["QA"]),
+        "--policy",
+        "paper",
+        "--keep_unaccepted_winners",
+        "true",
+        "--score_max_length",
+        "256",
+        "--score_shard_size",
+        "2",
+        "--max_steps",
+        "2",
+        "--save_steps",
+        "1",
+        "--max_length",
+        "128",
+        "--per_device_train_batch_size",
+        "1",
+        "--global_batch_size",
+        "4",
+        "--warmup_steps",
+        "0",
+        "--learning_rate",
+        "1e-3",
         launcher=["--multi_gpu", "--num_processes", "2"],
-    )  # fmt: skip
+    )
     return out, res
 
 
@@ -138,9 +182,25 @@ def test_saved_adapter_reloads_and_generates(two_process_run, embedded_dir, alpa
 
 def test_cpu_flag_runs_the_recipe_in_one_process(two_process_run, tmp_path):
     out, _ = two_process_run
-    res = _launch("--output_dir", str(tmp_path / "one"), "--dataset", str(out / "selection" / "selected.jsonl"),
-                  "--ori_data", "null", "--max_steps", "1", "--max_length", "64", "--per_device_train_batch_size", "1",
-                  "--global_batch_size", "1", "--save_strategy", "no", launcher=["--cpu"])  # fmt: skip
+    res = _launch(
+        "--output_dir",
+        str(tmp_path / "one"),
+        "--dataset",
+        str(out / "selection" / "selected.jsonl"),
+        "--ori_data",
+        "null",
+        "--max_steps",
+        "1",
+        "--max_length",
+        "64",
+        "--per_device_train_batch_size",
+        "1",
+        "--global_batch_size",
+        "1",
+        "--save_strategy",
+        "no",
+        launcher=["--cpu"],
+    )
     assert "global batch 1 × 1 × 1 = 1" in res.stdout
     # the selection report of the given dataset travels with the run
     assert (tmp_path / "one" / "selection" / "selected.funnel.png").is_file()

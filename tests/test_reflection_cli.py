@@ -32,21 +32,43 @@ def _env(**extra: str) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **extra}
 
 
-def test_killed_run_resumes_without_asking_again_and_never_writes_the_key(teacher_server, embedded_dir, alpaca_rows,
-                                                                           tmp_path):  # fmt: skip
+def test_killed_run_resumes_without_asking_again_and_never_writes_the_key(
+    teacher_server, embedded_dir, alpaca_rows, tmp_path
+):
     secret = f"sk-test-{os.urandom(8).hex()}"
     data = _data_file(alpaca_rows, tmp_path / "rows.jsonl", 80, 6, broken_at=2)
     out, cache = tmp_path / "out" / "q.jsonl", tmp_path / "out" / "q.teacher-cache.jsonl"
     port = int(teacher_server.rsplit(":", 1)[1].split("/")[0])
     with FaultProxy(port) as proxy:
         # hyphenated and underscored flags alike
-        cmd = [SRT, "reflect", "--mode", "instruction", "--data", str(data), "--output", str(out), "--teacher",
-               "openai", "--teacher-model", str(embedded_dir), "--base-url", proxy.base_url, "--max-tokens", "12",
-               "--concurrency", "1", "--max_reasks", "1", "--no_progress"]  # fmt: skip
+        cmd = [
+            SRT,
+            "reflect",
+            "--mode",
+            "instruction",
+            "--data",
+            str(data),
+            "--output",
+            str(out),
+            "--teacher",
+            "openai",
+            "--teacher-model",
+            str(embedded_dir),
+            "--base-url",
+            proxy.base_url,
+            "--max-tokens",
+            "12",
+            "--concurrency",
+            "1",
+            "--max_reasks",
+            "1",
+            "--no_progress",
+        ]
         env = _env(OPENAI_API_KEY=secret)
         logs = []
-        logs.append(kill_when(cmd, lambda: cache.exists() and len(load_cache_entries(cache)) >= 3, timeout=240,
-                              env=env))  # fmt: skip
+        logs.append(
+            kill_when(cmd, lambda: cache.exists() and len(load_cache_entries(cache)) >= 3, timeout=240, env=env)
+        )
         first = {e["key"] for e in load_cache_entries(cache)}
         sent_first = sum(proxy.counts().values())
         assert 3 <= len(first) < 12 and not out.exists()
@@ -88,9 +110,30 @@ def test_killed_run_resumes_without_asking_again_and_never_writes_the_key(teache
 def test_offline_local_teacher(alpaca_rows, embedded_dir, tmp_path):
     data = _data_file(alpaca_rows, tmp_path / "rows.jsonl", 120, 2)
     out = tmp_path / "a.parquet"
-    res = subprocess.run([SRT, "reflect", "--mode", "response", "--data", str(data), "--output", str(out),
-                          "--teacher", "transformers", "--max-tokens", "8", "--max-reasks", "0", "--batch-size", "2"],
-                         env=_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    res = subprocess.run(
+        [
+            SRT,
+            "reflect",
+            "--mode",
+            "response",
+            "--data",
+            str(data),
+            "--output",
+            str(out),
+            "--teacher",
+            "transformers",
+            "--max-tokens",
+            "8",
+            "--max-reasks",
+            "0",
+            "--batch-size",
+            "2",
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     rows = read_rows(out)
     assert [r["variant"] for r in rows] == ["A", "A"] and [r["source_index"] for r in rows] == [0, 1]
@@ -102,14 +145,28 @@ def test_offline_local_teacher(alpaca_rows, embedded_dir, tmp_path):
         if row["reflection_status"] == "ok":
             assert row["output"] and row["output"] in rec["prefix"] + rec["texts"][0]
     summary = json.loads((tmp_path / "a.summary.json").read_text())
-    assert summary["counts"]["asked"] == 2 and summary["teacher"] == {"teacher": "transformers", "model": "embedded",
-                                                                      "dtype": "float32"}  # fmt: skip
+    assert summary["counts"]["asked"] == 2 and summary["teacher"] == {
+        "teacher": "transformers",
+        "model": "embedded",
+        "dtype": "float32",
+    }
     assert "rows reflected (variant A)" in res.stdout
 
 
 def test_missing_vllm_is_a_clear_error(alpaca_rows, tmp_path, capsys):
     data = _data_file(alpaca_rows, tmp_path / "rows.jsonl", 0, 1)
-    code = srt_main(["reflect", "--mode", "response", "--data", str(data), "--output", str(tmp_path / "o.jsonl"),
-                     "--teacher", "vllm"])  # fmt: skip
+    code = srt_main(
+        [
+            "reflect",
+            "--mode",
+            "response",
+            "--data",
+            str(data),
+            "--output",
+            str(tmp_path / "o.jsonl"),
+            "--teacher",
+            "vllm",
+        ]
+    )
     assert code == 2 and "pip install 'srt-trainer[vllm]'" in capsys.readouterr().err
     assert not (tmp_path / "o.jsonl").exists()

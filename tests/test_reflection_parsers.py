@@ -24,23 +24,36 @@ WELL_FORMED = """1. The instruction is vague and the answer is short.
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        (WELL_FORMED, ("Explain how photosynthesis converts light into chemical energy, step by step.",
-                       "Light is captured by chlorophyll, water is split, and CO2 is fixed in the Calvin cycle.")),
+        (
+            WELL_FORMED,
+            (
+                "Explain how photosynthesis converts light into chemical energy, step by step.",
+                "Light is captured by chlorophyll, water is split, and CO2 is fixed in the Calvin cycle.",
+            ),
+        ),
         # no [End] at all: a segment stops at the next tag, or the end of the text; the "3." of the list is cut
-        ("[New Instruction] Compare TCP and UDP.\n\n3.\n[New Answer] TCP is reliable; UDP is not", (
-            "Compare TCP and UDP.", "TCP is reliable; UDP is not")),
+        (
+            "[New Instruction] Compare TCP and UDP.\n\n3.\n[New Answer] TCP is reliable; UDP is not",
+            ("Compare TCP and UDP.", "TCP is reliable; UDP is not"),
+        ),
         # the release's "New Answer:" forms
-        ("New Instruction: Name three gases.\nNew Answer: Oxygen, nitrogen, argon.", (
-            "Name three gases.", "Oxygen, nitrogen, argon.")),
+        (
+            "New Instruction: Name three gases.\nNew Answer: Oxygen, nitrogen, argon.",
+            ("Name three gases.", "Oxygen, nitrogen, argon."),
+        ),
         # repeated tags, odd case, Markdown emphasis
-        ("[New Instruction][NEW INSTRUCTION] Define entropy. [end]\n**[New Answer]** A measure of disorder.", (
-            "Define entropy.", "A measure of disorder.")),
+        (
+            "[New Instruction][NEW INSTRUCTION] Define entropy. [end]\n**[New Answer]** A measure of disorder.",
+            ("Define entropy.", "A measure of disorder."),
+        ),
         # the template echoed back with its placeholders before the real answer
-        ("Format: [New Instruction] your instruction [End] [New Answer] your answer [End]\n"
-         "[New Instruction] Sort a list in Python. [End] [New Answer] Use sorted(xs). [End]", (
-            "Sort a list in Python.", "Use sorted(xs).")),
+        (
+            "Format: [New Instruction] your instruction [End] [New Answer] your answer [End]\n"
+            "[New Instruction] Sort a list in Python. [End] [New Answer] Use sorted(xs). [End]",
+            ("Sort a list in Python.", "Use sorted(xs)."),
+        ),
     ],
-)  # fmt: skip
+)
 def test_instruction_reflection_parser(text, expected):
     parsed = parse_instruction_reflection(text)
     assert parsed is not None and (parsed.instruction, parsed.output) == expected and parsed.input == ""
@@ -50,8 +63,9 @@ def test_instruction_reflection_needs_both_parts_and_reads_a_new_input():
     assert parse_instruction_reflection("[New Instruction] Only an instruction, no answer.") is None
     assert parse_instruction_reflection("[New Answer] Only an answer.") is None
     assert parse_instruction_reflection("") is None
-    parsed = parse_instruction_reflection("[New Instruction] Summarize. [End] [New Input] Rain fell. [End] "
-                                          "[New Answer] It rained. [End]")  # fmt: skip
+    parsed = parse_instruction_reflection(
+        "[New Instruction] Summarize. [End] [New Input] Rain fell. [End] [New Answer] It rained. [End]"
+    )
     assert (parsed.instruction, parsed.input, parsed.output) == ("Summarize.", "Rain fell.", "It rained.")
 
 
@@ -88,7 +102,7 @@ def test_default_prompts_follow_the_criteria():
         "[New Answer]",
         "stand on its own",
     ):
-        assert criterion in ins, criterion  # fmt: skip
+        assert criterion in ins, criterion
     assert "Name a color." in ins and "Blue." in ins and "[Input]" not in ins
     res = DEFAULT_PROMPTS["response"].user_message("Convert to Fahrenheit.", "25 C", "77 F")
     assert "[Input]\n25 C" in res and "[Better Answer]" in res and "helpfulness, relevance, accuracy" in res

@@ -83,9 +83,23 @@ def test_parquet_output_and_limit(data_file, tmp_path, embedded_dir):
 def test_two_process_launch_matches_single_process(single_run, data_file, tmp_path):
     out = tmp_path / "scores.jsonl"
     # on a machine without CUDA, --multi_gpu starts two CPU processes (gloo); accelerate's --cpu starts only one
-    launcher = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-                "-m", "srt_trainer.cli"]  # fmt: skip
+    launcher = [
+        str(BIN / "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "srt_trainer.cli",
+    ]
     res = _score("--data", str(data_file), "--output", str(out), "--shard_size", "4", "--no_plot", launcher=launcher)
     shares = [int(re.search(rf"rank {r} of 2: (\d+) shards", res.stderr).group(1)) for r in (0, 1)]
     assert sum(shares) == 7 and min(shares) >= 3  # both ranks worked, split by tokens
@@ -112,6 +126,20 @@ def test_killed_run_resumes_to_identical_output(single_run, data_file, tmp_path)
 
 def test_resume_refuses_other_settings(single_run, data_file):
     out, _ = single_run
-    res = subprocess.run([str(BIN / "srt"), "score", "--data", str(data_file), "--output", str(out),
-                          "--shard_size", "4", "--template", "alpaca"], capture_output=True, text=True)  # fmt: skip
+    res = subprocess.run(
+        [
+            str(BIN / "srt"),
+            "score",
+            "--data",
+            str(data_file),
+            "--output",
+            str(out),
+            "--shard_size",
+            "4",
+            "--template",
+            "alpaca",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode != 0 and "holds shards of a run with different settings" in res.stderr

@@ -144,9 +144,17 @@ def test_models_whose_logits_need_more_than_the_head_fall_back(tiny_models, alpa
     import transformers
 
     tok = load_tokenizer(tiny_models["llama"])
-    config = transformers.Gemma2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                       num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-                                       final_logit_softcapping=0.5, sliding_window=4096)  # fmt: skip
+    config = transformers.Gemma2Config(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        final_logit_softcapping=0.5,
+        sliding_window=4096,
+    )
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
     t = get_template("vicuna")
@@ -175,8 +183,9 @@ def test_tiled_nll_equals_cross_entropy(dtype):
     hidden, weight, bias = torch.randn(11, 16), torch.randn(1000, 16), torch.randn(1000)
     targets = torch.tensor([0, 999, 255, 256, 511, 512, 3, 768, 767, 1, 998])  # both sides of every tile edge
     hidden, weight, bias = hidden.to(dtype), weight.to(dtype), bias.to(dtype)
-    want = torch.nn.functional.cross_entropy(torch.nn.functional.linear(hidden, weight, bias).float(), targets,
-                                             reduction="none")  # fmt: skip
+    want = torch.nn.functional.cross_entropy(
+        torch.nn.functional.linear(hidden, weight, bias).float(), targets, reduction="none"
+    )
     for rows, vocab in [(3, 256), (11, 1000), (4, 300)]:
         got = tiled_nll(hidden, weight, bias, targets, rows=rows, vocab=vocab)
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)

@@ -115,5 +115,9 @@ def test_bos_tokenizer_targets_every_real_token(tiny_models):
     assert out_alone.num_targets == len(tok("Blue is a color.", add_special_tokens=False)["input_ids"])
     with pytest.raises(ValueError, match="none of the samples"):
         DataCollatorForIFD(tok, get_template("alpaca"))([{"instruction": "x", "input": "", "output": ""}])
-    assert isinstance(DataCollatorForIFD(tok, get_template("alpaca"))([{"instruction": "Name a color.",
-                      "input": "", "output": "Blue is a color."}])["labels"], torch.Tensor)  # fmt: skip
+    assert isinstance(
+        DataCollatorForIFD(tok, get_template("alpaca"))(
+            [{"instruction": "Name a color.", "input": "", "output": "Blue is a color."}]
+        )["labels"],
+        torch.Tensor,
+    )

@@ -50,13 +50,18 @@ def spy_forwards(monkeypatch: pytest.MonkeyPatch, scorer: IFDScorer) -> list[tup
 
 
 def conversation(a: dict, b: dict) -> dict:
-    msgs = [{"role": "user", "content": a["instruction"]}, {"role": "assistant", "content": a["output"]},
-            {"role": "user", "content": b["instruction"]}, {"role": "assistant", "content": b["output"]}]  # fmt: skip
+    msgs = [
+        {"role": "user", "content": a["instruction"]},
+        {"role": "assistant", "content": a["output"]},
+        {"role": "user", "content": b["instruction"]},
+        {"role": "assistant", "content": b["output"]},
+    ]
     return {"instruction": a["instruction"], "input": "", "output": a["output"], "messages": msgs}
 
 
-def test_packed_equals_padded_and_golden_fp32(embedded_model, embedded_tokenizer, alpaca_rows, shared_data,
-                                              monkeypatch):  # fmt: skip
+def test_packed_equals_padded_and_golden_fp32(
+    embedded_model, embedded_tokenizer, alpaca_rows, shared_data, monkeypatch
+):
     """Real rows under the real student: several views share a row, behind the shared template prefix and without
     one, and every loss matches the padded engine and the one-sample-at-a-time golden file to 1e-4."""
     golden = [json.loads(x) for x in (shared_data / "golden_smollm2_vicuna_64.jsonl").read_text().splitlines()]
@@ -91,8 +96,17 @@ def test_packed_conversation_and_unscorable_rows_match_padded(embedded_model, em
     assert got[0]["num_turns"] == 2 and got[0]["ifd_turns"] == pytest.approx(want[0]["ifd_turns"], rel=1e-4)
 
 
-@pytest.mark.parametrize(("arch", "attn"), [("llama", "sdpa"), ("llama", "eager"), ("mistral", "sdpa"),
-                                            ("gpt2", "eager"), ("gpt2", "sdpa"), ("qwen2", "sdpa")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("arch", "attn"),
+    [
+        ("llama", "sdpa"),
+        ("llama", "eager"),
+        ("mistral", "sdpa"),
+        ("gpt2", "eager"),
+        ("gpt2", "sdpa"),
+        ("qwen2", "sdpa"),
+    ],
+)
 def test_packed_equals_padded_on_tiny_models(arch, attn, tiny_models, alpaca_rows, monkeypatch):
     """Other architectures (learned positions, GQA, biases), both mask forms (boolean for sdpa, additive for
     eager), a small budget so forwards hold several rows with tails."""
@@ -155,15 +169,24 @@ def test_block_causal_mask_and_packed_layout(embedded_tokenizer):
     assert mask.shape == (2, 1, 6, 8) and mask.dtype == torch.bool
     assert mask[:, :, :, :2].all()  # every token sees the prefix
     row = mask[0, 0, :, 2:].int().tolist()
-    assert row == [[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0], [0, 0, 1, 1, 0, 0],
-                   [0, 0, 1, 1, 1, 0], [0, 0, 0, 0, 0, 1]]  # fmt: skip
+    assert row == [
+        [1, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0],
+        [0, 0, 1, 0, 0, 0],
+        [0, 0, 1, 1, 0, 0],
+        [0, 0, 1, 1, 1, 0],
+        [0, 0, 0, 0, 0, 1],
+    ]
     assert torch.equal(mask[1, 0, :, 2:], torch.ones(6, 6, dtype=torch.bool).tril())
 
     from srt_trainer.scoring.collator import DataCollatorForIFD
 
     collator = DataCollatorForIFD(embedded_tokenizer, get_template("vicuna"))
-    a, b, c = View(0, 0, "out_cond", [7, 8, 10, 11, 12], 3), View(0, 0, "out_cond", [7, 8, 20, 21], 2), \
-        View(1, 0, "out_cond", [7, 8, 30, 31, 32, 33], 4)  # fmt: skip
+    a, b, c = (
+        View(0, 0, "out_cond", [7, 8, 10, 11, 12], 3),
+        View(0, 0, "out_cond", [7, 8, 20, 21], 2),
+        View(1, 0, "out_cond", [7, 8, 30, 31, 32, 33], 4),
+    )
     batch = collator.pack([[a, b], [c]], prefix_len=2)
     assert batch["input_ids"].tolist()[0] == [10, 11, 12, 20, 21]
     assert batch["position_ids"].tolist() == [[2, 3, 4, 2, 3], [2, 3, 4, 5, 2]]
@@ -242,8 +265,9 @@ def test_score_config_engine():
 
     from srt_trainer.scoring.cli import ScoreConfig
 
-    (config,) = TrlParser(ScoreConfig).parse_args_and_config(["--data", "x.json", "--output", "y.jsonl",
-                                                              "--engine", "padded"])  # fmt: skip
+    (config,) = TrlParser(ScoreConfig).parse_args_and_config(
+        ["--data", "x.json", "--output", "y.jsonl", "--engine", "padded"]
+    )
     assert config.engine == "padded" and config.token_budget is None
     assert config.fingerprint_settings()["engine"] == "padded"
     assert ScoreConfig().engine == "auto"
@@ -255,9 +279,17 @@ def test_packed_engine_without_the_fast_path(tiny_models, alpaca_rows):
     import transformers
 
     tok = load_tokenizer(tiny_models["llama"])
-    config = transformers.Gemma2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                       num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-                                       final_logit_softcapping=0.5, sliding_window=4096)  # fmt: skip
+    config = transformers.Gemma2Config(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        final_logit_softcapping=0.5,
+        sliding_window=4096,
+    )
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
     t = get_template("vicuna")

@@ -43,8 +43,9 @@ def make_views(spec=SPEC_ROWS) -> dict[str, list[dict]]:
             else:
                 r.update(ifd=stats[0], rifd=stats[1], score_error=None)
             views[v].append(r)
-    views["Q"][7].update(instruction=views["ori"][7]["instruction"], output=views["ori"][7]["output"],
-                         reflection_status="fallback")  # fmt: skip
+    views["Q"][7].update(
+        instruction=views["ori"][7]["instruction"], output=views["ori"][7]["output"], reflection_status="fallback"
+    )
     views["Q"][10]["reflection_status"] = "failed"
     return views
 
@@ -81,10 +82,18 @@ def test_paper_rule_reaches_every_branch_and_cut():
     assert (c["unchanged_rewrites"], c["unchanged_rewrites/Q"], c["unchanged_rewrites/A"]) == (1, 1, 0)
 
     assert [(r["source_index"], r["variant"], r["branch"]) for r in res.rows] == [
-        (0, "QA", 1), (4, "A", 3), (11, "QA", 1), (12, "A", 3)]  # fmt: skip
+        (0, "QA", 1),
+        (4, "A", 3),
+        (11, "QA", 1),
+        (12, "A", 3),
+    ]
     kept = res.rows[0]
-    assert (kept["instruction"], kept["output"], kept["ifd"], kept["rifd"]) == ("QA instruction 0", "QA answer 0",
-                                                                                  0.6, 0.5)  # fmt: skip
+    assert (kept["instruction"], kept["output"], kept["ifd"], kept["rifd"]) == (
+        "QA instruction 0",
+        "QA answer 0",
+        0.6,
+        0.5,
+    )
     assert kept["ifd_ori"] == 0.5 and kept["reflection_status"] == "ok" and "row_index" not in kept
     assert "loss_out_cond" not in kept and "score_error" not in kept
 
@@ -104,7 +113,13 @@ def test_switch_keeps_branch_2_and_4_winners():
     assert (c["branch_2/passed"], c["branch_4/passed"], c["branch_4/cut_ifd"], c["branch_4/cut_rifd"]) == (1, 1, 1, 0)
     assert "branch_2/not_kept" not in c
     assert [(r["source_index"], r["variant"]) for r in res.rows] == [
-        (0, "QA"), (3, "Q"), (4, "A"), (7, "ori"), (11, "QA"), (12, "A")]  # fmt: skip
+        (0, "QA"),
+        (3, "Q"),
+        (4, "A"),
+        (7, "ori"),
+        (11, "QA"),
+        (12, "A"),
+    ]
     assert (c["kept/Q"], c["kept/ori"]) == (1, 1)
     assert all(list(r) == list(res.rows[0]) for r in res.rows)  # one schema, though ori rows have no teacher columns
     assert res.rows[3]["reflection_status"] is None and res.rows[1]["reflection_status"] == "ok"
@@ -116,8 +131,9 @@ def test_rewrites_identical_to_their_source_are_not_accepted():
     views = make_views()
     views["Q"][7]["ifd"] = 0.5 + 1e-7  # the fallback Q, scored in another batch
     views["A"][4].update(output=views["ori"][4]["output"], reflection_status="ok", rifd=0.6 - 1e-7)  # A = ori again
-    views["QA"][0].update(instruction=views["Q"][0]["instruction"], output=views["Q"][0]["output"],
-                          reflection_status="fallback")  # fmt: skip
+    views["QA"][0].update(
+        instruction=views["Q"][0]["instruction"], output=views["Q"][0]["output"], reflection_status="fallback"
+    )
     views["A"][4]["instruction"] = views["ori"][4]["instruction"]
     res = select(views)
     assert [res.decisions[i]["branch"] for i in (0, 4, 7)] == [2, 4, 4]
@@ -180,8 +196,9 @@ def test_ifd_policy_uses_the_original_pairs_only():
 def test_misaligned_inputs_are_refused():
     views = make_views()
     with pytest.raises(SelectionInputError, match=r"qa\.jsonl \(QA\): 12 rows, but ori\.jsonl \(ori\) has 13"):
-        select_rows(views["ori"], views["Q"], views["A"], views["QA"][:-1],
-                    SelectConfig(ori="ori.jsonl", qa="qa.jsonl"))  # fmt: skip
+        select_rows(
+            views["ori"], views["Q"], views["A"], views["QA"][:-1], SelectConfig(ori="ori.jsonl", qa="qa.jsonl")
+        )
     views["A"][5]["source_index"] = 6
     with pytest.raises(SelectionInputError, match=r"a\.jsonl \(A\) row 5: field 'source_index' is 6, but .* 5"):
         select_rows(views["ori"], views["Q"], views["A"], views["QA"], SelectConfig(a="a.jsonl"))
@@ -204,19 +221,29 @@ def test_nan_statistics_count_as_missing():
     views["QA"][0]["rifd"] = float("nan")
     res = select(views)
     assert res.decisions[0]["branch"] == "no statistics" and res.decisions[0]["cut"] == (
-        "no statistics: QA (null rifd)")  # fmt: skip
+        "no statistics: QA (null rifd)"
+    )
     assert_consistent(res.counts)
 
 
 def test_run_select_reads_json_jsonl_parquet_and_writes_the_report(tmp_path: Path, capsys):
     views = make_views()
-    files = {"ori": tmp_path / "ori.json", "Q": tmp_path / "q.jsonl", "A": tmp_path / "a.parquet",
-             "QA": tmp_path / "qa.jsonl"}  # fmt: skip
+    files = {
+        "ori": tmp_path / "ori.json",
+        "Q": tmp_path / "q.jsonl",
+        "A": tmp_path / "a.parquet",
+        "QA": tmp_path / "qa.jsonl",
+    }
     files["ori"].write_text(json.dumps(views["ori"]))
     for v in ("Q", "A", "QA"):
         write_rows(views[v], files[v])
-    config = SelectConfig(ori=str(files["ori"]), q=str(files["Q"]), a=str(files["A"]), qa=str(files["QA"]),
-                          output=str(tmp_path / "sel.parquet"))  # fmt: skip
+    config = SelectConfig(
+        ori=str(files["ori"]),
+        q=str(files["Q"]),
+        a=str(files["A"]),
+        qa=str(files["QA"]),
+        output=str(tmp_path / "sel.parquet"),
+    )
     res = run_select(config)
     assert res.counts == select(views).counts
     out = read_rows(tmp_path / "sel.parquet")
@@ -245,6 +272,12 @@ def test_write_selection_with_nothing_kept(tmp_path: Path):
     config = SelectConfig(output=str(tmp_path / "none.jsonl"), top_k=0)
     res = select(views, top_k=0)
     paths = write_selection(res, config, {"ori": views["ori"], "q": views["Q"], "a": views["A"], "qa": views["QA"]})
-    assert read_rows(paths["output"]) == [] and set(paths) == {"output", "selection", "decisions", "funnel", "hist",
-                                                                "card"}  # fmt: skip
+    assert read_rows(paths["output"]) == [] and set(paths) == {
+        "output",
+        "selection",
+        "decisions",
+        "funnel",
+        "hist",
+        "card",
+    }
     assert "Budget: top_k = 0" in paths["card"].read_text()

@@ -31,15 +31,32 @@ def scored_files(alpaca_rows, embedded_dir, embedded_tokenizer, tmp_path_factory
     from srt_trainer.scoring.cli import ScoreConfig, run_score
 
     d = tmp_path_factory.mktemp("select")
-    short = [{k: r[k] for k in ("instruction", "input", "output")} for r in alpaca_rows
-             if 25 <= len(r["output"].strip()) <= 120 and len(r["instruction"]) + len(r["input"]) <= 90]  # fmt: skip
+    short = [
+        {k: r[k] for k in ("instruction", "input", "output")}
+        for r in alpaca_rows
+        if 25 <= len(r["output"].strip()) <= 120 and len(r["instruction"]) + len(r["input"]) <= 90
+    ]
     base, other = short[:N], short[N : 2 * N]
     q = [{**o, "source_index": i, "reflection_status": "ok"} for i, o in enumerate(other)]
     q[7] = {**base[7], "source_index": 7, "reflection_status": "fallback"}
-    a = [{**b, "output": _restate(b["instruction"], b["output"]) if i % 2 == 0 else base[(i + 1) % N]["output"],
-          "source_index": i, "reflection_status": "ok"} for i, b in enumerate(base)]  # fmt: skip
-    qa = [{**x, "output": _restate(x["instruction"], x["output"]) if i % 2 == 0 else x["output"] + " I hope it helps.",
-           "source_index": i, "reflection_status": "ok"} for i, x in enumerate(q)]  # fmt: skip
+    a = [
+        {
+            **b,
+            "output": _restate(b["instruction"], b["output"]) if i % 2 == 0 else base[(i + 1) % N]["output"],
+            "source_index": i,
+            "reflection_status": "ok",
+        }
+        for i, b in enumerate(base)
+    ]
+    qa = [
+        {
+            **x,
+            "output": _restate(x["instruction"], x["output"]) if i % 2 == 0 else x["output"] + " I hope it helps.",
+            "source_index": i,
+            "reflection_status": "ok",
+        }
+        for i, x in enumerate(q)
+    ]
     qa[5]["output"] = ""
     model = load_student(embedded_dir, dtype="bfloat16", device="cpu")
     files = {}
@@ -47,8 +64,11 @@ def scored_files(alpaca_rows, embedded_dir, embedded_tokenizer, tmp_path_factory
         data = d / f"{name}.json"
         data.write_text(json.dumps(rows))
         files[name] = d / f"{name}.scores.jsonl"
-        run_score(ScoreConfig(data=str(data), output=str(files[name]), dtype="bfloat16", plot=False),
-                  model=model, tokenizer=embedded_tokenizer)  # fmt: skip
+        run_score(
+            ScoreConfig(data=str(data), output=str(files[name]), dtype="bfloat16", plot=False),
+            model=model,
+            tokenizer=embedded_tokenizer,
+        )
     return files
 
 

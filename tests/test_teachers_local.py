@@ -116,14 +116,16 @@ def test_complete_all_caches_every_answer_and_resumes_exactly(local_teacher, emb
 
 def test_unusable_answers_are_reasked_as_distinct_requests(local_teacher, tmp_path):
     cache = tmp_path / "cache.jsonl"
-    results, counts = complete_all(local_teacher, CONVERSATIONS[:2], SAMPLING, cache, validate=lambda t: "@@" in t,
-                                   max_reasks=2, progress=False)  # fmt: skip
+    results, counts = complete_all(
+        local_teacher, CONVERSATIONS[:2], SAMPLING, cache, validate=lambda t: "@@" in t, max_reasks=2, progress=False
+    )
     assert (counts.asked, counts.reasked, counts.invalid, counts.failed) == (6, 4, 2, 0)
     assert all(r.valid is False and r.reasks == 2 and len(r.texts) == 3 and r.attempts == 3 for r in results)
     assert len(load_cache_entries(cache)) == 6  # each ask is its own entry
     # re-asks of a greedy request sample (a greedy teacher would repeat itself), so the answers may differ
-    again, counts2 = complete_all(local_teacher, CONVERSATIONS[:2], SAMPLING, cache, validate=lambda t: "@@" in t,
-                                  max_reasks=2, progress=False)  # fmt: skip
+    again, counts2 = complete_all(
+        local_teacher, CONVERSATIONS[:2], SAMPLING, cache, validate=lambda t: "@@" in t, max_reasks=2, progress=False
+    )
     assert (counts2.asked, counts2.cached) == (0, 6) and [r.texts for r in again] == [r.texts for r in results]
     # a validator that accepts the first answer: nothing re-asked
     ok, counts3 = complete_all(local_teacher, CONVERSATIONS[:2], SAMPLING, cache, validate=bool, progress=False)
@@ -133,8 +135,7 @@ def test_unusable_answers_are_reasked_as_distinct_requests(local_teacher, tmp_pa
 def test_reflection_with_the_embedded_teacher_both_modes(local_teacher, alpaca_rows, tmp_path):
     rows = [dict(alpaca_rows[i], row_index=i) for i in (7, 19)]
     sampling = SamplingConfig(max_tokens=16)
-    q = reflect(rows, "instruction", local_teacher, sampling=sampling, cache_path=tmp_path / "q.jsonl",
-                progress=False)  # fmt: skip
+    q = reflect(rows, "instruction", local_teacher, sampling=sampling, cache_path=tmp_path / "q.jsonl", progress=False)
     assert q.variant == "Q" and len(q.rows) == 2 and sum(q.statuses.values()) == 2
     for src, out, raw in zip(rows, q.rows, q.raw, strict=True):
         assert out["source_index"] == src["row_index"] and out["variant"] == "Q"
@@ -142,15 +143,17 @@ def test_reflection_with_the_embedded_teacher_both_modes(local_teacher, alpaca_r
         assert raw["prefix"] == "[New Instruction]" and raw["texts"]  # prefilled: a small teacher starts on format
         parsed = parse_instruction_reflection(raw["prefix"] + raw["texts"][-1])
         if out["reflection_status"] == "ok":
-            assert (out["instruction"], out["input"], out["output"]) == (parsed.instruction, parsed.input,
-                                                                         parsed.output)  # fmt: skip
+            assert (out["instruction"], out["input"], out["output"]) == (
+                parsed.instruction,
+                parsed.input,
+                parsed.output,
+            )
         else:  # fallback keeps the original instruction and answer
             assert out["reflection_status"] == "fallback" and parsed is None and len(raw["texts"]) == 2
             assert (out["instruction"], out["output"]) == (src["instruction"], src["output"])
             assert "no usable" in out["reflection_error"]
 
-    qa = reflect(q.rows, "response", local_teacher, sampling=sampling, cache_path=tmp_path / "qa.jsonl",
-                 progress=False)  # fmt: skip
+    qa = reflect(q.rows, "response", local_teacher, sampling=sampling, cache_path=tmp_path / "qa.jsonl", progress=False)
     assert qa.variant == "QA"
     for q_row, out, raw in zip(q.rows, qa.rows, qa.raw, strict=True):
         assert out["source_index"] == q_row["source_index"] and out["instruction"] == q_row["instruction"]

@@ -32,8 +32,9 @@ def test_retry_after_forms():
     assert retry_after_seconds({"retry-after": "soon"}) is None and retry_after_seconds({}) is None
 
 
-def test_faults_are_retried_counted_and_nothing_is_lost(teacher_server, embedded_dir, alpaca_rows, tmp_path,
-                                                        monkeypatch):  # fmt: skip
+def test_faults_are_retried_counted_and_nothing_is_lost(
+    teacher_server, embedded_dir, alpaca_rows, tmp_path, monkeypatch
+):
     secret = f"sk-test-{time.time_ns()}"
     monkeypatch.setenv("OPENAI_API_KEY", secret)
     rows = [dict(alpaca_rows[i], row_index=i) for i in range(40, 47)]
@@ -43,11 +44,26 @@ def test_faults_are_retried_counted_and_nothing_is_lost(teacher_server, embedded
     plan = FaultPlan(forced=dict(zip(keys, schedule, strict=True)), retry_after="1", stall_seconds=TIMEOUT + 1)
     cache = tmp_path / "cache.jsonl"
     with FaultProxy(_port(teacher_server), plan) as proxy:
-        teacher = build_teacher("openai", model=str(embedded_dir), base_url=proxy.base_url, concurrency=2,
-                                timeout=TIMEOUT, max_retries=3, backoff_base=0.05, backoff_max=0.2)  # fmt: skip
+        teacher = build_teacher(
+            "openai",
+            model=str(embedded_dir),
+            base_url=proxy.base_url,
+            concurrency=2,
+            timeout=TIMEOUT,
+            max_retries=3,
+            backoff_base=0.05,
+            backoff_max=0.2,
+        )
         assert secret not in repr(teacher)
-        result = reflect(rows, "response", teacher, sampling=SamplingConfig(max_tokens=8), cache_path=cache,
-                         max_reasks=0, progress=False)  # fmt: skip
+        result = reflect(
+            rows,
+            "response",
+            teacher,
+            sampling=SamplingConfig(max_tokens=8),
+            cache_path=cache,
+            max_reasks=0,
+            progress=False,
+        )
         sent = proxy.counts()
         hits = {k: list(v) for k, v in proxy.hits.items()}
 
@@ -78,8 +94,15 @@ def test_faults_are_retried_counted_and_nothing_is_lost(teacher_server, embedded
 
         # answered rows are cached; a rerun asks only for the failed one
         assert len(load_cache_entries(cache)) == 6
-        again = reflect(rows, "response", teacher, sampling=SamplingConfig(max_tokens=8), cache_path=cache,
-                        max_reasks=0, progress=False)  # fmt: skip
+        again = reflect(
+            rows,
+            "response",
+            teacher,
+            sampling=SamplingConfig(max_tokens=8),
+            cache_path=cache,
+            max_reasks=0,
+            progress=False,
+        )
         after = proxy.counts()
         assert {k: after[k] - sent[k] for k in keys} == {**dict.fromkeys(keys[:6], 0), keys[6]: 4}
         assert [r["output"] for r in again.rows] == [r["output"] for r in result.rows]
@@ -100,12 +123,20 @@ def test_reflection_end_to_end_with_the_real_server(teacher_server, embedded_dir
     sampling = SamplingConfig(max_tokens=12)
     with FaultProxy(_port(teacher_server)) as proxy:  # no faults: it only counts
         teacher = build_teacher("openai", model=str(embedded_dir), base_url=proxy.base_url, concurrency=4)
-        q = reflect(rows, "instruction", teacher, sampling=sampling, cache_path=tmp_path / "q.cache.jsonl",
-                    progress=False)  # fmt: skip
+        q = reflect(
+            rows, "instruction", teacher, sampling=sampling, cache_path=tmp_path / "q.cache.jsonl", progress=False
+        )
         # (transformers serve keeps this model's greedy generation config whatever the temperature, so its re-asks
         # repeat the answer: one mode of re-asks is enough here)
-        qa = reflect(q.rows, "response", teacher, sampling=sampling, cache_path=tmp_path / "qa.cache.jsonl",
-                     max_reasks=0, progress=False)  # fmt: skip
+        qa = reflect(
+            q.rows,
+            "response",
+            teacher,
+            sampling=sampling,
+            cache_path=tmp_path / "qa.cache.jsonl",
+            max_reasks=0,
+            progress=False,
+        )
         sent = sum(proxy.counts().values())
         assert sent == q.counts.requests + qa.counts.requests == q.counts.asked + qa.counts.asked
         assert all(h.temperature in (0.0, 0.7) for hits in proxy.hits.values() for h in hits)
@@ -127,6 +158,13 @@ def test_reflection_end_to_end_with_the_real_server(teacher_server, embedded_dir
         assert q.counts.completion_tokens > 0 and qa.counts.prompt_tokens > 3 * 200
 
         # the same settings again: zero requests
-        again = reflect(q.rows, "response", teacher, sampling=sampling, cache_path=tmp_path / "qa.cache.jsonl",
-                        max_reasks=0, progress=False)  # fmt: skip
+        again = reflect(
+            q.rows,
+            "response",
+            teacher,
+            sampling=sampling,
+            cache_path=tmp_path / "qa.cache.jsonl",
+            max_reasks=0,
+            progress=False,
+        )
         assert sum(proxy.counts().values()) == sent and again.counts.asked == 0 and again.rows == qa.rows

@@ -26,9 +26,17 @@ from srt_trainer.training.cli import make_parser
 from srt_trainer.training.data import load_training_rows
 
 # Small and quick on a 2-core CPU: few steps, short sequences, no gradient checkpointing.
-QUICK = {"max_length": 128, "per_device_train_batch_size": 2, "global_batch_size": 4, "report_to": "none",
-         "gradient_checkpointing": False, "logging_steps": 1, "dataloader_num_workers": 0, "seed": 0,
-         "warmup_steps": 0}  # fmt: skip
+QUICK = {
+    "max_length": 128,
+    "per_device_train_batch_size": 2,
+    "global_batch_size": 4,
+    "report_to": "none",
+    "gradient_checkpointing": False,
+    "logging_steps": 1,
+    "dataloader_num_workers": 0,
+    "seed": 0,
+    "warmup_steps": 0,
+}
 
 
 def write_variant_files(alpaca_rows: list[dict], shared_data: Path, folder: Path, n: int = 6) -> dict[str, Path]:
@@ -37,8 +45,13 @@ def write_variant_files(alpaca_rows: list[dict], shared_data: Path, folder: Path
     sentence of its response; QA the rewritten instruction with that answer."""
     compressed = json.loads((shared_data / "cherry_alpaca_5_percent_compressed.json").read_text())
     rewritten = {r["output"]: r["instruction"] for r in compressed}
-    rows = [r for r in alpaca_rows if r["input"] and rewritten.get(r["output"], r["instruction"]) != r["instruction"]
-            and 40 < len(r["output"]) < 300][:n]  # fmt: skip
+    rows = [
+        r
+        for r in alpaca_rows
+        if r["input"]
+        and rewritten.get(r["output"], r["instruction"]) != r["instruction"]
+        and 40 < len(r["output"]) < 300
+    ][:n]
     variants: dict[str, list[dict]] = {"ori": [], "Q": [], "A": [], "QA": []}
     for i, r in enumerate(rows):
         new_instruction = rewritten[r["output"]]
@@ -197,9 +210,13 @@ def test_lora_training_logs_selection_to_tensorboard_and_checkpoints(shared_data
     script, args, model_args = quick_args(
         out,
         ["--use_peft", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj"],
-        ori_scores=shared_data / "golden_smollm2_vicuna_64.jsonl", policy="ifd", top_k=6,
-        max_steps=2, save_steps=1, report_to="tensorboard",
-    )  # fmt: skip
+        ori_scores=shared_data / "golden_smollm2_vicuna_64.jsonl",
+        policy="ifd",
+        top_k=6,
+        max_steps=2,
+        save_steps=1,
+        report_to="tensorboard",
+    )
     outcome = train(script, args, model_args)
     assert outcome.global_step == 2 and outcome.train_rows == 6
 
@@ -234,8 +251,9 @@ def test_full_fine_tuning_changes_weights(tiny_models, alpaca_rows, tmp_path):
 
     data = write_rows(alpaca_rows[:8], tmp_path / "sel.jsonl")
     out = tmp_path / "full"
-    script, args, model_args = quick_args(out, dataset=str(data), max_steps=2, learning_rate=1e-3,
-                                          model_name_or_path=str(tiny_models["llama"]))  # fmt: skip
+    script, args, model_args = quick_args(
+        out, dataset=str(data), max_steps=2, learning_rate=1e-3, model_name_or_path=str(tiny_models["llama"])
+    )
     train(script, args, model_args)
     before = AutoModelForCausalLM.from_pretrained(tiny_models["llama"]).state_dict()
     after = AutoModelForCausalLM.from_pretrained(out).state_dict()
@@ -250,9 +268,14 @@ def test_qlora_trains_a_4bit_student(embedded_dir, alpaca_rows, tmp_path):
     data = write_rows(alpaca_rows[:4], tmp_path / "sel.jsonl")
     out = tmp_path / "qlora"
     script, args, model_args = quick_args(
-        out, ["--use_peft", "--load_in_4bit", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj"],
-        dataset=str(data), max_steps=1, max_length=64, learning_rate=1e-3, global_batch_size=2,
-    )  # fmt: skip
+        out,
+        ["--use_peft", "--load_in_4bit", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj"],
+        dataset=str(data),
+        max_steps=1,
+        max_length=64,
+        learning_rate=1e-3,
+        global_batch_size=2,
+    )
     outcome = train(script, args, model_args)
     assert outcome.global_step == 1 and outcome.metrics["train_loss"] > 0
     from srt_trainer.models import load_student

@@ -21,12 +21,47 @@ def _command(data: Path, out: Path) -> list[str]:
     # CPU fp32, seeded, full determinism, no dataloader workers: the resumed run replays the same batches
     # (the trainer skips the ones already seen), the same dropout masks (RNG states are in the checkpoint)
     # and the same optimizer moments, so it must match the uninterrupted run to float rounding.
-    return [str(BIN / "srt"), "train", "--dataset", str(data), "--output_dir", str(out),
-            "--use_peft", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj",
-            "--max_steps", str(STEPS), "--save_steps", "1", "--per_device_train_batch_size", "2",
-            "--global_batch_size", "2", "--max_length", "96", "--learning_rate", "1e-3", "--warmup_steps", "0",
-            "--report_to", "none", "--gradient_checkpointing", "false", "--seed", "0", "--full_determinism",
-            "--dataloader_num_workers", "0", "--logging_steps", "1", "--resume_from_checkpoint", "auto"]  # fmt: skip
+    return [
+        str(BIN / "srt"),
+        "train",
+        "--dataset",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--use_peft",
+        "--lora_r",
+        "4",
+        "--lora_target_modules",
+        "q_proj",
+        "v_proj",
+        "--max_steps",
+        str(STEPS),
+        "--save_steps",
+        "1",
+        "--per_device_train_batch_size",
+        "2",
+        "--global_batch_size",
+        "2",
+        "--max_length",
+        "96",
+        "--learning_rate",
+        "1e-3",
+        "--warmup_steps",
+        "0",
+        "--report_to",
+        "none",
+        "--gradient_checkpointing",
+        "false",
+        "--seed",
+        "0",
+        "--full_determinism",
+        "--dataloader_num_workers",
+        "0",
+        "--logging_steps",
+        "1",
+        "--resume_from_checkpoint",
+        "auto",
+    ]
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:

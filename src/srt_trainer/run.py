@@ -30,34 +30,45 @@ class RunArguments:
 
     data: str = field(
         default="demo",
-        metadata={"help": "The original instruction data: a JSON/JSONL/Parquet file, a save_to_disk folder, a hub id, "
-                  "or 'demo' for the small set the package carries."},
-    )  # fmt: skip
+        metadata={
+            "help": "The original instruction data: a JSON/JSONL/Parquet file, a save_to_disk folder, a hub id, "
+            "or 'demo' for the small set the package carries."
+        },
+    )
     limit: int | None = field(default=None, metadata={"help": "Use only the first N rows of `data`."})
     held_out: str | None = field(
         default="demo-held-out",
-        metadata={"help": "Instructions the student answers at the end (never trained on); same sources as `data`; "
-                  "empty to skip."},
-    )  # fmt: skip
+        metadata={
+            "help": "Instructions the student answers at the end (never trained on); same sources as `data`; "
+            "empty to skip."
+        },
+    )
     teacher: str = field(
         default="transformers",
-        metadata={"help": "openai (any OpenAI-compatible endpoint, key from OPENAI_API_KEY), transformers (a local "
-                  "model) or vllm.", "choices": ["openai", "transformers", "vllm"]},
-    )  # fmt: skip
+        metadata={
+            "help": "openai (any OpenAI-compatible endpoint, key from OPENAI_API_KEY), transformers (a local "
+            "model) or vllm.",
+            "choices": ["openai", "transformers", "vllm"],
+        },
+    )
     teacher_model: str | None = field(
         default=None,
-        metadata={"help": "The teacher's model (openai: the served name). Unset with a transformers teacher: the "
-                  "student itself, already loaded, teaches."},
-    )  # fmt: skip
+        metadata={
+            "help": "The teacher's model (openai: the served name). Unset with a transformers teacher: the "
+            "student itself, already loaded, teaches."
+        },
+    )
     base_url: str | None = field(default=None, metadata={"help": "openai: the endpoint, e.g. http://host:8000/v1."})
     teacher_max_tokens: int = field(default=1024, metadata={"help": "Longest teacher answer, in tokens."})
     teacher_batch_size: int = field(default=8, metadata={"help": "transformers: conversations per generate call."})
     teacher_concurrency: int = field(default=64, metadata={"help": "openai: requests in flight at most."})
     prefill: str = field(
         default="auto",
-        metadata={"help": "Start the teacher's reply with the mode's tag: auto = on for local teachers.",
-                  "choices": ["auto", "on", "off"]},
-    )  # fmt: skip
+        metadata={
+            "help": "Start the teacher's reply with the mode's tag: auto = on for local teachers.",
+            "choices": ["auto", "on", "off"],
+        },
+    )
     max_reasks: int = field(default=1, metadata={"help": "Re-asks of an answer without usable tags (then fallback)."})
     max_new_tokens: int = field(default=96, metadata={"help": "Length limit of the held-out answers."})
     compare_untuned: bool = field(
@@ -68,18 +79,25 @@ class RunArguments:
 VARIANT_FILES = {"Q": "q.jsonl", "A": "a.jsonl", "QA": "qa.jsonl"}
 
 
-def _reflect_all(run_args: RunArguments, model_args: Any, model: Any, tokenizer: Any, ori: str,
-                 folder: Path) -> dict[str, Any]:  # fmt: skip
+def _reflect_all(
+    run_args: RunArguments, model_args: Any, model: Any, tokenizer: Any, ori: str, folder: Path
+) -> dict[str, Any]:
     """Q from the originals, A from the originals, QA from Q (into ``folder``), each resumable through its teacher
     cache; returns each variant's reflection counts."""
     from srt_trainer.io import sidecar_path
     from srt_trainer.reflection.cli import ReflectConfig, build_teacher_from_config, run_reflect
     from srt_trainer.teachers.local import TransformersTeacher
 
-    base = dict(teacher=run_args.teacher, teacher_model=run_args.teacher_model, base_url=run_args.base_url,
-                max_tokens=run_args.teacher_max_tokens, batch_size=run_args.teacher_batch_size,
-                concurrency=run_args.teacher_concurrency, prefill=run_args.prefill,
-                max_reasks=run_args.max_reasks)  # fmt: skip
+    base = dict(
+        teacher=run_args.teacher,
+        teacher_model=run_args.teacher_model,
+        base_url=run_args.base_url,
+        max_tokens=run_args.teacher_max_tokens,
+        batch_size=run_args.teacher_batch_size,
+        concurrency=run_args.teacher_concurrency,
+        prefill=run_args.prefill,
+        max_reasks=run_args.max_reasks,
+    )
     q_file = str(folder / VARIANT_FILES["Q"])
     steps = {
         "Q": ReflectConfig(mode="instruction", data=ori, output=q_file, **base),
@@ -88,8 +106,12 @@ def _reflect_all(run_args: RunArguments, model_args: Any, model: Any, tokenizer:
     }
     same_model = run_args.teacher_model in (None, model_args.model_name_or_path)
     if run_args.teacher == "transformers" and same_model:
-        teacher = TransformersTeacher(model=model_args.model_name_or_path, batch_size=run_args.teacher_batch_size,
-                                      model_obj=model, tokenizer=tokenizer)  # fmt: skip
+        teacher = TransformersTeacher(
+            model=model_args.model_name_or_path,
+            batch_size=run_args.teacher_batch_size,
+            model_obj=model,
+            tokenizer=tokenizer,
+        )
     else:
         teacher = build_teacher_from_config(steps["Q"])
     summaries = {}
@@ -104,8 +126,9 @@ def _reflect_all(run_args: RunArguments, model_args: Any, model: Any, tokenizer:
     return summaries
 
 
-def _held_out_prompts(held_out: str, template_name: str, tokenizer: Any,
-                      rejects: Path) -> tuple[list[dict[str, str]], list[str]]:  # fmt: skip
+def _held_out_prompts(
+    held_out: str, template_name: str, tokenizer: Any, rejects: Path
+) -> tuple[list[dict[str, str]], list[str]]:
     """The held-out instructions and their prompts in the training format."""
     from srt_trainer.data import load_instruction_data
     from srt_trainer.resources import resolve_data
@@ -113,8 +136,10 @@ def _held_out_prompts(held_out: str, template_name: str, tokenizer: Any,
 
     rows = load_instruction_data(resolve_data(held_out), rejects_path=rejects, require_output=False).dataset
     template = get_template(template_name, tokenizer)
-    return ([{"instruction": r["instruction"], "input": r["input"]} for r in rows],
-            [template.prompt(r["instruction"], r["input"]) for r in rows])  # fmt: skip
+    return (
+        [{"instruction": r["instruction"], "input": r["input"]} for r in rows],
+        [template.prompt(r["instruction"], r["input"]) for r in rows],
+    )
 
 
 def run(run_args: RunArguments, script_args: Any, training_args: Any, model_args: Any) -> dict[str, Any]:
@@ -142,8 +167,9 @@ def run(run_args: RunArguments, script_args: Any, training_args: Any, model_args
     prompts: list[str] = []
     untuned: list[str] = []
     if run_args.held_out and state.is_main_process:
-        held_out, prompts = _held_out_prompts(run_args.held_out, script_args.template, tokenizer,
-                                              out / "held_out.rejects.jsonl")  # fmt: skip
+        held_out, prompts = _held_out_prompts(
+            run_args.held_out, script_args.template, tokenizer, out / "held_out.rejects.jsonl"
+        )
         if run_args.compare_untuned:
             untuned = generate_answers(model, tokenizer, prompts, max_new_tokens=run_args.max_new_tokens)
     timings["load_and_untuned_answers_s"] = time.perf_counter() - t0
@@ -184,8 +210,12 @@ def run(run_args: RunArguments, script_args: Any, training_args: Any, model_args
     answers: list[dict[str, Any]] = []
     if held_out:
         adapter = str(out) if model_args.use_peft else None
-        tuned = load_student(student_name if adapter else str(out), dtype=model_args.dtype or "float32",
-                             adapter=adapter, trust_remote_code=training_args.trust_remote_code)  # fmt: skip
+        tuned = load_student(
+            student_name if adapter else str(out),
+            dtype=model_args.dtype or "float32",
+            adapter=adapter,
+            trust_remote_code=training_args.trust_remote_code,
+        )
         texts = generate_answers(tuned, tokenizer, prompts, max_new_tokens=run_args.max_new_tokens)
         for i, (r, text) in enumerate(zip(held_out, texts, strict=True)):
             answers.append({**r, "output": text, **({"untuned_output": untuned[i]} if untuned else {})})
@@ -213,9 +243,11 @@ def run(run_args: RunArguments, script_args: Any, training_args: Any, model_args
         "config": {"run": asdict(run_args), "script": asdict(script_args)},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    print(f"\nwrote {out}/summary.json ({timings['total_s']:.0f} s): reflections in {out}/reflect, scores in "
-          f"{out}/scores, the selection and its report in {out}/selection, the "
-          f"{'adapter' if model_args.use_peft else 'model'} in {out}, answers in {out}/answers.jsonl")  # fmt: skip
+    print(
+        f"\nwrote {out}/summary.json ({timings['total_s']:.0f} s): reflections in {out}/reflect, scores in "
+        f"{out}/scores, the selection and its report in {out}/selection, the "
+        f"{'adapter' if model_args.use_peft else 'model'} in {out}, answers in {out}/answers.jsonl"
+    )
     return summary
 
 

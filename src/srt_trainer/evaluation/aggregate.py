@@ -58,8 +58,9 @@ def judge_item(review: str | None, review_reverse: str | None) -> ItemOutcome:
             return f"{name}: no review" if not text else f"{name}: no score pair on its first line"
 
         texts = {"review": review, "review_reverse": review_reverse}
-        return ItemOutcome("failed", scores=scores, scores_reverse=scores_reverse,
-                           reason="; ".join(why(n, texts[n]) for n in missing))  # fmt: skip
+        return ItemOutcome(
+            "failed", scores=scores, scores_reverse=scores_reverse, reason="; ".join(why(n, texts[n]) for n in missing)
+        )
     return outcome_from_scores(scores, scores_reverse)
 
 
@@ -85,8 +86,14 @@ class Tally:
         setattr(self, result, getattr(self, result) + 1)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"win": self.win, "tie": self.tie, "lose": self.lose, "failed": self.failed, "n": self.n,
-                "winning_score": self.winning_score}  # fmt: skip
+        return {
+            "win": self.win,
+            "tie": self.tie,
+            "lose": self.lose,
+            "failed": self.failed,
+            "n": self.n,
+            "winning_score": self.winning_score,
+        }
 
 
 @dataclass
@@ -101,9 +108,14 @@ class Aggregate:
     judge: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.overall.to_dict(), "per_test_set": {k: t.to_dict() for k, t in self.per_test_set.items()},
-                "generator_a": self.generator_a, "generator_b": self.generator_b, "judge": self.judge,
-                "failures": self.failures}  # fmt: skip
+        return {
+            **self.overall.to_dict(),
+            "per_test_set": {k: t.to_dict() for k, t in self.per_test_set.items()},
+            "generator_a": self.generator_a,
+            "generator_b": self.generator_b,
+            "judge": self.judge,
+            "failures": self.failures,
+        }
 
 
 def aggregate_records(records: Iterable[Any], default_test_set: str = "all") -> Aggregate:
@@ -203,8 +215,7 @@ def plot_outcomes(agg: Aggregate, path: str | Path, title: str | None = None) ->
         for outcome in OUTCOMES:
             count = getattr(t, outcome)
             share = count / t.n if t.n else 0.0
-            ax.barh(y, share, left=left, color=COLORS[outcome], edgecolor="white",
-                    label=outcome if y == 0 else None)  # fmt: skip
+            ax.barh(y, share, left=left, color=COLORS[outcome], edgecolor="white", label=outcome if y == 0 else None)
             if share >= 0.06:
                 ax.text(left + share / 2, y, str(count), ha="center", va="center", fontsize=9)
             left += share
@@ -256,8 +267,9 @@ def format_table(agg: Aggregate) -> str:
     out = []
     for name, t in _rows(agg):
         ws = f"{t.winning_score:.4f}" if t.n else "n/a"
-        out.append(f"  {name:<12} win {t.win:>4} tie {t.tie:>4} lose {t.lose:>4} failed {t.failed:>4}  "
-                   f"winning score {ws}")  # fmt: skip
+        out.append(
+            f"  {name:<12} win {t.win:>4} tie {t.tie:>4} lose {t.lose:>4} failed {t.failed:>4}  winning score {ws}"
+        )
     return "\n".join(out)
 
 

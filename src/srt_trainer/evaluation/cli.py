@@ -27,12 +27,16 @@ class AggregateConfig:
 
     reviews: list[str] = field(
         default_factory=list,
-        metadata={"help": "Review files (JSON list, JSONL, or a JSON object with a 'data' list) of records with "
-                  "'review' and 'review_reverse'."},
-    )  # fmt: skip
+        metadata={
+            "help": "Review files (JSON list, JSONL, or a JSON object with a 'data' list) of records with "
+            "'review' and 'review_reverse'."
+        },
+    )
     json: bool = field(default=False, metadata={"help": "Print a JSON object per file instead of the summary line."})
-    output_dir: str | None = field(default=None, metadata={"help": "Where the chart, markdown and JSON reports go "
-                                   "(default: beside each reviews file)."})  # fmt: skip
+    output_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where the chart, markdown and JSON reports go (default: beside each reviews file)."},
+    )
     plot: bool = field(default=True, metadata={"help": "Write the stacked win / tie / lose bar chart (PNG)."})
 
 
@@ -65,8 +69,11 @@ def run_aggregate(config: AggregateConfig) -> list[dict]:
             print(json.dumps({k: v for k, v in result.items() if k != "failures"} | {"failures": len(agg.failures)}))
         else:
             print(summary_line(agg.overall))
-        print(f"{path}: {len(agg.failures)} failed (never counted as ties)\n{format_table(agg)}\n"
-              f"reports: {', '.join(paths.values())}", file=sys.stderr)  # fmt: skip
+        print(
+            f"{path}: {len(agg.failures)} failed (never counted as ties)\n{format_table(agg)}\n"
+            f"reports: {', '.join(paths.values())}",
+            file=sys.stderr,
+        )
     return results
 
 
@@ -77,9 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] not in COMMANDS:
         asked_for_help = bool(argv) and argv[0] in ("-h", "--help")
         lines = [f"  {name:<10} {text}" for name, text in COMMANDS.items()]
-        print("usage: srt eval {generate,judge,aggregate} [options]\n\ncommands:\n" + "\n".join(lines) +
-              "\n\nRun `srt eval COMMAND --help` for a command's options.",
-              file=sys.stdout if asked_for_help else sys.stderr)  # fmt: skip
+        print(
+            "usage: srt eval {generate,judge,aggregate} [options]\n\ncommands:\n"
+            + "\n".join(lines)
+            + "\n\nRun `srt eval COMMAND --help` for a command's options.",
+            file=sys.stdout if asked_for_help else sys.stderr,
+        )
         return 0 if asked_for_help else 2
     command, rest = argv[0], argv[1:]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

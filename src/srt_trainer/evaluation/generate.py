@@ -36,14 +36,18 @@ class GenerateConfig:
 
     test_sets: list[str] = field(
         default_factory=list,
-        metadata={"help": "Test-set files (JSON, JSONL, Parquet with an instruction / prompt / text field) or "
-                  "folders of them, e.g. ../shared/data/eval."},
-    )  # fmt: skip
+        metadata={
+            "help": "Test-set files (JSON, JSONL, Parquet with an instruction / prompt / text field) or "
+            "folders of them, e.g. ../shared/data/eval."
+        },
+    )
     output: str = field(default=None, metadata={"help": "Answers file, .jsonl or .parquet."})
     model: str = field(default="embedded", metadata={"help": "Base or merged model: 'embedded', a folder or a hub id."})
     adapter: str | None = field(default=None, metadata={"help": "A PEFT (LoRA) adapter folder applied on `model`."})
-    generator: str | None = field(default=None, metadata={"help": "Name of this model in the outputs (default: from "
-                                  "the model and adapter names)."})  # fmt: skip
+    generator: str | None = field(
+        default=None,
+        metadata={"help": "Name of this model in the outputs (default: from the model and adapter names)."},
+    )
     template: str = field(
         default="vicuna",
         metadata={
@@ -53,9 +57,11 @@ class GenerateConfig:
     )
     engine: str = field(
         default="transformers",
-        metadata={"help": "transformers (batched generate) or vllm (needs the vllm package).",
-                  "choices": ["transformers", "vllm"]},
-    )  # fmt: skip
+        metadata={
+            "help": "transformers (batched generate) or vllm (needs the vllm package).",
+            "choices": ["transformers", "vllm"],
+        },
+    )
     max_new_tokens: int = field(default=1024, metadata={"help": "Length limit of an answer, in tokens."})
     batch_size: int = field(default=8, metadata={"help": "Prompts per generate call (transformers engine)."})
     temperature: float = field(default=0.0, metadata={"help": "0 is greedy (the paper's setting); above 0 samples."})
@@ -73,8 +79,18 @@ class GenerateConfig:
 
     def fingerprint_settings(self) -> dict[str, Any]:
         """What changes the answers: a resumed run must match these."""
-        keys = ("model", "adapter", "template", "engine", "max_new_tokens", "batch_size", "temperature", "top_p",
-                "seed", "dtype")  # fmt: skip
+        keys = (
+            "model",
+            "adapter",
+            "template",
+            "engine",
+            "max_new_tokens",
+            "batch_size",
+            "temperature",
+            "top_p",
+            "seed",
+            "dtype",
+        )
         return {k: getattr(self, k) for k in keys}
 
 
@@ -116,9 +132,12 @@ class TransformersEngine:
         self.config = config
         self.tokenizer = tokenizer or load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
         self.model = model or load_student(
-            config.model, dtype=config.dtype, device=config.device, adapter=config.adapter,
+            config.model,
+            dtype=config.dtype,
+            device=config.device,
+            adapter=config.adapter,
             trust_remote_code=config.trust_remote_code,
-        )  # fmt: skip
+        )
 
     def generate(self, prompts: Sequence[str], seed: int) -> list[str]:
         import torch
@@ -130,9 +149,15 @@ class TransformersEngine:
             torch.manual_seed(seed)
             kwargs = {"do_sample": True, "temperature": self.config.temperature, "top_p": self.config.top_p}
         return generate_answers(
-            self.model, self.tokenizer, prompts, max_new_tokens=self.config.max_new_tokens,
-            batch_size=self.config.batch_size, generation_kwargs=kwargs, sort_by_length=True, progress=False,
-        )  # fmt: skip
+            self.model,
+            self.tokenizer,
+            prompts,
+            max_new_tokens=self.config.max_new_tokens,
+            batch_size=self.config.batch_size,
+            generation_kwargs=kwargs,
+            sort_by_length=True,
+            progress=False,
+        )
 
 
 class VLLMEngine:
@@ -163,8 +188,12 @@ class VLLMEngine:
     def generate(self, prompts: Sequence[str], seed: int) -> list[str]:
         from vllm import SamplingParams
 
-        params = SamplingParams(temperature=self.config.temperature, top_p=self.config.top_p,
-                                max_tokens=self.config.max_new_tokens, seed=seed)  # fmt: skip
+        params = SamplingParams(
+            temperature=self.config.temperature,
+            top_p=self.config.top_p,
+            max_tokens=self.config.max_new_tokens,
+            seed=seed,
+        )
         lora = None
         if self.config.adapter:
             from vllm.lora.request import LoRARequest
@@ -213,8 +242,12 @@ def run_generate(config: GenerateConfig, model: Any = None, tokenizer: Any = Non
     work_dir = sidecar_path(output, "gen-shards")
     if config.overwrite:
         shutil.rmtree(work_dir, ignore_errors=True)
-    manifest = {"settings": config.fingerprint_settings(), "shard_size": config.shard_size, "num_items": len(items),
-                "items": _items_fingerprint(items, prompts)}  # fmt: skip
+    manifest = {
+        "settings": config.fingerprint_settings(),
+        "shard_size": config.shard_size,
+        "num_items": len(items),
+        "items": _items_fingerprint(items, prompts),
+    }
     check_manifest(work_dir, manifest, is_main=True)
     bounds = shard_bounds(len(order), config.shard_size)
     shard_path = [work_dir / f"shard-{k:06d}.jsonl" for k in range(len(bounds))]
@@ -237,8 +270,10 @@ def run_generate(config: GenerateConfig, model: Any = None, tokenizer: Any = Non
     bar.close()
     seconds = time.perf_counter() - start
 
-    rows = [{**{c: it[c] for c in ANSWER_COLUMNS[:4]}, "output": outputs[i], "generator": generator}
-            for i, it in enumerate(items)]  # fmt: skip
+    rows = [
+        {**{c: it[c] for c in ANSWER_COLUMNS[:4]}, "output": outputs[i], "generator": generator}
+        for i, it in enumerate(items)
+    ]
     write_rows(rows, output)
     if config.alpaca_eval:
         alpaca = sidecar_path(output, "alpaca_eval.json")

@@ -42,8 +42,9 @@ def question_text(instruction: str, input: str = "") -> str:
 
 def review_messages(question: str, answer_1: str, answer_2: str) -> list[dict[str, str]]:
     """The judge's chat: the system line and the review request with Assistant 1's answer first."""
-    user = REVIEW_TEMPLATE.format(question=question, answer_1=answer_1, answer_2=answer_2,
-                                  instruction=JUDGE_INSTRUCTION)  # fmt: skip
+    user = REVIEW_TEMPLATE.format(
+        question=question, answer_1=answer_1, answer_2=answer_2, instruction=JUDGE_INSTRUCTION
+    )
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
 
 
@@ -177,18 +178,38 @@ def match_answers(a: AnswerFile, b: AnswerFile) -> tuple[list[tuple[dict[str, An
     for key, row in a.answers.items():
         other = b.answers.get(key)
         if other is None:
-            rejects.append(Reject(a.path, a.rows[key], "id", f"no answer to item {key[0]}/{key[1]} in {b.path}",
-                                  json.dumps(row, ensure_ascii=False, default=str)))  # fmt: skip
+            rejects.append(
+                Reject(
+                    a.path,
+                    a.rows[key],
+                    "id",
+                    f"no answer to item {key[0]}/{key[1]} in {b.path}",
+                    json.dumps(row, ensure_ascii=False, default=str),
+                )
+            )
         elif other["instruction"] != row["instruction"] or (other.get("input") or "") != (row.get("input") or ""):
-            rejects.append(Reject(a.path, a.rows[key], "instruction", f"item {key[0]}/{key[1]} has another "
-                                  f"instruction in {b.path} (row {b.rows[key]})",
-                                  json.dumps(row, ensure_ascii=False, default=str)))  # fmt: skip
+            rejects.append(
+                Reject(
+                    a.path,
+                    a.rows[key],
+                    "instruction",
+                    f"item {key[0]}/{key[1]} has another instruction in {b.path} (row {b.rows[key]})",
+                    json.dumps(row, ensure_ascii=False, default=str),
+                )
+            )
         else:
             pairs.append((row, other))
     for key, row in b.answers.items():
         if key not in a.answers:
-            rejects.append(Reject(b.path, b.rows[key], "id", f"no answer to item {key[0]}/{key[1]} in {a.path}",
-                                  json.dumps(row, ensure_ascii=False, default=str)))  # fmt: skip
+            rejects.append(
+                Reject(
+                    b.path,
+                    b.rows[key],
+                    "id",
+                    f"no answer to item {key[0]}/{key[1]} in {a.path}",
+                    json.dumps(row, ensure_ascii=False, default=str),
+                )
+            )
     return pairs, rejects
 
 
@@ -197,19 +218,31 @@ def match_answers(a: AnswerFile, b: AnswerFile) -> tuple[list[tuple[dict[str, An
 class JudgeConfig:
     """Options of ``srt eval judge`` (YAML via ``--config``; every field also a flag)."""
 
-    answers_a: str = field(default=None, metadata={"help": "Answers of model A (`srt eval generate` output, or "
-                                                   "AlpacaEval JSON)."})  # fmt: skip
+    answers_a: str = field(
+        default=None, metadata={"help": "Answers of model A (`srt eval generate` output, or AlpacaEval JSON)."}
+    )
     answers_b: str = field(default=None, metadata={"help": "Answers of model B to the same items."})
     output: str = field(default=None, metadata={"help": "Reviews file, .jsonl or .parquet (one record per item)."})
     judge: str = field(
         default="openai",
-        metadata={"help": "Judge client: openai (any OpenAI-compatible server), transformers or vllm (local).",
-                  "choices": ["openai", "transformers", "vllm"]},
-    )  # fmt: skip
-    judge_model: str | None = field(default=None, metadata={"help": "The judge's model: the served name (required "
-                                    "for openai; the paper used gpt-4), or a folder for a local judge."})  # fmt: skip
-    base_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible endpoint, e.g. "
-                                 "http://127.0.0.1:8000/v1 (the API key comes from OPENAI_API_KEY)."})  # fmt: skip
+        metadata={
+            "help": "Judge client: openai (any OpenAI-compatible server), transformers or vllm (local).",
+            "choices": ["openai", "transformers", "vllm"],
+        },
+    )
+    judge_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "The judge's model: the served name (required "
+            "for openai; the paper used gpt-4), or a folder for a local judge."
+        },
+    )
+    base_url: str | None = field(
+        default=None,
+        metadata={
+            "help": "OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (the API key comes from OPENAI_API_KEY)."
+        },
+    )
     max_tokens: int = field(default=512, metadata={"help": "Length limit of a review, in tokens."})
     temperature: float = field(default=0.0, metadata={"help": "Judge temperature (0: deterministic reviews)."})
     seed: int | None = field(default=None, metadata={"help": "Sampling seed sent to the judge, when it takes one."})
@@ -229,8 +262,11 @@ def _record(a: dict[str, Any], b: dict[str, Any], judge: str, first: Any, revers
     from srt_trainer.evaluation.aggregate import judge_item
 
     outcome = judge_item(first.text, reverse.text)
-    errors = [f"{name}: request failed: {r.error}" for name, r in (("review", first), ("review_reverse", reverse))
-              if r.text is None and r.error]  # fmt: skip
+    errors = [
+        f"{name}: request failed: {r.error}"
+        for name, r in (("review", first), ("review_reverse", reverse))
+        if r.text is None and r.error
+    ]
     s, sr = outcome.scores, outcome.scores_reverse
     return {
         "test_set": a.get("test_set") or a.get("dataset") or "",
@@ -292,8 +328,9 @@ def run_judge(config: JudgeConfig, teacher: Any = None) -> list[dict[str, Any]]:
     sampling = SamplingConfig(temperature=config.temperature, top_p=1.0, max_tokens=config.max_tokens, seed=config.seed)
     cache = Path(config.cache) if config.cache else sidecar_path(output, "cache.jsonl")
     try:
-        results, counts = complete_all(teacher, conversations, sampling, cache, validate=has_scores,
-                                       max_reasks=config.max_reasks, desc="Judging")  # fmt: skip
+        results, counts = complete_all(
+            teacher, conversations, sampling, cache, validate=has_scores, max_reasks=config.max_reasks, desc="Judging"
+        )
     finally:
         if own_teacher:
             teacher.close()
@@ -304,8 +341,10 @@ def run_judge(config: JudgeConfig, teacher: Any = None) -> list[dict[str, Any]]:
     print(f"judge: {counts.format()}")
     agg = aggregate_records(records)
     paths = write_reports(agg, output, source=str(output), plot=config.plot)
-    print(f"{summary_line(agg.overall)} ({len(failures)} failed, reported in "
-          f"{sidecar_path(output, 'failures.jsonl')})\n{format_table(agg)}")  # fmt: skip
+    print(
+        f"{summary_line(agg.overall)} ({len(failures)} failed, reported in "
+        f"{sidecar_path(output, 'failures.jsonl')})\n{format_table(agg)}"
+    )
     print(f"wrote {output} ({len(records)} items); " + ", ".join(paths.values()))
     logger.debug("judge config: %s", asdict(config))
     return records

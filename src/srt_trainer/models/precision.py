@@ -45,12 +45,17 @@ class HalfProductsInFloat32(TorchFunctionMode):
     """
 
     # the functions and the tensor methods (``a @ b`` arrives here as ``Tensor.matmul``)
-    PRODUCTS = frozenset({
-        torch.nn.functional.linear,
-        torch.nn.functional.scaled_dot_product_attention,
-        *(getattr(owner, name) for owner in (torch, torch.Tensor)
-          for name in ("matmul", "mm", "bmm", "addmm", "baddbmm")),
-    })  # fmt: skip
+    PRODUCTS = frozenset(
+        {
+            torch.nn.functional.linear,
+            torch.nn.functional.scaled_dot_product_attention,
+            *(
+                getattr(owner, name)
+                for owner in (torch, torch.Tensor)
+                for name in ("matmul", "mm", "bmm", "addmm", "baddbmm")
+            ),
+        }
+    )
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
@@ -82,5 +87,7 @@ def warn_if_slow_half(model: Any) -> None:
             "this CPU has no %s matrix kernels (no AVX-512 / AMX): PyTorch computes %s products ~7x slower than "
             "float32. Scoring runs them in float32 on the %s values; for generation and training prefer "
             "--dtype float32 here.",
-            name, name, name,
-        )  # fmt: skip
+            name,
+            name,
+            name,
+        )

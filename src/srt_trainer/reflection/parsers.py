@@ -12,8 +12,16 @@ import re
 from dataclasses import dataclass
 
 TAGS = ("New Instruction", "New Input", "New Answer", "Better Answer")
-PLACEHOLDERS = {"your instruction", "your new instruction", "your input", "your answer", "your new answer",
-                "your better answer", "...", "…"}  # fmt: skip
+PLACEHOLDERS = {
+    "your instruction",
+    "your new instruction",
+    "your input",
+    "your answer",
+    "your new answer",
+    "your better answer",
+    "...",
+    "…",
+}
 
 
 def _name(tag: str) -> str:

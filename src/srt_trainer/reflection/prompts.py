@@ -129,8 +129,10 @@ def load_prompt(mode: str, path: str | Path | None = None) -> ReflectionPrompt:
     prompt = replace(default, source=str(path), **values)
     missing = [f for f in ("instruction", "output") if "{" + f + "}" not in prompt.user]
     if missing:
-        raise PromptTemplateError(f"{path}: the user template must contain {', '.join('{' + m + '}' for m in missing)}"
-                                  f" (fields: {', '.join('{' + f + '}' for f in FIELDS)})")  # fmt: skip
+        raise PromptTemplateError(
+            f"{path}: the user template must contain {', '.join('{' + m + '}' for m in missing)}"
+            f" (fields: {', '.join('{' + f + '}' for f in FIELDS)})"
+        )
     if "{input}" not in prompt.user and "{input_section}" not in prompt.user:
         raise PromptTemplateError(
             f"{path}: the user template must show the row's input: {{input_section}} or {{input}}"

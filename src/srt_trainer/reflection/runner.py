@@ -21,8 +21,17 @@ from srt_trainer.teachers import ChatResult, RunCounts, SamplingConfig, Teacher,
 logger = logging.getLogger(__name__)
 
 STATUSES = ("ok", "fallback", "failed")
-REFLECTION_COLUMNS = ("instruction", "input", "output", "source_index", "variant", "teacher", "teacher_model",
-                      "reflection_status", "reflection_error")  # fmt: skip
+REFLECTION_COLUMNS = (
+    "instruction",
+    "input",
+    "output",
+    "source_index",
+    "variant",
+    "teacher",
+    "teacher_model",
+    "reflection_status",
+    "reflection_error",
+)
 # normalized columns of the loader that describe the source row's encoding, not the reflected row
 _INTERNAL = {"row_index", "messages", "system", "num_turns", "source_format", "q_reflection_status"}
 
@@ -39,8 +48,10 @@ class ReflectionResult:
 
     def format(self) -> str:
         s = self.statuses
-        return (f"{len(self.rows)} rows reflected (variant {self.variant}): ok {s.get('ok', 0)}, "
-                f"fallback {s.get('fallback', 0)}, failed {s.get('failed', 0)}\n{self.counts.format()}")  # fmt: skip
+        return (
+            f"{len(self.rows)} rows reflected (variant {self.variant}): ok {s.get('ok', 0)}, "
+            f"fallback {s.get('fallback', 0)}, failed {s.get('failed', 0)}\n{self.counts.format()}"
+        )
 
 
 def detect_variant(rows: Sequence[dict[str, Any]], mode: str, variant: str = "auto") -> str:
@@ -59,8 +70,10 @@ def detect_variant(rows: Sequence[dict[str, Any]], mode: str, variant: str = "au
         return "A"
     if seen == {"Q"}:
         return "QA"
-    raise ValueError(f"cannot tell A from QA: the rows' variant column holds {sorted(map(str, seen))}; "
-                     "pass --variant A or --variant QA")  # fmt: skip
+    raise ValueError(
+        f"cannot tell A from QA: the rows' variant column holds {sorted(map(str, seen))}; "
+        "pass --variant A or --variant QA"
+    )
 
 
 def reflect(
@@ -92,35 +105,61 @@ def reflect(
         prefill = teacher.kind != "openai"
     prefix = prompt.prefix if prefill else ""
     parse = parse_instruction_reflection if mode == "instruction" else parse_response_reflection
-    conversations = [prompt.messages(r["instruction"] or "", r.get("input") or "", r["output"] or "", prefill=prefill)
-                     for r in rows]  # fmt: skip
+    conversations = [
+        prompt.messages(r["instruction"] or "", r.get("input") or "", r["output"] or "", prefill=prefill) for r in rows
+    ]
 
     def usable(text: str) -> bool:
         return parse(prefix + text) is not None
 
-    results, counts = complete_all(teacher, conversations, sampling, cache_path, validate=usable,
-                                   max_reasks=max_reasks, progress=progress, desc=f"reflect {mode}",
-                                   reask_temperature=reask_temperature)  # fmt: skip
+    results, counts = complete_all(
+        teacher,
+        conversations,
+        sampling,
+        cache_path,
+        validate=usable,
+        max_reasks=max_reasks,
+        progress=progress,
+        desc=f"reflect {mode}",
+        reask_temperature=reask_temperature,
+    )
     identity = teacher.identity()
     out_rows, raw = [], []
     for position, (row, result) in enumerate(zip(rows, results, strict=True)):
         out, status = _reflected_row(row, position, result, parse, prefix, variant)
         out.update(teacher=identity["teacher"], teacher_model=identity["model"])
         out_rows.append(_ordered(out, row))
-        raw.append({"position": position, "source_index": out["source_index"], "variant": variant,
-                    "reflection_status": status, "prefix": prefix, "texts": result.texts, "error": result.error,
-                    "cached": result.cached, "attempts": result.attempts, "reasks": result.reasks})  # fmt: skip
+        raw.append(
+            {
+                "position": position,
+                "source_index": out["source_index"],
+                "variant": variant,
+                "reflection_status": status,
+                "prefix": prefix,
+                "texts": result.texts,
+                "error": result.error,
+                "cached": result.cached,
+                "attempts": result.attempts,
+                "reasks": result.reasks,
+            }
+        )
     statuses = Counter(r["reflection_status"] for r in out_rows)
     return ReflectionResult(out_rows, raw, counts, {s: statuses.get(s, 0) for s in STATUSES}, variant)
 
 
-def _reflected_row(row: dict[str, Any], position: int, result: ChatResult, parse: Any, prefix: str,
-                   variant: str) -> tuple[dict[str, Any], str]:  # fmt: skip
+def _reflected_row(
+    row: dict[str, Any], position: int, result: ChatResult, parse: Any, prefix: str, variant: str
+) -> tuple[dict[str, Any], str]:
     source_index = row.get("source_index")
     if source_index is None:
         source_index = row.get("row_index", position)
-    out: dict[str, Any] = {"instruction": row["instruction"], "input": row.get("input") or "",
-                           "output": row["output"], "source_index": source_index, "variant": variant}  # fmt: skip
+    out: dict[str, Any] = {
+        "instruction": row["instruction"],
+        "input": row.get("input") or "",
+        "output": row["output"],
+        "source_index": source_index,
+        "variant": variant,
+    }
     if variant == "QA" and row.get("reflection_status") is not None:
         out["q_reflection_status"] = row["reflection_status"]
     if result.text is None:
@@ -152,16 +191,28 @@ def _ordered(out: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
     return ordered
 
 
-def reflect_rows(rows: Sequence[dict[str, Any]], mode: str, teacher: Teacher, config: Any = None,
-                 cache_path: str | Path | None = None) -> list[dict[str, Any]]:  # fmt: skip
+def reflect_rows(
+    rows: Sequence[dict[str, Any]],
+    mode: str,
+    teacher: Teacher,
+    config: Any = None,
+    cache_path: str | Path | None = None,
+) -> list[dict[str, Any]]:
     """Reflected rows, in input order (see ``reflect``), with the settings of a ``ReflectConfig`` (default: its
     defaults; its ``cache`` when ``cache_path`` is None)."""
     from srt_trainer.reflection.cli import ReflectConfig
 
     config = config or ReflectConfig(mode=mode)
     return reflect(
-        rows, mode, teacher, prompt=load_prompt(mode, config.prompt_template), sampling=config.sampling(),
-        cache_path=cache_path if cache_path is not None else config.cache, prefill=config.prefill_flag(),
-        variant=config.variant, max_reasks=config.max_reasks, reask_temperature=config.reask_temperature,
+        rows,
+        mode,
+        teacher,
+        prompt=load_prompt(mode, config.prompt_template),
+        sampling=config.sampling(),
+        cache_path=cache_path if cache_path is not None else config.cache,
+        prefill=config.prefill_flag(),
+        variant=config.variant,
+        max_reasks=config.max_reasks,
+        reask_temperature=config.reask_temperature,
         progress=config.progress,
-    ).rows  # fmt: skip
+    ).rows

@@ -33,8 +33,9 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    lines = [f"scored {summary['scored']} of {summary['rows']} rows; "
-             f"{summary['without_statistics']} without statistics"]  # fmt: skip
+    lines = [
+        f"scored {summary['scored']} of {summary['rows']} rows; {summary['without_statistics']} without statistics"
+    ]
     for reason, n in summary["errors"].items():
         lines.append(f"  {n} × {reason}")
     if summary["only_input"]:
@@ -45,8 +46,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         for name in ("ifd", "rifd"):
             qs = summary[f"{name}_quantiles"]
             lines.append(f"  {name:<8}" + "".join(f"{v:>9.4f}" for v in qs.values()))
-        lines.append(f"  IFD > 1 (the instruction does not help): {100 * summary['share_ifd_above_1']:.1f}%; "
-                     f"r-IFD > 1: {100 * summary['share_rifd_above_1']:.1f}%")  # fmt: skip
+        lines.append(
+            f"  IFD > 1 (the instruction does not help): {100 * summary['share_ifd_above_1']:.1f}%; "
+            f"r-IFD > 1: {100 * summary['share_rifd_above_1']:.1f}%"
+        )
     return "\n".join(lines)
 
 

@@ -38,8 +38,12 @@ def data_fingerprint(rows: Sequence[Mapping[str, Any]]) -> str:
     """Hash of what scoring reads from each row."""
     h = hashlib.sha256()
     for r in rows:
-        h.update(json.dumps([r.get("instruction"), r.get("input"), r.get("output"), r.get("system"),
-                             r.get("messages")], ensure_ascii=False).encode())  # fmt: skip
+        h.update(
+            json.dumps(
+                [r.get("instruction"), r.get("input"), r.get("output"), r.get("system"), r.get("messages")],
+                ensure_ascii=False,
+            ).encode()
+        )
     return h.hexdigest()
 
 
@@ -128,8 +132,12 @@ def score_dataset(
 
     state = get_state()
     work_dir = Path(work_dir)
-    manifest = {"settings": dict(settings or {}), "shard_size": shard_size, "num_rows": len(rows),
-                "data": data_fingerprint(rows)}  # fmt: skip
+    manifest = {
+        "settings": dict(settings or {}),
+        "shard_size": shard_size,
+        "num_rows": len(rows),
+        "data": data_fingerprint(rows),
+    }
     if state.is_main_process:
         check_manifest(work_dir, manifest, True)
     state.wait_for_everyone()
@@ -146,11 +154,21 @@ def score_dataset(
     if state.is_main_process and done:
         logger.info("resuming: %d of %d shards already scored in %s", len(done), len(bounds), work_dir)
     if state.num_processes > 1:
-        logger.info("rank %d of %d: %d shards, ~%d tokens", state.process_index, state.num_processes, len(mine),
-                    sum(shard_work[k] for k in mine))  # fmt: skip
+        logger.info(
+            "rank %d of %d: %d shards, ~%d tokens",
+            state.process_index,
+            state.num_processes,
+            len(mine),
+            sum(shard_work[k] for k in mine),
+        )
 
-    bar = tqdm(total=sum(shard_work[k] for k in mine), unit="tok", unit_scale=True, disable=not progress,
-               desc=f"Scoring (rank {state.process_index})" if state.num_processes > 1 else "Scoring")  # fmt: skip
+    bar = tqdm(
+        total=sum(shard_work[k] for k in mine),
+        unit="tok",
+        unit_scale=True,
+        disable=not progress,
+        desc=f"Scoring (rank {state.process_index})" if state.num_processes > 1 else "Scoring",
+    )
     new: list[tuple[int, list[dict[str, Any]]]] = []
     for k in mine:
         start, end = bounds[k]

@@ -36,8 +36,12 @@ logger = logging.getLogger(__name__)
 
 LOSS_COLUMNS = ("loss_ins_alone", "loss_out_alone", "loss_ins_cond", "loss_out_cond")
 STAT_COLUMNS = (*LOSS_COLUMNS, "ifd", "rifd", "ifd_loss", "rifd_loss")
-_KIND_COLUMN = {"out_alone": "loss_out_alone", "out_cond": "loss_out_cond",
-                "ins_alone": "loss_ins_alone", "ins_cond": "loss_ins_cond"}  # fmt: skip
+_KIND_COLUMN = {
+    "out_alone": "loss_out_alone",
+    "out_cond": "loss_out_cond",
+    "ins_alone": "loss_ins_alone",
+    "ins_cond": "loss_ins_cond",
+}
 MIN_SHARED_PREFIX = 4  # below this, a shared prefix saves less than it costs
 ENGINES = ("auto", "packed", "padded")
 # Attention implementations that use an explicit 4D mask as given: transformers' mask builders return a 4D
@@ -287,8 +291,10 @@ def _unwrap(model: Any) -> Any:
 
 def _batch_dependent(model: Any) -> bool:
     """Whether the model has layers whose arithmetic depends on the other rows of a batch (LLM.int8 outliers)."""
-    return any(type(m).__name__ == "Linear8bitLt" and getattr(getattr(m, "state", None), "threshold", 0) > 0
-               for m in model.modules())  # fmt: skip
+    return any(
+        type(m).__name__ == "Linear8bitLt" and getattr(getattr(m, "state", None), "threshold", 0) > 0
+        for m in model.modules()
+    )
 
 
 def _cache_keyword(forward: Any) -> str:
@@ -437,8 +443,9 @@ class IFDScorer:
         free, _ = torch.cuda.mem_get_info(self.device)
         # memory the caching allocator holds but no tensor uses is free to this process too
         free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
-        per_token = activation_bytes_per_token(self._config, self._dtype, self.collator.max_length,
-                                               eager=self._attn == "eager")  # fmt: skip
+        per_token = activation_bytes_per_token(
+            self._config, self._dtype, self.collator.max_length, eager=self._attn == "eager"
+        )
         return device_token_budget(free, per_token)
 
     def _halve_budget(self, remaining: int) -> None:
@@ -450,8 +457,11 @@ class IFDScorer:
                 f"memory, lower max_length, or use a smaller (or quantized) student"
             )
         self.token_budget //= 2
-        logger.warning("out of memory: token budget halved to %d; re-packing the %d views left in this group",
-                       self.token_budget, remaining)  # fmt: skip
+        logger.warning(
+            "out of memory: token budget halved to %d; re-packing the %d views left in this group",
+            self.token_budget,
+            remaining,
+        )
 
     # -- model plumbing -----------------------------------------------------------------------------------------
 
@@ -475,8 +485,9 @@ class IFDScorer:
             return None
         from transformers import DynamicCache
 
-        return DynamicCache(ddp_cache_data=[(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1))
-                                            for k, v in prefix_kv])  # fmt: skip
+        return DynamicCache(
+            ddp_cache_data=[(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in prefix_kv]
+        )
 
     @torch.no_grad()
     def _prefix_kv(self, prefix: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -536,8 +547,12 @@ class IFDScorer:
                 nll = tiled_nll(rows, self._head.weight, self._head.bias, targets)
             else:
                 chunk = max(1, self.logits_chunk // self._head.weight.shape[0])
-                nll = torch.cat([_nll(self._project(rows[i : i + chunk]), targets[i : i + chunk])
-                                 for i in range(0, len(rows), chunk)])  # fmt: skip
+                nll = torch.cat(
+                    [
+                        _nll(self._project(rows[i : i + chunk]), targets[i : i + chunk])
+                        for i in range(0, len(rows), chunk)
+                    ]
+                )
         else:
             nll = _nll(self.model(**kwargs).logits[:, :-1][keep].float(), targets)
         sums = torch.zeros(views, dtype=torch.float64, device=self.device).index_add_(0, owner, nll.double())
@@ -559,8 +574,9 @@ class IFDScorer:
         """Forwards of the engine for views of ``lengths`` tokens (after a ``prefix_len`` shared prefix):
         ``plan[f][r]`` lists the views of row ``r`` of forward ``f`` (one per row in the padded engine)."""
         if self.engine == "packed":
-            return pack_rows(lengths, self.token_budget, self.max_batch_size, prefix_len, self._attention_weight,
-                             self.batch_overhead)  # fmt: skip
+            return pack_rows(
+                lengths, self.token_budget, self.max_batch_size, prefix_len, self._attention_weight, self.batch_overhead
+            )
         batches = pack_by_token_budget(lengths, self.token_budget, self.max_batch_size, self.batch_overhead)
         return [[[i] for i in batch] for batch in batches]
 

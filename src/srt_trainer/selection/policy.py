@@ -32,8 +32,19 @@ POLICIES = ("paper", "ifd")
 VARIANTS = ("ori", "Q", "A", "QA")
 NO_STATISTICS = "no statistics"
 # columns of a score output that describe the student's statistics, not the pair
-SCORE_COLUMNS = ("loss_ins_alone", "loss_out_alone", "loss_ins_cond", "loss_out_cond", "ifd", "rifd", "ifd_loss",
-                 "rifd_loss", "score_error", "ifd_turns", "rifd_turns")  # fmt: skip
+SCORE_COLUMNS = (
+    "loss_ins_alone",
+    "loss_out_alone",
+    "loss_ins_cond",
+    "loss_out_cond",
+    "ifd",
+    "rifd",
+    "ifd_loss",
+    "rifd_loss",
+    "score_error",
+    "ifd_turns",
+    "rifd_turns",
+)
 
 
 class SelectionInputError(ValueError):
@@ -44,16 +55,25 @@ class SelectionInputError(ValueError):
 class SelectConfig:
     """Options of ``srt select`` (YAML via ``--config``; every field also a flag)."""
 
-    ori: str = field(default=None, metadata={"help": "`srt score` output of the original pairs (JSONL, JSON or "
-                                             "Parquet)."})  # fmt: skip
-    q: str = field(default=None, metadata={"help": "`srt score` output of the instruction-reflected pairs Q "
-                                           "(x_ins, y_ins), same rows in the same order."})  # fmt: skip
-    a: str = field(default=None, metadata={"help": "`srt score` output of the response-reflected original pairs A "
-                                           "(x0, y_res)."})  # fmt: skip
-    qa: str = field(default=None, metadata={"help": "`srt score` output of the response-reflected Q pairs QA "
-                                            "(x_ins, y_res')."})  # fmt: skip
-    output: str = field(default=None, metadata={"help": "Selected rows, .jsonl or .parquet; the report files go "
-                                                "beside it."})  # fmt: skip
+    ori: str = field(
+        default=None, metadata={"help": "`srt score` output of the original pairs (JSONL, JSON or Parquet)."}
+    )
+    q: str = field(
+        default=None,
+        metadata={
+            "help": "`srt score` output of the instruction-reflected pairs Q "
+            "(x_ins, y_ins), same rows in the same order."
+        },
+    )
+    a: str = field(
+        default=None, metadata={"help": "`srt score` output of the response-reflected original pairs A (x0, y_res)."}
+    )
+    qa: str = field(
+        default=None, metadata={"help": "`srt score` output of the response-reflected Q pairs QA (x_ins, y_res')."}
+    )
+    output: str = field(
+        default=None, metadata={"help": "Selected rows, .jsonl or .parquet; the report files go beside it."}
+    )
     policy: str = field(
         default="paper",
         metadata={
@@ -64,22 +84,29 @@ class SelectConfig:
     )
     keep_unaccepted_winners: bool = field(
         default=False,
-        metadata={"help": "Also keep the winner of the branches the release drops: Q in branch 2 (new instruction "
-                  "accepted, new response not) and ori in branch 4 (neither accepted), under the same thresholds."},
-    )  # fmt: skip
+        metadata={
+            "help": "Also keep the winner of the branches the release drops: Q in branch 2 (new instruction "
+            "accepted, new response not) and ori in branch 4 (neither accepted), under the same thresholds."
+        },
+    )
     ifd_threshold: float = field(default=1.0, metadata={"help": "Keep a pair only if its IFD is below this."})
-    rifd_threshold: float = field(default=1.0, metadata={"help": "Keep a pair only if its r-IFD is below this "
-                                                         "(not used by the 'ifd' policy)."})  # fmt: skip
+    rifd_threshold: float = field(
+        default=1.0, metadata={"help": "Keep a pair only if its r-IFD is below this (not used by the 'ifd' policy)."}
+    )
     top_k: int | None = field(
         default=None,
-        metadata={"help": "Budget: keep at most this many pairs, those with the highest IFD among the pairs that "
-                  "passed the thresholds."},
-    )  # fmt: skip
+        metadata={
+            "help": "Budget: keep at most this many pairs, those with the highest IFD among the pairs that "
+            "passed the thresholds."
+        },
+    )
     top_p: float | None = field(
         default=None,
-        metadata={"help": "Budget: keep this fraction (0.05 = 5%%, rounded down) of the pairs that passed the "
-                  "thresholds, highest IFD first. With top_k too, the smaller budget holds."},
-    )  # fmt: skip
+        metadata={
+            "help": "Budget: keep this fraction (0.05 = 5%%, rounded down) of the pairs that passed the "
+            "thresholds, highest IFD first. With top_k too, the smaller budget holds."
+        },
+    )
     plot: bool = field(default=True, metadata={"help": "Write the funnel and IFD / r-IFD histogram PNGs."})
     data_card: bool = field(default=True, metadata={"help": "Write a markdown data card beside the output."})
 
@@ -221,9 +248,23 @@ def _judge_paper(r: Mapping[str, Mapping[str, Any]], config: SelectConfig) -> tu
 def _kept_row(view_row: Mapping[str, Any], variant: str, source_index: Any, branch: Any, ori: Mapping[str, Any]):
     # kept rows are single exchanges (the rule judges the first one): a source conversation's `messages` would
     # contradict a rewritten instruction or response, and would make loaders read the file as chat data
-    extras = {k: v for k, v in view_row.items() if k not in SCORE_COLUMNS and k not in
-              ("row_index", "instruction", "input", "output", "source_index", "messages", "system", "num_turns",
-               "source_format")}  # fmt: skip
+    extras = {
+        k: v
+        for k, v in view_row.items()
+        if k not in SCORE_COLUMNS
+        and k
+        not in (
+            "row_index",
+            "instruction",
+            "input",
+            "output",
+            "source_index",
+            "messages",
+            "system",
+            "num_turns",
+            "source_format",
+        )
+    }
     return {
         "instruction": view_row.get("instruction") or "",
         "input": view_row.get("input") or "",

@@ -41,8 +41,11 @@ def funnel_stages(counts: Mapping[str, int], config: SelectConfig) -> list[tuple
         stages.append(
             ("branch", [(f"branch {b}", counts[f"branch_{b}"], COLORS[BRANCH_VIEW[b]]) for b in (1, 2, 3, 4)])
         )
-        passed = [(BRANCH_VIEW[b], counts[f"branch_{b}/passed"], COLORS[BRANCH_VIEW[b]])
-                  for b in (1, 2, 3, 4) if f"branch_{b}/passed" in counts]  # fmt: skip
+        passed = [
+            (BRANCH_VIEW[b], counts[f"branch_{b}/passed"], COLORS[BRANCH_VIEW[b]])
+            for b in (1, 2, 3, 4)
+            if f"branch_{b}/passed" in counts
+        ]
     else:
         passed = [("ori", counts["ifd/passed"], COLORS["ori"])]
     stages.append(("passed thresholds", passed))
@@ -90,8 +93,11 @@ def plot_histograms(
 ) -> Path | None:
     """IFD (top) and r-IFD (bottom) of each view, one column per view, with the rows kept from it overlaid."""
     views = [v for v in VARIANTS if scored.get(v)]
-    values = {(v, k): np.array([r[k] for r in scored[v] if r.get(k) is not None], dtype=float)
-              for v in views for k in ("ifd", "rifd")}  # fmt: skip
+    values = {
+        (v, k): np.array([r[k] for r in scored[v] if r.get(k) is not None], dtype=float)
+        for v in views
+        for k in ("ifd", "rifd")
+    }
     if not any(len(x) for x in values.values()):
         return None
     import matplotlib
@@ -118,8 +124,9 @@ def plot_histograms(
             if col == 0:
                 ax.set_ylabel("samples")
             ax.legend(frameon=False, fontsize=7)
-    fig.suptitle(f"Student statistics of the views; kept rows in colour; dashed: threshold ({config.policy} policy)",
-                 fontsize=10)  # fmt: skip
+    fig.suptitle(
+        f"Student statistics of the views; kept rows in colour; dashed: threshold ({config.policy} policy)", fontsize=10
+    )
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
@@ -185,25 +192,35 @@ else:
 
 
 def data_card(
-    result: SelectionResult, config: SelectConfig, scored: Mapping[str, Sequence[Mapping[str, Any]]],
+    result: SelectionResult,
+    config: SelectConfig,
+    scored: Mapping[str, Sequence[Mapping[str, Any]]],
     files: Mapping[str, Path],
-) -> str:  # fmt: skip
+) -> str:
     """Markdown: what went in, which models, the rule, the counts, the budgets, where the plots are."""
     from srt_trainer import __version__
 
     inputs = input_summary(config, scored)
     out = Path(config.output).name
-    lines = [f"# Data card: `{out}`", "",
-             f"{len(result.rows)} instruction-response pairs selected by the student from {result.counts['rows']} "
-             f"source rows with the `{config.policy}` policy of `srt select` (srt_trainer {__version__}), "
-             "Selective Reflection-Tuning (Li et al., ACL 2024 Findings).", "", "## Inputs", "",
-             "| view | pair | file | rows | with statistics | reflection status |",
-             "|---|---|---|---:|---:|---|"]  # fmt: skip
+    lines = [
+        f"# Data card: `{out}`",
+        "",
+        f"{len(result.rows)} instruction-response pairs selected by the student from {result.counts['rows']} "
+        f"source rows with the `{config.policy}` policy of `srt select` (srt_trainer {__version__}), "
+        "Selective Reflection-Tuning (Li et al., ACL 2024 Findings).",
+        "",
+        "## Inputs",
+        "",
+        "| view | pair | file | rows | with statistics | reflection status |",
+        "|---|---|---|---:|---:|---|",
+    ]
     pairs = {"ori": "(x0, y0)", "Q": "(x_ins, y_ins)", "A": "(x0, y_res)", "QA": "(x_ins, y_res')"}
     for view, s in inputs.items():
         status = ", ".join(f"{k}: {n}" for k, n in s["reflection_status"].items()) or "—"
-        lines.append(f"| {view} | {pairs[view]} | `{Path(s['file']).name if s['file'] else '(in memory)'}` | "
-                     f"{s['rows']} | {s['with_statistics']} | {status} |")  # fmt: skip
+        lines.append(
+            f"| {view} | {pairs[view]} | `{Path(s['file']).name if s['file'] else '(in memory)'}` | "
+            f"{s['rows']} | {s['with_statistics']} | {status} |"
+        )
     students = {json.dumps(s["student"], sort_keys=True) for s in inputs.values() if s["student"]}
     teachers = sorted({t for s in inputs.values() for t in s["teacher"]})
     lines += ["", "## Models", ""]
@@ -213,44 +230,75 @@ def data_card(
             lines.append("- Student (scored the pairs): " + ", ".join(f"{k} `{v}`" for k, v in d.items() if v))
     else:
         lines.append("- Student: not recorded beside the inputs (no `srt score` summary found).")
-    lines.append(f"- Teacher (rewrote the pairs): {', '.join(f'`{t}`' for t in teachers)}" if teachers else
-                 "- Teacher: not recorded in the inputs' columns.")  # fmt: skip
+    lines.append(
+        f"- Teacher (rewrote the pairs): {', '.join(f'`{t}`' for t in teachers)}"
+        if teachers
+        else "- Teacher: not recorded in the inputs' columns."
+    )
     fallbacks = {v: s["reflection_status"] for v, s in inputs.items() if set(s["reflection_status"]) - {"ok"}}
     if fallbacks:
-        text = "; ".join(f"{v}: " + ", ".join(f"{k} {n}" for k, n in st.items() if k != "ok")
-                         for v, st in fallbacks.items())  # fmt: skip
+        text = "; ".join(
+            f"{v}: " + ", ".join(f"{k} {n}" for k, n in st.items() if k != "ok") for v, st in fallbacks.items()
+        )
         lines.append(f"- Teacher fallbacks / failures (the original text was kept): {text}")
     lines += ["", "## Rule", ""]
     if config.policy == "paper":
         winners = config.keep_unaccepted_winners
-        lines += ["The released rule (SPEC 1.3); IFD = ppl(y|x)/ppl(y), r-IFD = ppl(x|y)/ppl(x) under the student:", "",
-                  "```", RULE_TEXT.format(
-                      r=config.rifd_threshold, i=config.ifd_threshold,
-                      b2=f"keep Q if rIFD(Q) < {config.rifd_threshold:g} and IFD(Q) < {config.ifd_threshold:g}"
-                      if winners else "not kept (as in the release)",
-                      b4=f"keep ori if rIFD(ori) < {config.rifd_threshold:g} and IFD(ori) < {config.ifd_threshold:g}"
-                      if winners else "not kept (as in the release)"), "```", ""]  # fmt: skip
+        lines += [
+            "The released rule (SPEC 1.3); IFD = ppl(y|x)/ppl(y), r-IFD = ppl(x|y)/ppl(x) under the student:",
+            "",
+            "```",
+            RULE_TEXT.format(
+                r=config.rifd_threshold,
+                i=config.ifd_threshold,
+                b2=f"keep Q if rIFD(Q) < {config.rifd_threshold:g} and IFD(Q) < {config.ifd_threshold:g}"
+                if winners
+                else "not kept (as in the release)",
+                b4=f"keep ori if rIFD(ori) < {config.rifd_threshold:g} and IFD(ori) < {config.ifd_threshold:g}"
+                if winners
+                else "not kept (as in the release)",
+            ),
+            "```",
+            "",
+        ]
         lines.append(
             "Threshold cuts are counted r-IFD first, then IFD, so each row is counted once. A rewrite "
             "identical to its source (a teacher fallback) is not accepted: it scores as its source does."
         )
     else:
         lines.append(f"Cherry_LLM-style: the original pairs only, kept when IFD < {config.ifd_threshold:g}.")
-    budget = [f"top_k = {config.top_k}" if config.top_k is not None else "",
-              f"top_p = {config.top_p:g}" if config.top_p is not None else ""]  # fmt: skip
+    budget = [
+        f"top_k = {config.top_k}" if config.top_k is not None else "",
+        f"top_p = {config.top_p:g}" if config.top_p is not None else "",
+    ]
     budget_text = " and ".join(b for b in budget if b)
-    lines += ["", f"Budget: {budget_text + ', the pairs with the highest IFD first' if budget_text else 'none'}.",
-              "", "## Counts", "", "| step | rows |", "|---|---:|"]  # fmt: skip
+    lines += [
+        "",
+        f"Budget: {budget_text + ', the pairs with the highest IFD first' if budget_text else 'none'}.",
+        "",
+        "## Counts",
+        "",
+        "| step | rows |",
+        "|---|---:|",
+    ]
     for key, n in result.counts.items():
         nested = "/" in key and key.rsplit("/", 1)[0] in result.counts
         lines.append(f"| {'&nbsp;' * 4 * nested}{key} | {n} |")
     if config.policy == "paper":
         lines += ["", "Branches: " + "; ".join(f"{b}: {t}" for b, t in BRANCH_TEXT.items()) + "."]
-    lines += ["", "## Files", "", f"- `{out}`: the kept pairs (`instruction`, `input`, `output`, `variant`, "
-              "`source_index`, `branch`, `ifd`, `rifd`, `ifd_ori`, `rifd_ori`), in source order."]  # fmt: skip
-    described = {"selection": "counts and configuration (JSON)", "decisions": "one decision per source row: "
-                 "branch, kept variant, cut reason, the statistics used", "funnel": "the funnel plot",
-                 "hist": "IFD / r-IFD histograms of each view"}  # fmt: skip
+    lines += [
+        "",
+        "## Files",
+        "",
+        f"- `{out}`: the kept pairs (`instruction`, `input`, `output`, `variant`, "
+        "`source_index`, `branch`, `ifd`, `rifd`, `ifd_ori`, `rifd_ori`), in source order.",
+    ]
+    described = {
+        "selection": "counts and configuration (JSON)",
+        "decisions": "one decision per source row: branch, kept variant, cut reason, the statistics used",
+        "funnel": "the funnel plot",
+        "hist": "IFD / r-IFD histograms of each view",
+    }
     for key, text in described.items():
         if key in files:
             lines.append(f"- `{files[key].name}`: {text}")
@@ -290,8 +338,12 @@ def write_selection(
     files["selection"].write_text(json.dumps(report, indent=2, ensure_ascii=False))
     files["decisions"] = write_rows(result.decisions, sidecar_path(output, "decisions.jsonl"))
     if config.plot:
-        files["funnel"] = plot_funnel(result.counts, config, sidecar_path(output, "funnel.png"),
-                                      title=f"{output.name}: selection funnel ({config.policy} policy)")  # fmt: skip
+        files["funnel"] = plot_funnel(
+            result.counts,
+            config,
+            sidecar_path(output, "funnel.png"),
+            title=f"{output.name}: selection funnel ({config.policy} policy)",
+        )
         hist = plot_histograms(scored, result, config, sidecar_path(output, "hist.png"))
         if hist:
             files["hist"] = hist

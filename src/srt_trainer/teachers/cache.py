@@ -27,8 +27,9 @@ from srt_trainer.teachers.base import Answer, Conversation, SamplingConfig
 logger = logging.getLogger(__name__)
 
 
-def cache_key(identity: Mapping[str, Any], messages: Sequence[Mapping[str, str]], sampling: SamplingConfig,
-              ask: int = 0) -> str:  # fmt: skip
+def cache_key(
+    identity: Mapping[str, Any], messages: Sequence[Mapping[str, str]], sampling: SamplingConfig, ask: int = 0
+) -> str:
     """sha256 of everything that decides an answer; ``ask`` > 0 names a re-ask, a distinct request."""
     payload = {
         "identity": dict(identity),
@@ -77,8 +78,9 @@ class ResponseCache:
         data = self.path.read_bytes()
         end = data.rfind(b"\n") + 1
         if end < len(data):  # a torn last line from a killed run: cut it off so appends stay line-aligned
-            logger.warning("%s: dropping a torn last line (%d bytes) left by an interrupted run",
-                           self.path, len(data) - end)  # fmt: skip
+            logger.warning(
+                "%s: dropping a torn last line (%d bytes) left by an interrupted run", self.path, len(data) - end
+            )
             self.torn_lines += 1
             with self.path.open("r+b") as f:
                 f.truncate(end)

@@ -56,8 +56,9 @@ class TransformersTeacher(Teacher):
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer(self.model_name, trust_remote_code=self.trust_remote_code)
         if self._model is None:
-            self._model = load_student(self.model_name, dtype=self.dtype, device=self.device,
-                                       trust_remote_code=self.trust_remote_code)  # fmt: skip
+            self._model = load_student(
+                self.model_name, dtype=self.dtype, device=self.device, trust_remote_code=self.trust_remote_code
+            )
         if getattr(self._tokenizer, "chat_template", None) is None:
             raise ValueError(f"teacher {self.model_name!r}: its tokenizer has no chat template")
         return self._model, self._tokenizer
@@ -65,8 +66,9 @@ class TransformersTeacher(Teacher):
     def render(self, conversation: Conversation) -> str:
         _, tokenizer = self.load()
         prefill = prefilled(conversation)
-        return tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=not prefill,
-                                             continue_final_message=prefill)  # fmt: skip
+        return tokenizer.apply_chat_template(
+            conversation, tokenize=False, add_generation_prompt=not prefill, continue_final_message=prefill
+        )
 
     def generate(self, conversations: Sequence[Conversation], sampling: SamplingConfig, on_answer: OnAnswer) -> None:
         import torch
@@ -76,8 +78,14 @@ class TransformersTeacher(Teacher):
         ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
         pad = tokenizer.pad_token_id
-        eos = {tokenizer.eos_token_id, *([model.generation_config.eos_token_id] if isinstance(
-            model.generation_config.eos_token_id, int) else (model.generation_config.eos_token_id or []))}  # fmt: skip
+        eos = {
+            tokenizer.eos_token_id,
+            *(
+                [model.generation_config.eos_token_id]
+                if isinstance(model.generation_config.eos_token_id, int)
+                else (model.generation_config.eos_token_id or [])
+            ),
+        }
         eos.discard(None)
         options: dict[str, Any] = {"max_new_tokens": sampling.max_tokens, "pad_token_id": pad}
         if sampling.temperature > 0:
@@ -95,8 +103,12 @@ class TransformersTeacher(Teacher):
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed + start)
             with torch.no_grad():  # use_cache: a training config may have turned the cache off
-                out = model.generate(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
-                                     use_cache=True, **options)  # fmt: skip
+                out = model.generate(
+                    input_ids=input_ids.to(model.device),
+                    attention_mask=mask.to(model.device),
+                    use_cache=True,
+                    **options,
+                )
             for row, i in enumerate(batch):
                 new = out[row, width:].tolist()
                 n = next((k for k, t in enumerate(new) if t in eos), len(new))

@@ -130,8 +130,12 @@ class OpenAITeacher(Teacher):
         self._rng = random.Random()
 
     def identity(self) -> dict[str, Any]:
-        return {"teacher": self.kind, "model": self.model_name, "base_url": self.base_url,
-                **({"extra_body": self.extra_body} if self.extra_body else {})}  # fmt: skip
+        return {
+            "teacher": self.kind,
+            "model": self.model_name,
+            "base_url": self.base_url,
+            **({"extra_body": self.extra_body} if self.extra_body else {}),
+        }
 
     def __repr__(self) -> str:  # never shows the key
         return f"OpenAITeacher(model={self.model_name!r}, base_url={self.base_url!r})"
@@ -150,17 +154,20 @@ class OpenAITeacher(Teacher):
     def generate(self, conversations: Sequence[Conversation], sampling: SamplingConfig, on_answer: OnAnswer) -> None:
         run_coroutine(self.agenerate(conversations, sampling, on_answer))
 
-    async def agenerate(self, conversations: Sequence[Conversation], sampling: SamplingConfig,
-                        on_answer: OnAnswer) -> None:  # fmt: skip
+    async def agenerate(
+        self, conversations: Sequence[Conversation], sampling: SamplingConfig, on_answer: OnAnswer
+    ) -> None:
         import openai
 
         # the client's own retries are off: this teacher retries, so it can honour Retry-After and count requests;
         # a pool the size of the concurrency (the default holds 1000) keeps the pool's per-request scans short
-        limits = type(openai.DEFAULT_CONNECTION_LIMITS)(max_connections=self.concurrency,
-                                                        max_keepalive_connections=self.concurrency)  # fmt: skip
+        limits = type(openai.DEFAULT_CONNECTION_LIMITS)(
+            max_connections=self.concurrency, max_keepalive_connections=self.concurrency
+        )
         http_client = openai.DefaultAsyncHttpxClient(limits=limits, timeout=self.timeout)
-        client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, max_retries=0, timeout=self.timeout,
-                                    http_client=http_client)  # fmt: skip
+        client = openai.AsyncOpenAI(
+            base_url=self.base_url, api_key=self._api_key, max_retries=0, timeout=self.timeout, http_client=http_client
+        )
         semaphore = asyncio.Semaphore(self.concurrency)
         refusals = {"streak": 0, "status": None, "ok": 0}
 
@@ -173,8 +180,10 @@ class OpenAITeacher(Teacher):
                 same = refusals["status"] == status
                 refusals["streak"], refusals["status"] = (refusals["streak"] + 1 if same else 1), status
                 if refusals["ok"] == 0 and refusals["streak"] >= min(self.fatal_after, len(conversations)):
-                    raise TeacherError(f"{self.base_url or 'api.openai.com'} refused {refusals['streak']} requests "
-                                       f"in a row and answered none: {answer.error}")  # fmt: skip
+                    raise TeacherError(
+                        f"{self.base_url or 'api.openai.com'} refused {refusals['streak']} requests "
+                        f"in a row and answered none: {answer.error}"
+                    )
             on_answer(j, answer)
 
         try:
@@ -244,8 +253,9 @@ class OpenAITeacher(Teacher):
             delay = wait if wait is not None else self.backoff(attempt)
             logger.debug("attempt %d failed (%s); retrying in %.2f s", attempt, error, delay)
             await asyncio.sleep(delay)
-        return Answer(text=None, error=f"{error} (after {self.max_retries + 1} attempts)",
-                      attempts=self.max_retries + 1), None  # fmt: skip
+        return Answer(
+            text=None, error=f"{error} (after {self.max_retries + 1} attempts)", attempts=self.max_retries + 1
+        ), None
 
 
 def _completion_text(response: Any) -> str:

@@ -62,15 +62,19 @@ def complete_all(
                     waiting.setdefault(keys[i], []).append(i)
                     continue
                 counts.cached += 1
-                _record(results[i], Answer(hit["text"], None, hit.get("prompt_tokens", 0),
-                                           hit.get("completion_tokens", 0), 0), cached=True)  # fmt: skip
+                _record(
+                    results[i],
+                    Answer(hit["text"], None, hit.get("prompt_tokens", 0), hit.get("completion_tokens", 0), 0),
+                    cached=True,
+                )
                 bar.update(1)
             if waiting:
                 to_send = [positions[0] for positions in waiting.values()]
                 counts.asked += len(to_send)
 
-                def on_answer(j: int, answer: Answer, to_send: list[int] = to_send, keys: dict = keys,
-                              waiting: dict = waiting) -> None:  # fmt: skip
+                def on_answer(
+                    j: int, answer: Answer, to_send: list[int] = to_send, keys: dict = keys, waiting: dict = waiting
+                ) -> None:
                     i = to_send[j]
                     if answer.text is not None:  # durable first, then used
                         cache.put(keys[i], answer, teacher=identity.get("teacher"), model=identity.get("model"))
@@ -115,8 +119,9 @@ def _record(result: ChatResult, answer: Answer, cached: bool) -> None:
     result.completion_tokens += answer.completion_tokens
 
 
-def _needs_reask(results: list[ChatResult], pending: list[int], validate: Callable[[str], bool] | None,
-                 last: bool) -> list[int]:  # fmt: skip
+def _needs_reask(
+    results: list[ChatResult], pending: list[int], validate: Callable[[str], bool] | None, last: bool
+) -> list[int]:
     again = []
     for i in pending:
         r = results[i]

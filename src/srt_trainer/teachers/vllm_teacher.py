@@ -27,8 +27,9 @@ class VLLMTeacher(Teacher):
 
     kind = "vllm"
 
-    def __init__(self, model: str | None = None, chunk_size: int = 512, trust_remote_code: bool = False,
-                 **engine_options: Any) -> None:  # fmt: skip
+    def __init__(
+        self, model: str | None = None, chunk_size: int = 512, trust_remote_code: bool = False, **engine_options: Any
+    ) -> None:
         self._vllm = import_vllm()  # fail at once, with the install hint, not after loading data
         from srt_trainer.models import resolve_model_path
 
@@ -44,19 +45,32 @@ class VLLMTeacher(Teacher):
     def generate(self, conversations: Sequence[Conversation], sampling: SamplingConfig, on_answer: OnAnswer) -> None:
         if self._llm is None:
             self._llm = self._vllm.LLM(model=self._path, **self.engine_options)
-        params = self._vllm.SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
-                                           max_tokens=sampling.max_tokens, seed=sampling.seed)  # fmt: skip
+        params = self._vllm.SamplingParams(
+            temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens, seed=sampling.seed
+        )
         # vLLM's chat() takes one prefill mode per call: group the conversations by it
         for prefill in (False, True):
             positions = [j for j, c in enumerate(conversations) if prefilled(c) == prefill]
             for start in range(0, len(positions), self.chunk_size):
                 chunk = positions[start : start + self.chunk_size]
-                outputs = self._llm.chat([list(conversations[j]) for j in chunk], params, use_tqdm=False,
-                                         add_generation_prompt=not prefill, continue_final_message=prefill)  # fmt: skip
+                outputs = self._llm.chat(
+                    [list(conversations[j]) for j in chunk],
+                    params,
+                    use_tqdm=False,
+                    add_generation_prompt=not prefill,
+                    continue_final_message=prefill,
+                )
                 for j, out in zip(chunk, outputs, strict=True):
                     completion = out.outputs[0]
-                    on_answer(j, Answer(text=completion.text, prompt_tokens=len(out.prompt_token_ids or []),
-                                        completion_tokens=len(completion.token_ids), attempts=1))  # fmt: skip
+                    on_answer(
+                        j,
+                        Answer(
+                            text=completion.text,
+                            prompt_tokens=len(out.prompt_token_ids or []),
+                            completion_tokens=len(completion.token_ids),
+                            attempts=1,
+                        ),
+                    )
 
     def close(self) -> None:
         self._llm = None

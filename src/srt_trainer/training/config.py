@@ -182,9 +182,12 @@ class SRTScriptArguments:
     )
     policy: str = field(
         default="paper",
-        metadata={"help": "Selection policy: 'paper' (the released rule, needs all four variants) or 'ifd' "
-                  "(Cherry_LLM-style, the original pairs only).", "choices": ["paper", "ifd"]},
-    )  # fmt: skip
+        metadata={
+            "help": "Selection policy: 'paper' (the released rule, needs all four variants) or 'ifd' "
+            "(Cherry_LLM-style, the original pairs only).",
+            "choices": ["paper", "ifd"],
+        },
+    )
     keep_unaccepted_winners: bool = field(
         default=False,
         metadata={"help": "Also keep the winners of branches 2 and 4 under the same thresholds."},

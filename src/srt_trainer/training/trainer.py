@@ -164,11 +164,19 @@ def select(script_args: SRTScriptArguments, score_files: dict[str, str | None], 
     state = get_state()
     if state.is_main_process:
         config = SelectConfig(
-            ori=score_files.get("ori"), q=score_files.get("Q"), a=score_files.get("A"), qa=score_files.get("QA"),
-            output=str(output), policy=script_args.policy, keep_unaccepted_winners=script_args.keep_unaccepted_winners,
-            ifd_threshold=script_args.ifd_threshold, rifd_threshold=script_args.rifd_threshold,
-            top_k=script_args.top_k, top_p=script_args.top_p, plot=script_args.plot,
-        )  # fmt: skip
+            ori=score_files.get("ori"),
+            q=score_files.get("Q"),
+            a=score_files.get("A"),
+            qa=score_files.get("QA"),
+            output=str(output),
+            policy=script_args.policy,
+            keep_unaccepted_winners=script_args.keep_unaccepted_winners,
+            ifd_threshold=script_args.ifd_threshold,
+            rifd_threshold=script_args.rifd_threshold,
+            top_k=script_args.top_k,
+            top_p=script_args.top_p,
+            plot=script_args.plot,
+        )
         run_select(config)
     state.wait_for_everyone()
     return output
@@ -216,12 +224,15 @@ def train(
     rejects = selection_dir / "train.rejects.jsonl"
     with state.main_process_first():  # the main process writes the rejects file, the others read the same rows
         rows = load_training_rows(data_file, rejects if state.is_main_process else None, script_args.data_format)
-    dataset = build_sft_dataset(rows, script_args.template, tokenizer, script_args.response_separator,
-                                source=str(data_file))  # fmt: skip
+    dataset = build_sft_dataset(
+        rows, script_args.template, tokenizer, script_args.response_separator, source=str(data_file)
+    )
     if state.is_main_process:
-        print(f"training on {len(dataset)} rows of {data_file} ({script_args.template} template); global batch "
-              f"{training_args.per_device_train_batch_size} × {training_args.gradient_accumulation_steps} × "
-              f"{training_args.world_size} = {_global_batch(training_args)}")  # fmt: skip
+        print(
+            f"training on {len(dataset)} rows of {data_file} ({script_args.template} template); global batch "
+            f"{training_args.per_device_train_batch_size} × {training_args.gradient_accumulation_steps} × "
+            f"{training_args.world_size} = {_global_batch(training_args)}"
+        )
         if report.files and mode == "dataset":
             report.copy_to(selection_dir)
 
@@ -244,11 +255,16 @@ def train(
         tokenizer.save_pretrained(str(out))
         trainer.save_state()
         summary = {
-            "train_rows": len(dataset), "data": str(data_file), "template": script_args.template,
-            "global_batch_size": _global_batch(training_args), "resumed_from": resume,
-            "global_step": trainer.state.global_step, "metrics": metrics, "selection": report.counts,
+            "train_rows": len(dataset),
+            "data": str(data_file),
+            "template": script_args.template,
+            "global_batch_size": _global_batch(training_args),
+            "resumed_from": resume,
+            "global_step": trainer.state.global_step,
+            "metrics": metrics,
+            "selection": report.counts,
             "script_args": asdict(script_args),
-        }  # fmt: skip
+        }
         (out / "srt_train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
         what = "adapter" if model_args.use_peft else "model"
         loss = metrics.get("train_loss", float("nan"))
@@ -257,9 +273,13 @@ def train(
     if finish and hasattr(trainer, "end"):
         trainer.end()  # transformers ≥ 5.18: finish the trackers and the process group
     return TrainOutcome(
-        output_dir=out, global_step=trainer.state.global_step, train_rows=len(dataset), resumed_from=resume,
-        metrics=metrics, selection=report,
-    )  # fmt: skip
+        output_dir=out,
+        global_step=trainer.state.global_step,
+        train_rows=len(dataset),
+        resumed_from=resume,
+        metrics=metrics,
+        selection=report,
+    )
 
 
 def _global_batch(args: SRTSFTConfig) -> int:
