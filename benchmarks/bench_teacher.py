@@ -6,8 +6,8 @@ it isolates the client's scheduling from any model's speed).
 
 - release: lock-step batches of 10 requests through ``asyncio.gather``; when any request of a batch fails, sleep
   and send the whole batch again (as the released scripts did, which pays again for the answers that had come back).
-- ours: ``complete_all`` with ``OpenAITeacher(concurrency=64)``: per-request retries with backoff and jitter, each
-  answer appended to the durable cache (fsync'd) as it arrives.
+- ours: ``complete_all`` with ``OpenAITeacher(concurrency=64)``: per-request retries (the openai client's backoff
+  and jitter), each answer appended to the durable cache (fsync'd) as it arrives.
 
     python benchmarks/bench_teacher.py                       # 500 requests, 200 ms, 2% errors
     python benchmarks/bench_teacher.py --n 2000 --latency 0.5 --error-rate 0.05
@@ -146,9 +146,7 @@ def run_release(base_url: str, convs: list, batch_size: int, error_sleep: float)
 
 
 def run_ours(base_url: str, convs: list, concurrency: int, cache_dir: Path) -> dict:
-    teacher = OpenAITeacher(
-        model="stub", base_url=base_url, concurrency=concurrency, max_retries=8, backoff_base=0.2, timeout=60
-    )
+    teacher = OpenAITeacher(model="stub", base_url=base_url, concurrency=concurrency, max_retries=8, timeout=60)
     results, counts = complete_all(
         teacher, convs, SamplingConfig(max_tokens=64), cache_dir / "cache.jsonl", progress=False
     )

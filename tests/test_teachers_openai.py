@@ -10,7 +10,6 @@ import pytest
 
 from srt_trainer.reflection import load_prompt, parse_instruction_reflection, parse_response_reflection, reflect
 from srt_trainer.teachers import SamplingConfig, TeacherError, build_teacher, complete_all, load_cache_entries
-from srt_trainer.teachers.openai_teacher import retry_after_seconds
 from tests.serving import FaultPlan, FaultProxy, prompt_hash
 
 TIMEOUT = 8.0  # per request; a real answer of a few tokens takes about a second here
@@ -25,6 +24,15 @@ def _files_containing(root, secret: str) -> list[str]:
 
 
 def test_retry_after_forms():
+    """The teacher leaves Retry-After to the openai client: every form it honours is read there."""
+    import httpx2
+    import openai
+
+    parse = openai.AsyncOpenAI(api_key="EMPTY", base_url="http://127.0.0.1:9/v1")._parse_retry_after_header
+
+    def retry_after_seconds(headers: dict) -> float | None:
+        return parse(httpx2.Headers(headers))
+
     assert retry_after_seconds({"retry-after": "2"}) == 2.0
     assert retry_after_seconds({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
     later = email.utils.formatdate(time.time() + 30, usegmt=True)
@@ -51,8 +59,6 @@ def test_faults_are_retried_counted_and_nothing_is_lost(
             concurrency=2,
             timeout=TIMEOUT,
             max_retries=3,
-            backoff_base=0.05,
-            backoff_max=0.2,
         )
         assert secret not in repr(teacher)
         result = reflect(

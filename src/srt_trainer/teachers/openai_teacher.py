@@ -1,21 +1,21 @@
 """Any OpenAI-compatible chat endpoint (OpenAI, vLLM / SGLang / TGI servers, ``transformers serve``).
 
-Requests go through the official ``openai`` async client with its own retries off: this module retries with
-exponential backoff and jitter, honours ``Retry-After`` on 429, retries 5xx, time-outs, dropped connections and
-unreadable bodies, and counts every request it sends. At most ``concurrency`` requests are in flight.
+Requests go through the official ``openai`` async client, which retries what a retry can fix: 408, 409, 429 and
+5xx answers, time-outs and dropped connections, with exponential backoff and jitter (0.5 s doubling up to 8 s) and
+the server's ``Retry-After`` (``retry-after-ms``, seconds or an HTTP date, up to two minutes). This teacher adds what
+the client lacks: a 200 whose body is not a usable chat completion is sent again within the same budget of
+``max_retries + 1`` requests; every request sent is counted (the client reports its retries); 401, 403 and 404
+stop the run at once, as does the same 4xx refusing every request. At most ``concurrency`` requests are in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import logging
 import os
-import random
-import threading
-import time
 from collections.abc import Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from srt_trainer.teachers.base import Answer, Conversation, OnAnswer, SamplingConfig, Teacher, TeacherError
@@ -25,7 +25,9 @@ logger = logging.getLogger(__name__)
 API_KEY_ENV = "OPENAI_API_KEY"
 # 4xx answers that mean the whole run is misconfigured, not that one prompt is bad
 FATAL_STATUSES = (401, 403, 404)
-RETRY_STATUSES = (408, 409, 425, 429)
+# 4xx answers the client retries itself (like every 5xx)
+CLIENT_RETRIED = (408, 409, 429)
+RETRY_COUNT_HEADER = "x-stainless-retry-count"  # the openai client numbers each request of a call's retries
 
 
 class InvalidResponse(ValueError):
@@ -33,49 +35,21 @@ class InvalidResponse(ValueError):
 
 
 def run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
-    """Run a coroutine from sync code, also when the caller already runs an event loop (a notebook)."""
+    """Run a coroutine from sync code. Inside a running event loop (a notebook) ``asyncio.run`` cannot nest, so the
+    coroutine gets a loop of its own in a worker thread there."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.run(coro)
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = asyncio.run(coro)
-        except BaseException as e:  # re-raised in the caller's thread
-            box["error"] = e
-
-    thread = threading.Thread(target=target, name="srt-teacher")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
+    with ThreadPoolExecutor(1, thread_name_prefix="srt-teacher") as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
-def retry_after_seconds(headers: Any) -> float | None:
-    """The server's requested wait from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date)."""
-    if headers is None:
-        return None
-    value = headers.get("retry-after-ms")
-    if value:
-        try:
-            return max(0.0, float(value) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+def _requests_sent(error: Any, max_retries: int) -> int:
+    """Requests the client sent for a call that raised ``error``: the retry number of its last request, plus one."""
+    request = getattr(getattr(error, "response", None), "request", None) or getattr(error, "request", None)
+    count = getattr(request, "headers", {}).get(RETRY_COUNT_HEADER) if request is not None else None
+    return int(count) + 1 if count is not None and str(count).isdigit() else max_retries + 1
 
 
 class OpenAITeacher(Teacher):
@@ -86,10 +60,9 @@ class OpenAITeacher(Teacher):
         base_url: the endpoint, e.g. ``http://127.0.0.1:8000/v1`` (None: api.openai.com).
         api_key: normally None, read from ``OPENAI_API_KEY`` (a local server accepts any key: "EMPTY" is sent).
         concurrency: requests in flight at most.
-        max_retries: transport retries per request (429, 5xx, time-out, dropped connection, unreadable body).
+        max_retries: requests sent again per conversation after the first (the client's retries of 408, 409, 429,
+            5xx, time-outs and dropped connections, and this teacher's re-sends of an unusable body).
         timeout: seconds per request.
-        backoff_base / backoff_max: exponential backoff (with jitter) bounds, in seconds.
-        max_retry_after: the longest ``Retry-After`` honoured, in seconds.
         extra_body: extra JSON fields of each request (e.g. vLLM's ``continue_final_message``).
         fatal_after: stop the run when this many requests in a row were refused with the same 4xx and none
             succeeded (a wrong model name refused as 400 would otherwise fail every row one by one).
@@ -105,9 +78,6 @@ class OpenAITeacher(Teacher):
         concurrency: int = 64,
         max_retries: int = 8,
         timeout: float = 120.0,
-        backoff_base: float = 1.0,
-        backoff_max: float = 60.0,
-        max_retry_after: float = 120.0,
         extra_body: dict[str, Any] | None = None,
         fatal_after: int = 8,
     ) -> None:
@@ -122,12 +92,8 @@ class OpenAITeacher(Teacher):
         self.concurrency = max(1, int(concurrency))
         self.max_retries = max(0, int(max_retries))
         self.timeout = float(timeout)
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
-        self.max_retry_after = max_retry_after
         self.extra_body = dict(extra_body or {})
         self.fatal_after = fatal_after
-        self._rng = random.Random()
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -146,11 +112,6 @@ class OpenAITeacher(Teacher):
             text = text.replace(self._api_key, "***")
         return text
 
-    def backoff(self, attempt: int) -> float:
-        """Exponential backoff with jitter: half fixed, half random, so synchronized clients spread out."""
-        cap = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
-        return cap * (0.5 + 0.5 * self._rng.random())
-
     def generate(self, conversations: Sequence[Conversation], sampling: SamplingConfig, on_answer: OnAnswer) -> None:
         run_coroutine(self.agenerate(conversations, sampling, on_answer))
 
@@ -159,14 +120,17 @@ class OpenAITeacher(Teacher):
     ) -> None:
         import openai
 
-        # the client's own retries are off: this teacher retries, so it can honour Retry-After and count requests;
         # a pool the size of the concurrency (the default holds 1000) keeps the pool's per-request scans short
         limits = type(openai.DEFAULT_CONNECTION_LIMITS)(
             max_connections=self.concurrency, max_keepalive_connections=self.concurrency
         )
         http_client = openai.DefaultAsyncHttpxClient(limits=limits, timeout=self.timeout)
         client = openai.AsyncOpenAI(
-            base_url=self.base_url, api_key=self._api_key, max_retries=0, timeout=self.timeout, http_client=http_client
+            base_url=self.base_url,
+            api_key=self._api_key,
+            max_retries=self.max_retries,
+            timeout=self.timeout,
+            http_client=http_client,
         )
         semaphore = asyncio.Semaphore(self.concurrency)
         refusals = {"streak": 0, "status": None, "ok": 0}
@@ -213,49 +177,52 @@ class OpenAITeacher(Teacher):
         return kwargs
 
     async def _ask(self, client: Any, messages: Conversation, sampling: SamplingConfig) -> tuple[Answer, int | None]:
-        """One conversation, retried on transport errors. Returns the answer and, for a refusal that retrying
-        cannot fix (a 4xx), its status."""
+        """One conversation, through the client's retries; a 200 without a usable completion is sent again while the
+        budget of ``max_retries + 1`` requests lasts. Returns the answer and, for a refusal that retrying cannot fix
+        (a 4xx the client does not retry), its status."""
         import openai
 
         kwargs = self._request_kwargs(messages, sampling)
-        error = "no request sent"
-        for attempt in range(1, self.max_retries + 2):
-            wait: float | None = None
+        budget = self.max_retries + 1
+        sent = 0
+        while True:
+            retries = budget - sent - 1
+            caller = client if sent == 0 else client.with_options(max_retries=retries)
             try:
-                response = await client.chat.completions.create(**kwargs)
-                text = _completion_text(response)
-                usage = getattr(response, "usage", None)
-                return Answer(
-                    text=text,
-                    prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-                    completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-                    attempts=attempt,
-                ), None
+                raw = await caller.chat.completions.with_raw_response.create(**kwargs)
             except openai.APIStatusError as e:
-                status = e.status_code
-                error = self.scrub(f"HTTP {status}: {_status_message(e)}")
-                if status in FATAL_STATUSES:
+                sent += _requests_sent(e, retries)
+                error = self.scrub(f"HTTP {e.status_code}: {_status_message(e)}")
+                if e.status_code in FATAL_STATUSES:
                     raise TeacherError(f"{self.base_url or 'api.openai.com'} refused the request: {error}") from None
-                if status < 500 and status not in RETRY_STATUSES:
-                    return Answer(text=None, error=error, attempts=attempt), status
-                if status == 429:
-                    wait = retry_after_seconds(e.response.headers)
-                    if wait is not None:
-                        wait = min(wait, self.max_retry_after) + self._rng.uniform(0, 0.1 * wait + 0.05)
-            except openai.APITimeoutError:
-                error = f"timed out after {self.timeout:g} s"
-            except openai.APIConnectionError as e:
-                error = self.scrub(f"connection error: {e.__cause__ or e}")
+                if e.status_code < 500 and e.status_code not in CLIENT_RETRIED:
+                    return Answer(text=None, error=error, attempts=sent), e.status_code
+                return Answer(text=None, error=f"{error} (after {sent} attempts)", attempts=sent), None
+            except openai.APIConnectionError as e:  # time-outs included
+                sent += _requests_sent(e, retries)
+                if isinstance(e, openai.APITimeoutError):
+                    error = f"timed out after {self.timeout:g} s"
+                else:
+                    error = self.scrub(f"connection error: {e.__cause__ or e}")
+                return Answer(text=None, error=f"{error} (after {sent} attempts)", attempts=sent), None
+            sent += raw.retries_taken + 1
+            try:
+                response = raw.parse()
+                text = _completion_text(response)
             except (json.JSONDecodeError, InvalidResponse, openai.APIResponseValidationError) as e:
                 error = self.scrub(f"unreadable response: {type(e).__name__}: {e}")[:300]
-            if attempt > self.max_retries:
-                break
-            delay = wait if wait is not None else self.backoff(attempt)
-            logger.debug("attempt %d failed (%s); retrying in %.2f s", attempt, error, delay)
-            await asyncio.sleep(delay)
-        return Answer(
-            text=None, error=f"{error} (after {self.max_retries + 1} attempts)", attempts=self.max_retries + 1
-        ), None
+                if sent < budget:
+                    logger.debug("request %d: %s; sending it again", sent, error)
+                    continue
+                return Answer(text=None, error=f"{error} (after {sent} attempts)", attempts=sent), None
+            usage = getattr(response, "usage", None)
+            answer = Answer(
+                text=text,
+                prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+                completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+                attempts=sent,
+            )
+            return answer, None
 
 
 def _completion_text(response: Any) -> str:
