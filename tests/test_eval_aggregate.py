@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from srt_trainer.cli import main as srt_main
 from srt_trainer.evaluation.aggregate import aggregate_records, judge_item, load_review_records
-from srt_trainer.evaluation.judge import parse_scores, review_messages
+from srt_trainer.evaluation.judge import review_messages
+from srt_trainer.evaluation.scores import parse_scores
 
 
 @pytest.mark.parametrize(
@@ -199,8 +201,8 @@ def test_srt_eval_aggregate_json(review_files, capsys):
 def test_srt_eval_aggregate_bad_file_names_it(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"review": "8 6", "review_reverse": "6 8"}\n{"review": \n')
-    with pytest.raises(SystemExit, match=r"bad.jsonl: .*line 2 is not valid JSON"):
-        srt_main(["eval", "aggregate", "--reviews", str(bad)])
+    assert srt_main(["eval", "aggregate", "--reviews", str(bad)]) == 2
+    assert re.search(r"^srt eval aggregate: .*bad.jsonl: .*line 2 is not valid JSON", capsys.readouterr().err)
 
 
 def test_srt_eval_lists_its_commands(capsys):

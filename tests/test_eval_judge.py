@@ -16,7 +16,8 @@ import pytest
 
 from srt_trainer.cli import main as srt_main
 from srt_trainer.evaluation.aggregate import aggregate_records, judge_item
-from srt_trainer.evaluation.judge import parse_scores, question_text, review_messages
+from srt_trainer.evaluation.judge import question_text, review_messages
+from srt_trainer.evaluation.scores import parse_scores
 from srt_trainer.io import read_rows
 
 ITEMS = 2

@@ -263,7 +263,7 @@ def test_out_of_memory_halves_the_budget_and_repacks(engine, tiny_models, alpaca
 def test_score_config_engine():
     from trl import TrlParser
 
-    from srt_trainer.scoring.cli import ScoreConfig
+    from srt_trainer.scoring import ScoreConfig
 
     (config,) = TrlParser(ScoreConfig).parse_args_and_config(
         ["--data", "x.json", "--output", "y.jsonl", "--engine", "padded"]

@@ -9,6 +9,7 @@ import pytest
 
 from srt_trainer.io import read_rows, write_rows
 from srt_trainer.selection import SelectConfig, SelectionInputError, run_select, select_rows, write_selection
+from srt_trainer.selection.cli import format_result
 
 # Per source row: (ifd, rifd) of ori, Q, A, QA; None = no statistics. Comments give the hand-derived outcome.
 SPEC_ROWS = [
@@ -226,7 +227,7 @@ def test_nan_statistics_count_as_missing():
     assert_consistent(res.counts)
 
 
-def test_run_select_reads_json_jsonl_parquet_and_writes_the_report(tmp_path: Path, capsys):
+def test_run_select_reads_json_jsonl_parquet_and_writes_the_report(tmp_path: Path):
     views = make_views()
     files = {
         "ori": tmp_path / "ori.json",
@@ -258,7 +259,7 @@ def test_run_select_reads_json_jsonl_parquet_and_writes_the_report(tmp_path: Pat
     card = (tmp_path / "sel.card.md").read_text()
     assert "| branch_1/cut_rifd | 1 |" not in card  # nested keys are indented
     assert "cut_rifd | 1 |" in card and "fallback 1" in card and "![Funnel](sel.funnel.png)" in card
-    printed = capsys.readouterr().out
+    printed = format_result(res, config.policy)  # what `srt select` prints
     assert "branch_1" in printed and "wrote" in printed and "sel.card.md" in printed
 
     # a bad line in an input names the file and the row

@@ -28,7 +28,7 @@ def scored_files(alpaca_rows, embedded_dir, embedded_tokenizer, tmp_path_factory
 
     Short real rows and a bfloat16 student keep the four `srt score` runs to seconds on two CPU cores."""
     from srt_trainer.models import load_student
-    from srt_trainer.scoring.cli import ScoreConfig, run_score
+    from srt_trainer.scoring import ScoreConfig, run_score
 
     d = tmp_path_factory.mktemp("select")
     short = [
@@ -157,14 +157,14 @@ def test_srt_select_refuses_misaligned_inputs(scored_files, tmp_path, capsys):
     short = tmp_path / "a_short.jsonl"
     short.write_text("".join(scored_files["a"].read_text().splitlines(keepends=True)[:-1]))
     files = {**scored_files, "a": short}
-    assert _select(files, tmp_path / "x.jsonl") == 1
+    assert _select(files, tmp_path / "x.jsonl") == 2
     err = capsys.readouterr().err
     assert f"srt select: {short} (A): {N - 1} rows, but {scored_files['ori']} (ori) has {N}" in err
     assert not (tmp_path / "x.jsonl").exists()
 
 
 def test_srt_select_ifd_policy_needs_only_the_originals(scored_files, tmp_path, capsys):
-    assert main(["select", "--ori", str(scored_files["ori"]), "--output", str(tmp_path / "o.jsonl")]) == 1
+    assert main(["select", "--ori", str(scored_files["ori"]), "--output", str(tmp_path / "o.jsonl")]) == 2
     assert "srt select: --q, --a, --qa required (the 'paper' policy)" in capsys.readouterr().err
     out = tmp_path / "cherry.jsonl"
     assert main(["select", "--policy", "ifd", "--ori", str(scored_files["ori"]), "--output", str(out)]) == 0

@@ -1,7 +1,8 @@
 """The ``srt`` command: one sub-command per pipeline stage.
 
 Each stage parses its own dataclass config (TRL style: ``--config file.yaml`` plus CLI overrides), so
-``srt STAGE --help`` lists that stage's options with their docstrings.
+``srt STAGE --help`` lists that stage's options with their docstrings. Every stage exits 0 when done, 2 on a
+user error (one line on stderr) and 1 on a bug (with its traceback): see ``srt_trainer.errors``.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from srt_trainer.errors import EXIT_USER_ERROR
+
 
 @dataclass(frozen=True)
 class Stage:
     help: str
-    entry: str | None  # "module:function" taking argv; None while the stage is not built yet
+    entry: str  # "module:function" taking argv, returning the exit status
 
 
 STAGES: dict[str, Stage] = {
@@ -24,7 +27,9 @@ STAGES: dict[str, Stage] = {
     "reflect": Stage("rewrite instructions or responses with a teacher LLM", "srt_trainer.reflection.cli:main"),
     "select": Stage("keep the rewrites the student accepts", "srt_trainer.selection.cli:main"),
     "train": Stage("fine-tune the student on the selected data with TRL's SFTTrainer", "srt_trainer.training.cli:main"),
-    "run": Stage("the main job: reflect, score, select and train end to end from one config", "srt_trainer.run:main"),
+    "run": Stage(
+        "the main job: reflect, score, select and train end to end from one config", "srt_trainer.run.cli:main"
+    ),
     "eval": Stage("generate answers, judge them pairwise, aggregate win/tie/lose", "srt_trainer.evaluation.cli:main"),
 }
 
@@ -40,8 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"srt_trainer {__version__}")
     sub = parser.add_subparsers(dest="stage", metavar="STAGE", title="stages")
     for name, stage in STAGES.items():
-        label = stage.help if stage.entry else f"{stage.help} [not built yet]"
-        sub.add_parser(name, help=label, add_help=False)
+        sub.add_parser(name, help=stage.help, add_help=False)
     return parser
 
 
@@ -51,15 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if args.stage is None:
         parser.print_help()
-        return 2
-    stage = STAGES[args.stage]
-    if stage.entry is None:
-        print(
-            f"srt {args.stage}: this stage is not built yet in srt_trainer; see the README for what exists today.",
-            file=sys.stderr,
-        )
-        return 2
-    module, func = stage.entry.split(":")
+        return EXIT_USER_ERROR
+    module, func = STAGES[args.stage].entry.split(":")
     return int(getattr(importlib.import_module(module), func)(rest) or 0)
 
 

@@ -18,23 +18,10 @@ import datasets
 
 from srt_trainer.data.formats import FORMATS, NORMALIZED_COLUMNS, detect_format, normalize_row
 from srt_trainer.data.rejects import Reject, RowError, summarize_rejects, write_rejects
+from srt_trainer.io import DataLoadError, RawRow, format_of
+from srt_trainer.io import iter_raw_rows as iter_file_rows
 
 logger = logging.getLogger(__name__)
-
-JSONL_SUFFIXES = (".jsonl", ".ndjson")
-
-
-class DataLoadError(RuntimeError):
-    """The source cannot be read at all (missing, unreadable, not the expected container)."""
-
-
-@dataclass
-class RawRow:
-    row: int
-    value: Any
-    line: int | None = None
-    text: str | None = None  # the raw line, for rows that did not even parse
-    error: str | None = None
 
 
 @dataclass
@@ -49,59 +36,6 @@ class LoadedData:
 
     def write_rejects(self, path: str | Path) -> Path:
         return write_rejects(self.rejects, path)
-
-
-def _read_json(path: Path) -> Iterator[RawRow]:
-    try:
-        with path.open(encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataLoadError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataLoadError(f"{path}: cannot be read: {e}") from e
-    if isinstance(data, dict) and isinstance(data.get("data"), list):
-        data = data["data"]
-    if not isinstance(data, list):
-        raise DataLoadError(f"{path}: expected a JSON list of rows (or an object with a 'data' list)")
-    for i, value in enumerate(data):
-        yield RawRow(row=i, value=value)
-
-
-def _read_jsonl(path: Path) -> Iterator[RawRow]:
-    try:
-        f = path.open(encoding="utf-8")
-    except OSError as e:
-        raise DataLoadError(f"{path}: cannot be read: {e}") from e
-    with f:
-        row = 0
-        try:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield RawRow(row=row, value=json.loads(line), line=line_no)
-                except json.JSONDecodeError as e:
-                    yield RawRow(
-                        row=row,
-                        value=None,
-                        line=line_no,
-                        text=line.rstrip("\n"),
-                        error=f"invalid JSON: {e.msg} (column {e.colno})",
-                    )
-                row += 1
-        except UnicodeDecodeError as e:
-            raise DataLoadError(f"{path}: not UTF-8 text near row {row}: {e}") from e
-
-
-def _read_parquet(path: Path) -> Iterator[RawRow]:
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except Exception as e:  # pyarrow raises several unrelated types for unreadable files
-        raise DataLoadError(f"{path}: not a readable Parquet file: {e}") from e
-    for i, value in enumerate(table.to_pylist()):
-        yield RawRow(row=i, value=value)
 
 
 def _read_dataset(ds: datasets.Dataset) -> Iterator[RawRow]:
@@ -131,19 +65,15 @@ def _open_hub_dataset(name: str, split: str) -> datasets.Dataset:
 
 
 def iter_raw_rows(source: str | Path, split: str = "train") -> Iterator[RawRow]:
-    """Raw rows of a source, each with its position; raises ``DataLoadError`` when the source is unreadable."""
+    """Raw rows of a source (a row file, a ``save_to_disk`` folder or a hub id), each with its position; raises
+    ``DataLoadError`` when the source is unreadable."""
     path = Path(source)
     if path.is_dir():
         return _read_dataset(_open_dataset_folder(path, split))
     if path.is_file():
-        name = path.name.lower()
-        if name.endswith(JSONL_SUFFIXES):
-            return _read_jsonl(path)
-        if name.endswith(".json"):
-            return _read_json(path)
-        if name.endswith(".parquet"):
-            return _read_parquet(path)
-        raise DataLoadError(f"{path}: unknown file type (expected .json, .jsonl, .parquet or a dataset folder)")
+        if format_of(path) is None:
+            raise DataLoadError(f"{path}: unknown file type (expected .json, .jsonl, .parquet or a dataset folder)")
+        return iter_file_rows(path)
     if path.suffix or str(source).startswith((".", "/")) or str(source).count("/") > 1:
         raise DataLoadError(f"{source}: no such file or folder")
     return _read_dataset(_open_hub_dataset(str(source), split))

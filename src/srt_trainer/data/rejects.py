@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from srt_trainer.io import sidecar_path, write_rows
 
 
 @dataclass
@@ -41,19 +42,12 @@ class RowError(ValueError):
 
 def rejects_path_for(output: str | Path) -> Path:
     """Where the rejects of a stage writing ``output`` go: beside it, ``<stem>.rejects.jsonl``."""
-    from srt_trainer.io import sidecar_path
-
     return sidecar_path(output, "rejects.jsonl")
 
 
 def write_rejects(rejects: Iterable[Reject], path: str | Path) -> Path:
     """Write rejects as JSONL (an empty file when there are none, so a stale file never misleads)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for r in rejects:
-            f.write(json.dumps(asdict(r), ensure_ascii=False) + "\n")
-    return path
+    return write_rows([asdict(r) for r in rejects], path)
 
 
 def summarize_rejects(rejects: list[Reject], limit: int = 5) -> str:

@@ -2,21 +2,30 @@
 
 from srt_trainer.evaluation.aggregate import (
     Aggregate,
+    AggregateRun,
     ItemOutcome,
     Tally,
+    aggregate_file,
     aggregate_records,
     judge_item,
     load_review_records,
     outcome_from_scores,
 )
-from srt_trainer.evaluation.judge import parse_scores, review_messages
+from srt_trainer.evaluation.config import AggregateConfig, GenerateConfig, JudgeConfig
+from srt_trainer.evaluation.judge import review_messages
+from srt_trainer.evaluation.scores import parse_scores
 from srt_trainer.evaluation.test_sets import TestSet, read_test_set, read_test_sets
 
 __all__ = [
     "Aggregate",
+    "AggregateConfig",
+    "AggregateRun",
+    "GenerateConfig",
     "ItemOutcome",
+    "JudgeConfig",
     "Tally",
     "TestSet",
+    "aggregate_file",
     "aggregate_records",
     "judge_item",
     "load_review_records",

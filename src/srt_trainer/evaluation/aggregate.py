@@ -11,12 +11,13 @@ A review whose scores cannot be read is a failure: reported, never counted (in p
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from srt_trainer.evaluation.judge import parse_scores
+from srt_trainer.evaluation.scores import parse_scores
+from srt_trainer.io import DataLoadError, iter_raw_rows, sidecar_path, sniff_format
 
 OUTCOMES = ("win", "tie", "lose")
 OVERALL = "overall"
@@ -151,35 +152,16 @@ def aggregate_records(records: Iterable[Any], default_test_set: str = "all") -> 
 
 
 def load_review_records(path: str | Path) -> list[Any]:
-    """Records of a JSON list, a JSON object with a ``data`` list, JSONL, or Parquet."""
+    """Records of a JSON list, a JSON object with a ``data`` list, JSONL (whatever the file's extension), or
+    Parquet; a line that is not JSON raises ``DataLoadError`` naming the file and the line."""
     path = Path(path)
-    if path.name.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    text = path.read_text(encoding="utf-8")
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
-    if stripped.startswith("{"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            data = None  # JSONL: one object per line
-        if isinstance(data, dict):
-            if isinstance(data.get("data"), list):
-                return data["data"]
-            return [data]
     records: list[Any] = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {line_no} is not valid JSON ({e.msg}, column {e.colno})") from e
+    for raw in iter_raw_rows(path, sniff_format(path)):
+        if raw.error is not None:
+            raise DataLoadError(
+                f"{path}: line {raw.line} is not valid JSON ({raw.error.removeprefix('invalid JSON: ')})"
+            )
+        records.append(raw.value)
     return records
 
 
@@ -275,8 +257,6 @@ def format_table(agg: Aggregate) -> str:
 
 def write_reports(agg: Aggregate, stem_path: Path, source: str | None = None, plot: bool = True) -> dict[str, str]:
     """Write ``<stem>.aggregate.json``, ``.md`` and (with ``plot``) ``.png``; returns their paths."""
-    from srt_trainer.io import sidecar_path
-
     stem_path.parent.mkdir(parents=True, exist_ok=True)
     paths: dict[str, str] = {}
     chart = None
@@ -292,5 +272,21 @@ def write_reports(agg: Aggregate, stem_path: Path, source: str | None = None, pl
     return paths
 
 
-def aggregate_files(paths: Sequence[str | Path]) -> list[tuple[Path, Aggregate]]:
-    return [(Path(p), aggregate_records(load_review_records(p))) for p in paths]
+@dataclass
+class AggregateRun:
+    """One reviews file aggregated: the tallies and the reports written."""
+
+    file: Path
+    aggregate: Aggregate
+    reports: dict[str, str]
+
+
+def aggregate_file(path: str | Path, output_dir: str | Path | None = None, plot: bool = True) -> AggregateRun:
+    """Aggregate a reviews file and write its reports (``<stem>.aggregate.json``, ``.md``, ``.png``) beside it or
+    into ``output_dir``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataLoadError(f"{path}: no such file")
+    agg = aggregate_records(load_review_records(path))
+    stem = Path(output_dir) / path.name if output_dir else path
+    return AggregateRun(path, agg, write_reports(agg, stem, source=str(path), plot=plot))

@@ -8,11 +8,11 @@ srt eval aggregate --reviews reviews.jsonl [--json] [--output_dir DIR]
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+
+from srt_trainer.errors import EXIT_OK, EXIT_USER_ERROR, run_cli
+from srt_trainer.evaluation.config import AggregateConfig, GenerateConfig, JudgeConfig
 
 COMMANDS = {
     "generate": "answers of a model (base, base + adapter, or merged) to test sets",
@@ -21,65 +21,73 @@ COMMANDS = {
 }
 
 
-@dataclass
-class AggregateConfig:
-    """Options of ``srt eval aggregate`` (YAML via ``--config``; every field also a flag)."""
+def generate(argv: Sequence[str], prog: str) -> None:
+    from trl import TrlParser
 
-    reviews: list[str] = field(
-        default_factory=list,
-        metadata={
-            "help": "Review files (JSON list, JSONL, or a JSON object with a 'data' list) of records with "
-            "'review' and 'review_reverse'."
-        },
-    )
-    json: bool = field(default=False, metadata={"help": "Print a JSON object per file instead of the summary line."})
-    output_dir: str | None = field(
-        default=None,
-        metadata={"help": "Where the chart, markdown and JSON reports go (default: beside each reviews file)."},
-    )
-    plot: bool = field(default=True, metadata={"help": "Write the stacked win / tie / lose bar chart (PNG)."})
+    from srt_trainer.data import summarize_rejects
+    from srt_trainer.evaluation.generate import run_generate
 
-
-def run_aggregate(config: AggregateConfig) -> list[dict]:
-    """Aggregate each reviews file: one line (or JSON object) per file on stdout, details on stderr."""
-    from srt_trainer.evaluation.aggregate import (
-        aggregate_records,
-        format_table,
-        load_review_records,
-        summary_line,
-        write_reports,
+    (config,) = TrlParser(GenerateConfig, prog=prog).parse_args_and_config(argv)
+    run = run_generate(config)
+    for s in run.sets:
+        print(f"{s.source}: {s.num_rows_read} rows, {len(s.items)} items ({s.name})")
+    if run.rejects:
+        print(summarize_rejects(run.rejects))
+    if run.first_prompt is not None:
+        print(f"template {config.template}; first prompt:\n{run.first_prompt}\n")
+    summary = run.summary
+    print(
+        f"wrote {run.output} ({len(run.rows)} answers by {summary['generator']}; {summary['empty_outputs']} empty) "
+        f"in {summary['seconds']:.1f} s"
     )
 
+
+def judge(argv: Sequence[str], prog: str) -> None:
+    from trl import TrlParser
+
+    from srt_trainer.evaluation.aggregate import format_table, summary_line
+    from srt_trainer.evaluation.judge import run_judge
+
+    (config,) = TrlParser(JudgeConfig, prog=prog).parse_args_and_config(argv)
+    run = run_judge(config)
+    failed = sum(r["status"] == "failed" for r in run.records)
+    print(f"judge: {run.counts.format()}")
+    print(
+        f"{summary_line(run.aggregate.overall)} ({failed} failed, reported in {run.failures})\n"
+        f"{format_table(run.aggregate)}"
+    )
+    print(f"wrote {run.output} ({len(run.records)} items); " + ", ".join(run.reports.values()))
+
+
+def aggregate(argv: Sequence[str], prog: str) -> None:
+    """One line (or JSON object) per reviews file on stdout, the details on stderr."""
+    from trl import TrlParser
+
+    from srt_trainer.errors import SRTUserError
+    from srt_trainer.evaluation.aggregate import aggregate_file, format_table, summary_line
+
+    (config,) = TrlParser(AggregateConfig, prog=prog).parse_args_and_config(argv)
     if not config.reviews:
-        raise SystemExit("srt eval aggregate: --reviews FILE [FILE ...] is required")
-    results = []
+        raise SRTUserError("--reviews FILE [FILE ...] is required")
     for name in config.reviews:
-        path = Path(name)
-        if not path.is_file():
-            raise SystemExit(f"srt eval aggregate: {path}: no such file")
-        try:
-            agg = aggregate_records(load_review_records(path))
-        except ValueError as e:
-            raise SystemExit(f"srt eval aggregate: {e}") from e
-        stem = Path(config.output_dir) / path.name if config.output_dir else path
-        paths = write_reports(agg, stem, source=str(path), plot=config.plot)
-        result = {"file": str(path), **agg.to_dict(), **paths}
-        results.append(result)
+        run = aggregate_file(name, config.output_dir, plot=config.plot)
+        agg = run.aggregate
         if config.json:
+            result = {"file": str(run.file), **agg.to_dict(), **run.reports}
             print(json.dumps({k: v for k, v in result.items() if k != "failures"} | {"failures": len(agg.failures)}))
         else:
             print(summary_line(agg.overall))
         print(
-            f"{path}: {len(agg.failures)} failed (never counted as ties)\n{format_table(agg)}\n"
-            f"reports: {', '.join(paths.values())}",
+            f"{run.file}: {len(agg.failures)} failed (never counted as ties)\n{format_table(agg)}\n"
+            f"reports: {', '.join(run.reports.values())}",
             file=sys.stderr,
         )
-    return results
+
+
+HANDLERS = {"generate": generate, "judge": judge, "aggregate": aggregate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from trl import TrlParser
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
         asked_for_help = bool(argv) and argv[0] in ("-h", "--help")
@@ -90,21 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             + "\n\nRun `srt eval COMMAND --help` for a command's options.",
             file=sys.stdout if asked_for_help else sys.stderr,
         )
-        return 0 if asked_for_help else 2
+        return EXIT_OK if asked_for_help else EXIT_USER_ERROR
     command, rest = argv[0], argv[1:]
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     prog = f"srt eval {command}"
-    if command == "generate":
-        from srt_trainer.evaluation.generate import GenerateConfig, run_generate
-
-        (config,) = TrlParser(GenerateConfig, prog=prog).parse_args_and_config(rest)
-        run_generate(config)
-    elif command == "judge":
-        from srt_trainer.evaluation.judge import JudgeConfig, run_judge
-
-        (config,) = TrlParser(JudgeConfig, prog=prog).parse_args_and_config(rest)
-        run_judge(config)
-    else:
-        (config,) = TrlParser(AggregateConfig, prog=prog).parse_args_and_config(rest)
-        run_aggregate(config)
-    return 0
+    return run_cli(prog, lambda: HANDLERS[command](rest, prog))

@@ -15,97 +15,39 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
+
+from srt_trainer.data import Reject, rejects_path_for, summarize_rejects, write_rejects
+from srt_trainer.errors import SRTUserError
+from srt_trainer.evaluation.config import GenerateConfig
+from srt_trainer.evaluation.test_sets import TestSet, read_test_sets
+from srt_trainer.generation import generate_answers
+from srt_trainer.io import ShardStore, check_output_path, shard_bounds, sidecar_path, write_rows
+from srt_trainer.models import load_student, load_tokenizer
+from srt_trainer.models.embedded import EMBEDDED_MODEL, EMBEDDED_NAME
+from srt_trainer.templates import get_template
 
 logger = logging.getLogger(__name__)
 
 ANSWER_COLUMNS = ("id", "test_set", "instruction", "input", "output", "generator")
 
 
-@dataclass
-class GenerateConfig:
-    """Options of ``srt eval generate`` (YAML via ``--config``; every field also a flag)."""
-
-    test_sets: list[str] = field(
-        default_factory=list,
-        metadata={
-            "help": "Test-set files (JSON, JSONL, Parquet with an instruction / prompt / text field) or "
-            "folders of them, e.g. ../shared/data/eval."
-        },
-    )
-    output: str = field(default=None, metadata={"help": "Answers file, .jsonl or .parquet."})
-    model: str = field(default="embedded", metadata={"help": "Base or merged model: 'embedded', a folder or a hub id."})
-    adapter: str | None = field(default=None, metadata={"help": "A PEFT (LoRA) adapter folder applied on `model`."})
-    generator: str | None = field(
-        default=None,
-        metadata={"help": "Name of this model in the outputs (default: from the model and adapter names)."},
-    )
-    template: str = field(
-        default="vicuna",
-        metadata={
-            "help": "Prompt format the model was trained with.",
-            "choices": ["vicuna", "alpaca", "wizardlm", "chat"],
-        },
-    )
-    engine: str = field(
-        default="transformers",
-        metadata={
-            "help": "transformers (batched generate) or vllm (needs the vllm package).",
-            "choices": ["transformers", "vllm"],
-        },
-    )
-    max_new_tokens: int = field(default=1024, metadata={"help": "Length limit of an answer, in tokens."})
-    batch_size: int = field(default=8, metadata={"help": "Prompts per generate call (transformers engine)."})
-    temperature: float = field(default=0.0, metadata={"help": "0 is greedy (the paper's setting); above 0 samples."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass when sampling."})
-    seed: int = field(default=0, metadata={"help": "Seed of sampling (each shard seeds seed + its index)."})
-    dtype: str = field(
-        default="float32", metadata={"help": "Weights' dtype.", "choices": ["float32", "bfloat16", "float16"]}
-    )
-    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:N or auto (default: CUDA if any)."})
-    limit: int | None = field(default=None, metadata={"help": "Answer only the first N items of each test set."})
-    shard_size: int = field(default=64, metadata={"help": "Items per checkpointed shard (the unit of resume)."})
-    alpaca_eval: bool = field(default=True, metadata={"help": "Also write <stem>.alpaca_eval.json for alpaca_eval."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the model's folder."})
-    overwrite: bool = field(default=False, metadata={"help": "Discard finished shards of an earlier run."})
-
-    def fingerprint_settings(self) -> dict[str, Any]:
-        """What changes the answers: a resumed run must match these."""
-        keys = (
-            "model",
-            "adapter",
-            "template",
-            "engine",
-            "max_new_tokens",
-            "batch_size",
-            "temperature",
-            "top_p",
-            "seed",
-            "dtype",
-        )
-        return {k: getattr(self, k) for k in keys}
-
-
 def default_generator_name(model: str, adapter: str | None = None) -> str:
     """``embedded`` → the embedded model's name; a folder or hub id → its last part; ``+adapter`` when one is set."""
-    from srt_trainer.models.embedded import EMBEDDED_MODEL, EMBEDDED_NAME
-
     name = EMBEDDED_MODEL if model == EMBEDDED_NAME else Path(str(model).rstrip("/")).name
     return f"{name}+{Path(str(adapter).rstrip('/')).name}" if adapter else name
 
 
 def render_prompts(items: Sequence[dict[str, Any]], template_name: str, tokenizer: Any = None) -> list[str]:
     """The training prompt of every item."""
-    from srt_trainer.templates import get_template
-
     template = get_template(template_name, tokenizer)
     return [template.prompt(it["instruction"], it["input"]) for it in items]
 
@@ -127,8 +69,6 @@ class TransformersEngine:
     """Batched ``generate`` with a transformers model (and a PEFT adapter when given)."""
 
     def __init__(self, config: GenerateConfig, model: Any = None, tokenizer: Any = None) -> None:
-        from srt_trainer.models import load_student, load_tokenizer
-
         self.config = config
         self.tokenizer = tokenizer or load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
         self.model = model or load_student(
@@ -140,10 +80,6 @@ class TransformersEngine:
         )
 
     def generate(self, prompts: Sequence[str], seed: int) -> list[str]:
-        import torch
-
-        from srt_trainer.generation import generate_answers
-
         kwargs: dict[str, Any] = {}
         if self.config.temperature > 0:
             torch.manual_seed(seed)
@@ -163,44 +99,34 @@ class TransformersEngine:
 class VLLMEngine:
     """vLLM's offline engine (LoRA adapters through ``LoRARequest``)."""
 
+    MISSING = (
+        "--engine vllm needs the vllm package, which is not installed (pip install 'srt-trainer[vllm]' on a machine "
+        "with a GPU), or use --engine transformers"
+    )
+
     def __init__(self, config: GenerateConfig) -> None:
-        try:
-            from vllm import LLM
-        except ImportError as e:
-            raise SystemExit(
-                "srt eval generate: --engine vllm needs the vllm package, which is not installed "
-                "(pip install 'srt-trainer[vllm]' on a machine with a GPU), or use --engine transformers"
-            ) from e
-        from srt_trainer.models import load_tokenizer, resolve_model_path
+        from srt_trainer.vllm_engine import VLLMEngine as Engine
 
         self.config = config
+        self.engine = Engine(
+            config.model,
+            missing=self.MISSING,
+            adapter=config.adapter,
+            dtype=config.dtype,
+            seed=config.seed,
+            trust_remote_code=config.trust_remote_code,
+        )
         self.tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
-        options: dict[str, Any] = {
-            "dtype": config.dtype,
-            "seed": config.seed,
-            "trust_remote_code": config.trust_remote_code,
-        }
-        if config.adapter:
-            rank = json.loads((Path(config.adapter) / "adapter_config.json").read_text()).get("r", 16)
-            options.update(enable_lora=True, max_lora_rank=next(r for r in (8, 16, 32, 64, 128, 256, 512) if r >= rank))
-        self.llm = LLM(model=resolve_model_path(config.model), **options)
 
     def generate(self, prompts: Sequence[str], seed: int) -> list[str]:
-        from vllm import SamplingParams
-
-        params = SamplingParams(
+        completions = self.engine.complete(
+            prompts,
             temperature=self.config.temperature,
             top_p=self.config.top_p,
             max_tokens=self.config.max_new_tokens,
             seed=seed,
         )
-        lora = None
-        if self.config.adapter:
-            from vllm.lora.request import LoRARequest
-
-            lora = LoRARequest("adapter", 1, str(self.config.adapter))
-        outputs = self.llm.generate(list(prompts), params, lora_request=lora, use_tqdm=False)
-        return [o.outputs[0].text.strip() for o in outputs]
+        return [c.text.strip() for c in completions]
 
 
 def _items_fingerprint(items: Sequence[dict[str, Any]], prompts: Sequence[str]) -> str:
@@ -210,25 +136,32 @@ def _items_fingerprint(items: Sequence[dict[str, Any]], prompts: Sequence[str]) 
     return h.hexdigest()
 
 
-def run_generate(config: GenerateConfig, model: Any = None, tokenizer: Any = None) -> list[dict[str, Any]]:
-    """Answer every item of ``config.test_sets`` and write the outputs; returns the answer rows in input order."""
-    from srt_trainer.data import summarize_rejects, write_rejects
-    from srt_trainer.data.rejects import rejects_path_for
-    from srt_trainer.evaluation.test_sets import read_test_sets
-    from srt_trainer.io import check_output_path, sidecar_path, write_rows
-    from srt_trainer.scoring.runner import check_manifest, read_shard, shard_bounds, write_shard
+@dataclass
+class GenerateRun:
+    """What ``run_generate`` wrote: the answer rows (in input order), the test sets read, the summary, the output."""
 
+    rows: list[dict[str, Any]]
+    sets: list[TestSet]
+    rejects: list[Reject]
+    summary: dict[str, Any]
+    output: Path
+    first_prompt: str | None = None
+
+
+def run_generate(config: GenerateConfig, model: Any = None, tokenizer: Any = None) -> GenerateRun:
+    """Answer every item of ``config.test_sets`` and write the outputs (answers, AlpacaEval file, summary,
+    rejects), resuming from the finished shards of an earlier run with the same settings."""
     if not config.test_sets or not config.output:
-        raise SystemExit("srt eval generate: --test_sets and --output are required")
+        raise SRTUserError("--test_sets and --output are required")
     output = check_output_path(config.output)
     sets = read_test_sets(config.test_sets, limit=config.limit)
     items = [it for s in sets for it in s.items]
     rejects = [r for s in sets for r in s.rejects]
     write_rejects(rejects, rejects_path_for(output))
     for s in sets:
-        print(f"{s.source}: {s.num_rows_read} rows, {len(s.items)} items ({s.name})")
+        logger.info("%s: %d rows, %d items (%s)", s.source, s.num_rows_read, len(s.items), s.name)
     if rejects:
-        print(summarize_rejects(rejects))
+        logger.warning(summarize_rejects(rejects))
     generator = config.generator or default_generator_name(config.model, config.adapter)
 
     engine: TransformersEngine | VLLMEngine = (
@@ -236,27 +169,26 @@ def run_generate(config: GenerateConfig, model: Any = None, tokenizer: Any = Non
     )
     prompts = render_prompts(items, config.template, engine.tokenizer)
     if prompts:
-        print(f"template {config.template}; first prompt:\n{prompts[0]}\n")
+        logger.debug("template %s; first prompt:\n%s", config.template, prompts[0])
     # Longest prompts first: shards (and the batches inside) hold similar lengths; fixed, so a resume matches.
     order = sorted(range(len(items)), key=lambda i: (-len(prompts[i]), i))
-    work_dir = sidecar_path(output, "gen-shards")
+    store = ShardStore(sidecar_path(output, "gen-shards"))
     if config.overwrite:
-        shutil.rmtree(work_dir, ignore_errors=True)
+        store.clear()
     manifest = {
         "settings": config.fingerprint_settings(),
         "shard_size": config.shard_size,
         "num_items": len(items),
         "items": _items_fingerprint(items, prompts),
     }
-    check_manifest(work_dir, manifest, is_main=True)
+    store.check_manifest(manifest)
     bounds = shard_bounds(len(order), config.shard_size)
-    shard_path = [work_dir / f"shard-{k:06d}.jsonl" for k in range(len(bounds))]
-    done = [k for k in range(len(bounds)) if shard_path[k].exists()]
+    done = store.done(len(bounds))
     if done:
-        logger.info("resuming: %d of %d shards already generated in %s", len(done), len(bounds), work_dir)
+        logger.info("resuming: %d of %d shards already generated in %s", len(done), len(bounds), store.work_dir)
     outputs: dict[int, str] = {}
     for k in done:
-        outputs.update((r["index"], r["output"]) for r in read_shard(shard_path[k]))
+        outputs.update((r["index"], r["output"]) for r in store.read(k))
     start = time.perf_counter()
     bar = tqdm(total=len(items), initial=len(outputs), desc=f"Answering ({generator})", unit="item")
     for k, (s, e) in enumerate(bounds):
@@ -264,7 +196,7 @@ def run_generate(config: GenerateConfig, model: Any = None, tokenizer: Any = Non
             continue
         idx = order[s:e]
         texts = engine.generate([prompts[i] for i in idx], seed=config.seed + k)
-        write_shard(shard_path[k], [{"index": i, "output": t} for i, t in zip(idx, texts, strict=True)])
+        store.write(k, [{"index": i, "output": t} for i, t in zip(idx, texts, strict=True)])
         outputs.update(zip(idx, texts, strict=True))
         bar.update(len(idx))
     bar.close()
@@ -276,8 +208,7 @@ def run_generate(config: GenerateConfig, model: Any = None, tokenizer: Any = Non
     ]
     write_rows(rows, output)
     if config.alpaca_eval:
-        alpaca = sidecar_path(output, "alpaca_eval.json")
-        alpaca.write_text(json.dumps(alpaca_eval_records(rows), ensure_ascii=False, indent=1))
+        write_rows(alpaca_eval_records(rows), sidecar_path(output, "alpaca_eval.json"))
     per_set = Counter(r["test_set"] for r in rows)
     summary = {
         "generator": generator,
@@ -290,5 +221,4 @@ def run_generate(config: GenerateConfig, model: Any = None, tokenizer: Any = Non
         "config": asdict(config),
     }
     sidecar_path(output, "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"wrote {output} ({len(rows)} answers by {generator}; {summary['empty_outputs']} empty) in {seconds:.1f} s")
-    return rows
+    return GenerateRun(rows, sets, rejects, summary, output, prompts[0] if prompts else None)

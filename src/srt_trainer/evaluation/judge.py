@@ -9,11 +9,19 @@ counted as a failure — never as a tie.
 
 from __future__ import annotations
 
+import json
 import logging
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from srt_trainer.data import Reject, rejects_path_for, summarize_rejects, write_rejects
+from srt_trainer.errors import SRTUserError
+from srt_trainer.evaluation.aggregate import Aggregate, aggregate_records, judge_item, write_reports
+from srt_trainer.evaluation.config import JudgeConfig
+from srt_trainer.evaluation.scores import has_scores
+from srt_trainer.io import check_output_path, iter_raw_rows, sidecar_path, write_rows
+from srt_trainer.teachers import RunCounts, SamplingConfig, build_teacher, complete_all
 
 logger = logging.getLogger(__name__)
 
@@ -48,76 +56,6 @@ def review_messages(question: str, answer_1: str, answer_2: str) -> list[dict[st
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
 
 
-# --- score parsing --------------------------------------------------------------------------------------------
-# Markdown and quoting the judge may wrap its first line in.
-_MARKUP = re.compile(r"[*_`#>|]+")
-# "Assistant 1", "Assistant 2's", "Answer 2", "Assistant A", "Assistants 1 and 2": labels whose digits are not scores.
-_LABEL = re.compile(
-    r"(?i)\bassistants?\s*1\s*(?:and|&|,|/)\s*(?:assistant\s*)?2\b"
-    r"|\b(?:assistant|answer|response|model)\s*(?:#\s*)?(?:[12]|one|two|[ab](?![a-z]))(?:'s)?"
-)
-# "8/10", "8 / 10", "8 out of 10": the scale is not a score.
-_OUT_OF = re.compile(r"(?i)\s*(?:/|out\s+of)\s*10(?:\.0+)?(?![\d.])")
-_NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?!\w|\.\d)")
-_HEADER_MAX_CHARS = 40
-# A short line that announces the scores on the next one: "Scores:", "**Evaluation**".
-_HEADER = re.compile(r"(?i)(?::\s*$|\b(?:scores?|ratings?|evaluation|review|verdict)\b)")
-
-
-def _clean(line: str) -> str:
-    return _MARKUP.sub(" ", line).strip()
-
-
-def _numbers(line: str) -> list[float]:
-    return [float(x) for x in _NUMBER.findall(_OUT_OF.sub(" ", _LABEL.sub(" ", line)))]
-
-
-def _label_at(line: str, which: str) -> int | None:
-    """Where "Assistant 1" (``which="1"``) or "Assistant 2" is named in a line, or None."""
-    names = {"1": r"(?:1|one|a)", "2": r"(?:2|two|b)"}[which]
-    m = re.search(rf"(?i)\b(?:assistant|answer|response|model)\s*(?:#\s*)?{names}\b", line)
-    return m.start() if m else None
-
-
-def parse_scores(review: str | None) -> tuple[float, float] | None:
-    """The two scores (Assistant 1, Assistant 2) from the first line of a review, or None.
-
-    Accepts "8 7", "8, 7", "8/10 7/10", "Assistant 1: 8 Assistant 2: 7", "Score: 8 and 7", decimals ("7.5 8"),
-    markdown emphasis, labels in either order ("Assistant 2: 7, Assistant 1: 8"), a short header line ("Scores:")
-    before the score line, and the two scores on two labelled lines ("Assistant 1: 8" / "Assistant 2: 7"). Scores
-    must lie in 0–10. Numbers further down
-    (the explanation) are never read.
-    """
-    if not review:
-        return None
-    lines = [c for c in (_clean(x) for x in review.splitlines()) if c]
-    if not lines:
-        return None
-    start = 0
-    if len(lines) > 1 and not _numbers(lines[0]) and len(lines[0]) <= _HEADER_MAX_CHARS and _HEADER.search(lines[0]):
-        start = 1
-    line = lines[start]
-    first = _numbers(line)
-    scores: list[float] | None = None
-    if len(first) == 2:
-        scores = first
-        at_1, at_2 = _label_at(line, "1"), _label_at(line, "2")
-        if at_1 is not None and at_2 is not None and at_2 < at_1:  # "Assistant 2: 7, Assistant 1: 8"
-            scores = scores[::-1]
-    elif len(first) == 1 and start + 1 < len(lines) and _label_at(line, "1") is not None:
-        second = _numbers(lines[start + 1])
-        if len(second) == 1 and _label_at(lines[start + 1], "2") is not None:
-            scores = [first[0], second[0]]
-    if scores is None or not all(0 <= s <= 10 for s in scores):
-        return None
-    return scores[0], scores[1]
-
-
-def has_scores(review: str | None) -> bool:
-    """The judge answered with a readable score pair (the validator that triggers a re-ask)."""
-    return parse_scores(review) is not None
-
-
 # --- answer files ---------------------------------------------------------------------------------------------
 @dataclass
 class AnswerFile:
@@ -137,11 +75,6 @@ def answer_key(row: dict[str, Any]) -> tuple[str, str]:
 
 def read_answers(path: str | Path) -> AnswerFile:
     """Rows with a string ``instruction`` and ``output`` (``srt eval generate`` output, or AlpacaEval's JSON)."""
-    import json
-
-    from srt_trainer.data.loading import iter_raw_rows
-    from srt_trainer.data.rejects import Reject
-
     result = AnswerFile(str(path))
     for raw in iter_raw_rows(path):
         if raw.error is not None:
@@ -170,10 +103,6 @@ def read_answers(path: str | Path) -> AnswerFile:
 
 def match_answers(a: AnswerFile, b: AnswerFile) -> tuple[list[tuple[dict[str, Any], dict[str, Any]]], list[Any]]:
     """Pairs of answers to the same item, in A's order; the unmatched rows of either file are rejected."""
-    import json
-
-    from srt_trainer.data.rejects import Reject
-
     pairs, rejects = [], []
     for key, row in a.answers.items():
         other = b.answers.get(key)
@@ -214,53 +143,7 @@ def match_answers(a: AnswerFile, b: AnswerFile) -> tuple[list[tuple[dict[str, An
 
 
 # --- the judging run ------------------------------------------------------------------------------------------
-@dataclass
-class JudgeConfig:
-    """Options of ``srt eval judge`` (YAML via ``--config``; every field also a flag)."""
-
-    answers_a: str = field(
-        default=None, metadata={"help": "Answers of model A (`srt eval generate` output, or AlpacaEval JSON)."}
-    )
-    answers_b: str = field(default=None, metadata={"help": "Answers of model B to the same items."})
-    output: str = field(default=None, metadata={"help": "Reviews file, .jsonl or .parquet (one record per item)."})
-    judge: str = field(
-        default="openai",
-        metadata={
-            "help": "Judge client: openai (any OpenAI-compatible server), transformers or vllm (local).",
-            "choices": ["openai", "transformers", "vllm"],
-        },
-    )
-    judge_model: str | None = field(
-        default=None,
-        metadata={
-            "help": "The judge's model: the served name (required "
-            "for openai; the paper used gpt-4), or a folder for a local judge."
-        },
-    )
-    base_url: str | None = field(
-        default=None,
-        metadata={
-            "help": "OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (the API key comes from OPENAI_API_KEY)."
-        },
-    )
-    max_tokens: int = field(default=512, metadata={"help": "Length limit of a review, in tokens."})
-    temperature: float = field(default=0.0, metadata={"help": "Judge temperature (0: deterministic reviews)."})
-    seed: int | None = field(default=None, metadata={"help": "Sampling seed sent to the judge, when it takes one."})
-    concurrency: int = field(default=16, metadata={"help": "Requests in flight at once (openai judge)."})
-    max_retries: int = field(default=8, metadata={"help": "Retries of a failed request, with backoff (openai judge)."})
-    timeout: float = field(default=120.0, metadata={"help": "Seconds a request may take (openai judge)."})
-    max_reasks: int = field(default=1, metadata={"help": "Times a review without readable scores is asked again."})
-    limit: int | None = field(default=None, metadata={"help": "Judge only the first N matched items."})
-    cache: str | None = field(
-        default=None,
-        metadata={"help": "Durable cache of reviews (default: <output stem>.cache.jsonl); a rerun resumes from it."},
-    )
-    plot: bool = field(default=True, metadata={"help": "Write the win / tie / lose chart beside the output."})
-
-
 def _record(a: dict[str, Any], b: dict[str, Any], judge: str, first: Any, reverse: Any) -> dict[str, Any]:
-    from srt_trainer.evaluation.aggregate import judge_item
-
     outcome = judge_item(first.text, reverse.text)
     errors = [
         f"{name}: request failed: {r.error}"
@@ -292,16 +175,24 @@ def _record(a: dict[str, Any], b: dict[str, Any], judge: str, first: Any, revers
     }
 
 
-def run_judge(config: JudgeConfig, teacher: Any = None) -> list[dict[str, Any]]:
-    """Judge every matched item in both orders; write the reviews, failures, rejects and the aggregate reports."""
-    from srt_trainer.data import summarize_rejects, write_rejects
-    from srt_trainer.data.rejects import rejects_path_for
-    from srt_trainer.evaluation.aggregate import aggregate_records, format_table, summary_line, write_reports
-    from srt_trainer.io import check_output_path, sidecar_path, write_rows
-    from srt_trainer.teachers import SamplingConfig, build_teacher, complete_all
+@dataclass
+class JudgeRun:
+    """What ``run_judge`` wrote: one review record per judged item, the aggregate, the judge's request counts, the
+    rows it could not use and the files."""
 
+    records: list[dict[str, Any]]
+    aggregate: Aggregate
+    counts: RunCounts
+    rejects: list[Reject]
+    output: Path
+    failures: Path
+    reports: dict[str, str]
+
+
+def run_judge(config: JudgeConfig, teacher: Any = None) -> JudgeRun:
+    """Judge every matched item in both orders; write the reviews, failures, rejects and the aggregate reports."""
     if not (config.answers_a and config.answers_b and config.output):
-        raise SystemExit("srt eval judge: --answers_a, --answers_b and --output are required")
+        raise SRTUserError("--answers_a, --answers_b and --output are required")
     output = check_output_path(config.output)
     file_a, file_b = read_answers(config.answers_a), read_answers(config.answers_b)
     pairs, unmatched = match_answers(file_a, file_b)
@@ -309,12 +200,12 @@ def run_judge(config: JudgeConfig, teacher: Any = None) -> list[dict[str, Any]]:
         pairs = pairs[: config.limit]
     rejects = [*file_a.rejects, *file_b.rejects, *unmatched]
     write_rejects(rejects, rejects_path_for(output))
-    print(f"{len(pairs)} items to judge in both orders; {summarize_rejects(rejects)}")
+    logger.info("%d items to judge in both orders; %s", len(pairs), summarize_rejects(rejects))
 
     own_teacher = teacher is None
     if teacher is None:
         if config.judge == "openai" and not config.judge_model:
-            raise SystemExit("srt eval judge: --judge_model is required with the openai judge (the paper used gpt-4)")
+            raise SRTUserError("--judge_model is required with the openai judge (the paper used gpt-4)")
         options: dict[str, Any] = {}
         if config.judge == "openai":
             options = {"concurrency": config.concurrency, "max_retries": config.max_retries, "timeout": config.timeout}
@@ -336,15 +227,8 @@ def run_judge(config: JudgeConfig, teacher: Any = None) -> list[dict[str, Any]]:
             teacher.close()
     records = [_record(a, b, str(judge_name), results[2 * i], results[2 * i + 1]) for i, (a, b) in enumerate(pairs)]
     write_rows(records, output)
-    failures = [r for r in records if r["status"] == "failed"]
-    write_rows(failures, sidecar_path(output, "failures.jsonl"))
-    print(f"judge: {counts.format()}")
+    failures = write_rows([r for r in records if r["status"] == "failed"], sidecar_path(output, "failures.jsonl"))
     agg = aggregate_records(records)
-    paths = write_reports(agg, output, source=str(output), plot=config.plot)
-    print(
-        f"{summary_line(agg.overall)} ({len(failures)} failed, reported in "
-        f"{sidecar_path(output, 'failures.jsonl')})\n{format_table(agg)}"
-    )
-    print(f"wrote {output} ({len(records)} items); " + ", ".join(paths.values()))
+    reports = write_reports(agg, output, source=str(output), plot=config.plot)
     logger.debug("judge config: %s", asdict(config))
-    return records
+    return JudgeRun(records, agg, counts, rejects, output, failures, reports)

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from srt_trainer.data.loading import DataLoadError, iter_raw_rows
 from srt_trainer.data.rejects import Reject, RowError
+from srt_trainer.io import DataLoadError, iter_raw_rows
 
 TEST_SET_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet")
 # Field holding the instruction, in the order they are tried; ``conversations`` is LIMA's.

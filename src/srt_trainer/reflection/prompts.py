@@ -1,4 +1,4 @@
-"""The teacher's prompts (SPEC 1.2): a system message and a user template per reflection mode.
+"""The teacher's prompts (the paper's reflection criteria): a system message and a user template per reflection mode.
 
 Defaults follow the paper's criteria. A user's own prompt file replaces them: YAML or JSON with ``system`` and
 ``user`` keys (and optionally ``prefix``, the start of the assistant's reply for teachers that are prefilled), or a
@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from srt_trainer.errors import SRTUserError
 
 MODES = ("instruction", "response")
 FIELDS = ("instruction", "input", "output", "input_section")
@@ -92,7 +94,7 @@ DEFAULT_PROMPTS = {
 }
 
 
-class PromptTemplateError(ValueError):
+class PromptTemplateError(SRTUserError, ValueError):
     """A prompt file that cannot be used; the message names the file and what is wrong."""
 
 
@@ -110,11 +112,11 @@ def load_prompt(mode: str, path: str | Path | None = None) -> ReflectionPrompt:
         raise PromptTemplateError(f"{path}: cannot read the prompt file: {e}") from e
     values: dict[str, Any]
     if path.suffix in (".yaml", ".yml", ".json"):
-        try:
-            import yaml
+        import yaml
 
+        try:
             values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, ValueError) as e:
+        except (json.JSONDecodeError, ValueError, yaml.YAMLError) as e:
             raise PromptTemplateError(f"{path}: not valid {path.suffix[1:].upper()}: {e}") from e
         if not isinstance(values, dict):
             raise PromptTemplateError(f"{path}: expected a mapping with 'system' and 'user' keys")

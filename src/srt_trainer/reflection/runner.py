@@ -1,4 +1,5 @@
-"""Reflection of rows by a teacher (SPEC 1.2): variant Q (instruction mode), A and QA (response mode).
+"""Reflection of rows by a teacher (the paper's instruction and response reflection): variant Q (instruction mode),
+A and QA (response mode); ``run_reflect`` is the file-level stage behind ``srt reflect``.
 
 Every input row gives one output row, in order: ``ok`` (the teacher's rewrite), ``fallback`` (the teacher answered
 but nothing usable came back, even after re-asking: the original text is kept) or ``failed`` (the teacher never
@@ -7,16 +8,21 @@ answered: the original text is kept with the error; a rerun asks again).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from srt_trainer.data import load_instruction_data, rejects_path_for, summarize_rejects
+from srt_trainer.errors import SRTUserError
+from srt_trainer.io import check_output_path, sidecar_path, write_rows
+from srt_trainer.reflection.config import ReflectConfig
 from srt_trainer.reflection.parsers import parse_instruction_reflection, parse_response_reflection
 from srt_trainer.reflection.prompts import ReflectionPrompt, load_prompt
-from srt_trainer.teachers import ChatResult, RunCounts, SamplingConfig, Teacher, complete_all
+from srt_trainer.teachers import ChatResult, RunCounts, SamplingConfig, Teacher, build_teacher, complete_all
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +40,10 @@ REFLECTION_COLUMNS = (
 )
 # normalized columns of the loader that describe the source row's encoding, not the reflected row
 _INTERNAL = {"row_index", "messages", "system", "num_turns", "source_format", "q_reflection_status"}
+
+
+class ReflectionInputError(SRTUserError, ValueError):
+    """Rows or settings that reflection cannot run on (the message says which)."""
 
 
 @dataclass
@@ -59,18 +69,18 @@ def detect_variant(rows: Sequence[dict[str, Any]], mode: str, variant: str = "au
     ``variant`` column says Q), unless ``variant`` names it."""
     if mode == "instruction":
         if variant not in ("auto", "Q"):
-            raise ValueError(f"instruction reflection makes variant Q, not {variant!r}")
+            raise ReflectionInputError(f"instruction reflection makes variant Q, not {variant!r}")
         return "Q"
     if variant in ("A", "QA"):
         return variant
     if variant != "auto":
-        raise ValueError(f"response reflection makes variant A or QA, not {variant!r}")
+        raise ReflectionInputError(f"response reflection makes variant A or QA, not {variant!r}")
     seen = {r.get("variant") or None for r in rows}
     if seen <= {None, "ori"}:
         return "A"
     if seen == {"Q"}:
         return "QA"
-    raise ValueError(
+    raise ReflectionInputError(
         f"cannot tell A from QA: the rows' variant column holds {sorted(map(str, seen))}; "
         "pass --variant A or --variant QA"
     )
@@ -98,7 +108,7 @@ def reflect(
     """
     prompt = prompt or load_prompt(mode)
     if prompt.mode != mode:
-        raise ValueError(f"a {prompt.mode} prompt cannot run {mode} reflection")
+        raise ReflectionInputError(f"a {prompt.mode} prompt cannot run {mode} reflection")
     sampling = sampling or SamplingConfig()
     variant = detect_variant(rows, mode, variant)
     if prefill is None:
@@ -195,13 +205,11 @@ def reflect_rows(
     rows: Sequence[dict[str, Any]],
     mode: str,
     teacher: Teacher,
-    config: Any = None,
+    config: ReflectConfig | None = None,
     cache_path: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Reflected rows, in input order (see ``reflect``), with the settings of a ``ReflectConfig`` (default: its
     defaults; its ``cache`` when ``cache_path`` is None)."""
-    from srt_trainer.reflection.cli import ReflectConfig
-
     config = config or ReflectConfig(mode=mode)
     return reflect(
         rows,
@@ -216,3 +224,88 @@ def reflect_rows(
         reask_temperature=config.reask_temperature,
         progress=config.progress,
     ).rows
+
+
+def build_teacher_from_config(config: ReflectConfig) -> Teacher:
+    """The teacher a ``ReflectConfig`` names, with the options of its kind."""
+    options: dict[str, Any]
+    if config.teacher == "openai":
+        options = {
+            "concurrency": config.concurrency,
+            "max_retries": config.max_retries,
+            "timeout": config.request_timeout,
+        }
+    elif config.teacher == "transformers":
+        options = {
+            "dtype": config.dtype,
+            "device": config.device,
+            "batch_size": config.batch_size,
+            "trust_remote_code": config.trust_remote_code,
+        }
+    else:
+        options = {"trust_remote_code": config.trust_remote_code}
+    return build_teacher(config.teacher, model=config.teacher_model, base_url=config.base_url, **options)
+
+
+@dataclass
+class ReflectRun:
+    """What ``run_reflect`` wrote: the result (rows, raw texts, counts), its summary and the files."""
+
+    result: ReflectionResult
+    summary: dict[str, Any]
+    output: Path
+    cache: Path
+
+
+def run_reflect(config: ReflectConfig, teacher: Teacher | None = None) -> ReflectRun:
+    """Reflect ``config.data`` into ``config.output``, with ``<stem>.raw.jsonl``, ``<stem>.summary.json`` and the
+    rejects beside it. ``teacher``: one already built (default: from ``config``)."""
+    if not config.mode or not config.data or not config.output:
+        raise SRTUserError("--mode, --data and --output are required")
+    output = check_output_path(config.output)
+    prompt = load_prompt(config.mode, config.prompt_template)
+    teacher = teacher or build_teacher_from_config(config)
+    loaded = load_instruction_data(
+        config.data, format=config.data_format, limit=config.limit, rejects_path=rejects_path_for(output)
+    )
+    rows = loaded.dataset.to_list()
+    logger.info(
+        "%s: %d rows read (%s), %d to reflect; %s",
+        loaded.source,
+        loaded.num_rows_read,
+        loaded.format,
+        len(rows),
+        summarize_rejects(loaded.rejects),
+    )
+    cache = config.cache_path()
+    result = reflect(
+        rows,
+        config.mode,
+        teacher,
+        prompt=prompt,
+        sampling=config.sampling(),
+        cache_path=cache,
+        prefill=config.prefill_flag(),
+        variant=config.variant,
+        max_reasks=config.max_reasks,
+        reask_temperature=config.reask_temperature,
+        progress=config.progress,
+    )
+    write_rows(result.rows, output)
+    write_rows(result.raw, sidecar_path(output, "raw.jsonl"))
+    summary = {
+        "mode": config.mode,
+        "variant": result.variant,
+        "rows": len(result.rows),
+        **result.statuses,
+        "counts": result.counts.as_dict(),
+        "teacher": teacher.identity(),
+        "prompt": prompt.source,
+        "data": loaded.source,
+        "rejected_rows": len(loaded.rejects),
+        "output": str(output),
+        "cache": str(cache),
+        "config": asdict(config),
+    }
+    sidecar_path(output, "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    return ReflectRun(result=result, summary=summary, output=output, cache=cache)

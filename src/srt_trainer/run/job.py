@@ -1,4 +1,4 @@
-"""The main job, ``srt run CONFIG``: reflect, score, select, train, answer, from one YAML file.
+"""The main job behind ``srt run CONFIG``: reflect, score, select, train, answer, from one YAML file.
 
 1. the teacher rewrites the original pairs: instructions (Q), responses (A), and the responses of Q (QA);
 2. the student scores ori / Q / A / QA (IFD / r-IFD) and keeps what the released rule accepts;
@@ -14,66 +14,24 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from srt_trainer.data import load_instruction_data
+from srt_trainer.distributed import get_state
+from srt_trainer.generation import generate_answers
+from srt_trainer.io import write_rows
+from srt_trainer.models import load_student, load_tokenizer, resolve_model_path
+from srt_trainer.reflection import ReflectConfig, build_teacher_from_config, run_reflect
+from srt_trainer.resources import resolve_data
+from srt_trainer.run.config import RunArguments
+from srt_trainer.teachers.local import TransformersTeacher
+from srt_trainer.templates import get_template
+from srt_trainer.training.trainer import load_model_for_training, train
+
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class RunArguments:
-    """The main job's own options; training, selection and the student are configured as for ``srt train``."""
-
-    data: str = field(
-        default="demo",
-        metadata={
-            "help": "The original instruction data: a JSON/JSONL/Parquet file, a save_to_disk folder, a hub id, "
-            "or 'demo' for the small set the package carries."
-        },
-    )
-    limit: int | None = field(default=None, metadata={"help": "Use only the first N rows of `data`."})
-    held_out: str | None = field(
-        default="demo-held-out",
-        metadata={
-            "help": "Instructions the student answers at the end (never trained on); same sources as `data`; "
-            "empty to skip."
-        },
-    )
-    teacher: str = field(
-        default="transformers",
-        metadata={
-            "help": "openai (any OpenAI-compatible endpoint, key from OPENAI_API_KEY), transformers (a local "
-            "model) or vllm.",
-            "choices": ["openai", "transformers", "vllm"],
-        },
-    )
-    teacher_model: str | None = field(
-        default=None,
-        metadata={
-            "help": "The teacher's model (openai: the served name). Unset with a transformers teacher: the "
-            "student itself, already loaded, teaches."
-        },
-    )
-    base_url: str | None = field(default=None, metadata={"help": "openai: the endpoint, e.g. http://host:8000/v1."})
-    teacher_max_tokens: int = field(default=1024, metadata={"help": "Longest teacher answer, in tokens."})
-    teacher_batch_size: int = field(default=8, metadata={"help": "transformers: conversations per generate call."})
-    teacher_concurrency: int = field(default=64, metadata={"help": "openai: requests in flight at most."})
-    prefill: str = field(
-        default="auto",
-        metadata={
-            "help": "Start the teacher's reply with the mode's tag: auto = on for local teachers.",
-            "choices": ["auto", "on", "off"],
-        },
-    )
-    max_reasks: int = field(default=1, metadata={"help": "Re-asks of an answer without usable tags (then fallback)."})
-    max_new_tokens: int = field(default=96, metadata={"help": "Length limit of the held-out answers."})
-    compare_untuned: bool = field(
-        default=True, metadata={"help": "Also record the untuned student's held-out answers, side by side."}
-    )
 
 
 VARIANT_FILES = {"Q": "q.jsonl", "A": "a.jsonl", "QA": "qa.jsonl"}
@@ -84,10 +42,6 @@ def _reflect_all(
 ) -> dict[str, Any]:
     """Q from the originals, A from the originals, QA from Q (into ``folder``), each resumable through its teacher
     cache; returns each variant's reflection counts."""
-    from srt_trainer.io import sidecar_path
-    from srt_trainer.reflection.cli import ReflectConfig, build_teacher_from_config, run_reflect
-    from srt_trainer.teachers.local import TransformersTeacher
-
     base = dict(
         teacher=run_args.teacher,
         teacher_model=run_args.teacher_model,
@@ -118,9 +72,8 @@ def _reflect_all(
     was_training = model.training
     model.eval()
     for variant, config in steps.items():
-        print(f"\n== reflection {variant}: {config.mode} mode on {config.data}")
-        run_reflect(config, teacher=teacher)
-        summary = json.loads(sidecar_path(config.output, "summary.json").read_text())
+        logger.info("reflection %s: %s mode on %s", variant, config.mode, config.data)
+        summary = run_reflect(config, teacher=teacher).summary
         summaries[variant] = {k: summary.get(k) for k in ("rows", "ok", "fallback", "failed", "counts")}
     model.train(was_training)
     return summaries
@@ -130,10 +83,6 @@ def _held_out_prompts(
     held_out: str, template_name: str, tokenizer: Any, rejects: Path
 ) -> tuple[list[dict[str, str]], list[str]]:
     """The held-out instructions and their prompts in the training format."""
-    from srt_trainer.data import load_instruction_data
-    from srt_trainer.resources import resolve_data
-    from srt_trainer.templates import get_template
-
     rows = load_instruction_data(resolve_data(held_out), rejects_path=rejects, require_output=False).dataset
     template = get_template(template_name, tokenizer)
     return (
@@ -142,16 +91,30 @@ def _held_out_prompts(
     )
 
 
-def run(run_args: RunArguments, script_args: Any, training_args: Any, model_args: Any) -> dict[str, Any]:
-    """Run the whole job; returns its summary (also written to ``output_dir/summary.json``)."""
-    from srt_trainer.data import load_instruction_data
-    from srt_trainer.distributed import get_state
-    from srt_trainer.generation import generate_answers
-    from srt_trainer.io import write_rows
-    from srt_trainer.models import load_student, load_tokenizer, resolve_model_path
-    from srt_trainer.resources import resolve_data
-    from srt_trainer.training.trainer import load_model_for_training, train
+@dataclass
+class JobResult:
+    """What the job produced: its summary (also in ``output_dir/summary.json``) and the held-out answers, on the main
+    process (``is_main`` False, and both empty, on the others)."""
 
+    output_dir: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+    answers: list[dict[str, Any]] = field(default_factory=list)
+    adapter: bool = False  # the training saved a PEFT adapter (else a full model)
+    is_main: bool = True
+
+    def describe(self) -> str:
+        """Where everything went."""
+        out = self.output_dir
+        what = "adapter" if self.adapter else "model"
+        seconds = self.summary.get("timings", {}).get("total_s", 0.0)
+        return (
+            f"wrote {out}/summary.json ({seconds:.0f} s): reflections in {out}/reflect, scores in {out}/scores, the "
+            f"selection and its report in {out}/selection, the {what} in {out}, answers in {out}/answers.jsonl"
+        )
+
+
+def run(run_args: RunArguments, script_args: Any, training_args: Any, model_args: Any) -> JobResult:
+    """Run the whole job; returns its summary and answers (the summary also goes to ``output_dir/summary.json``)."""
     state = get_state()
     out = Path(training_args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -203,7 +166,7 @@ def run(run_args: RunArguments, script_args: Any, training_args: Any, model_args
     outcome = train(script_args, training_args, model_args, model=model, tokenizer=tokenizer)
     timings["score_select_train_s"] = time.perf_counter() - t
     if not state.is_main_process:
-        return {}
+        return JobResult(out, is_main=False)
 
     # 4. the tuned student answers the held-out instructions (reloaded from what was saved: proves it loads)
     t = time.perf_counter()
@@ -220,10 +183,6 @@ def run(run_args: RunArguments, script_args: Any, training_args: Any, model_args
         for i, (r, text) in enumerate(zip(held_out, texts, strict=True)):
             answers.append({**r, "output": text, **({"untuned_output": untuned[i]} if untuned else {})})
         write_rows(answers, out / "answers.jsonl")
-        for a in answers:
-            print(f"\nQ: {a['instruction']}\nA (tuned): {a['output']}")
-            if "untuned_output" in a:
-                print(f"A (untuned): {a['untuned_output']}")
     timings["answers_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
 
@@ -243,24 +202,4 @@ def run(run_args: RunArguments, script_args: Any, training_args: Any, model_args
         "config": {"run": asdict(run_args), "script": asdict(script_args)},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    print(
-        f"\nwrote {out}/summary.json ({timings['total_s']:.0f} s): reflections in {out}/reflect, scores in "
-        f"{out}/scores, the selection and its report in {out}/selection, the "
-        f"{'adapter' if model_args.use_peft else 'model'} in {out}, answers in {out}/answers.jsonl"
-    )
-    return summary
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from trl import TrlParser
-
-    from srt_trainer.training.config import SRTModelConfig, SRTScriptArguments, SRTSFTConfig
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and not argv[0].startswith("-"):  # `srt run CONFIG` is short for `srt run --config CONFIG`
-        argv = ["--config", *argv]
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = TrlParser((RunArguments, SRTScriptArguments, SRTSFTConfig, SRTModelConfig), prog="srt run")
-    run_args, script_args, training_args, model_args = parser.parse_args_and_config(argv)
-    run(run_args, script_args, training_args, model_args)
-    return 0
+    return JobResult(out, summary, answers, adapter=bool(model_args.use_peft))

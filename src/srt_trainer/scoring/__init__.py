@@ -1,7 +1,9 @@
 """The student's statistics: IFD / r-IFD views (collator), the batched scorer, the sharded multi-process runner."""
 
+from srt_trainer.io import ResumeMismatchError
 from srt_trainer.scoring.collator import VIEW_KINDS, DataCollatorForIFD, SampleViews, View
-from srt_trainer.scoring.runner import ResumeMismatchError, score_dataset
+from srt_trainer.scoring.config import ScoreConfig
+from srt_trainer.scoring.runner import ScoreRun, run_score, score_dataset
 from srt_trainer.scoring.scorer import LOSS_COLUMNS, STAT_COLUMNS, IFDScorer, stats_from_losses
 
 __all__ = [
@@ -12,7 +14,10 @@ __all__ = [
     "IFDScorer",
     "ResumeMismatchError",
     "SampleViews",
+    "ScoreConfig",
+    "ScoreRun",
     "View",
+    "run_score",
     "score_dataset",
     "stats_from_losses",
 ]

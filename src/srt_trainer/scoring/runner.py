@@ -1,4 +1,5 @@
-"""Score a whole dataset across processes, in resumable shards.
+"""Score a file (``run_score``, behind ``srt score``) or a list of rows (``score_dataset``) across processes, in
+resumable shards.
 
 - Rows are cut into fixed shards (``shard_size`` rows). A shard's statistics depend only on its own rows, so a
   resumed run, or a run with another world size, computes every shard exactly as an uninterrupted one did.
@@ -18,20 +19,19 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from srt_trainer.scoring.scorer import IFDScorer
+from srt_trainer.distributed import get_state
+from srt_trainer.errors import SRTUserError
+from srt_trainer.io import ShardStore, check_output_path, shard_bounds, sidecar_path, write_rows
+from srt_trainer.scoring.config import ScoreConfig
+from srt_trainer.scoring.scorer import STAT_COLUMNS, IFDScorer
 
 logger = logging.getLogger(__name__)
-
-MANIFEST = "manifest.json"
-
-
-class ResumeMismatchError(RuntimeError):
-    """The work directory holds shards of a run with other settings or data."""
 
 
 def data_fingerprint(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -45,10 +45,6 @@ def data_fingerprint(rows: Sequence[Mapping[str, Any]]) -> str:
             ).encode()
         )
     return h.hexdigest()
-
-
-def shard_bounds(num_rows: int, shard_size: int) -> list[tuple[int, int]]:
-    return [(s, min(s + shard_size, num_rows)) for s in range(0, num_rows, shard_size)]
 
 
 def estimate_tokens(rows: Sequence[Mapping[str, Any]], tokenizer: Any) -> list[int]:
@@ -75,45 +71,6 @@ def assign_shards(work: Sequence[int], world_size: int) -> list[list[int]]:
     return [sorted(ks) for ks in owned]
 
 
-def _shard_path(work_dir: Path, k: int) -> Path:
-    return work_dir / f"shard-{k:06d}.jsonl"
-
-
-def write_shard(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Write a finished shard atomically (temporary file, fsync, rename): a kill never leaves half a shard.
-    Shared by every resumable stage (scoring, evaluation answers)."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def read_shard(path: Path) -> list[dict[str, Any]]:
-    """Rows of a shard written by ``write_shard``."""
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
-
-
-def check_manifest(work_dir: Path, manifest: dict[str, Any], is_main: bool) -> None:
-    """Refuse to resume into ``work_dir`` when its run had other settings or data; the main process writes the
-    manifest of a new run."""
-    path = work_dir / MANIFEST
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old != manifest:
-            diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
-            raise ResumeMismatchError(
-                f"{work_dir} holds shards of a run with different {', '.join(diff)}; "
-                f"remove it (or pass --overwrite) to start over"
-            )
-    elif is_main:
-        work_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(manifest, indent=2))
-
-
 def score_dataset(
     rows: Sequence[Mapping[str, Any]],
     scorer: IFDScorer,
@@ -128,10 +85,8 @@ def score_dataset(
     """
     from accelerate.utils import gather_object
 
-    from srt_trainer.distributed import get_state
-
     state = get_state()
-    work_dir = Path(work_dir)
+    store = ShardStore(work_dir)
     manifest = {
         "settings": dict(settings or {}),
         "shard_size": shard_size,
@@ -139,13 +94,13 @@ def score_dataset(
         "data": data_fingerprint(rows),
     }
     if state.is_main_process:
-        check_manifest(work_dir, manifest, True)
+        store.check_manifest(manifest, is_main=True)
     state.wait_for_everyone()
     if not state.is_main_process:
-        check_manifest(work_dir, manifest, False)
+        store.check_manifest(manifest, is_main=False)
 
     bounds = shard_bounds(len(rows), shard_size)
-    done = {k for k in range(len(bounds)) if _shard_path(work_dir, k).exists()}
+    done = set(store.done(len(bounds)))
     todo = [k for k in range(len(bounds)) if k not in done]
     work = estimate_tokens(rows, scorer.tokenizer) if todo else []
     shard_work = [sum(work[s:e]) for s, e in bounds] if todo else []
@@ -179,7 +134,7 @@ def score_dataset(
 
         stats = scorer.score(rows[start:end], progress=advance)
         bar.update(shard_end - bar.n)
-        write_shard(_shard_path(work_dir, k), stats)
+        store.write(k, stats)
         new.append((k, stats))
     bar.close()
 
@@ -189,10 +144,135 @@ def score_dataset(
         return None
     by_shard = dict(gathered)
     for k in done:
-        by_shard[k] = read_shard(_shard_path(work_dir, k))
+        by_shard[k] = store.read(k)
     missing = [k for k in range(len(bounds)) if k not in by_shard]
     if missing:
         raise RuntimeError(f"shards {missing} were not scored by any rank")
     out = [r for k in range(len(bounds)) for r in by_shard[k]]
     assert len(out) == len(rows)
     return out
+
+
+def output_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The input's own columns: Alpaca fields, conversations when the data has them, and any extra columns."""
+    internal = {"messages", "system", "num_turns", "source_format"}
+    chat = any(r["source_format"] != "alpaca" for r in rows)
+    extras = [
+        k
+        for k in (rows[0] if rows else {})
+        if k not in internal and k not in ("row_index", "instruction", "input", "output")
+    ]
+    return ["row_index", "instruction", "input", "output", *(["system", "messages"] if chat else []), *extras]
+
+
+@dataclass
+class ScoreRun:
+    """What ``run_score`` wrote: the output rows (in input order), the summary saved beside them and the files."""
+
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    output: Path
+    histogram: Path | None = None
+
+
+def run_score(config: ScoreConfig, model: Any = None, tokenizer: Any = None) -> ScoreRun | None:
+    """Score ``config.data`` and write ``config.output`` with its summary, histogram and rejects; returns what was
+    written on the main process (None on the others).
+
+    ``model`` / ``tokenizer``: a student already loaded by the caller (the main job scores and then trains the same
+    one); by default they are loaded from ``config``.
+    """
+    import torch
+
+    from srt_trainer.data import load_instruction_data, rejects_path_for, summarize_rejects
+    from srt_trainer.models import load_student, load_tokenizer
+    from srt_trainer.scoring.report import plot_histograms, summarize
+
+    if not config.data or not config.output:
+        raise SRTUserError("--data and --output are required")
+    output = check_output_path(config.output)
+    state = get_state()
+    store = ShardStore(sidecar_path(output, "score-shards"))
+    if config.overwrite and state.is_main_process:
+        store.clear()
+    state.wait_for_everyone()
+
+    loaded = load_instruction_data(
+        config.data,
+        format=config.data_format,
+        limit=config.limit,
+        rejects_path=rejects_path_for(output) if state.is_main_process else None,
+    )
+    rows = loaded.dataset.to_list()
+    if state.is_main_process:
+        logger.info(
+            "%s: %d rows read (%s), %d to score; %s",
+            loaded.source,
+            loaded.num_rows_read,
+            loaded.format,
+            len(rows),
+            summarize_rejects(loaded.rejects),
+        )
+
+    device = config.device or (str(state.device) if state.num_processes > 1 else None)
+    if state.num_processes > 1 and (device or "cpu").startswith("cpu") and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // state.num_processes))
+    if tokenizer is None:
+        tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
+    if model is None:
+        model = load_student(
+            config.model,
+            dtype=config.dtype,
+            device=device,
+            trust_remote_code=config.trust_remote_code,
+            attn_implementation=config.attn_implementation,
+            adapter=config.adapter,
+            load_in_4bit=config.load_in_4bit,
+            load_in_8bit=config.load_in_8bit,
+        )
+    scorer = IFDScorer(
+        model,
+        tokenizer,
+        config.template,
+        max_length=config.max_length,
+        token_budget=config.token_budget,
+        max_batch_size=config.max_batch_size,
+        share_prefix=config.share_prefix,
+        engine=config.engine,
+    )
+    stats = score_dataset(
+        rows,
+        scorer,
+        store.work_dir,
+        shard_size=config.shard_size,
+        settings=config.fingerprint_settings(),
+        progress=state.is_local_main_process,
+    )
+    if stats is None:
+        return None
+
+    multi_turn = any(s["num_turns"] > 1 for s in stats)
+    columns = output_columns(rows)
+    extra_stats = ["num_turns", "ifd_turns", "rifd_turns"] if multi_turn else []
+    out_rows = [
+        {**{c: r.get(c) for c in columns}, **{c: s[c] for c in (*STAT_COLUMNS, "score_error", *extra_stats)}}
+        for r, s in zip(rows, stats, strict=True)
+    ]
+    write_rows(out_rows, output)
+    summary = summarize(out_rows)
+    summary.update(
+        data=loaded.source,
+        rejected_rows=len(loaded.rejects),
+        output=str(output),
+        config=asdict(config),
+        scorer={"fast_path": scorer.fast_path, "engine": scorer.engine, "token_budget": scorer.token_budget},
+    )
+    sidecar_path(output, "summary.json").write_text(json.dumps(summary, indent=2))
+    histogram = None
+    if config.plot:
+        histogram = plot_histograms(
+            out_rows,
+            sidecar_path(output, "hist.png"),
+            title=f"{Path(loaded.source).name}: {config.model} ({config.template}, {config.dtype})",
+        )
+    return ScoreRun(rows=out_rows, summary=summary, output=output, histogram=histogram)

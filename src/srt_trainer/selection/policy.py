@@ -1,4 +1,5 @@
-"""The student's choice among the original pair and its rewrites (SPEC 1.3), thresholds and budgets.
+"""The student's choice among the original pair and its rewrites (the paper's selection rule, as released),
+thresholds and budgets.
 
 The released rule, per source row, from the student's statistics of the four views ori = (x0, y0),
 Q = (x_ins, y_ins), A = (x0, y_res) and QA = (x_ins, y_res'):
@@ -26,10 +27,11 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-POLICIES = ("paper", "ifd")
-VARIANTS = ("ori", "Q", "A", "QA")
+from srt_trainer.selection.config import SelectConfig, SelectionInputError
+
 NO_STATISTICS = "no statistics"
 # columns of a score output that describe the student's statistics, not the pair
 SCORE_COLUMNS = (
@@ -47,88 +49,6 @@ SCORE_COLUMNS = (
 )
 
 
-class SelectionInputError(ValueError):
-    """The scored inputs cannot be judged together (misaligned rows, not a score output)."""
-
-
-@dataclass
-class SelectConfig:
-    """Options of ``srt select`` (YAML via ``--config``; every field also a flag)."""
-
-    ori: str = field(
-        default=None, metadata={"help": "`srt score` output of the original pairs (JSONL, JSON or Parquet)."}
-    )
-    q: str = field(
-        default=None,
-        metadata={
-            "help": "`srt score` output of the instruction-reflected pairs Q "
-            "(x_ins, y_ins), same rows in the same order."
-        },
-    )
-    a: str = field(
-        default=None, metadata={"help": "`srt score` output of the response-reflected original pairs A (x0, y_res)."}
-    )
-    qa: str = field(
-        default=None, metadata={"help": "`srt score` output of the response-reflected Q pairs QA (x_ins, y_res')."}
-    )
-    output: str = field(
-        default=None, metadata={"help": "Selected rows, .jsonl or .parquet; the report files go beside it."}
-    )
-    policy: str = field(
-        default="paper",
-        metadata={
-            "help": "'paper': the released Selective Reflection-Tuning rule (keeps QA or A); 'ifd': Cherry_LLM-style, "
-            "the original pairs only, kept by IFD (Q/A/QA not needed).",
-            "choices": list(POLICIES),
-        },
-    )
-    keep_unaccepted_winners: bool = field(
-        default=False,
-        metadata={
-            "help": "Also keep the winner of the branches the release drops: Q in branch 2 (new instruction "
-            "accepted, new response not) and ori in branch 4 (neither accepted), under the same thresholds."
-        },
-    )
-    ifd_threshold: float = field(default=1.0, metadata={"help": "Keep a pair only if its IFD is below this."})
-    rifd_threshold: float = field(
-        default=1.0, metadata={"help": "Keep a pair only if its r-IFD is below this (not used by the 'ifd' policy)."}
-    )
-    top_k: int | None = field(
-        default=None,
-        metadata={
-            "help": "Budget: keep at most this many pairs, those with the highest IFD among the pairs that "
-            "passed the thresholds."
-        },
-    )
-    top_p: float | None = field(
-        default=None,
-        metadata={
-            "help": "Budget: keep this fraction (0.05 = 5%%, rounded down) of the pairs that passed the "
-            "thresholds, highest IFD first. With top_k too, the smaller budget holds."
-        },
-    )
-    plot: bool = field(default=True, metadata={"help": "Write the funnel and IFD / r-IFD histogram PNGs."})
-    data_card: bool = field(default=True, metadata={"help": "Write a markdown data card beside the output."})
-
-    def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
-            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, not {self.policy!r}")
-        if self.top_k is not None and self.top_k < 0:
-            raise ValueError(f"top_k must be 0 or more, not {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p is a fraction in (0, 1] (0.05 keeps 5%), not {self.top_p}")
-        for name in ("ifd_threshold", "rifd_threshold"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
-
-    def files(self) -> dict[str, str | None]:
-        """The input file of each view."""
-        return {"ori": self.ori, "Q": self.q, "A": self.a, "QA": self.qa}
-
-    def needed_views(self) -> tuple[str, ...]:
-        return ("ori",) if self.policy == "ifd" else VARIANTS
-
-
 @dataclass
 class SelectionResult:
     """What the selection kept, what it decided for every source row, and the counts of every step."""
@@ -136,6 +56,7 @@ class SelectionResult:
     rows: list[dict[str, Any]]
     decisions: list[dict[str, Any]]
     counts: dict[str, int]
+    files: dict[str, Path] = field(default_factory=dict)  # what ``run_select`` wrote, by kind ("output", "card", ...)
 
 
 def _stat(row: Mapping[str, Any], key: str) -> float | None:

@@ -11,7 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from srt_trainer.selection.policy import VARIANTS, SelectConfig, SelectionResult
+from srt_trainer.io import check_output_path, sidecar_path, write_rows
+from srt_trainer.selection.config import VARIANTS, SelectConfig
+from srt_trainer.selection.policy import SelectionResult
 
 BRANCH_TEXT = {
     1: "new instruction and new response accepted → QA",
@@ -136,8 +138,6 @@ def plot_histograms(
 
 def _score_summary(file: str | None) -> dict[str, Any]:
     """The ``srt score`` summary written beside a score output, when there is one (it names the student)."""
-    from srt_trainer.io import sidecar_path
-
     if not file:
         return {}
     path = sidecar_path(file, "summary.json")
@@ -245,7 +245,7 @@ def data_card(
     if config.policy == "paper":
         winners = config.keep_unaccepted_winners
         lines += [
-            "The released rule (SPEC 1.3); IFD = ppl(y|x)/ppl(y), r-IFD = ppl(x|y)/ppl(x) under the student:",
+            "The paper's rule, as released; IFD = ppl(y|x)/ppl(y), r-IFD = ppl(x|y)/ppl(x) under the student:",
             "",
             "```",
             RULE_TEXT.format(
@@ -321,8 +321,6 @@ def write_selection(
     ``scored``: the scored views by name (``ori``, ``Q``, ``A``, ``QA``; lower case accepted), for the histograms
     and the data card.
     """
-    from srt_trainer.io import check_output_path, sidecar_path, write_rows
-
     output = check_output_path(config.output)
     names = {v.lower(): v for v in VARIANTS}
     scored = {names.get(k.lower(), k): v for k, v in scored.items() if v is not None}

@@ -18,6 +18,7 @@ from srt_trainer.teachers.base import (
     RunCounts,
     SamplingConfig,
     Teacher,
+    TeacherConfigError,
     TeacherError,
 )
 from srt_trainer.teachers.cache import ResponseCache, cache_key, load_cache_entries
@@ -39,7 +40,7 @@ def build_teacher(kind: str, model: str | None = None, base_url: str | None = No
 
         return OpenAITeacher(model=model or "", base_url=base_url, **options)
     if base_url:
-        raise ValueError(f"--base-url is for the openai teacher, not {kind!r}")
+        raise TeacherConfigError(f"--base-url is for the openai teacher, not {kind!r}")
     if kind == "transformers":
         from srt_trainer.teachers.local import TransformersTeacher
 
@@ -48,7 +49,7 @@ def build_teacher(kind: str, model: str | None = None, base_url: str | None = No
         from srt_trainer.teachers.vllm_teacher import VLLMTeacher
 
         return VLLMTeacher(model=model, **options)
-    raise ValueError(f"unknown teacher {kind!r}; choose one of {', '.join(TEACHER_KINDS)}")
+    raise TeacherConfigError(f"unknown teacher {kind!r}; choose one of {', '.join(TEACHER_KINDS)}")
 
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "RunCounts",
     "SamplingConfig",
     "Teacher",
+    "TeacherConfigError",
     "TeacherError",
     "build_teacher",
     "cache_key",

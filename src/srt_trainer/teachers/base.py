@@ -7,11 +7,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from srt_trainer.errors import SRTUserError
+
 Conversation = list[dict[str, str]]
 
 
-class TeacherError(RuntimeError):
+class TeacherError(SRTUserError, RuntimeError):
     """A teacher cannot work at all (bad key, unknown model, missing backend): the run stops, answers kept."""
+
+
+class TeacherConfigError(SRTUserError, ValueError):
+    """A teacher asked for with options it does not take (an unknown kind, a base URL for a local model)."""
 
 
 @dataclass

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from srt_trainer.io import iter_raw_rows
 from srt_trainer.teachers.base import Answer, Conversation, SamplingConfig
 
 logger = logging.getLogger(__name__)
@@ -84,16 +85,13 @@ class ResponseCache:
             self.torn_lines += 1
             with self.path.open("r+b") as f:
                 f.truncate(end)
-            data = data[:end]
-        for line_no, line in enumerate(data.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-                self._entries[entry["key"]] = entry
-            except (json.JSONDecodeError, KeyError, TypeError):
+        for raw in iter_raw_rows(self.path, "jsonl"):
+            entry = raw.value
+            if raw.error is not None or not isinstance(entry, dict) or "key" not in entry:
                 self.torn_lines += 1
-                logger.warning("%s:%d: unreadable cache line skipped", self.path, line_no)
+                logger.warning("%s:%d: unreadable cache line skipped", self.path, raw.line)
+                continue
+            self._entries[entry["key"]] = entry
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -179,13 +177,7 @@ class ResponseCache:
 
 def load_cache_entries(path: str | Path) -> list[dict[str, Any]]:
     """Every readable entry of a cache file, in the order written (for reports and tests)."""
-    entries = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            entries.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return entries
+    return [raw.value for raw in iter_raw_rows(path, "jsonl") if raw.error is None]
 
 
 __all__ = ["Conversation", "ResponseCache", "cache_key", "conversation_hash", "load_cache_entries"]

@@ -1,19 +1,16 @@
 """A local transformers chat model as the teacher (the embedded student by default, so everything runs offline).
 
-Batched generation with the tokenizer's chat template: prompts sorted by length so a batch pads little, left
-padding so every answer starts at the same column. A conversation ending in an assistant message is continued
-(prefill), which lets a small model start its answer in the expected format.
+Conversations are rendered with the tokenizer's chat template and answered by the package's batched generation
+(``srt_trainer.generation``). A conversation ending in an assistant message is continued (prefill), which lets a
+small model start its answer in the expected format.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
-from srt_trainer.teachers.base import Answer, Conversation, OnAnswer, SamplingConfig, Teacher, prefilled
-
-logger = logging.getLogger(__name__)
+from srt_trainer.teachers.base import Answer, Conversation, OnAnswer, SamplingConfig, Teacher, TeacherError, prefilled
 
 
 class TransformersTeacher(Teacher):
@@ -60,7 +57,7 @@ class TransformersTeacher(Teacher):
                 self.model_name, dtype=self.dtype, device=self.device, trust_remote_code=self.trust_remote_code
             )
         if getattr(self._tokenizer, "chat_template", None) is None:
-            raise ValueError(f"teacher {self.model_name!r}: its tokenizer has no chat template")
+            raise TeacherError(f"teacher {self.model_name!r}: its tokenizer has no chat template")
         return self._model, self._tokenizer
 
     def render(self, conversation: Conversation) -> str:
@@ -71,49 +68,25 @@ class TransformersTeacher(Teacher):
         )
 
     def generate(self, conversations: Sequence[Conversation], sampling: SamplingConfig, on_answer: OnAnswer) -> None:
-        import torch
+        from srt_trainer.generation import generate_batched
 
         model, tokenizer = self.load()
-        texts = [self.render(c) for c in conversations]
-        ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
-        pad = tokenizer.pad_token_id
-        eos = {
-            tokenizer.eos_token_id,
-            *(
-                [model.generation_config.eos_token_id]
-                if isinstance(model.generation_config.eos_token_id, int)
-                else (model.generation_config.eos_token_id or [])
-            ),
-        }
-        eos.discard(None)
-        options: dict[str, Any] = {"max_new_tokens": sampling.max_tokens, "pad_token_id": pad}
         if sampling.temperature > 0:
-            options.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
-        else:
-            options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
-            width = max(len(ids[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):  # left padding
-                input_ids[row, width - len(ids[i]) :] = torch.tensor(ids[i])
-                mask[row, width - len(ids[i]) :] = 1
-            if sampling.seed is not None:
-                torch.manual_seed(sampling.seed + start)
-            with torch.no_grad():  # use_cache: a training config may have turned the cache off
-                out = model.generate(
-                    input_ids=input_ids.to(model.device),
-                    attention_mask=mask.to(model.device),
-                    use_cache=True,
-                    **options,
-                )
-            for row, i in enumerate(batch):
-                new = out[row, width:].tolist()
-                n = next((k for k, t in enumerate(new) if t in eos), len(new))
-                text = tokenizer.decode(new[:n], skip_special_tokens=True)
-                on_answer(i, Answer(text=text, prompt_tokens=len(ids[i]), completion_tokens=n, attempts=1))
+            options: dict[str, Any] = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p}
+        else:  # greedy, whatever sampling settings the model's generation config carries
+            options = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        for c in generate_batched(
+            model,
+            tokenizer,
+            [self.render(conversation) for conversation in conversations],
+            max_new_tokens=sampling.max_tokens,
+            batch_size=self.batch_size,
+            generation_kwargs=options,
+            sort_by_length=True,
+            add_special_tokens=False,  # the chat template has them
+            seed=sampling.seed,
+        ):
+            on_answer(c.index, Answer(c.text, prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens))
 
     def close(self) -> None:
         self._model = None

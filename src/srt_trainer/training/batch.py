@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 
+from srt_trainer.errors import SRTUserError
 
-class GlobalBatchError(ValueError):
+
+class GlobalBatchError(SRTUserError, ValueError):
     """The requested global batch cannot be split over the per-device batch and the processes."""
 
 

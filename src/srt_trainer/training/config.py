@@ -6,13 +6,23 @@ given with ``--config`` and lets every field be overridden on the command line.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
+from transformers import TrainingArguments
 from trl import ModelConfig, SFTConfig
 
+from srt_trainer.errors import SRTUserError
 from srt_trainer.training.batch import GlobalBatchError, gradient_accumulation_for, world_size_from_env
 
 VARIANT_FIELDS = {"ori": "ori", "Q": "q", "A": "a", "QA": "qa"}  # variant name → field-name stem
+# transformers ≥ 5.24 calls it activation checkpointing (and warns on the old gradient_checkpointing names); older
+# releases, such as the GPU machines' 5.17, know only the old names
+TRANSFORMERS_SAYS_ACTIVATION = "activation_checkpointing" in {f.name for f in fields(TrainingArguments)}
+
+
+class TrainingInputError(SRTUserError, ValueError):
+    """The options do not say what to train on (none, or several kinds of input, or a variant missing)."""
 
 
 def _bf16_supported() -> bool:
@@ -32,11 +42,15 @@ def _has_accelerator() -> bool:
 
 @dataclass
 class SRTSFTConfig(SFTConfig):
-    """TRL's ``SFTConfig`` with the defaults of Selective Reflection-Tuning (paper, section 1.4 of the spec).
+    """TRL's ``SFTConfig`` with the defaults of Selective Reflection-Tuning (the paper's fine-tuning settings).
 
     Differences from TRL: 3 epochs, max length 2048, warmup ratio 0.03 (transformers 5 spells it
     ``warmup_steps`` < 1), cosine schedule, weight decay 0, loss on the completion only, bf16 only where the
     hardware has it, and ``global_batch_size`` from which the gradient accumulation is derived.
+
+    Activation checkpointing (on by default, as in TRL) is ``activation_checkpointing``, the name of transformers
+    ≥ 5.24, on every transformers release; the older ``gradient_checkpointing`` names are accepted too. Either
+    reaches transformers under the name that release knows, so no run warns about a deprecated argument.
     """
 
     output_dir: str | None = field(default="outputs/sft", metadata={"help": "Where checkpoints and the model go."})
@@ -74,6 +88,23 @@ class SRTSFTConfig(SFTConfig):
             "a killed run."
         },
     )
+    activation_checkpointing: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Recompute activations in the backward pass instead of keeping them: less memory, slower steps. "
+            "Unset: on (TRL's default), unless gradient_checkpointing says otherwise."
+        },
+    )
+    activation_checkpointing_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "Keyword arguments of activation checkpointing, e.g. {'use_reentrant': false}."},
+    )
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "The older name of activation_checkpointing (still accepted)."}
+    )
+    gradient_checkpointing_kwargs: dict[str, Any] | str | None = field(
+        default=None, metadata={"help": "The older name of activation_checkpointing_kwargs (still accepted)."}
+    )
     global_batch_size: int | None = field(
         default=128,
         metadata={
@@ -85,6 +116,7 @@ class SRTSFTConfig(SFTConfig):
     )
 
     def __post_init__(self) -> None:
+        self._name_activation_checkpointing()
         if self.bf16 is None:
             self.bf16 = not self.fp16 and _bf16_supported()
         if not self.use_cpu and not _has_accelerator():
@@ -94,8 +126,25 @@ class SRTSFTConfig(SFTConfig):
             # before the base class runs: a DeepSpeed config's "auto" batch values are filled from these
             self.gradient_accumulation_steps = self._derived_accumulation(world_size_from_env())
         super().__post_init__()
+        if not TRANSFORMERS_SAYS_ACTIVATION:  # the kwargs as transformers parsed them (JSON text → dict)
+            self.activation_checkpointing_kwargs = self.gradient_checkpointing_kwargs
         if self.global_batch_size is not None and self.world_size != world_size_from_env():
             self.gradient_accumulation_steps = self._derived_accumulation(self.world_size)
+
+    def _name_activation_checkpointing(self) -> None:
+        """Resolve the two spellings into ``activation_checkpointing*`` (the new one wins where both are given),
+        then hand the setting to transformers under the name it reads: the new one (it mirrors the old names from
+        it) or, on releases before 5.24, the old one."""
+        if self.activation_checkpointing is None:
+            old = self.gradient_checkpointing
+            self.activation_checkpointing = True if old is None else old
+        if self.activation_checkpointing_kwargs is None:
+            self.activation_checkpointing_kwargs = self.gradient_checkpointing_kwargs
+        if TRANSFORMERS_SAYS_ACTIVATION:
+            self.gradient_checkpointing = self.gradient_checkpointing_kwargs = None
+        else:
+            self.gradient_checkpointing = self.activation_checkpointing
+            self.gradient_checkpointing_kwargs = self.activation_checkpointing_kwargs
 
     def _derived_accumulation(self, world_size: int) -> int:
         given = self.gradient_accumulation_steps
@@ -222,7 +271,8 @@ class SRTScriptArguments:
                 setattr(self, stem, None)
 
     def mode(self) -> str:
-        """``dataset``, ``scores`` or ``data``; raises ``ValueError`` unless exactly one kind of input is given."""
+        """``dataset``, ``scores`` or ``data``; raises ``TrainingInputError`` unless exactly one kind of input is
+        given, with every file the selection policy needs."""
         needed = ("ori",) if self.policy == "ifd" else tuple(VARIANT_FIELDS.values())
         kinds = {
             "dataset": [self.dataset] if self.dataset else [],
@@ -231,7 +281,7 @@ class SRTScriptArguments:
         }
         given = [k for k, v in kinds.items() if v]
         if len(given) != 1:
-            raise ValueError(
+            raise TrainingInputError(
                 "give exactly one kind of training input: --dataset (selected rows), the four --*_scores files, "
                 f"or the four --*_data files to score; got {', '.join(given) or 'none'}"
             )
@@ -239,7 +289,7 @@ class SRTScriptArguments:
         if kind != "dataset":
             missing = [f"--{v}_{kind}" for v in needed if not getattr(self, f"{v}_{kind}")]
             if missing:
-                raise ValueError(f"the '{self.policy}' selection policy needs {', '.join(missing)} as well")
+                raise TrainingInputError(f"the '{self.policy}' selection policy needs {', '.join(missing)} as well")
         return kind
 
     def variant_files(self, kind: str) -> dict[str, str | None]:

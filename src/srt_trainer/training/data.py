@@ -10,19 +10,24 @@ Multi-turn rows put the earlier turns in the prompt and train on the last assist
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import datasets
 
+from srt_trainer.data import load_instruction_data, summarize_rejects
+from srt_trainer.errors import SRTUserError
 from srt_trainer.templates import PromptTemplate, get_template
+
+logger = logging.getLogger(__name__)
 
 # Text between the prompt and the response in each template's original training code.
 RESPONSE_SEPARATORS = {"vicuna": " ", "alpaca": "", "wizardlm": "", "chat": ""}
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(SRTUserError, ValueError):
     """The rows to train on are unusable (none left, a row without a response)."""
 
 
@@ -80,11 +85,9 @@ def load_training_rows(
 ) -> list[dict[str, Any]]:
     """Rows of a training file, normalized; unusable rows go to ``rejects_path`` with file, row, field and reason
     (``None``: not written, e.g. on the processes other than the main one)."""
-    from srt_trainer.data import load_instruction_data, summarize_rejects
-
     loaded = load_instruction_data(path, format=data_format, rejects_path=rejects_path)
     if loaded.rejects and rejects_path is not None:
-        print(f"{loaded.source}: {summarize_rejects(loaded.rejects)} (see {rejects_path})")
+        logger.warning("%s: %s (see %s)", loaded.source, summarize_rejects(loaded.rejects), rejects_path)
     rows = loaded.dataset.to_list()
     if not rows:
         raise TrainingDataError(f"{path}: no usable rows to train on (rejects in {rejects_path})")

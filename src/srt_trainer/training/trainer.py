@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transformers.trainer_utils import get_last_checkpoint, sort_checkpoints
 from trl import SFTTrainer, get_peft_config, get_quantization_config
 
+from srt_trainer.distributed import get_state
+from srt_trainer.errors import SRTUserError
+from srt_trainer.models import load_student, load_tokenizer, resolve_model_path
+from srt_trainer.models.embedded import public_model_name
+from srt_trainer.resources import resolve_data
+from srt_trainer.scoring import ScoreConfig, run_score
+from srt_trainer.selection import SelectConfig, format_counts, run_select
 from srt_trainer.training.callbacks import REPORT_DIR, SelectionReport, SelectionStatsCallback
 from srt_trainer.training.config import SRTModelConfig, SRTScriptArguments, SRTSFTConfig
 from srt_trainer.training.data import build_sft_dataset, load_training_rows
@@ -26,17 +35,66 @@ logger = logging.getLogger(__name__)
 RESUME_LAST = ("true", "last", "auto", "latest")
 
 
-class SRTSFTTrainer(SFTTrainer):
-    """``SFTTrainer`` that reports the selection its data came from (see ``SelectionStatsCallback``) and logs each
-    optimizer step's wall time and the peak memory (``step_seconds``, ``max_memory_gib``)."""
+TRAINER_STATE = "trainer_state.json"  # the trainer writes it last into a checkpoint
 
-    def __init__(self, *args: Any, selection_report: SelectionReport | None = None, **kwargs: Any) -> None:
+
+class CheckpointNotFoundError(SRTUserError, FileNotFoundError):
+    """``--resume_from_checkpoint`` names a folder that does not exist."""
+
+
+class SRTSFTTrainer(SFTTrainer):
+    """``SFTTrainer`` that reports the selection its data came from (see ``SelectionStatsCallback``), logs each
+    optimizer step's wall time and the peak memory (``step_seconds``, ``max_memory_gib``), and writes a model card
+    naming the student it started from (``base_model``) and the data it was trained on (``dataset_name``)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        selection_report: SelectionReport | None = None,
+        base_model: str | None = None,
+        dataset_name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.selection_report = selection_report
+        self.base_model = base_model
+        self.dataset_name = dataset_name
         if selection_report is not None:
             self.add_callback(SelectionStatsCallback(selection_report, trainer=self))
         self.step_timer = StepTimeCallback()
         self.add_callback(self.step_timer)
+
+    def create_model_card(
+        self, model_name: str | None = None, dataset_name: str | None = None, tags: str | list[str] | None = None
+    ) -> None:
+        """TRL's model card (``README.md`` in ``output_dir``), with the base model and the data named.
+
+        TRL takes the base model from the model config's ``_name_or_path`` and drops it when that is a local folder,
+        so a student loaded from a folder (the embedded one always is) came out as "a fine-tuned version of
+        [None]"; here the card names ``self.base_model`` and, unless given, ``self.dataset_name``.
+        """
+        if not self.is_world_process_zero():
+            return
+        from trl.trainer.utils import generate_model_card, get_comet_experiment_url, get_trackio_space_url
+
+        tags = {tags} if isinstance(tags, str) else set(tags or ())
+        tags.update(self._tag_names)
+        card = generate_model_card(
+            base_model=self.base_model,
+            model_name=model_name or Path(self.args.output_dir).name,
+            hub_model_id=self.hub_model_id,
+            dataset_name=dataset_name or self.dataset_name,
+            tags=sorted(tags),
+            wandb_url=_wandb_url(),
+            trackio_url=get_trackio_space_url(),
+            comet_url=get_comet_experiment_url(),
+            trainer_name=self._name,
+            trainer_citation=self._paper.get("citation"),
+            template_file=self._template_file,
+            paper_title=self._paper.get("title"),
+            paper_id=self._paper.get("id"),
+        )
+        card.save(os.path.join(self.args.output_dir, "README.md"))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training log (not the final summary or an evaluation)
@@ -44,38 +102,60 @@ class SRTSFTTrainer(SFTTrainer):
         super().log(logs, start_time)
 
 
+def _wandb_url() -> str | None:
+    from transformers.integrations import is_wandb_available
+
+    if not is_wandb_available():
+        return None
+    import wandb
+
+    return wandb.run.url if wandb.run is not None else None
+
+
 @dataclass
 class TrainOutcome:
-    """What a training run produced."""
+    """What a training run produced (``is_main``: this process saved it; the others only took part)."""
 
     output_dir: Path
     global_step: int
     train_rows: int
+    data_file: Path
+    template: str
+    global_batch: tuple[int, int, int]  # per-device batch, gradient accumulation, processes
+    adapter: bool
     resumed_from: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     selection: SelectionReport | None = None
+    is_main: bool = True
+
+    def describe(self) -> str:
+        """The run in two lines: what it trained on, and what it saved."""
+        per_device, accumulation, processes = self.global_batch
+        what = "adapter" if self.adapter else "model"
+        loss = self.metrics.get("train_loss", float("nan"))
+        return (
+            f"trained on {self.train_rows} rows of {self.data_file} ({self.template} template); global batch "
+            f"{per_device} × {accumulation} × {processes} = {per_device * accumulation * processes}\n"
+            f"saved the {what} to {self.output_dir} (step {self.global_step}, train loss {loss:.4f})"
+        )
 
 
 def last_complete_checkpoint(output_dir: str | Path) -> str | None:
-    """The newest ``checkpoint-N`` in ``output_dir`` that was saved to the end.
+    """transformers' ``get_last_checkpoint``, skipping a checkpoint that was not saved to the end.
 
-    The trainer writes ``trainer_state.json`` last, so a run killed while saving leaves a newer folder without it;
-    that one is skipped (and named in the log) instead of failing the resume.
+    The trainer writes ``trainer_state.json`` last, so a run killed while saving leaves a newest ``checkpoint-N``
+    without it; that one is skipped (and named in the log) for the newest complete one, instead of failing the
+    resume.
     """
-    import re
-
-    folder = Path(output_dir)
-    if not folder.is_dir():
+    folder = str(output_dir)
+    if not os.path.isdir(folder):
         return None
-    found = []
-    for path in folder.iterdir():
-        if path.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", path.name)):
-            found.append((int(m.group(1)), path))
-    for _, path in sorted(found, reverse=True):
-        if (path / "trainer_state.json").is_file():
-            return str(path)
-        logger.warning("%s was not saved to the end (the run was stopped while saving): skipped", path)
-    return None
+    last = get_last_checkpoint(folder)
+    if last is None or os.path.isfile(os.path.join(last, TRAINER_STATE)):
+        return last
+    logger.warning("%s was not saved to the end (the run was stopped while saving): skipped", last)
+    complete = [c for c in sort_checkpoints(folder) if os.path.isfile(os.path.join(c, TRAINER_STATE))]
+    return complete[-1] if complete else None
 
 
 def resolve_resume(value: str | bool | None, output_dir: str | Path) -> str | None:
@@ -91,14 +171,12 @@ def resolve_resume(value: str | bool | None, output_dir: str | Path) -> str | No
             logger.info("resuming from %s", last)
         return last
     if not Path(value).is_dir():
-        raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such checkpoint folder")
+        raise CheckpointNotFoundError(f"--resume_from_checkpoint {value}: no such checkpoint folder")
     return str(value)
 
 
 def load_model_for_training(model_args: SRTModelConfig, training_args: SRTSFTConfig) -> Any:
     """The student in ``model_args.dtype`` on this process's device (QLoRA: quantized with bitsandbytes)."""
-    from srt_trainer.models import load_student
-
     kwargs: dict[str, Any] = {}
     quantization = get_quantization_config(model_args)
     if quantization is not None:
@@ -112,7 +190,7 @@ def load_model_for_training(model_args: SRTModelConfig, training_args: SRTSFTCon
         revision=None if model_args.model_revision == "main" else model_args.model_revision,
         **kwargs,
     )
-    if training_args.gradient_checkpointing:
+    if training_args.activation_checkpointing:
         model.config.use_cache = False  # the cache is useless in training and warns with checkpointing
     return model
 
@@ -121,10 +199,6 @@ def score_variants(
     script_args: SRTScriptArguments, model_args: SRTModelConfig, model: Any, tokenizer: Any, folder: Path
 ) -> dict[str, str]:
     """Score the variant files with the loaded student across all processes (resumable); returns the score files."""
-    from srt_trainer.distributed import get_state
-    from srt_trainer.resources import resolve_data
-    from srt_trainer.scoring.cli import ScoreConfig, run_score
-
     state = get_state()
     out: dict[str, str] = {}
     for variant, data in script_args.variant_files("data").items():
@@ -146,7 +220,7 @@ def score_variants(
             plot=script_args.plot,
         )
         if state.is_main_process:
-            print(f"scoring the {variant} pairs of {data} with the student")
+            logger.info("scoring the %s pairs of %s with the student", variant, data)
         was_training = model.training
         model.eval()
         run_score(config, model=model, tokenizer=tokenizer)
@@ -158,9 +232,6 @@ def score_variants(
 
 def select(script_args: SRTScriptArguments, score_files: dict[str, str | None], output: Path) -> Path:
     """Run the selection on the main process and let every process continue once its output exists."""
-    from srt_trainer.distributed import get_state
-    from srt_trainer.selection import SelectConfig, run_select
-
     state = get_state()
     if state.is_main_process:
         config = SelectConfig(
@@ -177,7 +248,15 @@ def select(script_args: SRTScriptArguments, score_files: dict[str, str | None], 
             top_p=script_args.top_p,
             plot=script_args.plot,
         )
-        run_select(config)
+        result = run_select(config)
+        logger.info(
+            "selection (%s policy) of %d source rows:\n%s\nwrote %s (%d rows)",
+            config.policy,
+            result.counts["rows"],
+            format_counts(result.counts),
+            output,
+            len(result.rows),
+        )
     state.wait_for_everyone()
     return output
 
@@ -188,20 +267,17 @@ def train(
     model_args: SRTModelConfig,
     model: Any = None,
     tokenizer: Any = None,
-    finish: bool = True,
 ) -> TrainOutcome:
-    """Score / select where asked, fine-tune with ``SFTTrainer``, save the model (or adapter) and tokenizer.
+    """Score / select where asked, fine-tune with ``SFTTrainer``, save the model (or adapter), the tokenizer, the
+    metrics (``train_results.json``, ``all_results.json``), the trainer state and the model card; then finish the
+    trackers and the process group.
 
     ``model`` / ``tokenizer``: a student already loaded by the caller; loaded from ``model_args`` otherwise.
-    ``finish``: close the trackers and the process group at the end (a script's last step).
     """
-    from srt_trainer.distributed import get_state
-    from srt_trainer.models import load_tokenizer, resolve_model_path
-    from srt_trainer.resources import resolve_data
-
     mode = script_args.mode()
     state = get_state()
     out = Path(training_args.output_dir)
+    base_model = public_model_name(model_args.model_name_or_path)
     # one conversion of the embedded student, then every process reads the cached folder
     with state.main_process_first():
         model_args.model_name_or_path = resolve_model_path(model_args.model_name_or_path)
@@ -227,11 +303,19 @@ def train(
     dataset = build_sft_dataset(
         rows, script_args.template, tokenizer, script_args.response_separator, source=str(data_file)
     )
+    batch = (
+        training_args.per_device_train_batch_size,
+        training_args.gradient_accumulation_steps,
+        training_args.world_size,
+    )
     if state.is_main_process:
-        print(
-            f"training on {len(dataset)} rows of {data_file} ({script_args.template} template); global batch "
-            f"{training_args.per_device_train_batch_size} × {training_args.gradient_accumulation_steps} × "
-            f"{training_args.world_size} = {_global_batch(training_args)}"
+        logger.info(
+            "training on %d rows of %s (%s template); global batch %d × %d × %d = %d",
+            len(dataset),
+            data_file,
+            script_args.template,
+            *batch,
+            _global_batch(training_args),
         )
         if report.files and mode == "dataset":
             report.copy_to(selection_dir)
@@ -247,13 +331,18 @@ def train(
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
         selection_report=report if (report.files or report.counts) else None,
+        base_model=base_model,
+        dataset_name=str(data_file),
     )
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(out))
     metrics = dict(result.metrics)
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    trainer.create_model_card()
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(out))
-        trainer.save_state()
         summary = {
             "train_rows": len(dataset),
             "data": str(data_file),
@@ -266,19 +355,21 @@ def train(
             "script_args": asdict(script_args),
         }
         (out / "srt_train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        what = "adapter" if model_args.use_peft else "model"
-        loss = metrics.get("train_loss", float("nan"))
-        print(f"saved the {what} to {out} (step {trainer.state.global_step}, train loss {loss:.4f})")
     state.wait_for_everyone()
-    if finish and hasattr(trainer, "end"):
-        trainer.end()  # transformers ≥ 5.18: finish the trackers and the process group
+    if hasattr(trainer, "end"):  # transformers ≥ 5.18
+        trainer.end()  # finish the trackers and the process group
     return TrainOutcome(
         output_dir=out,
         global_step=trainer.state.global_step,
         train_rows=len(dataset),
+        data_file=data_file,
+        template=script_args.template,
+        global_batch=batch,
+        adapter=bool(model_args.use_peft),
         resumed_from=resume,
         metrics=metrics,
         selection=report,
+        is_main=state.is_main_process,
     )
 
 

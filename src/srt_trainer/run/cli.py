@@ -1,0 +1,35 @@
+"""``srt run CONFIG``: the main job from one YAML file (``srt run --help`` lists every field)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from srt_trainer.errors import run_cli
+from srt_trainer.run.config import RunArguments
+
+PROG = "srt run"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-"):  # `srt run CONFIG` is short for `srt run --config CONFIG`
+        argv = ["--config", *argv]
+
+    def command() -> None:
+        from trl import TrlParser
+
+        from srt_trainer.run.job import run
+        from srt_trainer.training.config import SRTModelConfig, SRTScriptArguments, SRTSFTConfig
+
+        parser = TrlParser((RunArguments, SRTScriptArguments, SRTSFTConfig, SRTModelConfig), prog=PROG)
+        result = run(*parser.parse_args_and_config(argv))
+        if not result.is_main:
+            return
+        for a in result.answers:
+            print(f"\nQ: {a['instruction']}\nA (tuned): {a['output']}")
+            if "untuned_output" in a:
+                print(f"A (untuned): {a['untuned_output']}")
+        print(f"\n{result.describe()}")
+
+    return run_cli(PROG, command)

@@ -1,0 +1,92 @@
+"""Options of the selection stage (``srt select``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from srt_trainer.errors import SRTUserError
+
+POLICIES = ("paper", "ifd")
+VARIANTS = ("ori", "Q", "A", "QA")
+
+
+class SelectionInputError(SRTUserError, ValueError):
+    """The scored inputs cannot be judged together (misaligned rows, not a score output)."""
+
+
+@dataclass
+class SelectConfig:
+    """Options of ``srt select`` (YAML via ``--config``; every field also a flag)."""
+
+    ori: str = field(
+        default=None, metadata={"help": "`srt score` output of the original pairs (JSONL, JSON or Parquet)."}
+    )
+    q: str = field(
+        default=None,
+        metadata={
+            "help": "`srt score` output of the instruction-reflected pairs Q "
+            "(x_ins, y_ins), same rows in the same order."
+        },
+    )
+    a: str = field(
+        default=None, metadata={"help": "`srt score` output of the response-reflected original pairs A (x0, y_res)."}
+    )
+    qa: str = field(
+        default=None, metadata={"help": "`srt score` output of the response-reflected Q pairs QA (x_ins, y_res')."}
+    )
+    output: str = field(
+        default=None, metadata={"help": "Selected rows, .jsonl or .parquet; the report files go beside it."}
+    )
+    policy: str = field(
+        default="paper",
+        metadata={
+            "help": "'paper': the released Selective Reflection-Tuning rule (keeps QA or A); 'ifd': Cherry_LLM-style, "
+            "the original pairs only, kept by IFD (Q/A/QA not needed).",
+            "choices": list(POLICIES),
+        },
+    )
+    keep_unaccepted_winners: bool = field(
+        default=False,
+        metadata={
+            "help": "Also keep the winner of the branches the release drops: Q in branch 2 (new instruction "
+            "accepted, new response not) and ori in branch 4 (neither accepted), under the same thresholds."
+        },
+    )
+    ifd_threshold: float = field(default=1.0, metadata={"help": "Keep a pair only if its IFD is below this."})
+    rifd_threshold: float = field(
+        default=1.0, metadata={"help": "Keep a pair only if its r-IFD is below this (not used by the 'ifd' policy)."}
+    )
+    top_k: int | None = field(
+        default=None,
+        metadata={
+            "help": "Budget: keep at most this many pairs, those with the highest IFD among the pairs that "
+            "passed the thresholds."
+        },
+    )
+    top_p: float | None = field(
+        default=None,
+        metadata={
+            "help": "Budget: keep this fraction (0.05 = 5%%, rounded down) of the pairs that passed the "
+            "thresholds, highest IFD first. With top_k too, the smaller budget holds."
+        },
+    )
+    plot: bool = field(default=True, metadata={"help": "Write the funnel and IFD / r-IFD histogram PNGs."})
+    data_card: bool = field(default=True, metadata={"help": "Write a markdown data card beside the output."})
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise SelectionInputError(f"policy must be one of {', '.join(POLICIES)}, not {self.policy!r}")
+        if self.top_k is not None and self.top_k < 0:
+            raise SelectionInputError(f"top_k must be 0 or more, not {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise SelectionInputError(f"top_p is a fraction in (0, 1] (0.05 keeps 5%), not {self.top_p}")
+        for name in ("ifd_threshold", "rifd_threshold"):
+            if not getattr(self, name) > 0:
+                raise SelectionInputError(f"{name} must be positive, not {getattr(self, name)}")
+
+    def files(self) -> dict[str, str | None]:
+        """The input file of each view."""
+        return {"ori": self.ori, "Q": self.q, "A": self.a, "QA": self.qa}
+
+    def needed_views(self) -> tuple[str, ...]:
+        return ("ori",) if self.policy == "ifd" else VARIANTS

@@ -1,0 +1,47 @@
+"""The selection stage behind ``srt select``: read the four score outputs, select, write the output and its report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from srt_trainer.io import DataLoadError, check_output_path, iter_raw_rows
+from srt_trainer.selection.config import SelectConfig, SelectionInputError
+from srt_trainer.selection.policy import SelectionResult, select_rows
+from srt_trainer.selection.report import write_selection
+
+
+def read_scored(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a score output: JSONL, JSON (a list, or an object with a ``data`` list) or Parquet."""
+    path = Path(path)
+    if not path.is_file():
+        raise SelectionInputError(f"{path}: no such file")
+    rows = []
+    try:
+        for raw in iter_raw_rows(path):
+            if raw.error or not isinstance(raw.value, dict):
+                where = f"row {raw.row}" + (f" (line {raw.line})" if raw.line else "")
+                raise SelectionInputError(f"{path} {where}: {raw.error or 'not an object'}")
+            rows.append(raw.value)
+    except DataLoadError as e:
+        raise SelectionInputError(str(e)) from e
+    return rows
+
+
+def run_select(config: SelectConfig) -> SelectionResult:
+    """Read the four score outputs named in ``config``, select, and write the output and its report; the result's
+    ``files`` name what was written."""
+    needed = config.needed_views()
+    files = config.files()
+    missing = [f"--{v.lower()}" for v in needed if not files[v]]
+    if missing or not config.output:
+        missing += [] if config.output else ["--output"]
+        raise SelectionInputError(f"{', '.join(missing)} required (the {config.policy!r} policy)")
+    output = check_output_path(config.output)
+    for view, file in files.items():
+        if file and Path(file).resolve() == output.resolve():
+            raise SelectionInputError(f"--output {output} is also the {view} input; choose another file")
+    scored = {v: read_scored(files[v]) for v in needed}
+    result = select_rows(scored["ori"], scored.get("Q"), scored.get("A"), scored.get("QA"), config)
+    result.files = write_selection(result, config, scored)
+    return result

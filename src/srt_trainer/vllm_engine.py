@@ -1,0 +1,110 @@
+"""vLLM's offline engine, the one wrapper behind the ``vllm`` teacher and ``srt eval generate --engine vllm``.
+
+vLLM is imported only here, on use; the engine loads the model on its first call (a fully cached run never does).
+A PEFT (LoRA) adapter is served through vLLM's ``LoRARequest``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from srt_trainer.errors import SRTUserError
+from srt_trainer.generation import Completion
+from srt_trainer.models import resolve_model_path
+
+LORA_RANKS = (8, 16, 32, 64, 128, 256, 512)
+
+
+class VLLMMissingError(SRTUserError):
+    """vLLM is asked for and not installed."""
+
+
+def import_vllm(missing: str) -> Any:
+    """The ``vllm`` module; raises ``VLLMMissingError(missing)`` where it is not installed."""
+    try:
+        import vllm
+    except ImportError as e:
+        raise VLLMMissingError(missing) from e
+    return vllm
+
+
+class VLLMEngine:
+    """``vllm.LLM`` for a model (``"embedded"``, a folder or a hub id), with an optional LoRA ``adapter`` folder.
+
+    ``missing``: the message to fail with at once when vLLM is not installed. ``engine_options`` go to ``vllm.LLM``
+    (``dtype``, ``seed``, ``trust_remote_code``, ...).
+    """
+
+    def __init__(self, model: str | None, *, missing: str, adapter: str | Path | None = None, **engine_options: Any):
+        self._vllm = import_vllm(missing)
+        self.path = resolve_model_path(model)
+        self.adapter = str(adapter) if adapter else None
+        self.engine_options = dict(engine_options)
+        if self.adapter:
+            rank = json.loads((Path(self.adapter) / "adapter_config.json").read_text()).get("r", 16)
+            self.engine_options.update(enable_lora=True, max_lora_rank=next(r for r in LORA_RANKS if r >= rank))
+        self._llm: Any = None
+
+    @property
+    def llm(self) -> Any:
+        if self._llm is None:
+            self._llm = self._vllm.LLM(model=self.path, **self.engine_options)
+        return self._llm
+
+    def _params(self, temperature: float, top_p: float, max_tokens: int, seed: int | None) -> Any:
+        return self._vllm.SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+
+    def _lora(self) -> Any:
+        if not self.adapter:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest("adapter", 1, self.adapter)
+
+    @staticmethod
+    def _completions(outputs: Sequence[Any]) -> list[Completion]:
+        return [
+            Completion(
+                index=i,
+                text=out.outputs[0].text,
+                prompt_tokens=len(out.prompt_token_ids or []),
+                completion_tokens=len(out.outputs[0].token_ids),
+            )
+            for i, out in enumerate(outputs)
+        ]
+
+    def complete(
+        self, prompts: Sequence[str], *, temperature: float, top_p: float, max_tokens: int, seed: int | None = None
+    ) -> list[Completion]:
+        """Answers to already-rendered prompts, in their order."""
+        params = self._params(temperature, top_p, max_tokens, seed)
+        outputs = self.llm.generate(list(prompts), params, lora_request=self._lora(), use_tqdm=False)
+        return self._completions(outputs)
+
+    def chat(
+        self,
+        conversations: Sequence[Sequence[dict[str, str]]],
+        *,
+        temperature: float,
+        top_p: float,
+        max_tokens: int,
+        seed: int | None = None,
+        continue_final_message: bool = False,
+    ) -> list[Completion]:
+        """Answers to chat conversations, in their order; ``continue_final_message`` continues each conversation's
+        last (assistant) message instead of starting a new one."""
+        outputs = self.llm.chat(
+            [list(c) for c in conversations],
+            self._params(temperature, top_p, max_tokens, seed),
+            use_tqdm=False,
+            lora_request=self._lora(),
+            add_generation_prompt=not continue_final_message,
+            continue_final_message=continue_final_message,
+        )
+        return self._completions(outputs)
+
+    def close(self) -> None:
+        self._llm = None
