@@ -73,7 +73,9 @@ def _reflect_all(
     model.eval()
     for variant, config in steps.items():
         logger.info("reflection %s: %s mode on %s", variant, config.mode, config.data)
-        summary = run_reflect(config, teacher=teacher).summary
+        reflected = run_reflect(config, teacher=teacher)
+        logger.info("%s\nwrote %s", reflected.result.format(), reflected.output)
+        summary = reflected.summary
         summaries[variant] = {k: summary.get(k) for k in ("rows", "ok", "fallback", "failed", "counts")}
     model.train(was_training)
     return summaries

@@ -24,6 +24,7 @@ from srt_trainer.models import load_student, load_tokenizer, resolve_model_path
 from srt_trainer.models.embedded import public_model_name
 from srt_trainer.resources import resolve_data
 from srt_trainer.scoring import ScoreConfig, run_score
+from srt_trainer.scoring.report import format_summary
 from srt_trainer.selection import SelectConfig, format_counts, run_select
 from srt_trainer.training.callbacks import REPORT_DIR, SelectionReport, SelectionStatsCallback
 from srt_trainer.training.config import SRTModelConfig, SRTScriptArguments, SRTSFTConfig
@@ -223,8 +224,10 @@ def score_variants(
             logger.info("scoring the %s pairs of %s with the student", variant, data)
         was_training = model.training
         model.eval()
-        run_score(config, model=model, tokenizer=tokenizer)
+        scored = run_score(config, model=model, tokenizer=tokenizer)
         model.train(was_training)
+        if scored is not None:  # the main process
+            logger.info("%s\nwrote %s (%d rows)", format_summary(scored.summary), output, len(scored.rows))
         state.wait_for_everyone()  # the main process writes the output after the others are done
         out[variant] = str(output)
     return out
