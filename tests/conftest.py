@@ -1,4 +1,5 @@
-"""Shared fixtures: the real data beside the checkout, the embedded student, tiny models of other architectures."""
+"""Shared fixtures: the small real data slices in tests/data, the embedded student, tiny models of other
+architectures. The suite needs nothing beside the checkout: the full data in ``../shared/data`` is the benchmarks'."""
 
 from __future__ import annotations
 
@@ -13,23 +14,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("SRT_SHARED_DATA", REPO.parent / "shared" / "data"))
+DATA = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The real data that sits beside the checkout (``../shared/data``); CI always has it."""
-    if not (SHARED_DATA / "cherry_alpaca_5_percent.json").is_file():
-        pytest.skip(f"real data not found at {SHARED_DATA} (set SRT_SHARED_DATA to point at it)")
-    return SHARED_DATA
+def data_dir() -> Path:
+    """The real data slices the tests read (``tests/data``, described in its README)."""
+    return DATA
 
 
 @pytest.fixture(scope="session")
-def alpaca_rows(shared_data: Path) -> list[dict]:
+def alpaca_rows(data_dir: Path) -> list[dict]:
+    """247 real Alpaca rows: rows 0-223 of the Cherry 5% file, then 23 later rows that tests pick by a property."""
     import json
 
-    return json.loads((shared_data / "cherry_alpaca_5_percent.json").read_text())
+    return json.loads((data_dir / "alpaca_slice.json").read_text())
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +84,7 @@ ARCHS = {
 def tiny_models(alpaca_rows, tmp_path_factory) -> dict[str, Path]:
     import transformers
 
-    texts = [r["instruction"] + " " + r["input"] + " " + r["output"] for r in alpaca_rows[:500]]
+    texts = [r["instruction"] + " " + r["input"] + " " + r["output"] for r in alpaca_rows]
     folders = {}
     for name, (config_cls, bos, specials) in ARCHS.items():
         folder = tmp_path_factory.mktemp(name)

@@ -20,16 +20,16 @@ def _read_rejects(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_real_alpaca_json(shared_data, tmp_path):
-    loaded = load_instruction_data(shared_data / "cherry_alpaca_5_percent.json", rejects_path=tmp_path / "r.jsonl")
+def test_real_alpaca_json(data_dir, tmp_path):
+    loaded = load_instruction_data(data_dir / "alpaca_slice.json", rejects_path=tmp_path / "r.jsonl")
     ds = loaded.dataset
     assert loaded.format == "alpaca"
-    assert len(ds) == loaded.num_rows_read == 3111
+    assert len(ds) == loaded.num_rows_read == 247  # the slice in tests/data
     assert loaded.rejects == [] and (tmp_path / "r.jsonl").read_text() == ""
-    assert ds["row_index"] == list(range(3111))
-    assert sum(1 for x in ds["input"] if x) == 579
-    raw = json.loads((shared_data / "cherry_alpaca_5_percent.json").read_text())
-    for i in (0, 1234, 3110):
+    assert ds["row_index"] == list(range(247))
+    assert sum(1 for x in ds["input"] if x) == 55
+    raw = json.loads((data_dir / "alpaca_slice.json").read_text())
+    for i in (0, 123, 246):
         row = ds[i]
         assert (row["instruction"], row["input"], row["output"]) == (
             raw[i]["instruction"],
@@ -39,9 +39,9 @@ def test_real_alpaca_json(shared_data, tmp_path):
         assert row["num_turns"] == 1 and row["messages"][1] == {"role": "assistant", "content": raw[i]["output"]}
 
 
-def test_real_compressed_alpaca_has_no_input(shared_data):
-    ds = load_instruction_data(shared_data / "cherry_alpaca_5_percent_compressed.json").dataset
-    assert len(ds) == 3111 and set(ds["input"]) == {""}
+def test_real_compressed_alpaca_has_no_input(data_dir):
+    ds = load_instruction_data(data_dir / "alpaca_slice_compressed.json").dataset
+    assert len(ds) == 247 and set(ds["input"]) == {""}
 
 
 def test_containers_agree(alpaca_rows, tmp_path):
@@ -244,6 +244,6 @@ def test_extra_columns_of_mixed_type_survive(tmp_path):
     assert ds["id"] == ["1", '"two"'] and ds["meta"] == ['{"k": 1}', None]
 
 
-def test_limit_reads_only_the_first_rows(shared_data):
-    loaded = load_instruction_data(shared_data / "cherry_alpaca_5_percent.json", limit=10)
+def test_limit_reads_only_the_first_rows(data_dir):
+    loaded = load_instruction_data(data_dir / "alpaca_slice.json", limit=10)
     assert len(loaded.dataset) == loaded.num_rows_read == 10

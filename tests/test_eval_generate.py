@@ -22,13 +22,13 @@ PER_SET = 2
 SETS = ("koala", "lima", "sinstruct", "vicuna", "wizardlm")
 
 
-def _args(shared_data: Path, output: Path, *extra: str) -> list[str]:
+def _args(data_dir: Path, output: Path, *extra: str) -> list[str]:
     """Two items of each of the five sets, in shards of 4."""
     return [
         "eval",
         "generate",
         "--test_sets",
-        str(shared_data / "eval"),
+        str(data_dir / "eval"),
         "--limit",
         str(PER_SET),
         "--max_new_tokens",
@@ -41,13 +41,13 @@ def _args(shared_data: Path, output: Path, *extra: str) -> list[str]:
     ]
 
 
-def _vicuna_args(shared_data: Path, output: Path, limit: int, *extra: str) -> list[str]:
+def _vicuna_args(data_dir: Path, output: Path, limit: int, *extra: str) -> list[str]:
     """The first vicuna questions (short prompts), one per shard: cheap runs for resume and adapter checks."""
     return [
         "eval",
         "generate",
         "--test_sets",
-        str(shared_data / "eval" / "vicuna_test_set.jsonl"),
+        str(data_dir / "eval" / "vicuna_test_set.jsonl"),
         "--limit",
         str(limit),
         "--max_new_tokens",
@@ -68,26 +68,26 @@ def _run_here(args: list[str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def base_run(shared_data, embedded_dir, tmp_path_factory) -> tuple[Path, str]:
+def base_run(data_dir, embedded_dir, tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("gen") / "base.jsonl"
-    return out, _run_here(_args(shared_data, out))
+    return out, _run_here(_args(data_dir, out))
 
 
 @pytest.fixture(scope="module")
-def vicuna_run(shared_data, embedded_dir, tmp_path_factory) -> Path:
+def vicuna_run(data_dir, embedded_dir, tmp_path_factory) -> Path:
     """An uninterrupted run of 6 vicuna questions, one per shard (so each answer is generated alone)."""
     out = tmp_path_factory.mktemp("gen") / "vicuna.jsonl"
-    _run_here(_vicuna_args(shared_data, out, 6))
+    _run_here(_vicuna_args(data_dir, out, 6))
     return out
 
 
-def test_output_contract(base_run, shared_data, embedded_tokenizer):
+def test_output_contract(base_run, data_dir, embedded_tokenizer):
     from srt_trainer.evaluation.test_sets import read_test_sets
     from srt_trainer.templates import get_template
 
     out, stdout = base_run
     rows = read_rows(out)
-    items = [it for s in read_test_sets([shared_data / "eval"], limit=PER_SET) for it in s.items]
+    items = [it for s in read_test_sets([data_dir / "eval"], limit=PER_SET) for it in s.items]
     assert [(r["test_set"], r["id"], r["instruction"], r["input"]) for r in rows] == [
         (it["test_set"], it["id"], it["instruction"], it["input"]) for it in items
     ]  # every item, in input order
@@ -131,10 +131,10 @@ def test_matches_plain_greedy_generate(base_run, embedded_model, embedded_tokeni
     assert row["output"] == expected
 
 
-def test_killed_run_resumes_to_identical_output(vicuna_run, shared_data, tmp_path):
+def test_killed_run_resumes_to_identical_output(vicuna_run, data_dir, tmp_path):
     out = tmp_path / "vicuna.jsonl"
     shards = tmp_path / "vicuna.gen-shards"
-    cmd = [SRT, *_vicuna_args(shared_data, out, 6)]
+    cmd = [SRT, *_vicuna_args(data_dir, out, 6)]
     kill_when(cmd, lambda: len(list(shards.glob("shard-*.jsonl"))) >= 2, timeout=300, poll=0.02)
     finished = {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*.jsonl")}
     assert 2 <= len(finished) < 6 and not out.exists()
@@ -169,10 +169,10 @@ def lora_dirs(embedded_dir, tmp_path_factory) -> tuple[Path, Path]:
     return root / "lora", root / "merged"
 
 
-def test_adapter_and_merged_model(vicuna_run, lora_dirs, shared_data, tmp_path):
+def test_adapter_and_merged_model(vicuna_run, lora_dirs, data_dir, tmp_path):
     lora, merged = lora_dirs
-    _run_here(_vicuna_args(shared_data, tmp_path / "lora.jsonl", 3, "--adapter", str(lora)))
-    _run_here(_vicuna_args(shared_data, tmp_path / "merged.jsonl", 3, "--model", str(merged)))
+    _run_here(_vicuna_args(data_dir, tmp_path / "lora.jsonl", 3, "--adapter", str(lora)))
+    _run_here(_vicuna_args(data_dir, tmp_path / "merged.jsonl", 3, "--model", str(merged)))
     with_adapter, from_merged = read_rows(tmp_path / "lora.jsonl"), read_rows(tmp_path / "merged.jsonl")
     base = read_rows(vicuna_run)[:3]
     assert {r["generator"] for r in with_adapter} == {"SmolLM2-135M-Instruct+lora"}
@@ -183,8 +183,8 @@ def test_adapter_and_merged_model(vicuna_run, lora_dirs, shared_data, tmp_path):
     assert [r["output"] for r in from_merged] == [r["output"] for r in with_adapter]
 
 
-def test_vllm_engine_without_vllm_says_what_to_install(shared_data, tmp_path, capsys):
+def test_vllm_engine_without_vllm_says_what_to_install(data_dir, tmp_path, capsys):
     """vllm is not part of this environment (it needs a GPU): asking for it explains what to do."""
-    assert srt_main([*_vicuna_args(shared_data, tmp_path / "v.jsonl", 1), "--engine", "vllm"]) == 2
+    assert srt_main([*_vicuna_args(data_dir, tmp_path / "v.jsonl", 1), "--engine", "vllm"]) == 2
     err = capsys.readouterr().err
     assert re.search(r"^srt eval generate: --engine vllm needs the vllm package.*or use --engine transformers", err)

@@ -24,7 +24,7 @@ ITEMS = 2
 
 
 @pytest.fixture(scope="module")
-def answer_files(shared_data, embedded_model, embedded_tokenizer, tmp_path_factory) -> tuple[Path, Path]:
+def answer_files(data_dir, embedded_model, embedded_tokenizer, tmp_path_factory) -> tuple[Path, Path]:
     """Two real answer files to the first vicuna items: the embedded model prompted in two formats. B has one
     extra item (unmatched) and one unusable row."""
     from srt_trainer.evaluation.generate import GenerateConfig, run_generate
@@ -33,7 +33,7 @@ def answer_files(shared_data, embedded_model, embedded_tokenizer, tmp_path_facto
     files = []
     for name, template in (("a", "vicuna"), ("b", "alpaca")):
         config = GenerateConfig(
-            test_sets=[str(shared_data / "eval" / "vicuna_test_set.jsonl")],
+            test_sets=[str(data_dir / "eval" / "vicuna_test_set.jsonl")],
             limit=ITEMS + 1,
             output=str(root / f"{name}.jsonl"),
             template=template,

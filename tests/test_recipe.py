@@ -100,9 +100,9 @@ def _launch(*args: str, launcher: list[str], timeout: int = 900) -> subprocess.C
 
 
 @pytest.fixture(scope="module")
-def two_process_run(alpaca_rows, shared_data, embedded_dir, tmp_path_factory):
+def two_process_run(alpaca_rows, data_dir, embedded_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("recipe")
-    files = write_variant_files(alpaca_rows, shared_data, folder / "variants")
+    files = write_variant_files(alpaca_rows, data_dir, folder / "variants")
     out = folder / "out"
     # on a machine without CUDA, --multi_gpu starts two CPU processes (gloo); accelerate's --cpu starts only one
     res = _launch(

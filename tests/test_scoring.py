@@ -30,8 +30,8 @@ def fp32_scores_200(embedded_model, embedded_tokenizer, alpaca_rows):
     return IFDScorer(embedded_model, embedded_tokenizer, "vicuna").score(alpaca_rows[:200])
 
 
-def test_golden_fp32(fp32_scores_200, shared_data):
-    golden = [json.loads(x) for x in (shared_data / "golden_smollm2_vicuna_64.jsonl").read_text().splitlines()]
+def test_golden_fp32(fp32_scores_200, data_dir):
+    golden = [json.loads(x) for x in (data_dir / "golden_smollm2_vicuna_64.jsonl").read_text().splitlines()]
     assert len(golden) == 64
     for got, want in zip(fp32_scores_200[:64], golden, strict=True):
         assert got["score_error"] is None
@@ -53,18 +53,18 @@ def test_bf16_ranks_agree_with_fp32(fp32_scores_200, embedded_dir, embedded_toke
 @pytest.mark.parametrize("template", ["alpaca", "wizardlm", "chat"])
 def test_embedded_other_templates_match_reference(template, embedded_model, embedded_tokenizer, alpaca_rows):
     t = get_template(template, embedded_tokenizer)
-    rows = alpaca_rows[3000:3006]  # other data than the golden rows, with and without inputs
+    rows = alpaca_rows[176:182]  # other data than the golden rows; 176, 177, 179 and 181 have an input
     got = IFDScorer(embedded_model, embedded_tokenizer, t).score(rows)
     for g, r in zip(got, rows, strict=True):
         assert_close_rel(g, reference_sample(embedded_model, embedded_tokenizer, t, r), rel=1e-4)
 
 
-def test_compressed_data_and_truncation_match_reference(embedded_model, embedded_tokenizer, shared_data):
+def test_compressed_data_and_truncation_match_reference(embedded_model, embedded_tokenizer, data_dir):
     """Other data (inputs folded into the instruction), with max_length just past the r-IFD context, so the
     conditioned response view and the response alone are cut."""
     t, tok = get_template("vicuna"), embedded_tokenizer
     n = lambda text: len(tok(text)["input_ids"])  # noqa: E731
-    data = json.loads((shared_data / "cherry_alpaca_5_percent_compressed.json").read_text())
+    data = json.loads((data_dir / "alpaca_slice_compressed.json").read_text())
     rows = [{**r, "input": ""} for r in data if n(t.prompt(r["instruction"])) > 80][:4]
     assert len(rows) == 4
     for r in rows:

@@ -41,7 +41,7 @@ def test_truncation_rule(embedded_tokenizer, alpaca_rows):
         cut = max(p, rev) + 3
         return cut < p + n(r["output"]) - 1 and cut < rev + n(r["instruction"] + r["input"])
 
-    row = next(r for r in alpaca_rows[:1000] if r["input"] and fits(r))
+    row = next(r for r in alpaca_rows if r["input"] and fits(r))  # row 36
     x, y = row["instruction"] + row["input"], row["output"]
     n_prompt, n_rev = n(t.prompt(row["instruction"], row["input"])), n(t.reverse_prompt(y))
     max_length = max(n_prompt, n_rev) + 3

@@ -59,12 +59,10 @@ def conversation(a: dict, b: dict) -> dict:
     return {"instruction": a["instruction"], "input": "", "output": a["output"], "messages": msgs}
 
 
-def test_packed_equals_padded_and_golden_fp32(
-    embedded_model, embedded_tokenizer, alpaca_rows, shared_data, monkeypatch
-):
+def test_packed_equals_padded_and_golden_fp32(embedded_model, embedded_tokenizer, alpaca_rows, data_dir, monkeypatch):
     """Real rows under the real student: several views share a row, behind the shared template prefix and without
     one, and every loss matches the padded engine and the one-sample-at-a-time golden file to 1e-4."""
-    golden = [json.loads(x) for x in (shared_data / "golden_smollm2_vicuna_64.jsonl").read_text().splitlines()]
+    golden = [json.loads(x) for x in (data_dir / "golden_smollm2_vicuna_64.jsonl").read_text().splitlines()]
     rows = alpaca_rows[:16]
     packed = IFDScorer(embedded_model, embedded_tokenizer, "vicuna", engine="packed")
     padded = IFDScorer(embedded_model, embedded_tokenizer, "vicuna", engine="padded")
@@ -86,7 +84,8 @@ def test_packed_equals_padded_and_golden_fp32(
 def test_packed_conversation_and_unscorable_rows_match_padded(embedded_model, embedded_tokenizer, alpaca_rows):
     """A two-turn conversation (per-turn views of several lengths, the longest cut at max_length) packed with rows
     of which one has no statistics at this max_length (its reverse prompt fills it): it is marked, the rest match."""
-    rows = [conversation(alpaca_rows[5], alpaca_rows[6]), *alpaca_rows[3000:3011]]
+    # rows 135-145: 143 is the one whose reverse prompt fills max_length 320; 140 and 141 have an input
+    rows = [conversation(alpaca_rows[5], alpaca_rows[6]), *alpaca_rows[135:146]]
     kw = {"max_length": 320, "token_budget": 1024}
     got = IFDScorer(embedded_model, embedded_tokenizer, "vicuna", engine="packed", **kw).score(rows)
     want = IFDScorer(embedded_model, embedded_tokenizer, "vicuna", engine="padded", **kw).score(rows)

@@ -39,11 +39,11 @@ QUICK = {
 }
 
 
-def write_variant_files(alpaca_rows: list[dict], shared_data: Path, folder: Path, n: int = 6) -> dict[str, Path]:
+def write_variant_files(alpaca_rows: list[dict], data_dir: Path, folder: Path, n: int = 6) -> dict[str, Path]:
     """Four variant files of ``n`` real Alpaca rows, no teacher needed: ori is the row; Q its instruction as the
     release's compressed data rewrote it (the input folded in); A the original instruction answered by the first
     sentence of its response; QA the rewritten instruction with that answer."""
-    compressed = json.loads((shared_data / "cherry_alpaca_5_percent_compressed.json").read_text())
+    compressed = json.loads((data_dir / "alpaca_slice_compressed.json").read_text())
     rewritten = {r["output"]: r["instruction"] for r in compressed}
     rows = [
         r
@@ -200,7 +200,7 @@ def test_loss_mask_covers_exactly_the_response_and_eos(alpaca_rows, embedded_mod
 # --- training ------------------------------------------------------------------------------------------------
 
 
-def test_lora_training_logs_selection_to_tensorboard_and_checkpoints(shared_data, tmp_path):
+def test_lora_training_logs_selection_to_tensorboard_and_checkpoints(data_dir, tmp_path):
     """Real precomputed scores (the golden statistics of 64 rows under the embedded student), selected here with
     the IFD policy and a top-k budget, then LoRA steps reporting to TensorBoard. (The paper policy on scores computed
     across two processes is the recipe test's.)"""
@@ -210,7 +210,7 @@ def test_lora_training_logs_selection_to_tensorboard_and_checkpoints(shared_data
     script, args, model_args = quick_args(
         out,
         ["--use_peft", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj"],
-        ori_scores=shared_data / "golden_smollm2_vicuna_64.jsonl",
+        ori_scores=data_dir / "golden_smollm2_vicuna_64.jsonl",
         policy="ifd",
         top_k=6,
         max_steps=2,
