@@ -17,7 +17,6 @@ import sys
 from collections.abc import Callable
 
 EXIT_OK = 0
-EXIT_BUG = 1
 EXIT_USER_ERROR = 2
 
 

@@ -25,7 +25,6 @@ from srt_trainer.errors import SRTUserError
 
 OUTPUT_SUFFIXES = (".jsonl", ".parquet")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
-ROW_FORMATS = ("json", "jsonl", "parquet")
 
 
 class DataLoadError(SRTUserError, RuntimeError):

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from srt_trainer.errors import SRTUserError, run_cli
+from srt_trainer.errors import run_cli
 from srt_trainer.training.config import SRTModelConfig, SRTScriptArguments, SRTSFTConfig
 
 
@@ -23,7 +23,7 @@ def make_parser(prog: str = "srt train", defaults: Mapping[str, Any] | None = No
     if defaults:
         unknown = parser.set_defaults_with_config(**defaults)
         if unknown:
-            raise SRTUserError(f"unknown default(s) for {prog}: {unknown}")
+            raise ValueError(f"unknown default(s) for {prog}: {unknown}")  # a recipe script's bug
     return parser
 
 
