@@ -312,6 +312,7 @@ def step_prepare(assets: Path, work: Path, sizes: Sizes, dry: bool) -> dict[str,
 def step_scoring_small(assets: Path, work: Path, sizes: Sizes, dry: bool) -> dict[str, Any]:
     """The release-style loop against the scorer on the small student in bf16, on the same real rows; the
     packed engine against the padded one in fp32; fp32 against bf16 scores."""
+    from srt_trainer.models.precision import float32_products_for
     from srt_trainer.scoring.collator import DataCollatorForIFD
     from srt_trainer.templates import get_template
 
@@ -321,10 +322,13 @@ def step_scoring_small(assets: Path, work: Path, sizes: Sizes, dry: bool) -> dic
     model, tokenizer, weights = small_student(assets, "bfloat16", device)
     views = [v for sv in DataCollatorForIFD(tokenizer, template, 2048).views(rows) for v in sv.views]
     loop_rows = rows[: sizes.loop_rows]
-    bench.release_loop(model, tokenizer, template, loop_rows[:2], 2048, device)  # warm-up
-    start = time.perf_counter()
-    bench.release_loop(model, tokenizer, template, loop_rows, 2048, device)
-    loop_rate = len(loop_rows) / (time.perf_counter() - start)
+    # on a CPU without bf16 kernels the loop's products run in fp32 on the bf16 values, as the scorer's do (a
+    # no-op on a GPU); without this the dry run's loop takes minutes on such CPUs
+    with float32_products_for(model):
+        bench.release_loop(model, tokenizer, template, loop_rows[:2], 2048, device)  # warm-up
+        start = time.perf_counter()
+        bench.release_loop(model, tokenizer, template, loop_rows, 2048, device)
+        loop_rate = len(loop_rows) / (time.perf_counter() - start)
     default = _default_engine(model, tokenizer)
     out: dict[str, Any] = {
         "weights": weights,
