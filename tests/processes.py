@@ -1,13 +1,15 @@
-"""Killing a real run part-way, the way a crash or a pre-empted job would."""
+"""Killing a real run part-way, the way a crash or a pre-empted job would; or stopping an in-process run between
+two shards, the state such a kill leaves, where the process is not the point."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 
 def kill_when(
@@ -31,3 +33,29 @@ def kill_when(
         proc.wait()
         log.seek(0)
         return log.read().decode()
+
+
+class Interrupted(BaseException):
+    """Stands in for a kill in this process: a BaseException, so no ``except Exception`` on the way catches it."""
+
+
+@contextlib.contextmanager
+def interrupted_after_shards(n: int) -> Iterator[None]:
+    """Run the body as a run stopped dead right after its ``n``-th finished shard (``ShardStore.write``), the state
+    a SIGKILL between two shards leaves; expects the body to be stopped that way."""
+    import pytest
+
+    from srt_trainer.io import ShardStore
+
+    write, written = ShardStore.write, []
+
+    def write_then_stop(self, k, rows) -> None:
+        write(self, k, rows)
+        written.append(k)
+        if len(written) == n:
+            raise Interrupted(f"stopped after {n} shards")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ShardStore, "write", write_then_stop)
+        with pytest.raises(Interrupted):
+            yield

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from srt_trainer.cli import STAGES
+from srt_trainer.cli import STAGES, main
 
 SRT = str(Path(sys.executable).parent / "srt")
 REPO = Path(__file__).resolve().parents[1]
@@ -25,27 +25,37 @@ def test_help_lists_every_stage():
     assert set(STAGES) == {"score", "reflect", "select", "train", "run", "eval"}
 
 
-def test_every_stage_is_built_and_documents_its_options():
+def _srt_here(capsys, *args: str) -> tuple[int, str]:
+    """``srt ARGS`` in this process (the console script is checked once, above): exit status and stdout."""
+    try:
+        code = main(list(args))
+    except SystemExit as e:  # --help exits from argparse
+        code = e.code
+    return code, capsys.readouterr().out
+
+
+def test_every_stage_is_built_and_documents_its_options(capsys):
     for stage in STAGES:
         assert STAGES[stage].entry is not None
-    res = _srt("select", "--help")
-    assert res.returncode == 0 and "--keep_unaccepted_winners" in res.stdout
+    code, out = _srt_here(capsys, "select", "--help")
+    assert code == 0 and "--keep_unaccepted_winners" in out
 
 
-def test_no_stage_prints_help_and_fails():
-    res = _srt()
-    assert res.returncode == 2 and "stages:" in res.stdout
+def test_no_stage_prints_help_and_fails(capsys):
+    code, out = _srt_here(capsys)
+    assert code == 2 and "stages:" in out
 
 
-def test_run_help_documents_its_config():
-    res = _srt("run", "--help")
-    assert res.returncode == 0
-    assert "--model_name_or_path" in res.stdout and "'embedded'" in res.stdout and "--template" in res.stdout
+def test_run_help_documents_its_config(capsys):
+    code, out = _srt_here(capsys, "run", "--help")
+    assert code == 0
+    assert "--model_name_or_path" in out and "'embedded'" in out and "--template" in out
 
 
-def test_main_job_on_the_recipe_config(tmp_path, embedded_dir):
+def test_main_job_on_the_recipe_config(tmp_path, embedded_dir, capsys):
     """The README's first command, on a 6-row slice: reflect → score → select → LoRA SFT → answers; then the same
-    command again reuses every stage (teacher cache, score shards, the last checkpoint)."""
+    command again reuses every stage (teacher cache, score shards, the last checkpoint). In this process: the
+    console script is checked above."""
     config = REPO / "recipes" / "smollm2-135m" / "run" / "config_cpu.yaml"
     out = tmp_path / "demo"
     args = [
@@ -57,7 +67,7 @@ def test_main_job_on_the_recipe_config(tmp_path, embedded_dir):
         "6",
         "--teacher_max_tokens",
         "48",
-        "--max_new_tokens",
+        "--held_out_max_new_tokens",
         "12",
         "--num_train_epochs",
         "1",
@@ -70,8 +80,8 @@ def test_main_job_on_the_recipe_config(tmp_path, embedded_dir):
         "--keep_unaccepted_winners",
         "true",
     ]
-    res = _srt(*args)
-    assert res.returncode == 0, res.stderr[-3000:]
+    code, _ = _srt_here(capsys, *args)
+    assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     for variant in ("Q", "A", "QA"):
         r = summary["reflection"][variant]
@@ -91,8 +101,8 @@ def test_main_job_on_the_recipe_config(tmp_path, embedded_dir):
     answers = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
     assert len(answers) == 4 and all("untuned_output" in a for a in answers)
 
-    res = _srt(*args)  # a rerun: nothing is asked, scored or trained again
-    assert res.returncode == 0, res.stderr[-3000:]
+    code, _ = _srt_here(capsys, *args)  # a rerun: nothing is asked, scored or trained again
+    assert code == 0
     again = json.loads((out / "summary.json").read_text())
     for variant in ("Q", "A", "QA"):
         assert again["reflection"][variant]["counts"]["asked"] == 0

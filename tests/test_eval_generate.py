@@ -1,23 +1,21 @@
-"""`srt eval generate` end to end with the embedded model: output contract, AlpacaEval file, kill-and-resume,
-a LoRA adapter and its merged folder, and the vLLM engine's message where vllm is absent."""
+"""`srt eval generate` end to end with the embedded model: output contract, AlpacaEval file, resuming a run
+stopped between two shards, a LoRA adapter and its merged folder, and the vLLM engine's message where vllm is absent."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import json
+import logging
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from srt_trainer.cli import main as srt_main
 from srt_trainer.io import read_rows
-from tests.processes import kill_when
+from tests.processes import interrupted_after_shards
 
-SRT = str(Path(sys.executable).parent / "srt")
 PER_SET = 2
 SETS = ("koala", "lima", "sinstruct", "vicuna", "wizardlm")
 
@@ -131,23 +129,27 @@ def test_matches_plain_greedy_generate(base_run, embedded_model, embedded_tokeni
     assert row["output"] == expected
 
 
-def test_killed_run_resumes_to_identical_output(vicuna_run, data_dir, tmp_path):
+def test_stopped_run_resumes_to_identical_output(vicuna_run, data_dir, tmp_path, caplog, capsys):
+    """Stopped dead after its second shard (as a kill between two shards would leave it), the same command resumes:
+    the finished answers are read back, not generated again, and the output is byte for byte the uninterrupted one."""
     out = tmp_path / "vicuna.jsonl"
     shards = tmp_path / "vicuna.gen-shards"
-    cmd = [SRT, *_vicuna_args(data_dir, out, 6)]
-    kill_when(cmd, lambda: len(list(shards.glob("shard-*.jsonl"))) >= 2, timeout=300, poll=0.02)
+    args = _vicuna_args(data_dir, out, 6)
+    with interrupted_after_shards(2):
+        _run_here(args)
     finished = {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*.jsonl")}
-    assert 2 <= len(finished) < 6 and not out.exists()
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert f"resuming: {len(finished)} of 6 shards already generated" in res.stderr
+    assert len(finished) == 2 and not out.exists()
+    with caplog.at_level(logging.INFO, logger="srt_trainer"):
+        _run_here(args)
+    assert f"resuming: {len(finished)} of 6 shards already generated" in caplog.text
     assert all(shards.joinpath(n).stat().st_mtime_ns == t for n, t in finished.items())  # not redone
     summary = json.loads(out.with_name("vicuna.summary.json").read_text())
     assert summary["generated_now"] == 6 - len(finished)
     assert out.read_bytes() == vicuna_run.read_bytes()
 
-    other = subprocess.run([*cmd, "--max_new_tokens", "6"], capture_output=True, text=True, timeout=600)
-    assert other.returncode != 0 and "holds shards of a run with different settings" in other.stderr
+    capsys.readouterr()
+    assert srt_main([*args, "--max_new_tokens", "6"]) == 2
+    assert "holds shards of a run with different settings" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

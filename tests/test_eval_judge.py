@@ -27,21 +27,22 @@ ITEMS = 2
 def answer_files(data_dir, embedded_model, embedded_tokenizer, tmp_path_factory) -> tuple[Path, Path]:
     """Two real answer files to the first vicuna items: the embedded model prompted in two formats. B has one
     extra item (unmatched) and one unusable row."""
-    from srt_trainer.evaluation.generate import GenerateConfig, run_generate
+    from srt_trainer.evaluation.generate import GenerateArguments, run_generate
+    from srt_trainer.models.config import SRTModelConfig
 
     root = tmp_path_factory.mktemp("answers")
     files = []
     for name, template in (("a", "vicuna"), ("b", "alpaca")):
-        config = GenerateConfig(
+        config = GenerateArguments(
             test_sets=[str(data_dir / "eval" / "vicuna_test_set.jsonl")],
             limit=ITEMS + 1,
             output=str(root / f"{name}.jsonl"),
-            template=template,
             max_new_tokens=8,
             generator=f"smollm2-{template}",
         )
+        student = SRTModelConfig(template=template)
         with contextlib.redirect_stdout(io.StringIO()):
-            run_generate(config, model=embedded_model, tokenizer=embedded_tokenizer)
+            run_generate(config, student, model=embedded_model, tokenizer=embedded_tokenizer)
         files.append(root / f"{name}.jsonl")
     a_rows = read_rows(files[0])
     files[0].write_text("".join(json.dumps(r) + "\n" for r in a_rows[:ITEMS]))  # A lacks B's last item
@@ -65,13 +66,15 @@ def _judge(a: Path, b: Path, out: Path, server: str, model: str) -> str:
                 str(out),
                 "--base_url",
                 server,
-                "--judge_model",
+                "--teacher",
+                "openai",
+                "--teacher_model",
                 model,
-                "--max_tokens",
+                "--teacher_max_tokens",
                 "16",
-                "--concurrency",
+                "--teacher_concurrency",
                 "2",
-                "--timeout",
+                "--request_timeout",
                 "300",
             ]
         )

@@ -1,6 +1,7 @@
 """The SFT recipes: every model config parses with the paper's settings, and a real two-process
-``accelerate launch`` of ``recipes/sft_7b.py`` on the embedded student scores the variants across both processes,
-selects, trains, saves; the saved adapter reloads and generates. ``--cpu`` (one process) runs the recipe too."""
+``accelerate launch`` of ``recipes/sft_7b.py`` on the embedded student (the suite's one multi-process launch) scores
+the variants across both processes, exactly as one process scores them, selects, trains, saves; the saved adapter
+reloads and generates. ``--cpu`` (one process) runs the recipe too."""
 
 from __future__ import annotations
 
@@ -51,10 +52,10 @@ def test_recipe_configs_cover_the_students():
 @pytest.mark.parametrize("config", MODEL_CONFIGS, ids=lambda p: f"{p.parent.parent.name}/{p.stem}")
 def test_model_config_parses_with_paper_settings(config, tmp_path):
     recipe = "sft_13b" if "13b" in config.parent.parent.name else "sft_7b"
-    script, args, model = make_parser(recipe, _recipe_defaults(recipe)).parse_args_and_config(
+    script, args, model, _, selection = make_parser(recipe, _recipe_defaults(recipe)).parse_args_and_config(
         ["--config", str(config), "--output_dir", str(tmp_path), "--bf16", "false"]  # bf16 needs a GPU here
     )
-    assert script.mode() == "data" and script.template == "vicuna" and script.policy == "paper"
+    assert script.mode() == "data" and model.template == "vicuna" and selection.policy == "paper"
     assert (args.num_train_epochs, args.max_length, args.warmup_steps, args.weight_decay) == (3, 2048, 0.03, 0.0)
     assert str(args.lr_scheduler_type).endswith("COSINE") and args.global_batch_size == 128
     assert args.completion_only_loss is True and model.model_name_or_path and "/" in model.model_name_or_path
@@ -70,7 +71,7 @@ def test_model_config_parses_with_paper_settings(config, tmp_path):
 
 
 def test_13b_recipe_defaults_to_its_learning_rate(tmp_path):
-    _, args, _ = make_parser("sft_13b", _recipe_defaults("sft_13b")).parse_args_and_config(
+    _, args, *_ = make_parser("sft_13b", _recipe_defaults("sft_13b")).parse_args_and_config(
         ["--output_dir", str(tmp_path)]
     )
     assert args.learning_rate == 1e-5
@@ -122,7 +123,7 @@ def two_process_run(alpaca_rows, data_dir, embedded_dir, tmp_path_factory):
         "true",
         "--score_max_length",
         "256",
-        "--score_shard_size",
+        "--shard_size",
         "2",
         "--max_steps",
         "2",
@@ -143,14 +144,30 @@ def two_process_run(alpaca_rows, data_dir, embedded_dir, tmp_path_factory):
     return out, res
 
 
-def test_two_processes_score_select_train_and_save(two_process_run):
+def test_two_processes_score_select_train_and_save(two_process_run, embedded_model, embedded_tokenizer, tmp_path):
+    from srt_trainer.models.config import SRTModelConfig
+    from srt_trainer.scoring import STAT_COLUMNS, ScoreArguments, ScoringArguments, run_score
+
     out, res = two_process_run
-    # scoring shared the rows of every variant between the two processes
-    for rank in (0, 1):
-        shares = [int(n) for n in re.findall(rf"rank {rank} of 2: (\d+) shards", res.stderr)]
-        assert len(shares) == 4 and sum(shares) >= 4, res.stderr[-3000:]
+    # scoring shared the rows of every variant between the two processes: 3 shards of 2 rows, split by tokens
+    shares = [[int(n) for n in re.findall(rf"rank {rank} of 2: (\d+) shards", res.stderr)] for rank in (0, 1)]
+    assert all(len(s) == 4 for s in shares), res.stderr[-3000:]
+    assert all(a + b == 3 and min(a, b) >= 1 for a, b in zip(*shares, strict=True)), shares
+    # and gave what one process gives: no row twice, none missing, the same statistics
     for variant in ("ori", "q", "a", "qa"):
-        assert len(read_rows(out / "scores" / f"{variant}.scores.jsonl")) == 6
+        multi = read_rows(out / "scores" / f"{variant}.scores.jsonl")
+        args = ScoreArguments(
+            data=str(out.parent / "variants" / f"{variant}.jsonl"),
+            output=str(tmp_path / f"{variant}.scores.jsonl"),
+            plot=False,
+        )
+        scoring = ScoringArguments(score_max_length=256, shard_size=2)
+        single = run_score(args, scoring, SRTModelConfig(), model=embedded_model, tokenizer=embedded_tokenizer).rows
+        assert len(multi) == 6 and [r["row_index"] for r in multi] == [r["row_index"] for r in single]
+        for m, s in zip(multi, single, strict=True):
+            assert m["score_error"] == s["score_error"]
+            for c in STAT_COLUMNS:
+                assert (m[c] is None and s[c] is None) or m[c] == pytest.approx(s[c], rel=1e-5)
     selection = json.loads((out / "selection" / "selected.selection.json").read_text())
     kept = read_rows(out / "selection" / "selected.jsonl")
     assert selection["counts"]["rows"] == 6 and selection["counts"]["kept"] == len(kept) >= 1

@@ -1,23 +1,25 @@
-"""`srt reflect` as users run it: a real subprocess against the real server, killed mid-run and resumed, with the
-API key kept out of every file; the offline local teacher; and the clear refusal of a teacher that is absent."""
+"""`srt reflect` as users run it, in this process (the console script is test_cli's): against the real server,
+stopped dead after a few answers and resumed, with the API key kept out of every file and every line it printed;
+the offline local teacher; and the clear refusal of a teacher that is absent."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
-import subprocess
-import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from srt_trainer.cli import main as srt_main
 from srt_trainer.io import read_rows
 from srt_trainer.reflection import parse_instruction_reflection
 from srt_trainer.teachers import load_cache_entries
-from tests.processes import kill_when
+from tests.processes import Interrupted
 from tests.serving import FaultProxy
-
-SRT = str(Path(sys.executable).parent / "srt")
 
 
 def _data_file(alpaca_rows: list[dict], path: Path, start: int, n: int, broken_at: int | None = None) -> Path:
@@ -28,12 +30,28 @@ def _data_file(alpaca_rows: list[dict], path: Path, start: int, n: int, broken_a
     return path
 
 
-def _env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **extra}
+@contextlib.contextmanager
+def interrupted_after_answers(n: int) -> Iterator[None]:
+    """Run the body as a run stopped dead right after the teacher cache stored its ``n``-th answer, the state a SIGKILL
+    then leaves (a request in flight is lost); expects the body to be stopped that way."""
+    from srt_trainer.teachers.cache import ResponseCache
+
+    put, stored = ResponseCache.put, []
+
+    def put_then_stop(self, key, answer, **meta) -> None:
+        put(self, key, answer, **meta)
+        stored.append(key)
+        if len(stored) == n:
+            raise Interrupted(f"stopped after {n} answers")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ResponseCache, "put", put_then_stop)
+        with pytest.raises(Interrupted):
+            yield
 
 
-def test_killed_run_resumes_without_asking_again_and_never_writes_the_key(
-    teacher_server, embedded_dir, alpaca_rows, tmp_path
+def test_stopped_run_resumes_without_asking_again_and_never_writes_the_key(
+    teacher_server, embedded_dir, alpaca_rows, tmp_path, monkeypatch, capsys, caplog
 ):
     secret = f"sk-test-{os.urandom(8).hex()}"
     data = _data_file(alpaca_rows, tmp_path / "rows.jsonl", 80, 6, broken_at=2)
@@ -42,7 +60,6 @@ def test_killed_run_resumes_without_asking_again_and_never_writes_the_key(
     with FaultProxy(port) as proxy:
         # hyphenated and underscored flags alike
         cmd = [
-            SRT,
             "reflect",
             "--mode",
             "instruction",
@@ -56,26 +73,31 @@ def test_killed_run_resumes_without_asking_again_and_never_writes_the_key(
             str(embedded_dir),
             "--base-url",
             proxy.base_url,
-            "--max-tokens",
+            "--teacher-max-tokens",
             "12",
-            "--concurrency",
+            "--teacher-concurrency",
             "1",
             "--max_reasks",
             "1",
             "--no_progress",
         ]
-        env = _env(OPENAI_API_KEY=secret)
+        monkeypatch.setenv("OPENAI_API_KEY", secret)
+        caplog.set_level(logging.INFO)  # what the command logs (at its INFO level) is checked for the key too
         logs = []
-        logs.append(
-            kill_when(cmd, lambda: cache.exists() and len(load_cache_entries(cache)) >= 3, timeout=240, env=env)
-        )
+
+        def run() -> int:
+            code = srt_main(cmd)
+            captured = capsys.readouterr()
+            logs.append(captured.out + captured.err)
+            return code
+
+        with interrupted_after_answers(3):
+            run()
         first = {e["key"] for e in load_cache_entries(cache)}
         sent_first = sum(proxy.counts().values())
-        assert 3 <= len(first) < 12 and not out.exists()
+        assert len(first) == 3 and not out.exists()
 
-        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-        logs.append(res.stdout + res.stderr)
-        assert res.returncode == 0, logs[-1][-3000:]
+        assert run() == 0
         summary = json.loads((tmp_path / "out" / "q.summary.json").read_text())
         assert summary["counts"]["cached"] >= len(first)
         # every request is identified by its prompt and sampling: none answered before the kill was sent again
@@ -97,44 +119,44 @@ def test_killed_run_resumes_without_asking_again_and_never_writes_the_key(
 
         # the same command once more: nothing sent, the same bytes
         before = out.read_bytes()
-        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-        logs.append(res.stdout + res.stderr)
-        assert res.returncode == 0 and sum(proxy.counts().values()) == sum(sent.values())
-        assert "asked 0" in res.stdout and out.read_bytes() == before
+        assert run() == 0 and sum(proxy.counts().values()) == sum(sent.values())
+        assert "asked 0" in logs[-1] and out.read_bytes() == before
         assert proxy.authorizations == {f"Bearer {secret}"}
 
     leaks = [str(p) for p in tmp_path.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
-    assert leaks == [] and not any(secret in log for log in logs)
+    assert leaks == [] and not any(secret in log for log in [*logs, caplog.text])
 
 
-def test_offline_local_teacher(alpaca_rows, embedded_dir, tmp_path):
+def test_offline_local_teacher(alpaca_rows, embedded_dir, tmp_path, capsys):
+    import torch
+
     data = _data_file(alpaca_rows, tmp_path / "rows.jsonl", 120, 2)
     out = tmp_path / "a.parquet"
-    res = subprocess.run(
-        [
-            SRT,
-            "reflect",
-            "--mode",
-            "response",
-            "--data",
-            str(data),
-            "--output",
-            str(out),
-            "--teacher",
-            "transformers",
-            "--max-tokens",
-            "8",
-            "--max-reasks",
-            "0",
-            "--batch-size",
-            "2",
-        ],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a few tokens gain little from a second thread (what OMP_NUM_THREADS=1 did for a process)
+    try:
+        code = srt_main(
+            [
+                "reflect",
+                "--mode",
+                "response",
+                "--data",
+                str(data),
+                "--output",
+                str(out),
+                "--teacher",
+                "transformers",
+                "--teacher-max-tokens",
+                "8",
+                "--max-reasks",
+                "0",
+                "--teacher-batch-size",
+                "2",
+            ]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
     rows = read_rows(out)
     assert [r["variant"] for r in rows] == ["A", "A"] and [r["source_index"] for r in rows] == [0, 1]
     assert all(r["teacher"] == "transformers" and r["teacher_model"] == "embedded" for r in rows)
@@ -150,7 +172,7 @@ def test_offline_local_teacher(alpaca_rows, embedded_dir, tmp_path):
         "model": "embedded",
         "dtype": "float32",
     }
-    assert "rows reflected (variant A)" in res.stdout
+    assert "rows reflected (variant A)" in capsys.readouterr().out
 
 
 def test_missing_vllm_is_a_clear_error(alpaca_rows, tmp_path, capsys):

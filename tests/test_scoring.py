@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from srt_trainer.models import load_student, load_tokenizer
+from srt_trainer.models.config import SRTModelConfig
+from srt_trainer.models.loading import load_configured_student
 from srt_trainer.scoring import STAT_COLUMNS, IFDScorer
 from srt_trainer.scoring.runner import assign_shards
 from srt_trainer.scoring.scorer import common_prefix_length, pack_by_token_budget, tiled_nll
@@ -25,24 +27,31 @@ def assert_close_rel(got: dict, want: dict, rel: float = 1e-4) -> None:
 
 
 @pytest.fixture(scope="module")
-def fp32_scores_200(embedded_model, embedded_tokenizer, alpaca_rows):
-    """fp32 statistics of the first 200 real rows (shared by the golden and the bf16 tests)."""
-    return IFDScorer(embedded_model, embedded_tokenizer, "vicuna").score(alpaca_rows[:200])
+def fp32_scores_64(embedded_model, embedded_tokenizer, alpaca_rows):
+    """fp32 statistics of the 64 golden rows (shared by the golden and the bf16 tests)."""
+    return IFDScorer(embedded_model, embedded_tokenizer, "vicuna").score(alpaca_rows[:64])
 
 
-def test_golden_fp32(fp32_scores_200, data_dir):
+def test_golden_fp32(fp32_scores_64, data_dir):
     golden = [json.loads(x) for x in (data_dir / "golden_smollm2_vicuna_64.jsonl").read_text().splitlines()]
     assert len(golden) == 64
-    for got, want in zip(fp32_scores_200[:64], golden, strict=True):
+    for got, want in zip(fp32_scores_64, golden, strict=True):
         assert got["score_error"] is None
         assert_close_rel(got, want, rel=1e-4)
         assert got["ifd_loss"] == pytest.approx(want["loss_out_cond"] / want["loss_out_alone"], rel=1e-4)
 
 
-def test_bf16_ranks_agree_with_fp32(fp32_scores_200, embedded_dir, embedded_tokenizer, alpaca_rows):
+def test_bf16_ranks_agree_with_fp32(fp32_scores_64, data_dir, embedded_dir, embedded_tokenizer, alpaca_rows):
+    """The fp32 side is this scorer's fp32 IFD of the 200 rows as tests/data carries it (scoring them again in fp32
+    took most of this module's time); its first 64 rows must equal the live fp32 run, so it cannot go stale unseen."""
+    fp32 = [json.loads(x) for x in (data_dir / "fp32_ifd_smollm2_vicuna_200.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in fp32] == list(range(200))
+    for got, want in zip(fp32_scores_64, fp32[:64], strict=True):
+        assert got["ifd"] == pytest.approx(want["ifd"], rel=1e-4)
+        assert got["rifd"] == pytest.approx(want["rifd"], rel=1e-4)
     model = load_student(embedded_dir, dtype="bfloat16", device="cpu")
     bf16 = IFDScorer(model, embedded_tokenizer, "vicuna").score(alpaca_rows[:200])
-    a = np.array([r["ifd"] for r in fp32_scores_200])
+    a = np.array([r["ifd"] for r in fp32])
     b = np.array([r["ifd"] for r in bf16])
     ranks = lambda x: np.argsort(np.argsort(x))  # noqa: E731
     rho = np.corrcoef(ranks(a), ranks(b))[0, 1]
@@ -210,7 +219,8 @@ def test_packing_and_shard_assignment():
 
 @pytest.mark.parametrize("bits", [4, 8])
 def test_bitsandbytes_quantized_student_matches_reference(bits, embedded_dir, embedded_tokenizer, alpaca_rows):
-    model = load_student(embedded_dir, device="cpu", dtype="float32", **{f"load_in_{bits}bit": True})
+    student = SRTModelConfig(model_name_or_path=str(embedded_dir), **{f"load_in_{bits}bit": True})
+    model = load_configured_student(student, device="cpu")
     assert type(model.model.layers[0].mlp.up_proj).__name__ == ("Linear4bit" if bits == 4 else "Linear8bitLt")
     t = get_template("vicuna")
     rows = alpaca_rows[64:67]

@@ -262,14 +262,15 @@ def test_out_of_memory_halves_the_budget_and_repacks(engine, tiny_models, alpaca
 def test_score_config_engine():
     from trl import TrlParser
 
-    from srt_trainer.scoring import ScoreConfig
+    from srt_trainer.models.config import SRTModelConfig
+    from srt_trainer.scoring.config import ScoreArguments, ScoringArguments, fingerprint_settings
 
-    (config,) = TrlParser(ScoreConfig).parse_args_and_config(
+    _, scoring, model_args = TrlParser((ScoreArguments, ScoringArguments, SRTModelConfig)).parse_args_and_config(
         ["--data", "x.json", "--output", "y.jsonl", "--engine", "padded"]
     )
-    assert config.engine == "padded" and config.token_budget is None
-    assert config.fingerprint_settings()["engine"] == "padded"
-    assert ScoreConfig().engine == "auto"
+    assert scoring.engine == "padded" and scoring.token_budget is None
+    assert fingerprint_settings(scoring, model_args)["engine"] == "padded"
+    assert ScoringArguments().engine == "auto"
 
 
 def test_packed_engine_without_the_fast_path(tiny_models, alpaca_rows):

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from srt_trainer.io import read_rows, write_rows
-from srt_trainer.selection import SelectConfig, SelectionInputError, run_select, select_rows, write_selection
+from srt_trainer.selection import (
+    SelectArguments,
+    SelectionArguments,
+    SelectionInputError,
+    run_select,
+    select_rows,
+    write_selection,
+)
 from srt_trainer.selection.cli import format_result
 
 # Per source row: (ifd, rifd) of ori, Q, A, QA; None = no statistics. Comments give the hand-derived outcome.
@@ -52,7 +59,7 @@ def make_views(spec=SPEC_ROWS) -> dict[str, list[dict]]:
 
 
 def select(views, **kw):
-    return select_rows(views["ori"], views["Q"], views["A"], views["QA"], SelectConfig(**kw))
+    return select_rows(views["ori"], views["Q"], views["A"], views["QA"], SelectionArguments(**kw))
 
 
 def assert_consistent(counts: dict[str, int]) -> None:
@@ -187,7 +194,7 @@ def test_budget_with_switch_ranks_all_variants_together():
 
 def test_ifd_policy_uses_the_original_pairs_only():
     views = make_views()
-    res = select_rows(views["ori"], None, None, None, SelectConfig(policy="ifd", top_k=5))
+    res = select_rows(views["ori"], None, None, None, SelectionArguments(policy="ifd", top_k=5))
     c = res.counts
     # ori IFD: .5 everywhere but row 8 (1.2, cut) and row 10 (no statistics) → 11 pass, top 5 kept (ties: source order)
     assert (c["ifd"], c["ifd/cut_ifd"], c["ifd/passed"], c["no_statistics"], c["kept/ori"]) == (12, 1, 11, 1, 5)
@@ -197,24 +204,23 @@ def test_ifd_policy_uses_the_original_pairs_only():
 def test_misaligned_inputs_are_refused():
     views = make_views()
     with pytest.raises(SelectionInputError, match=r"qa\.jsonl \(QA\): 12 rows, but ori\.jsonl \(ori\) has 13"):
-        select_rows(
-            views["ori"], views["Q"], views["A"], views["QA"][:-1], SelectConfig(ori="ori.jsonl", qa="qa.jsonl")
-        )
+        files = {"ori": "ori.jsonl", "QA": "qa.jsonl"}
+        select_rows(views["ori"], views["Q"], views["A"], views["QA"][:-1], SelectionArguments(), files)
     views["A"][5]["source_index"] = 6
     with pytest.raises(SelectionInputError, match=r"a\.jsonl \(A\) row 5: field 'source_index' is 6, but .* 5"):
-        select_rows(views["ori"], views["Q"], views["A"], views["QA"], SelectConfig(a="a.jsonl"))
+        select_rows(views["ori"], views["Q"], views["A"], views["QA"], SelectionArguments(), {"A": "a.jsonl"})
     views = make_views()
     del views["Q"][3]["rifd"]
     with pytest.raises(SelectionInputError, match=r"Q \(Q\) row 3: no field 'rifd'"):
         select(views)
     with pytest.raises(SelectionInputError, match="needs the QA scores"):
-        select_rows(views["ori"], views["Q"], views["A"], None, SelectConfig())
+        select_rows(views["ori"], views["Q"], views["A"], None, SelectionArguments())
 
 
 def test_config_is_validated():
     for bad in ({"policy": "best"}, {"top_p": 5}, {"top_k": -1}, {"ifd_threshold": 0}):
         with pytest.raises(ValueError):
-            SelectConfig(**bad)
+            SelectionArguments(**bad)
 
 
 def test_nan_statistics_count_as_missing():
@@ -238,19 +244,20 @@ def test_run_select_reads_json_jsonl_parquet_and_writes_the_report(tmp_path: Pat
     files["ori"].write_text(json.dumps(views["ori"]))
     for v in ("Q", "A", "QA"):
         write_rows(views[v], files[v])
-    config = SelectConfig(
+    args = SelectArguments(
         ori=str(files["ori"]),
         q=str(files["Q"]),
         a=str(files["A"]),
         qa=str(files["QA"]),
         output=str(tmp_path / "sel.parquet"),
     )
-    res = run_select(config)
+    config = SelectionArguments()
+    res = run_select(args, config)
     assert res.counts == select(views).counts
     out = read_rows(tmp_path / "sel.parquet")
     assert [(r["source_index"], r["variant"]) for r in out] == [(0, "QA"), (4, "A"), (11, "QA"), (12, "A")]
     report = json.loads((tmp_path / "sel.selection.json").read_text())
-    assert report["counts"] == res.counts and report["config"]["policy"] == "paper"
+    assert report["counts"] == res.counts and report["config"]["selection"]["policy"] == "paper"
     assert report["inputs"]["Q"]["reflection_status"] == {"ok": 11, "fallback": 1, "failed": 1}
     decisions = read_rows(tmp_path / "sel.decisions.jsonl")
     assert decisions == json.loads(json.dumps(res.decisions))
@@ -265,14 +272,19 @@ def test_run_select_reads_json_jsonl_parquet_and_writes_the_report(tmp_path: Pat
     # a bad line in an input names the file and the row
     files["QA"].write_text(files["QA"].read_text().replace('{"row_index": 3', '{"row_index": 3,,', 1))
     with pytest.raises(SelectionInputError, match=r"qa\.jsonl row 3 \(line 4\): invalid JSON"):
-        run_select(config)
+        run_select(args, config)
 
 
 def test_write_selection_with_nothing_kept(tmp_path: Path):
     views = make_views()
-    config = SelectConfig(output=str(tmp_path / "none.jsonl"), top_k=0)
+    args = SelectArguments(ori="ori.jsonl", output=str(tmp_path / "none.jsonl"))
     res = select(views, top_k=0)
-    paths = write_selection(res, config, {"ori": views["ori"], "q": views["Q"], "a": views["A"], "qa": views["QA"]})
+    paths = write_selection(
+        res,
+        args,
+        SelectionArguments(top_k=0),
+        {"ori": views["ori"], "q": views["Q"], "a": views["A"], "qa": views["QA"]},
+    )
     assert read_rows(paths["output"]) == [] and set(paths) == {
         "output",
         "selection",

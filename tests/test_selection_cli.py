@@ -28,7 +28,8 @@ def scored_files(alpaca_rows, embedded_dir, embedded_tokenizer, tmp_path_factory
 
     Short real rows and a bfloat16 student keep the four `srt score` runs to seconds on two CPU cores."""
     from srt_trainer.models import load_student
-    from srt_trainer.scoring import ScoreConfig, run_score
+    from srt_trainer.models.config import SRTModelConfig
+    from srt_trainer.scoring import ScoreArguments, ScoringArguments, run_score
 
     d = tmp_path_factory.mktemp("select")
     short = [
@@ -65,7 +66,9 @@ def scored_files(alpaca_rows, embedded_dir, embedded_tokenizer, tmp_path_factory
         data.write_text(json.dumps(rows))
         files[name] = d / f"{name}.scores.jsonl"
         run_score(
-            ScoreConfig(data=str(data), output=str(files[name]), dtype="bfloat16", plot=False),
+            ScoreArguments(data=str(data), output=str(files[name]), plot=False),
+            ScoringArguments(),
+            SRTModelConfig(dtype="bfloat16"),
             model=model,
             tokenizer=embedded_tokenizer,
         )

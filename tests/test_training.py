@@ -77,7 +77,7 @@ def quick_args(output_dir: Path, argv: list[str] = (), **overrides) -> tuple:
 
 
 def test_paper_defaults(tmp_path):
-    (script, args, model), _ = make_parser().parse_args_and_config(["--output_dir", str(tmp_path)]), None
+    _, args, model, *_ = make_parser().parse_args_and_config(["--output_dir", str(tmp_path)])
     assert (args.learning_rate, args.num_train_epochs, args.max_length) == (2e-5, 3.0, 2048)
     assert (args.warmup_steps, args.weight_decay, str(args.lr_scheduler_type)) == (0.03, 0.0, "SchedulerType.COSINE")
     assert args.completion_only_loss is True and args.global_batch_size == 128
@@ -85,16 +85,16 @@ def test_paper_defaults(tmp_path):
     # 128 = 8 per device × 16 accumulation × 1 process
     assert args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size == 128
     assert args.get_warmup_steps(1000) == 30
-    assert script.template == "vicuna" and model.model_name_or_path == "embedded"
+    assert model.template == "vicuna" and model.model_name_or_path == "embedded"
 
 
 def test_13b_defaults_yaml_and_cli_precedence(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("num_train_epochs: 2\nper_device_train_batch_size: 4\n")
     parser = make_parser("sft_13b", defaults={"learning_rate": 1e-5})
-    _, args, _ = parser.parse_args_and_config(["--config", str(cfg), "--output_dir", str(tmp_path)])
+    _, args, *_ = parser.parse_args_and_config(["--config", str(cfg), "--output_dir", str(tmp_path)])
     assert args.learning_rate == 1e-5 and args.num_train_epochs == 2 and args.gradient_accumulation_steps == 32
-    _, args, _ = make_parser("sft_13b", defaults={"learning_rate": 1e-5}).parse_args_and_config(
+    _, args, *_ = make_parser("sft_13b", defaults={"learning_rate": 1e-5}).parse_args_and_config(
         ["--config", str(cfg), "--output_dir", str(tmp_path), "--learning_rate", "3e-5"]
     )
     assert args.learning_rate == 3e-5
@@ -143,7 +143,7 @@ def test_cli_names_bad_input(alpaca_rows, tmp_path, capsys):
 def test_exactly_one_kind_of_input(tmp_path):
     assert SRTScriptArguments(dataset="a.jsonl").mode() == "dataset"
     assert SRTScriptArguments(ori_scores="o", q_scores="q", a_scores="a", qa_scores="qa").mode() == "scores"
-    assert SRTScriptArguments(policy="ifd", ori_data="o").mode() == "data"
+    assert SRTScriptArguments(ori_data="o").mode(("ori",)) == "data"
     with pytest.raises(ValueError, match="exactly one kind"):
         SRTScriptArguments(dataset="a.jsonl", ori_scores="o").mode()
     with pytest.raises(ValueError, match="needs --a_scores, --qa_scores"):
@@ -177,7 +177,7 @@ def test_loss_mask_covers_exactly_the_response_and_eos(alpaca_rows, embedded_mod
     rows = alpaca_rows[:6]
     dataset = build_sft_dataset(rows, "vicuna", embedded_tokenizer)
     assert dataset[0]["prompt"].endswith("ASSISTANT:") and dataset[0]["completion"] == " " + rows[0]["output"]
-    _, args, _ = quick_args(tmp_path, max_length=2048, global_batch_size=6, per_device_train_batch_size=3)
+    _, args, *_ = quick_args(tmp_path, max_length=2048, global_batch_size=6, per_device_train_batch_size=3)
     trainer = SRTSFTTrainer(model=embedded_model, args=args, train_dataset=dataset, processing_class=embedded_tokenizer)
     tok = embedded_tokenizer
     seen = 0
@@ -207,7 +207,7 @@ def test_lora_training_logs_selection_to_tensorboard_and_checkpoints(data_dir, t
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
-    script, args, model_args = quick_args(
+    script, args, model_args, *rest = quick_args(
         out,
         ["--use_peft", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj"],
         ori_scores=data_dir / "golden_smollm2_vicuna_64.jsonl",
@@ -217,7 +217,7 @@ def test_lora_training_logs_selection_to_tensorboard_and_checkpoints(data_dir, t
         save_steps=1,
         report_to="tensorboard",
     )
-    outcome = train(script, args, model_args)
+    outcome = train(script, args, model_args, *rest)
     assert outcome.global_step == 2 and outcome.train_rows == 6
 
     selection = json.loads((out / "selection" / "selected.selection.json").read_text())
@@ -251,10 +251,10 @@ def test_full_fine_tuning_changes_weights(tiny_models, alpaca_rows, tmp_path):
 
     data = write_rows(alpaca_rows[:8], tmp_path / "sel.jsonl")
     out = tmp_path / "full"
-    script, args, model_args = quick_args(
+    script, args, model_args, *rest = quick_args(
         out, dataset=str(data), max_steps=2, learning_rate=1e-3, model_name_or_path=str(tiny_models["llama"])
     )
-    train(script, args, model_args)
+    train(script, args, model_args, *rest)
     before = AutoModelForCausalLM.from_pretrained(tiny_models["llama"]).state_dict()
     after = AutoModelForCausalLM.from_pretrained(out).state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
@@ -267,7 +267,7 @@ def test_qlora_trains_a_4bit_student(embedded_dir, alpaca_rows, tmp_path):
 
     data = write_rows(alpaca_rows[:4], tmp_path / "sel.jsonl")
     out = tmp_path / "qlora"
-    script, args, model_args = quick_args(
+    script, args, model_args, *rest = quick_args(
         out,
         ["--use_peft", "--load_in_4bit", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj"],
         dataset=str(data),
@@ -276,11 +276,13 @@ def test_qlora_trains_a_4bit_student(embedded_dir, alpaca_rows, tmp_path):
         learning_rate=1e-3,
         global_batch_size=2,
     )
-    outcome = train(script, args, model_args)
+    outcome = train(script, args, model_args, *rest)
     assert outcome.global_step == 1 and outcome.metrics["train_loss"] > 0
-    from srt_trainer.models import load_student
+    from srt_trainer.models.config import SRTModelConfig
+    from srt_trainer.models.loading import load_configured_student
 
-    model = load_student(embedded_dir, load_in_4bit=True, device="cpu", adapter=out)
+    student = SRTModelConfig(model_name_or_path=str(embedded_dir), load_in_4bit=True, adapter=str(out))
+    model = load_configured_student(student, device="cpu")
     assert isinstance(model, PeftModel)
     lora = {k: v for k, v in model.state_dict().items() if "lora_B" in k}
     assert lora and any(v.abs().sum() > 0 for v in lora.values())  # B starts at zero; one step moved it

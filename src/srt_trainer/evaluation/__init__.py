@@ -11,18 +11,18 @@ from srt_trainer.evaluation.aggregate import (
     load_review_records,
     outcome_from_scores,
 )
-from srt_trainer.evaluation.config import AggregateConfig, GenerateConfig, JudgeConfig
+from srt_trainer.evaluation.config import AggregateArguments, GenerateArguments, JudgeArguments
 from srt_trainer.evaluation.judge import review_messages
 from srt_trainer.evaluation.scores import parse_scores
 from srt_trainer.evaluation.test_sets import TestSet, read_test_set, read_test_sets
 
 __all__ = [
     "Aggregate",
-    "AggregateConfig",
+    "AggregateArguments",
     "AggregateRun",
-    "GenerateConfig",
+    "GenerateArguments",
     "ItemOutcome",
-    "JudgeConfig",
+    "JudgeArguments",
     "Tally",
     "TestSet",
     "aggregate_file",

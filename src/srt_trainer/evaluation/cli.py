@@ -12,7 +12,6 @@ import sys
 from collections.abc import Sequence
 
 from srt_trainer.errors import EXIT_OK, EXIT_USER_ERROR, run_cli
-from srt_trainer.evaluation.config import AggregateConfig, GenerateConfig, JudgeConfig
 
 COMMANDS = {
     "generate": "answers of a model (base, base + adapter, or merged) to test sets",
@@ -25,16 +24,19 @@ def generate(argv: Sequence[str], prog: str) -> None:
     from trl import TrlParser
 
     from srt_trainer.data import summarize_rejects
+    from srt_trainer.evaluation.config import GenerateArguments
     from srt_trainer.evaluation.generate import run_generate
+    from srt_trainer.models.config import LoadingArguments, SRTModelConfig
 
-    (config,) = TrlParser(GenerateConfig, prog=prog).parse_args_and_config(argv)
-    run = run_generate(config)
+    parser = TrlParser((GenerateArguments, SRTModelConfig, LoadingArguments), prog=prog)
+    config, model_args, loading = parser.parse_args_and_config(argv)
+    run = run_generate(config, model_args, loading)
     for s in run.sets:
         print(f"{s.source}: {s.num_rows_read} rows, {len(s.items)} items ({s.name})")
     if run.rejects:
         print(summarize_rejects(run.rejects))
     if run.first_prompt is not None:
-        print(f"template {config.template}; first prompt:\n{run.first_prompt}\n")
+        print(f"template {model_args.template}; first prompt:\n{run.first_prompt}\n")
     summary = run.summary
     print(
         f"wrote {run.output} ({len(run.rows)} answers by {summary['generator']}; {summary['empty_outputs']} empty) "
@@ -46,10 +48,12 @@ def judge(argv: Sequence[str], prog: str) -> None:
     from trl import TrlParser
 
     from srt_trainer.evaluation.aggregate import format_table, summary_line
+    from srt_trainer.evaluation.config import JudgeArguments
     from srt_trainer.evaluation.judge import run_judge
+    from srt_trainer.teachers.config import TeacherArguments
 
-    (config,) = TrlParser(JudgeConfig, prog=prog).parse_args_and_config(argv)
-    run = run_judge(config)
+    config, judge_args = TrlParser((JudgeArguments, TeacherArguments), prog=prog).parse_args_and_config(argv)
+    run = run_judge(config, judge_args)
     failed = sum(r["status"] == "failed" for r in run.records)
     print(f"judge: {run.counts.format()}")
     print(
@@ -63,12 +67,10 @@ def aggregate(argv: Sequence[str], prog: str) -> None:
     """One line (or JSON object) per reviews file on stdout, the details on stderr."""
     from trl import TrlParser
 
-    from srt_trainer.errors import SRTUserError
     from srt_trainer.evaluation.aggregate import aggregate_file, format_table, summary_line
+    from srt_trainer.evaluation.config import AggregateArguments
 
-    (config,) = TrlParser(AggregateConfig, prog=prog).parse_args_and_config(argv)
-    if not config.reviews:
-        raise SRTUserError("--reviews FILE [FILE ...] is required")
+    (config,) = TrlParser(AggregateArguments, prog=prog).parse_args_and_config(argv)
     for name in config.reviews:
         run = aggregate_file(name, config.output_dir, plot=config.plot)
         agg = run.aggregate

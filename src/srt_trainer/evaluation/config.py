@@ -1,4 +1,5 @@
-"""Options of the evaluation commands: ``srt eval generate``, ``srt eval judge`` and ``srt eval aggregate``."""
+"""Options of the evaluation commands: ``srt eval generate`` (with the student's ``SRTModelConfig``), ``srt eval
+judge`` (with ``TeacherArguments``: the judge is a teacher) and ``srt eval aggregate``."""
 
 from __future__ import annotations
 
@@ -7,29 +8,20 @@ from typing import Any
 
 
 @dataclass
-class GenerateConfig:
-    """Options of ``srt eval generate`` (YAML via ``--config``; every field also a flag)."""
+class GenerateArguments:
+    """What ``srt eval generate`` answers and how it samples (YAML via ``--config``; every field also a flag); the
+    student is ``SRTModelConfig`` (model, adapter, template, dtype) and ``LoadingArguments`` (device)."""
 
     test_sets: list[str] = field(
-        default_factory=list,
         metadata={
             "help": "Test-set files (JSON, JSONL, Parquet with an instruction / prompt / text field) or "
             "folders of them, e.g. ../shared/data/eval."
         },
     )
-    output: str = field(default=None, metadata={"help": "Answers file, .jsonl or .parquet."})
-    model: str = field(default="embedded", metadata={"help": "Base or merged model: 'embedded', a folder or a hub id."})
-    adapter: str | None = field(default=None, metadata={"help": "A PEFT (LoRA) adapter folder applied on `model`."})
+    output: str = field(metadata={"help": "Answers file, .jsonl or .parquet."})
     generator: str | None = field(
         default=None,
         metadata={"help": "Name of this model in the outputs (default: from the model and adapter names)."},
-    )
-    template: str = field(
-        default="vicuna",
-        metadata={
-            "help": "Prompt format the model was trained with.",
-            "choices": ["vicuna", "alpaca", "wizardlm", "chat"],
-        },
     )
     engine: str = field(
         default="transformers",
@@ -43,83 +35,41 @@ class GenerateConfig:
     temperature: float = field(default=0.0, metadata={"help": "0 is greedy (the paper's setting); above 0 samples."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass when sampling."})
     seed: int = field(default=0, metadata={"help": "Seed of sampling (each shard seeds seed + its index)."})
-    dtype: str = field(
-        default="float32", metadata={"help": "Weights' dtype.", "choices": ["float32", "bfloat16", "float16"]}
-    )
-    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:N or auto (default: CUDA if any)."})
     limit: int | None = field(default=None, metadata={"help": "Answer only the first N items of each test set."})
     shard_size: int = field(default=64, metadata={"help": "Items per checkpointed shard (the unit of resume)."})
     alpaca_eval: bool = field(default=True, metadata={"help": "Also write <stem>.alpaca_eval.json for alpaca_eval."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the model's folder."})
     overwrite: bool = field(default=False, metadata={"help": "Discard finished shards of an earlier run."})
 
-    def fingerprint_settings(self) -> dict[str, Any]:
+    def fingerprint_settings(self, model_args: Any) -> dict[str, Any]:
         """What changes the answers: a resumed run must match these."""
-        keys = (
-            "model",
-            "adapter",
-            "template",
-            "engine",
-            "max_new_tokens",
-            "batch_size",
-            "temperature",
-            "top_p",
-            "seed",
-            "dtype",
-        )
-        return {k: getattr(self, k) for k in keys}
+        own = ("engine", "max_new_tokens", "batch_size", "temperature", "top_p", "seed")
+        student = ("model_name_or_path", "model_revision", "adapter", "template", "dtype")
+        return {k: getattr(self, k) for k in own} | {k: getattr(model_args, k) for k in student}
 
 
 @dataclass
-class JudgeConfig:
-    """Options of ``srt eval judge`` (YAML via ``--config``; every field also a flag)."""
+class JudgeArguments:
+    """What ``srt eval judge`` compares and writes (YAML via ``--config``; every field also a flag); the judge is a
+    teacher (``TeacherArguments``: ``--teacher openai --teacher_model gpt-4``, also spelled ``--judge`` and
+    ``--judge_model``)."""
 
-    answers_a: str = field(
-        default=None, metadata={"help": "Answers of model A (`srt eval generate` output, or AlpacaEval JSON)."}
-    )
-    answers_b: str = field(default=None, metadata={"help": "Answers of model B to the same items."})
-    output: str = field(default=None, metadata={"help": "Reviews file, .jsonl or .parquet (one record per item)."})
-    judge: str = field(
-        default="openai",
+    answers_a: str = field(metadata={"help": "Answers of model A (`srt eval generate` output, or AlpacaEval JSON)."})
+    answers_b: str = field(metadata={"help": "Answers of model B to the same items."})
+    output: str = field(
         metadata={
-            "help": "Judge client: openai (any OpenAI-compatible server), transformers or vllm (local).",
-            "choices": ["openai", "transformers", "vllm"],
-        },
+            "help": "Reviews file, .jsonl or .parquet (one record per item); the reviews are cached in "
+            "<stem>.cache.jsonl unless --teacher_cache says otherwise."
+        }
     )
-    judge_model: str | None = field(
-        default=None,
-        metadata={
-            "help": "The judge's model: the served name (required "
-            "for openai; the paper used gpt-4), or a folder for a local judge."
-        },
-    )
-    base_url: str | None = field(
-        default=None,
-        metadata={
-            "help": "OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (the API key comes from OPENAI_API_KEY)."
-        },
-    )
-    max_tokens: int = field(default=512, metadata={"help": "Length limit of a review, in tokens."})
-    temperature: float = field(default=0.0, metadata={"help": "Judge temperature (0: deterministic reviews)."})
-    seed: int | None = field(default=None, metadata={"help": "Sampling seed sent to the judge, when it takes one."})
-    concurrency: int = field(default=16, metadata={"help": "Requests in flight at once (openai judge)."})
-    max_retries: int = field(default=8, metadata={"help": "Retries of a failed request, with backoff (openai judge)."})
-    timeout: float = field(default=120.0, metadata={"help": "Seconds a request may take (openai judge)."})
-    max_reasks: int = field(default=1, metadata={"help": "Times a review without readable scores is asked again."})
     limit: int | None = field(default=None, metadata={"help": "Judge only the first N matched items."})
-    cache: str | None = field(
-        default=None,
-        metadata={"help": "Durable cache of reviews (default: <output stem>.cache.jsonl); a rerun resumes from it."},
-    )
     plot: bool = field(default=True, metadata={"help": "Write the win / tie / lose chart beside the output."})
 
 
 @dataclass
-class AggregateConfig:
+class AggregateArguments:
     """Options of ``srt eval aggregate`` (YAML via ``--config``; every field also a flag)."""
 
     reviews: list[str] = field(
-        default_factory=list,
         metadata={
             "help": "Review files (JSON list, JSONL, or a JSON object with a 'data' list) of records with "
             "'review' and 'review_reverse'."

@@ -26,13 +26,14 @@ import torch
 from tqdm.auto import tqdm
 
 from srt_trainer.data import Reject, rejects_path_for, summarize_rejects, write_rejects
-from srt_trainer.errors import SRTUserError
-from srt_trainer.evaluation.config import GenerateConfig
+from srt_trainer.evaluation.config import GenerateArguments
 from srt_trainer.evaluation.test_sets import TestSet, read_test_sets
 from srt_trainer.generation import generate_answers
 from srt_trainer.io import ShardStore, check_output_path, shard_bounds, sidecar_path, write_rows
-from srt_trainer.models import load_student, load_tokenizer
+from srt_trainer.models import load_tokenizer
+from srt_trainer.models.config import LoadingArguments, SRTModelConfig
 from srt_trainer.models.embedded import EMBEDDED_MODEL, EMBEDDED_NAME
+from srt_trainer.models.loading import load_configured_student
 from srt_trainer.templates import get_template
 
 logger = logging.getLogger(__name__)
@@ -68,15 +69,20 @@ def alpaca_eval_records(rows: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
 class TransformersEngine:
     """Batched ``generate`` with a transformers model (and a PEFT adapter when given)."""
 
-    def __init__(self, config: GenerateConfig, model: Any = None, tokenizer: Any = None) -> None:
+    def __init__(
+        self,
+        config: GenerateArguments,
+        model_args: SRTModelConfig,
+        loading: LoadingArguments,
+        model: Any = None,
+        tokenizer: Any = None,
+    ) -> None:
         self.config = config
-        self.tokenizer = tokenizer or load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
-        self.model = model or load_student(
-            config.model,
-            dtype=config.dtype,
-            device=config.device,
-            adapter=config.adapter,
-            trust_remote_code=config.trust_remote_code,
+        self.tokenizer = tokenizer or load_tokenizer(
+            model_args.model_name_or_path, trust_remote_code=loading.trust_remote_code, revision=model_args.revision()
+        )
+        self.model = model or load_configured_student(
+            model_args, device=loading.device, trust_remote_code=loading.trust_remote_code
         )
 
     def generate(self, prompts: Sequence[str], seed: int) -> list[str]:
@@ -104,19 +110,19 @@ class VLLMEngine:
         "with a GPU), or use --engine transformers"
     )
 
-    def __init__(self, config: GenerateConfig) -> None:
+    def __init__(self, config: GenerateArguments, model_args: SRTModelConfig, loading: LoadingArguments) -> None:
         from srt_trainer.vllm_engine import VLLMEngine as Engine
 
         self.config = config
         self.engine = Engine(
-            config.model,
+            model_args.model_name_or_path,
             missing=self.MISSING,
-            adapter=config.adapter,
-            dtype=config.dtype,
+            adapter=model_args.adapter,
+            dtype=model_args.dtype,
             seed=config.seed,
-            trust_remote_code=config.trust_remote_code,
+            trust_remote_code=loading.trust_remote_code,
         )
-        self.tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
+        self.tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=loading.trust_remote_code)
 
     def generate(self, prompts: Sequence[str], seed: int) -> list[str]:
         completions = self.engine.complete(
@@ -148,11 +154,17 @@ class GenerateRun:
     first_prompt: str | None = None
 
 
-def run_generate(config: GenerateConfig, model: Any = None, tokenizer: Any = None) -> GenerateRun:
-    """Answer every item of ``config.test_sets`` and write the outputs (answers, AlpacaEval file, summary,
-    rejects), resuming from the finished shards of an earlier run with the same settings."""
-    if not config.test_sets or not config.output:
-        raise SRTUserError("--test_sets and --output are required")
+def run_generate(
+    config: GenerateArguments,
+    model_args: SRTModelConfig,
+    loading: LoadingArguments | None = None,
+    model: Any = None,
+    tokenizer: Any = None,
+) -> GenerateRun:
+    """Answer every item of ``config.test_sets`` with the student ``model_args`` describes (or ``model``) and write
+    the outputs (answers, AlpacaEval file, summary, rejects), resuming from the finished shards of an earlier run
+    with the same settings."""
+    loading = loading or LoadingArguments()
     output = check_output_path(config.output)
     sets = read_test_sets(config.test_sets, limit=config.limit)
     items = [it for s in sets for it in s.items]
@@ -162,21 +174,23 @@ def run_generate(config: GenerateConfig, model: Any = None, tokenizer: Any = Non
         logger.info("%s: %d rows, %d items (%s)", s.source, s.num_rows_read, len(s.items), s.name)
     if rejects:
         logger.warning(summarize_rejects(rejects))
-    generator = config.generator or default_generator_name(config.model, config.adapter)
+    generator = config.generator or default_generator_name(model_args.model_name_or_path, model_args.adapter)
 
     engine: TransformersEngine | VLLMEngine = (
-        VLLMEngine(config) if config.engine == "vllm" else TransformersEngine(config, model, tokenizer)
+        VLLMEngine(config, model_args, loading)
+        if config.engine == "vllm"
+        else TransformersEngine(config, model_args, loading, model, tokenizer)
     )
-    prompts = render_prompts(items, config.template, engine.tokenizer)
+    prompts = render_prompts(items, model_args.template, engine.tokenizer)
     if prompts:
-        logger.debug("template %s; first prompt:\n%s", config.template, prompts[0])
+        logger.debug("template %s; first prompt:\n%s", model_args.template, prompts[0])
     # Longest prompts first: shards (and the batches inside) hold similar lengths; fixed, so a resume matches.
     order = sorted(range(len(items)), key=lambda i: (-len(prompts[i]), i))
     store = ShardStore(sidecar_path(output, "gen-shards"))
     if config.overwrite:
         store.clear()
     manifest = {
-        "settings": config.fingerprint_settings(),
+        "settings": config.fingerprint_settings(model_args),
         "shard_size": config.shard_size,
         "num_items": len(items),
         "items": _items_fingerprint(items, prompts),
@@ -218,7 +232,7 @@ def run_generate(config: GenerateConfig, model: Any = None, tokenizer: Any = Non
         "empty_outputs": sum(1 for r in rows if not r["output"]),
         "generated_now": len(items) - sum(e - s for k, (s, e) in enumerate(bounds) if k in done),
         "seconds": round(seconds, 3),
-        "config": asdict(config),
+        "config": {"generate": asdict(config), "student": asdict(model_args)},
     }
     sidecar_path(output, "summary.json").write_text(json.dumps(summary, indent=2))
     return GenerateRun(rows, sets, rejects, summary, output, prompts[0] if prompts else None)

@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from srt_trainer.data import Reject, rejects_path_for, summarize_rejects, write_rejects
-from srt_trainer.errors import SRTUserError
 from srt_trainer.evaluation.aggregate import Aggregate, aggregate_records, judge_item, write_reports
-from srt_trainer.evaluation.config import JudgeConfig
+from srt_trainer.evaluation.config import JudgeArguments
 from srt_trainer.evaluation.scores import has_scores
 from srt_trainer.io import check_output_path, iter_raw_rows, sidecar_path, write_rows
-from srt_trainer.teachers import RunCounts, SamplingConfig, build_teacher, complete_all
+from srt_trainer.teachers import RunCounts, TeacherArguments, build_teacher_from_args, complete_all
 
 logger = logging.getLogger(__name__)
 
@@ -189,10 +188,9 @@ class JudgeRun:
     reports: dict[str, str]
 
 
-def run_judge(config: JudgeConfig, teacher: Any = None) -> JudgeRun:
-    """Judge every matched item in both orders; write the reviews, failures, rejects and the aggregate reports."""
-    if not (config.answers_a and config.answers_b and config.output):
-        raise SRTUserError("--answers_a, --answers_b and --output are required")
+def run_judge(config: JudgeArguments, judge: TeacherArguments, teacher: Any = None) -> JudgeRun:
+    """Judge every matched item in both orders with the teacher ``judge`` names (or ``teacher``, already built);
+    write the reviews, failures, rejects and the aggregate reports."""
     output = check_output_path(config.output)
     file_a, file_b = read_answers(config.answers_a), read_answers(config.answers_b)
     pairs, unmatched = match_answers(file_a, file_b)
@@ -204,23 +202,23 @@ def run_judge(config: JudgeConfig, teacher: Any = None) -> JudgeRun:
 
     own_teacher = teacher is None
     if teacher is None:
-        if config.judge == "openai" and not config.judge_model:
-            raise SRTUserError("--judge_model is required with the openai judge (the paper used gpt-4)")
-        options: dict[str, Any] = {}
-        if config.judge == "openai":
-            options = {"concurrency": config.concurrency, "max_retries": config.max_retries, "timeout": config.timeout}
-        teacher = build_teacher(config.judge, model=config.judge_model, base_url=config.base_url, **options)
-    judge_name = getattr(teacher, "model_name", None) or config.judge_model or config.judge
+        teacher = build_teacher_from_args(judge)
+    judge_name = getattr(teacher, "model_name", None) or judge.teacher_model or judge.teacher
     conversations = []
     for a, b in pairs:
         question = question_text(a["instruction"], a.get("input") or "")
         conversations.append(review_messages(question, a["output"], b["output"]))
         conversations.append(review_messages(question, b["output"], a["output"]))  # swapped: B is Assistant 1
-    sampling = SamplingConfig(temperature=config.temperature, top_p=1.0, max_tokens=config.max_tokens, seed=config.seed)
-    cache = Path(config.cache) if config.cache else sidecar_path(output, "cache.jsonl")
+    cache = judge.cache_path(sidecar_path(output, "cache.jsonl"))
     try:
         results, counts = complete_all(
-            teacher, conversations, sampling, cache, validate=has_scores, max_reasks=config.max_reasks, desc="Judging"
+            teacher,
+            conversations,
+            judge.sampling(),
+            cache,
+            validate=has_scores,
+            max_reasks=judge.max_reasks,
+            desc="Judging",
         )
     finally:
         if own_teacher:
@@ -230,5 +228,5 @@ def run_judge(config: JudgeConfig, teacher: Any = None) -> JudgeRun:
     failures = write_rows([r for r in records if r["status"] == "failed"], sidecar_path(output, "failures.jsonl"))
     agg = aggregate_records(records)
     reports = write_reports(agg, output, source=str(output), plot=config.plot)
-    logger.debug("judge config: %s", asdict(config))
+    logger.debug("judge config: %s; judge: %s", asdict(config), asdict(judge))
     return JudgeRun(records, agg, counts, rejects, output, failures, reports)

@@ -7,12 +7,15 @@ without resizing embeddings; ``trust_remote_code`` stays off unless asked for.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from srt_trainer.models.embedded import EMBEDDED_NAME, ensure_embedded_model
 from srt_trainer.models.precision import warn_if_slow_half
+
+if TYPE_CHECKING:
+    from srt_trainer.models.config import SRTModelConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -75,29 +78,21 @@ def load_student(
     attn_implementation: str | None = None,
     revision: str | None = None,
     adapter: str | Path | None = None,
-    load_in_4bit: bool = False,
-    load_in_8bit: bool = False,
+    quantization_config: Any = None,
     **model_kwargs: Any,
 ) -> Any:
     """A causal LM in eval mode on ``device`` (default: CUDA when present, else CPU).
 
     ``adapter`` is a PEFT adapter folder applied on top (LoRA stays unmerged, as trained);
-    ``load_in_4bit`` / ``load_in_8bit`` quantize with bitsandbytes (NF4, computing in ``dtype``).
-    ``device="auto"`` spreads the model with accelerate's ``device_map``; other keyword arguments go to
+    ``quantization_config`` is a bitsandbytes config (``SRTModelConfig.quantization_config()``), placed by
+    accelerate. ``device="auto"`` spreads the model with accelerate's ``device_map``; other keyword arguments go to
     ``AutoModelForCausalLM.from_pretrained``.
     """
     from transformers import AutoModelForCausalLM
 
     compute = resolve_dtype(dtype)
-    if load_in_4bit or load_in_8bit:
-        from transformers import BitsAndBytesConfig
-
-        model_kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=load_in_4bit,
-            load_in_8bit=load_in_8bit,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_compute_dtype=compute if isinstance(compute, torch.dtype) else torch.bfloat16,
-        )
+    if quantization_config is not None:
+        model_kwargs["quantization_config"] = quantization_config
     path = resolve_model_path(model_name_or_path)
     kwargs: dict[str, Any] = {"dtype": compute, "trust_remote_code": trust_remote_code}
     if attn_implementation:
@@ -117,3 +112,20 @@ def load_student(
     model.eval()
     warn_if_slow_half(model)
     return model
+
+
+def load_configured_student(
+    model_args: SRTModelConfig, device: str | None = None, trust_remote_code: bool = False, **model_kwargs: Any
+) -> Any:
+    """``load_student`` with the options of ``model_args`` (dtype, attention, revision, adapter, quantization)."""
+    return load_student(
+        model_args.model_name_or_path,
+        dtype=model_args.dtype,
+        device=device,
+        trust_remote_code=trust_remote_code,
+        attn_implementation=model_args.attn_implementation,
+        revision=model_args.revision(),
+        adapter=model_args.adapter,
+        quantization_config=model_args.quantization_config(),
+        **model_kwargs,
+    )

@@ -1,12 +1,12 @@
 """Teacher reflection (the paper's instruction and response reflection): prompts, tag parsers, and the runner
 behind ``srt reflect``.
 
-- ``run_reflect(ReflectConfig(mode=..., data=..., output=..., teacher=...))``: the file-level stage.
-- ``reflect_rows(rows, mode="instruction"|"response", teacher=build_teacher(...), config=ReflectConfig(...))``:
+- ``run_reflect(ReflectArguments(mode=..., data=..., output=...), TeacherArguments(...))``: the file-level stage.
+- ``reflect_rows(rows, mode="instruction"|"response", teacher=build_teacher(...), teacher_args=TeacherArguments())``:
   rows in, reflected rows out (``reflect`` also returns the raw texts and counts).
 """
 
-from srt_trainer.reflection.config import ReflectConfig
+from srt_trainer.reflection.config import ReflectArguments
 from srt_trainer.reflection.parsers import (
     ParsedInstruction,
     extract_tagged,
@@ -18,7 +18,6 @@ from srt_trainer.reflection.runner import (
     STATUSES,
     ReflectionResult,
     ReflectRun,
-    build_teacher_from_config,
     detect_variant,
     reflect,
     reflect_rows,
@@ -30,11 +29,10 @@ __all__ = [
     "STATUSES",
     "ParsedInstruction",
     "PromptTemplateError",
-    "ReflectConfig",
+    "ReflectArguments",
     "ReflectRun",
     "ReflectionPrompt",
     "ReflectionResult",
-    "build_teacher_from_config",
     "detect_variant",
     "extract_tagged",
     "load_prompt",

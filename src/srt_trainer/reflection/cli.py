@@ -12,7 +12,6 @@ import sys
 from collections.abc import Sequence
 
 from srt_trainer.errors import run_cli
-from srt_trainer.reflection.config import ReflectConfig
 
 PROG = "srt reflect"
 
@@ -23,10 +22,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     def command() -> None:
         from trl import TrlParser
 
+        from srt_trainer.reflection.config import ReflectArguments
         from srt_trainer.reflection.runner import run_reflect
+        from srt_trainer.teachers.config import TeacherArguments
 
-        (config,) = TrlParser(ReflectConfig, prog=PROG).parse_args_and_config(argv)
-        run = run_reflect(config)
+        args, teacher_args = TrlParser((ReflectArguments, TeacherArguments), prog=PROG).parse_args_and_config(argv)
+        run = run_reflect(args, teacher_args)
         result = run.result
         print(result.format())
         if result.statuses["failed"]:

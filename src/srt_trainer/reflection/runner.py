@@ -19,10 +19,18 @@ from typing import Any
 from srt_trainer.data import load_instruction_data, rejects_path_for, summarize_rejects
 from srt_trainer.errors import SRTUserError
 from srt_trainer.io import check_output_path, sidecar_path, write_rows
-from srt_trainer.reflection.config import ReflectConfig
+from srt_trainer.reflection.config import ReflectArguments
 from srt_trainer.reflection.parsers import parse_instruction_reflection, parse_response_reflection
 from srt_trainer.reflection.prompts import ReflectionPrompt, load_prompt
-from srt_trainer.teachers import ChatResult, RunCounts, SamplingConfig, Teacher, build_teacher, complete_all
+from srt_trainer.teachers import (
+    ChatResult,
+    RunCounts,
+    SamplingConfig,
+    Teacher,
+    TeacherArguments,
+    build_teacher_from_args,
+    complete_all,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -205,46 +213,27 @@ def reflect_rows(
     rows: Sequence[dict[str, Any]],
     mode: str,
     teacher: Teacher,
-    config: ReflectConfig | None = None,
+    teacher_args: TeacherArguments | None = None,
     cache_path: str | Path | None = None,
+    prompt_template: str | None = None,
+    variant: str = "auto",
 ) -> list[dict[str, Any]]:
-    """Reflected rows, in input order (see ``reflect``), with the settings of a ``ReflectConfig`` (default: its
-    defaults; its ``cache`` when ``cache_path`` is None)."""
-    config = config or ReflectConfig(mode=mode)
+    """Reflected rows, in input order (see ``reflect``), asked with the sampling and re-ask settings of
+    ``teacher_args`` (default: its defaults); its ``teacher_cache`` when ``cache_path`` is None."""
+    teacher_args = teacher_args or TeacherArguments()
     return reflect(
         rows,
         mode,
         teacher,
-        prompt=load_prompt(mode, config.prompt_template),
-        sampling=config.sampling(),
-        cache_path=cache_path if cache_path is not None else config.cache,
-        prefill=config.prefill_flag(),
-        variant=config.variant,
-        max_reasks=config.max_reasks,
-        reask_temperature=config.reask_temperature,
-        progress=config.progress,
+        prompt=load_prompt(mode, prompt_template),
+        sampling=teacher_args.sampling(),
+        cache_path=cache_path if cache_path is not None else teacher_args.teacher_cache,
+        prefill=teacher_args.prefill_flag(),
+        variant=variant,
+        max_reasks=teacher_args.max_reasks,
+        reask_temperature=teacher_args.reask_temperature,
+        progress=False,
     ).rows
-
-
-def build_teacher_from_config(config: ReflectConfig) -> Teacher:
-    """The teacher a ``ReflectConfig`` names, with the options of its kind."""
-    options: dict[str, Any]
-    if config.teacher == "openai":
-        options = {
-            "concurrency": config.concurrency,
-            "max_retries": config.max_retries,
-            "timeout": config.request_timeout,
-        }
-    elif config.teacher == "transformers":
-        options = {
-            "dtype": config.dtype,
-            "device": config.device,
-            "batch_size": config.batch_size,
-            "trust_remote_code": config.trust_remote_code,
-        }
-    else:
-        options = {"trust_remote_code": config.trust_remote_code}
-    return build_teacher(config.teacher, model=config.teacher_model, base_url=config.base_url, **options)
 
 
 @dataclass
@@ -257,16 +246,14 @@ class ReflectRun:
     cache: Path
 
 
-def run_reflect(config: ReflectConfig, teacher: Teacher | None = None) -> ReflectRun:
-    """Reflect ``config.data`` into ``config.output``, with ``<stem>.raw.jsonl``, ``<stem>.summary.json`` and the
-    rejects beside it. ``teacher``: one already built (default: from ``config``)."""
-    if not config.mode or not config.data or not config.output:
-        raise SRTUserError("--mode, --data and --output are required")
-    output = check_output_path(config.output)
-    prompt = load_prompt(config.mode, config.prompt_template)
-    teacher = teacher or build_teacher_from_config(config)
+def run_reflect(args: ReflectArguments, teacher_args: TeacherArguments, teacher: Teacher | None = None) -> ReflectRun:
+    """Reflect ``args.data`` into ``args.output``, with ``<stem>.raw.jsonl``, ``<stem>.summary.json`` and the rejects
+    beside it. ``teacher``: one already built (default: the one ``teacher_args`` names)."""
+    output = check_output_path(args.output)
+    prompt = load_prompt(args.mode, args.prompt_template)
+    teacher = teacher or build_teacher_from_args(teacher_args)
     loaded = load_instruction_data(
-        config.data, format=config.data_format, limit=config.limit, rejects_path=rejects_path_for(output)
+        args.data, format=args.data_format, limit=args.limit, rejects_path=rejects_path_for(output)
     )
     rows = loaded.dataset.to_list()
     logger.info(
@@ -277,24 +264,24 @@ def run_reflect(config: ReflectConfig, teacher: Teacher | None = None) -> Reflec
         len(rows),
         summarize_rejects(loaded.rejects),
     )
-    cache = config.cache_path()
+    cache = args.cache_path(teacher_args)
     result = reflect(
         rows,
-        config.mode,
+        args.mode,
         teacher,
         prompt=prompt,
-        sampling=config.sampling(),
+        sampling=teacher_args.sampling(),
         cache_path=cache,
-        prefill=config.prefill_flag(),
-        variant=config.variant,
-        max_reasks=config.max_reasks,
-        reask_temperature=config.reask_temperature,
-        progress=config.progress,
+        prefill=teacher_args.prefill_flag(),
+        variant=args.variant,
+        max_reasks=teacher_args.max_reasks,
+        reask_temperature=teacher_args.reask_temperature,
+        progress=args.progress,
     )
     write_rows(result.rows, output)
     write_rows(result.raw, sidecar_path(output, "raw.jsonl"))
     summary = {
-        "mode": config.mode,
+        "mode": args.mode,
         "variant": result.variant,
         "rows": len(result.rows),
         **result.statuses,
@@ -305,7 +292,7 @@ def run_reflect(config: ReflectConfig, teacher: Teacher | None = None) -> Reflec
         "rejected_rows": len(loaded.rejects),
         "output": str(output),
         "cache": str(cache),
-        "config": asdict(config),
+        "config": {"reflect": asdict(args), "teacher": asdict(teacher_args)},
     }
     sidecar_path(output, "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
     return ReflectRun(result=result, summary=summary, output=output, cache=cache)

@@ -19,10 +19,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     def command() -> None:
         from trl import TrlParser
 
+        from srt_trainer.models.config import SRTModelConfig
         from srt_trainer.run.job import run
-        from srt_trainer.training.config import SRTModelConfig, SRTScriptArguments, SRTSFTConfig
+        from srt_trainer.scoring.config import ScoringArguments
+        from srt_trainer.selection.config import SelectionArguments
+        from srt_trainer.teachers.config import TeacherArguments
+        from srt_trainer.training.config import SRTScriptArguments, SRTSFTConfig
 
-        parser = TrlParser((RunArguments, SRTScriptArguments, SRTSFTConfig, SRTModelConfig), prog=PROG)
+        dataclasses = (
+            RunArguments,
+            TeacherArguments,
+            ScoringArguments,
+            SelectionArguments,
+            SRTScriptArguments,
+            SRTSFTConfig,
+            SRTModelConfig,
+        )
+        parser = TrlParser(dataclasses, prog=PROG)
         result = run(*parser.parse_args_and_config(argv))
         if not result.is_main:
             return

@@ -7,7 +7,9 @@
 
 Every stage caches its output in ``output_dir``: teacher answers in a durable cache, scores in shards, training in
 checkpoints; the same command after a kill resumes where it stopped. The config is TRL-style: the job's own
-fields (below) plus every field of ``srt train`` (``SRTScriptArguments``, ``SRTSFTConfig``, ``SRTModelConfig``).
+fields (``RunArguments``) plus the teacher's (``TeacherArguments``, as ``srt reflect``) and every field of
+``srt train`` (``ScoringArguments``, ``SelectionArguments``, ``SRTScriptArguments``, ``SRTSFTConfig``,
+``SRTModelConfig``).
 """
 
 from __future__ import annotations
@@ -24,11 +26,16 @@ from srt_trainer.distributed import get_state
 from srt_trainer.generation import generate_answers
 from srt_trainer.io import write_rows
 from srt_trainer.models import load_student, load_tokenizer, resolve_model_path
-from srt_trainer.reflection import ReflectConfig, build_teacher_from_config, run_reflect
+from srt_trainer.models.config import SRTModelConfig
+from srt_trainer.reflection import ReflectArguments, run_reflect
 from srt_trainer.resources import resolve_data
 from srt_trainer.run.config import RunArguments
+from srt_trainer.scoring.config import ScoringArguments
+from srt_trainer.selection.config import SelectionArguments
+from srt_trainer.teachers import TeacherArguments, build_teacher_from_args
 from srt_trainer.teachers.local import TransformersTeacher
 from srt_trainer.templates import get_template
+from srt_trainer.training.config import SRTScriptArguments, SRTSFTConfig
 from srt_trainer.training.trainer import load_model_for_training, train
 
 logger = logging.getLogger(__name__)
@@ -38,42 +45,32 @@ VARIANT_FILES = {"Q": "q.jsonl", "A": "a.jsonl", "QA": "qa.jsonl"}
 
 
 def _reflect_all(
-    run_args: RunArguments, model_args: Any, model: Any, tokenizer: Any, ori: str, folder: Path
+    teacher_args: TeacherArguments, model_args: Any, model: Any, tokenizer: Any, ori: str, folder: Path
 ) -> dict[str, Any]:
     """Q from the originals, A from the originals, QA from Q (into ``folder``), each resumable through its teacher
     cache; returns each variant's reflection counts."""
-    base = dict(
-        teacher=run_args.teacher,
-        teacher_model=run_args.teacher_model,
-        base_url=run_args.base_url,
-        max_tokens=run_args.teacher_max_tokens,
-        batch_size=run_args.teacher_batch_size,
-        concurrency=run_args.teacher_concurrency,
-        prefill=run_args.prefill,
-        max_reasks=run_args.max_reasks,
-    )
     q_file = str(folder / VARIANT_FILES["Q"])
     steps = {
-        "Q": ReflectConfig(mode="instruction", data=ori, output=q_file, **base),
-        "A": ReflectConfig(mode="response", data=ori, output=str(folder / VARIANT_FILES["A"]), **base),
-        "QA": ReflectConfig(mode="response", data=q_file, output=str(folder / VARIANT_FILES["QA"]), **base),
+        "Q": ReflectArguments(mode="instruction", data=ori, output=q_file),
+        "A": ReflectArguments(mode="response", data=ori, output=str(folder / VARIANT_FILES["A"])),
+        "QA": ReflectArguments(mode="response", data=q_file, output=str(folder / VARIANT_FILES["QA"])),
     }
-    same_model = run_args.teacher_model in (None, model_args.model_name_or_path)
-    if run_args.teacher == "transformers" and same_model:
+    same_model = teacher_args.teacher_model in (None, model_args.model_name_or_path)
+    if teacher_args.teacher == "transformers" and same_model:
         teacher = TransformersTeacher(
             model=model_args.model_name_or_path,
-            batch_size=run_args.teacher_batch_size,
+            batch_size=teacher_args.teacher_batch_size,
             model_obj=model,
             tokenizer=tokenizer,
         )
     else:
-        teacher = build_teacher_from_config(steps["Q"])
+        teacher = build_teacher_from_args(teacher_args)
     summaries = {}
     was_training = model.training
     model.eval()
-    for variant, config in steps.items():
-        logger.info("reflection %s: %s mode on %s", variant, config.mode, config.data)
-        reflected = run_reflect(config, teacher=teacher)
+    for variant, args in steps.items():
+        logger.info("reflection %s: %s mode on %s", variant, args.mode, args.data)
+        reflected = run_reflect(args, teacher_args, teacher=teacher)
         logger.info("%s\nwrote %s", reflected.result.format(), reflected.output)
         summary = reflected.summary
         summaries[variant] = {k: summary.get(k) for k in ("rows", "ok", "fallback", "failed", "counts")}
@@ -115,7 +112,15 @@ class JobResult:
         )
 
 
-def run(run_args: RunArguments, script_args: Any, training_args: Any, model_args: Any) -> JobResult:
+def run(
+    run_args: RunArguments,
+    teacher_args: TeacherArguments,
+    scoring: ScoringArguments,
+    selection: SelectionArguments,
+    script_args: SRTScriptArguments,
+    training_args: SRTSFTConfig,
+    model_args: SRTModelConfig,
+) -> JobResult:
     """Run the whole job; returns its summary and answers (the summary also goes to ``output_dir/summary.json``)."""
     state = get_state()
     out = Path(training_args.output_dir)
@@ -133,10 +138,10 @@ def run(run_args: RunArguments, script_args: Any, training_args: Any, model_args
     untuned: list[str] = []
     if run_args.held_out and state.is_main_process:
         held_out, prompts = _held_out_prompts(
-            run_args.held_out, script_args.template, tokenizer, out / "held_out.rejects.jsonl"
+            run_args.held_out, model_args.template, tokenizer, out / "held_out.rejects.jsonl"
         )
         if run_args.compare_untuned:
-            untuned = generate_answers(model, tokenizer, prompts, max_new_tokens=run_args.max_new_tokens)
+            untuned = generate_answers(model, tokenizer, prompts, max_new_tokens=run_args.held_out_max_new_tokens)
     timings["load_and_untuned_answers_s"] = time.perf_counter() - t0
 
     # 1. reflection (main process; the others wait for its files)
@@ -149,10 +154,10 @@ def run(run_args: RunArguments, script_args: Any, training_args: Any, model_args
             rows = load_instruction_data(ori, limit=run_args.limit, rejects_path=out / "reflect" / "ori.rejects.jsonl")
             write_rows([{k: r[k] for k in ("instruction", "input", "output")} for r in rows.dataset], limited)
         ori = str(limited)
-    need_variants = script_args.policy != "ifd"
+    need_variants = selection.policy != "ifd"
     reflection: dict[str, Any] = {}
     if need_variants and state.is_main_process:
-        reflection = _reflect_all(run_args, model_args, model, tokenizer, ori, out / "reflect")
+        reflection = _reflect_all(teacher_args, model_args, model, tokenizer, ori, out / "reflect")
     state.wait_for_everyone()
     timings["reflect_s"] = time.perf_counter() - t
 
@@ -165,7 +170,7 @@ def run(run_args: RunArguments, script_args: Any, training_args: Any, model_args
         )
     if training_args.resume_from_checkpoint is None:
         training_args.resume_from_checkpoint = "auto"  # a rerun after a kill goes on from the last checkpoint
-    outcome = train(script_args, training_args, model_args, model=model, tokenizer=tokenizer)
+    outcome = train(script_args, training_args, model_args, scoring, selection, model=model, tokenizer=tokenizer)
     timings["score_select_train_s"] = time.perf_counter() - t
     if not state.is_main_process:
         return JobResult(out, is_main=False)
@@ -177,11 +182,11 @@ def run(run_args: RunArguments, script_args: Any, training_args: Any, model_args
         adapter = str(out) if model_args.use_peft else None
         tuned = load_student(
             student_name if adapter else str(out),
-            dtype=model_args.dtype or "float32",
+            dtype=model_args.dtype,
             adapter=adapter,
             trust_remote_code=training_args.trust_remote_code,
         )
-        texts = generate_answers(tuned, tokenizer, prompts, max_new_tokens=run_args.max_new_tokens)
+        texts = generate_answers(tuned, tokenizer, prompts, max_new_tokens=run_args.held_out_max_new_tokens)
         for i, (r, text) in enumerate(zip(held_out, texts, strict=True)):
             answers.append({**r, "output": text, **({"untuned_output": untuned[i]} if untuned else {})})
         write_rows(answers, out / "answers.jsonl")
@@ -201,7 +206,13 @@ def run(run_args: RunArguments, script_args: Any, training_args: Any, model_args
         },
         "held_out_answers": len(answers),
         "timings": {k: round(v, 1) for k, v in timings.items()},
-        "config": {"run": asdict(run_args), "script": asdict(script_args)},
+        "config": {
+            "run": asdict(run_args),
+            "teacher": asdict(teacher_args),
+            "scoring": asdict(scoring),
+            "selection": asdict(selection),
+            "script": asdict(script_args),
+        },
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return JobResult(out, summary, answers, adapter=bool(model_args.use_peft))

@@ -2,7 +2,7 @@
 
 from srt_trainer.io import ResumeMismatchError
 from srt_trainer.scoring.collator import VIEW_KINDS, DataCollatorForIFD, SampleViews, View
-from srt_trainer.scoring.config import ScoreConfig
+from srt_trainer.scoring.config import ScoreArguments, ScoringArguments
 from srt_trainer.scoring.runner import ScoreRun, run_score, score_dataset
 from srt_trainer.scoring.scorer import LOSS_COLUMNS, STAT_COLUMNS, IFDScorer, stats_from_losses
 
@@ -14,8 +14,9 @@ __all__ = [
     "IFDScorer",
     "ResumeMismatchError",
     "SampleViews",
-    "ScoreConfig",
+    "ScoreArguments",
     "ScoreRun",
+    "ScoringArguments",
     "View",
     "run_score",
     "score_dataset",

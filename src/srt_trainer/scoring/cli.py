@@ -10,7 +10,6 @@ import sys
 from collections.abc import Sequence
 
 from srt_trainer.errors import run_cli
-from srt_trainer.scoring.config import ScoreConfig
 
 PROG = "srt score"
 
@@ -21,11 +20,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     def command() -> None:
         from trl import TrlParser
 
+        from srt_trainer.models.config import LoadingArguments, SRTModelConfig
+        from srt_trainer.scoring.config import ScoreArguments, ScoringArguments
         from srt_trainer.scoring.report import format_summary
         from srt_trainer.scoring.runner import run_score
 
-        (config,) = TrlParser(ScoreConfig, prog=PROG).parse_args_and_config(argv)
-        run = run_score(config)
+        parser = TrlParser((ScoreArguments, ScoringArguments, SRTModelConfig, LoadingArguments), prog=PROG)
+        # the released scorer's name for its truncation length (here no training config claims --max_length)
+        parser.add_argument(
+            "--max_length", "--max-length", dest="score_max_length", type=int, help="--score_max_length"
+        )
+        args, scoring, model_args, loading = parser.parse_args_and_config(argv)
+        run = run_score(args, scoring, model_args, loading)
         if run is None:  # not the main process
             return
         print(format_summary(run.summary))

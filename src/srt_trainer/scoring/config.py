@@ -1,58 +1,30 @@
-"""Options of the scoring stage (``srt score``)."""
+"""Options of scoring: how the student computes IFD / r-IFD (``ScoringArguments``, shared by ``srt score``,
+``srt train`` and ``srt run``) and what ``srt score`` reads and writes (``ScoreArguments``). The student itself is
+``SRTModelConfig``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
 @dataclass
-class ScoreConfig:
-    """Options of ``srt score`` (YAML via ``--config``; every field also a flag)."""
+class ScoringArguments:
+    """How the student's IFD / r-IFD statistics are computed (Section 2 of the paper)."""
 
-    data: str = field(
-        default=None,
-        metadata={
-            "help": "Rows to score: JSON, JSONL or Parquet (Alpaca, ShareGPT or "
-            "chat messages), a save_to_disk folder or a hub id."
-        },
+    score_max_length: int = field(
+        default=2048,
+        metadata={"help": "Truncation length of the released scorer, in tokens (`srt score` also reads --max_length)."},
     )
-    output: str = field(
-        default=None,
-        metadata={"help": "Output file, .jsonl or .parquet: every input row, in order, with its statistics."},
-    )
-    model: str = field(default="embedded", metadata={"help": "The student: 'embedded', a folder or a hub id."})
-    adapter: str | None = field(default=None, metadata={"help": "A PEFT (LoRA) adapter folder to apply on top."})
-    template: str = field(
-        default="vicuna",
-        metadata={"help": "Prompt template of the statistics.", "choices": ["vicuna", "alpaca", "wizardlm", "chat"]},
-    )
-    dtype: str = field(
-        default="float32", metadata={"help": "Compute dtype.", "choices": ["float32", "bfloat16", "float16"]}
-    )
-    max_length: int = field(default=2048, metadata={"help": "Truncation length of the released scorer."})
     token_budget: int | None = field(
         default=None,
         metadata={
-            "help": "Tokens per forward, padding included (default: "
-            "4096 on CPU; on CUDA derived from free memory, at most "
-            "65536; halved on out-of-memory errors)."
+            "help": "Tokens per scoring forward, padding included (default: 4096 on CPU; on CUDA derived from free "
+            "memory, at most 65536; halved on out-of-memory errors)."
         },
     )
-    max_batch_size: int = field(default=128, metadata={"help": "Views per forward batch at most."})
-    shard_size: int = field(default=256, metadata={"help": "Rows per checkpointed shard (the unit of resume)."})
-    limit: int | None = field(default=None, metadata={"help": "Score only the first N rows of the file."})
-    data_format: str = field(default="auto", metadata={"help": "auto, alpaca, sharegpt or messages."})
-    device: str | None = field(
-        default=None,
-        metadata={
-            "help": "cpu, cuda, cuda:N or auto (default: this process's device under accelerate, else CUDA if any)."
-        },
-    )
-    load_in_4bit: bool = field(default=False, metadata={"help": "Quantize the student to 4 bits (bitsandbytes NF4)."})
-    load_in_8bit: bool = field(default=False, metadata={"help": "Quantize the student to 8 bits (bitsandbytes)."})
-    attn_implementation: str | None = field(default=None, metadata={"help": "sdpa, eager, flash_attention_2, ..."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the model's folder."})
+    max_batch_size: int = field(default=128, metadata={"help": "Views per scoring forward at most."})
+    shard_size: int = field(default=256, metadata={"help": "Rows per checkpointed scoring shard (the unit of resume)."})
     share_prefix: bool = field(
         default=True,
         metadata={"help": "Compute the shared template prefix's keys and values once (exact; off only to compare)."},
@@ -60,29 +32,46 @@ class ScoreConfig:
     engine: str = field(
         default="auto",
         metadata={
-            "help": "How views are laid out per forward: packed (back to back in rows under a block-diagonal "
-            "causal mask, no padding), padded (right-padded batches), or auto: packed where the attention "
-            "(sdpa, eager) takes an explicit mask, padded otherwise.",
+            "help": "How views are laid out per forward: packed (back to back in rows under a block-diagonal causal "
+            "mask, no padding), padded (right-padded batches), or auto: packed where the attention (sdpa, eager) "
+            "takes an explicit mask, padded otherwise.",
             "choices": ["auto", "packed", "padded"],
         },
     )
+
+    def scorer_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``IFDScorer``."""
+        return {
+            "max_length": self.score_max_length,
+            "token_budget": self.token_budget,
+            "max_batch_size": self.max_batch_size,
+            "share_prefix": self.share_prefix,
+            "engine": self.engine,
+        }
+
+
+@dataclass
+class ScoreArguments:
+    """What ``srt score`` reads and writes (YAML via ``--config``; every field also a flag)."""
+
+    data: str = field(
+        metadata={
+            "help": "Rows to score: JSON, JSONL or Parquet (Alpaca, ShareGPT or chat messages), a save_to_disk "
+            "folder or a hub id."
+        },
+    )
+    output: str = field(
+        metadata={"help": "Output file, .jsonl or .parquet: every input row, in order, with its statistics."},
+    )
+    limit: int | None = field(default=None, metadata={"help": "Score only the first N rows of the file."})
+    data_format: str = field(default="auto", metadata={"help": "auto, alpaca, sharegpt or messages."})
     overwrite: bool = field(default=False, metadata={"help": "Discard finished shards of an earlier run."})
     plot: bool = field(default=True, metadata={"help": "Write the IFD / r-IFD histogram PNG beside the output."})
 
-    def fingerprint_settings(self) -> dict[str, Any]:
-        """What changes the numbers: a resumed run must match these."""
-        keys = (
-            "model",
-            "adapter",
-            "template",
-            "dtype",
-            "max_length",
-            "token_budget",
-            "max_batch_size",
-            "load_in_4bit",
-            "load_in_8bit",
-            "attn_implementation",
-            "share_prefix",
-            "engine",
-        )
-        return {k: getattr(self, k) for k in keys}
+
+def fingerprint_settings(scoring: ScoringArguments, model_args: Any) -> dict[str, Any]:
+    """What changes the numbers (shard size aside): a resumed run must match these."""
+    student = ("model_name_or_path", "model_revision", "adapter", "template", "dtype", "attn_implementation")
+    quantization = ("load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type", "use_bnb_nested_quant")
+    settings = {k: v for k, v in asdict(scoring).items() if k != "shard_size"}
+    return settings | {k: getattr(model_args, k) for k in (*student, *quantization)}

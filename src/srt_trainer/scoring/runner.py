@@ -26,9 +26,10 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from srt_trainer.distributed import get_state
-from srt_trainer.errors import SRTUserError
 from srt_trainer.io import ShardStore, check_output_path, shard_bounds, sidecar_path, write_rows
-from srt_trainer.scoring.config import ScoreConfig
+from srt_trainer.models.config import LoadingArguments, SRTModelConfig
+from srt_trainer.models.embedded import public_model_name
+from srt_trainer.scoring.config import ScoreArguments, ScoringArguments, fingerprint_settings
 from srt_trainer.scoring.scorer import STAT_COLUMNS, IFDScorer
 
 logger = logging.getLogger(__name__)
@@ -175,32 +176,38 @@ class ScoreRun:
     histogram: Path | None = None
 
 
-def run_score(config: ScoreConfig, model: Any = None, tokenizer: Any = None) -> ScoreRun | None:
-    """Score ``config.data`` and write ``config.output`` with its summary, histogram and rejects; returns what was
+def run_score(
+    args: ScoreArguments,
+    scoring: ScoringArguments,
+    model_args: SRTModelConfig,
+    loading: LoadingArguments | None = None,
+    model: Any = None,
+    tokenizer: Any = None,
+) -> ScoreRun | None:
+    """Score ``args.data`` and write ``args.output`` with its summary, histogram and rejects; returns what was
     written on the main process (None on the others).
 
     ``model`` / ``tokenizer``: a student already loaded by the caller (the main job scores and then trains the same
-    one); by default they are loaded from ``config``.
+    one); by default they are loaded as ``model_args`` and ``loading`` say.
     """
     import torch
 
     from srt_trainer.data import load_instruction_data, rejects_path_for, summarize_rejects
-    from srt_trainer.models import load_student, load_tokenizer
+    from srt_trainer.models.loading import load_configured_student, load_tokenizer
     from srt_trainer.scoring.report import plot_histograms, summarize
 
-    if not config.data or not config.output:
-        raise SRTUserError("--data and --output are required")
-    output = check_output_path(config.output)
+    loading = loading or LoadingArguments()
+    output = check_output_path(args.output)
     state = get_state()
     store = ShardStore(sidecar_path(output, "score-shards"))
-    if config.overwrite and state.is_main_process:
+    if args.overwrite and state.is_main_process:
         store.clear()
     state.wait_for_everyone()
 
     loaded = load_instruction_data(
-        config.data,
-        format=config.data_format,
-        limit=config.limit,
+        args.data,
+        format=args.data_format,
+        limit=args.limit,
         rejects_path=rejects_path_for(output) if state.is_main_process else None,
     )
     rows = loaded.dataset.to_list()
@@ -214,38 +221,22 @@ def run_score(config: ScoreConfig, model: Any = None, tokenizer: Any = None) -> 
             summarize_rejects(loaded.rejects),
         )
 
-    device = config.device or (str(state.device) if state.num_processes > 1 else None)
+    device = loading.device or (str(state.device) if state.num_processes > 1 else None)
     if state.num_processes > 1 and (device or "cpu").startswith("cpu") and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // state.num_processes))
     if tokenizer is None:
-        tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
-    if model is None:
-        model = load_student(
-            config.model,
-            dtype=config.dtype,
-            device=device,
-            trust_remote_code=config.trust_remote_code,
-            attn_implementation=config.attn_implementation,
-            adapter=config.adapter,
-            load_in_4bit=config.load_in_4bit,
-            load_in_8bit=config.load_in_8bit,
+        tokenizer = load_tokenizer(
+            model_args.model_name_or_path, trust_remote_code=loading.trust_remote_code, revision=model_args.revision()
         )
-    scorer = IFDScorer(
-        model,
-        tokenizer,
-        config.template,
-        max_length=config.max_length,
-        token_budget=config.token_budget,
-        max_batch_size=config.max_batch_size,
-        share_prefix=config.share_prefix,
-        engine=config.engine,
-    )
+    if model is None:
+        model = load_configured_student(model_args, device=device, trust_remote_code=loading.trust_remote_code)
+    scorer = IFDScorer(model, tokenizer, model_args.template, **scoring.scorer_options())
     stats = score_dataset(
         rows,
         scorer,
         store.work_dir,
-        shard_size=config.shard_size,
-        settings=config.fingerprint_settings(),
+        shard_size=scoring.shard_size,
+        settings=fingerprint_settings(scoring, model_args),
         progress=state.is_local_main_process,
     )
     if stats is None:
@@ -264,15 +255,16 @@ def run_score(config: ScoreConfig, model: Any = None, tokenizer: Any = None) -> 
         data=loaded.source,
         rejected_rows=len(loaded.rejects),
         output=str(output),
-        config=asdict(config),
+        config={"score": asdict(args), "scoring": asdict(scoring), "student": asdict(model_args)},
         scorer={"fast_path": scorer.fast_path, "engine": scorer.engine, "token_budget": scorer.token_budget},
     )
     sidecar_path(output, "summary.json").write_text(json.dumps(summary, indent=2))
     histogram = None
-    if config.plot:
+    if args.plot:
+        student = public_model_name(model_args.model_name_or_path)
         histogram = plot_histograms(
             out_rows,
             sidecar_path(output, "hist.png"),
-            title=f"{Path(loaded.source).name}: {config.model} ({config.template}, {config.dtype})",
+            title=f"{Path(loaded.source).name}: {student} ({model_args.template}, {model_args.dtype})",
         )
     return ScoreRun(rows=out_rows, summary=summary, output=output, histogram=histogram)

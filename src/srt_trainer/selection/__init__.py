@@ -1,6 +1,6 @@
 """Student selection: the released Selective Reflection-Tuning rule, thresholds and budgets, and its report."""
 
-from srt_trainer.selection.config import POLICIES, VARIANTS, SelectConfig, SelectionInputError
+from srt_trainer.selection.config import POLICIES, VARIANTS, SelectArguments, SelectionArguments, SelectionInputError
 from srt_trainer.selection.policy import SelectionResult, check_alignment, select_rows
 from srt_trainer.selection.report import format_counts, write_selection
 from srt_trainer.selection.runner import read_scored, run_select
@@ -8,7 +8,8 @@ from srt_trainer.selection.runner import read_scored, run_select
 __all__ = [
     "POLICIES",
     "VARIANTS",
-    "SelectConfig",
+    "SelectArguments",
+    "SelectionArguments",
     "SelectionInputError",
     "SelectionResult",
     "check_alignment",

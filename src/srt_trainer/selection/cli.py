@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from srt_trainer.errors import run_cli
-from srt_trainer.selection.config import SelectConfig
+from srt_trainer.selection.config import SelectArguments, SelectionArguments
 from srt_trainer.selection.policy import SelectionResult
 
 PROG = "srt select"
@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         from srt_trainer.selection.runner import run_select
 
-        (config,) = TrlParser(SelectConfig, prog=PROG).parse_args_and_config(argv)
-        print(format_result(run_select(config), config.policy))
+        args, selection = TrlParser((SelectArguments, SelectionArguments), prog=PROG).parse_args_and_config(argv)
+        print(format_result(run_select(args, selection), selection.policy))
 
     return run_cli(PROG, command)

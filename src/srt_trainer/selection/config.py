@@ -1,4 +1,5 @@
-"""Options of the selection stage (``srt select``)."""
+"""Options of selection: the rule (``SelectionArguments``, shared by ``srt select``, ``srt train`` and ``srt run``)
+and what ``srt select`` reads and writes (``SelectArguments``)."""
 
 from __future__ import annotations
 
@@ -15,33 +16,14 @@ class SelectionInputError(SRTUserError, ValueError):
 
 
 @dataclass
-class SelectConfig:
-    """Options of ``srt select`` (YAML via ``--config``; every field also a flag)."""
+class SelectionArguments:
+    """How pairs are selected (Section 3 of the paper; shared by ``srt select``, ``srt train`` and ``srt run``)."""
 
-    ori: str = field(
-        default=None, metadata={"help": "`srt score` output of the original pairs (JSONL, JSON or Parquet)."}
-    )
-    q: str = field(
-        default=None,
-        metadata={
-            "help": "`srt score` output of the instruction-reflected pairs Q "
-            "(x_ins, y_ins), same rows in the same order."
-        },
-    )
-    a: str = field(
-        default=None, metadata={"help": "`srt score` output of the response-reflected original pairs A (x0, y_res)."}
-    )
-    qa: str = field(
-        default=None, metadata={"help": "`srt score` output of the response-reflected Q pairs QA (x_ins, y_res')."}
-    )
-    output: str = field(
-        default=None, metadata={"help": "Selected rows, .jsonl or .parquet; the report files go beside it."}
-    )
     policy: str = field(
         default="paper",
         metadata={
-            "help": "'paper': the released Selective Reflection-Tuning rule (keeps QA or A); 'ifd': Cherry_LLM-style, "
-            "the original pairs only, kept by IFD (Q/A/QA not needed).",
+            "help": "'paper': the released Selective Reflection-Tuning rule (keeps QA or A, needs all four views); "
+            "'ifd': Cherry_LLM-style, the original pairs only, kept by IFD (Q/A/QA not needed).",
             "choices": list(POLICIES),
         },
     )
@@ -70,8 +52,6 @@ class SelectConfig:
             "thresholds, highest IFD first. With top_k too, the smaller budget holds."
         },
     )
-    plot: bool = field(default=True, metadata={"help": "Write the funnel and IFD / r-IFD histogram PNGs."})
-    data_card: bool = field(default=True, metadata={"help": "Write a markdown data card beside the output."})
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -84,9 +64,34 @@ class SelectConfig:
             if not getattr(self, name) > 0:
                 raise SelectionInputError(f"{name} must be positive, not {getattr(self, name)}")
 
+    def needed_views(self) -> tuple[str, ...]:
+        """The score files this policy reads."""
+        return ("ori",) if self.policy == "ifd" else VARIANTS
+
+
+@dataclass
+class SelectArguments:
+    """What ``srt select`` reads and writes (YAML via ``--config``; every field also a flag); parsed with
+    ``SelectionArguments``."""
+
+    ori: str = field(metadata={"help": "`srt score` output of the original pairs (JSONL, JSON or Parquet)."})
+    output: str = field(metadata={"help": "Selected rows, .jsonl or .parquet; the report files go beside it."})
+    q: str | None = field(
+        default=None,
+        metadata={
+            "help": "`srt score` output of the instruction-reflected pairs Q (x_ins, y_ins), same rows in the same "
+            "order."
+        },
+    )
+    a: str | None = field(
+        default=None, metadata={"help": "`srt score` output of the response-reflected original pairs A (x0, y_res)."}
+    )
+    qa: str | None = field(
+        default=None, metadata={"help": "`srt score` output of the response-reflected Q pairs QA (x_ins, y_res')."}
+    )
+    plot: bool = field(default=True, metadata={"help": "Write the funnel and IFD / r-IFD histogram PNGs."})
+    data_card: bool = field(default=True, metadata={"help": "Write a markdown data card beside the output."})
+
     def files(self) -> dict[str, str | None]:
         """The input file of each view."""
         return {"ori": self.ori, "Q": self.q, "A": self.a, "QA": self.qa}
-
-    def needed_views(self) -> tuple[str, ...]:
-        return ("ori",) if self.policy == "ifd" else VARIANTS

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from srt_trainer.selection.config import SelectConfig, SelectionInputError
+from srt_trainer.selection.config import SelectionArguments, SelectionInputError
 
 NO_STATISTICS = "no statistics"
 # columns of a score output that describe the student's statistics, not the pair
@@ -108,7 +108,7 @@ def check_alignment(views: Mapping[str, Sequence[Mapping[str, Any]]], files: Map
                 )
 
 
-def _candidate(row: Mapping[str, Any], config: SelectConfig) -> str | None:
+def _candidate(row: Mapping[str, Any], config: SelectionArguments) -> str | None:
     """The threshold cut of a candidate pair, or None when it passes."""
     if config.policy != "ifd" and not _stat(row, "rifd") < config.rifd_threshold:
         return "cut_rifd"
@@ -142,7 +142,7 @@ def unchanged(rewrite: Mapping[str, Any], source: Mapping[str, Any]) -> bool:
     return all((rewrite.get(k) or "") == (source.get(k) or "") for k in ("instruction", "input", "output"))
 
 
-def _judge_paper(r: Mapping[str, Mapping[str, Any]], config: SelectConfig) -> tuple[Any, str | None, list[str]]:
+def _judge_paper(r: Mapping[str, Mapping[str, Any]], config: SelectionArguments) -> tuple[Any, str | None, list[str]]:
     """(branch, candidate view or None, missing statistics) of one source row under the released rule.
 
     A rewrite identical to its source is not accepted, as in the release, where it scores exactly like its source
@@ -201,7 +201,7 @@ def _kept_row(view_row: Mapping[str, Any], variant: str, source_index: Any, bran
     }
 
 
-def _budget_limits(n: int, config: SelectConfig) -> dict[str, int]:
+def _budget_limits(n: int, config: SelectionArguments) -> dict[str, int]:
     limits = {}
     if config.top_k is not None:
         limits["top_k"] = min(n, config.top_k)
@@ -210,7 +210,7 @@ def _budget_limits(n: int, config: SelectConfig) -> dict[str, int]:
     return limits
 
 
-def initial_counts(config: SelectConfig) -> dict[str, int]:
+def initial_counts(config: SelectionArguments) -> dict[str, int]:
     """Every count the policy can produce, at zero, so runs log the same keys."""
     counts = {"rows": 0}
     if config.policy == "paper":  # teacher fallbacks: rewrites that are their source again (not accepted)
@@ -237,13 +237,14 @@ def select_rows(
     q: Sequence[Mapping[str, Any]] | None,
     a: Sequence[Mapping[str, Any]] | None,
     qa: Sequence[Mapping[str, Any]] | None,
-    config: SelectConfig,
+    config: SelectionArguments,
+    files: Mapping[str, str | None] | None = None,
 ) -> SelectionResult:
     """Judge every source row with ``config.policy``, apply the thresholds and budgets, count every step.
 
     The inputs are `srt score` outputs of the same source rows in the same order (Q / A / QA may be None under the
-    'ifd' policy). Rows whose needed statistics are null are recorded and counted, never dropped silently.
-    Kept rows come back in source order.
+    'ifd' policy); ``files`` names their files (by view) in error messages. Rows whose needed statistics are null
+    are recorded and counted, never dropped silently. Kept rows come back in source order.
     """
     views: dict[str, Sequence[Mapping[str, Any]]] = {"ori": ori}
     for name, rows in (("Q", q), ("A", a), ("QA", qa)):
@@ -253,7 +254,7 @@ def select_rows(
             raise SelectionInputError(f"the {config.policy!r} policy needs the {name} scores")
     if config.policy == "ifd":
         views = {"ori": ori}
-    check_alignment(views, config.files())
+    check_alignment(views, files or {})
 
     counts = Counter(initial_counts(config))
     counts["rows"] = len(ori)

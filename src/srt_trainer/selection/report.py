@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from srt_trainer.io import check_output_path, sidecar_path, write_rows
-from srt_trainer.selection.config import VARIANTS, SelectConfig
+from srt_trainer.selection.config import VARIANTS, SelectArguments, SelectionArguments
 from srt_trainer.selection.policy import SelectionResult
 
 BRANCH_TEXT = {
@@ -35,7 +35,9 @@ def format_counts(counts: Mapping[str, int]) -> str:
     return "\n".join(lines)
 
 
-def funnel_stages(counts: Mapping[str, int], config: SelectConfig) -> list[tuple[str, list[tuple[str, int, str]]]]:
+def funnel_stages(
+    counts: Mapping[str, int], config: SelectionArguments
+) -> list[tuple[str, list[tuple[str, int, str]]]]:
     """The funnel, top to bottom: (stage label, [(segment label, count, color)])."""
     stages = [("input rows", [("rows", counts["rows"], COLORS["none"])])]
     stages.append(("judged", [("judged", counts["judged"], "#64b5cd")]))
@@ -56,7 +58,7 @@ def funnel_stages(counts: Mapping[str, int], config: SelectConfig) -> list[tuple
     return stages
 
 
-def plot_funnel(counts: Mapping[str, int], config: SelectConfig, path: str | Path, title: str = "") -> Path:
+def plot_funnel(counts: Mapping[str, int], config: SelectionArguments, path: str | Path, title: str = "") -> Path:
     """Centered horizontal bars, one per step, split by branch / variant where the step has parts."""
     import matplotlib
 
@@ -91,7 +93,10 @@ def plot_funnel(counts: Mapping[str, int], config: SelectConfig, path: str | Pat
 
 
 def plot_histograms(
-    scored: Mapping[str, Sequence[Mapping[str, Any]]], result: SelectionResult, config: SelectConfig, path: str | Path
+    scored: Mapping[str, Sequence[Mapping[str, Any]]],
+    result: SelectionResult,
+    config: SelectionArguments,
+    path: str | Path,
 ) -> Path | None:
     """IFD (top) and r-IFD (bottom) of each view, one column per view, with the rows kept from it overlaid."""
     views = [v for v in VARIANTS if scored.get(v)]
@@ -156,30 +161,39 @@ def _column_values(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> l
     return found
 
 
-def input_summary(config: SelectConfig, scored: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
+def input_summary(args: SelectArguments, scored: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
     """Per view: file, rows, rows with statistics, reflection statuses, student and teacher where recorded."""
     out = {}
     for view in VARIANTS:
         rows = scored.get(view)
         if rows is None:
             continue
-        summary = _score_summary(config.files()[view])
-        student = summary.get("config", {})
+        summary = _score_summary(args.files()[view])
+        settings = summary.get("config", {})
+        student = {**settings.get("student", {}), **settings.get("scoring", {})}
         statuses: dict[str, int] = {}
         for r in rows:
             if r.get("reflection_status") is not None:
                 statuses[str(r["reflection_status"])] = statuses.get(str(r["reflection_status"]), 0) + 1
         out[view] = {
-            "file": config.files()[view],
+            "file": args.files()[view],
             "rows": len(rows),
             "with_statistics": sum(1 for r in rows if r.get("ifd") is not None),
             "reflection_status": statuses,
-            "student": {k: student[k] for k in ("model", "adapter", "template", "dtype", "max_length") if k in student},
+            "student": {name: student[k] for name, k in STUDENT_KEYS.items() if k in student},
             "teacher": _column_values(rows, ("teacher_model", "teacher")),
         }
     return out
 
 
+# report name ← field of the score summary's student and scoring settings
+STUDENT_KEYS = {
+    "model": "model_name_or_path",
+    "adapter": "adapter",
+    "template": "template",
+    "dtype": "dtype",
+    "max_length": "score_max_length",
+}
 RULE_TEXT = """\
 if IFD(Q) > IFD(ori):            # the student accepts the new instruction
     if rIFD(QA) < rIFD(Q):       # ... and the new response
@@ -193,15 +207,16 @@ else:
 
 def data_card(
     result: SelectionResult,
-    config: SelectConfig,
+    args: SelectArguments,
+    config: SelectionArguments,
     scored: Mapping[str, Sequence[Mapping[str, Any]]],
     files: Mapping[str, Path],
 ) -> str:
     """Markdown: what went in, which models, the rule, the counts, the budgets, where the plots are."""
     from srt_trainer import __version__
 
-    inputs = input_summary(config, scored)
-    out = Path(config.output).name
+    inputs = input_summary(args, scored)
+    out = Path(args.output).name
     lines = [
         f"# Data card: `{out}`",
         "",
@@ -306,7 +321,7 @@ def data_card(
         if key in files:
             lines += ["", f"![{text}]({files[key].name})"]
     cmd = ["srt", "select"]
-    for k, v in asdict(config).items():
+    for k, v in {**asdict(args), **asdict(config)}.items():
         if v is not None and v is not False and k not in ("plot", "data_card"):
             cmd += [f"--{k}", str(v)]
     lines += ["", "## Reproduce", "", "```", shlex.join(cmd), "```", ""]
@@ -314,28 +329,31 @@ def data_card(
 
 
 def write_selection(
-    result: SelectionResult, config: SelectConfig, scored: Mapping[str, Sequence[Mapping[str, Any]]]
+    result: SelectionResult,
+    args: SelectArguments,
+    config: SelectionArguments,
+    scored: Mapping[str, Sequence[Mapping[str, Any]]],
 ) -> dict[str, Path]:
-    """Write the kept rows to ``config.output`` and the report beside it; returns the paths by kind.
+    """Write the kept rows to ``args.output`` and the report beside it; returns the paths by kind.
 
     ``scored``: the scored views by name (``ori``, ``Q``, ``A``, ``QA``; lower case accepted), for the histograms
     and the data card.
     """
-    output = check_output_path(config.output)
+    output = check_output_path(args.output)
     names = {v.lower(): v for v in VARIANTS}
     scored = {names.get(k.lower(), k): v for k, v in scored.items() if v is not None}
     files: dict[str, Path] = {"output": write_rows(result.rows, output)}
     report = {
         "counts": result.counts,
-        "inputs": input_summary(config, scored),
+        "inputs": input_summary(args, scored),
         "output": str(output),
         "kept": len(result.rows),
-        "config": asdict(config),
+        "config": {"select": asdict(args), "selection": asdict(config)},
     }
     files["selection"] = sidecar_path(output, "selection.json")
     files["selection"].write_text(json.dumps(report, indent=2, ensure_ascii=False))
     files["decisions"] = write_rows(result.decisions, sidecar_path(output, "decisions.jsonl"))
-    if config.plot:
+    if args.plot:
         files["funnel"] = plot_funnel(
             result.counts,
             config,
@@ -345,7 +363,7 @@ def write_selection(
         hist = plot_histograms(scored, result, config, sidecar_path(output, "hist.png"))
         if hist:
             files["hist"] = hist
-    if config.data_card:
+    if args.data_card:
         files["card"] = sidecar_path(output, "card.md")
-        files["card"].write_text(data_card(result, config, scored, files), encoding="utf-8")
+        files["card"].write_text(data_card(result, args, config, scored, files), encoding="utf-8")
     return files

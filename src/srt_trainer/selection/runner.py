@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from srt_trainer.io import DataLoadError, check_output_path, iter_raw_rows
-from srt_trainer.selection.config import SelectConfig, SelectionInputError
+from srt_trainer.selection.config import SelectArguments, SelectionArguments, SelectionInputError
 from srt_trainer.selection.policy import SelectionResult, select_rows
 from srt_trainer.selection.report import write_selection
 
@@ -28,20 +28,19 @@ def read_scored(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def run_select(config: SelectConfig) -> SelectionResult:
-    """Read the four score outputs named in ``config``, select, and write the output and its report; the result's
-    ``files`` name what was written."""
-    needed = config.needed_views()
-    files = config.files()
+def run_select(args: SelectArguments, selection: SelectionArguments) -> SelectionResult:
+    """Read the score outputs ``args`` names (those ``selection.policy`` needs), select, and write the output and
+    its report; the result's ``files`` name what was written."""
+    needed = selection.needed_views()
+    files = args.files()
     missing = [f"--{v.lower()}" for v in needed if not files[v]]
-    if missing or not config.output:
-        missing += [] if config.output else ["--output"]
-        raise SelectionInputError(f"{', '.join(missing)} required (the {config.policy!r} policy)")
-    output = check_output_path(config.output)
+    if missing:
+        raise SelectionInputError(f"{', '.join(missing)} required (the {selection.policy!r} policy)")
+    output = check_output_path(args.output)
     for view, file in files.items():
         if file and Path(file).resolve() == output.resolve():
             raise SelectionInputError(f"--output {output} is also the {view} input; choose another file")
     scored = {v: read_scored(files[v]) for v in needed}
-    result = select_rows(scored["ori"], scored.get("Q"), scored.get("A"), scored.get("QA"), config)
-    result.files = write_selection(result, config, scored)
+    result = select_rows(scored["ori"], scored.get("Q"), scored.get("A"), scored.get("QA"), selection, files)
+    result.files = write_selection(result, args, selection, scored)
     return result

@@ -22,9 +22,8 @@ from srt_trainer.teachers.base import (
     TeacherError,
 )
 from srt_trainer.teachers.cache import ResponseCache, cache_key, load_cache_entries
+from srt_trainer.teachers.config import TEACHER_KINDS, TeacherArguments
 from srt_trainer.teachers.runner import complete_all
-
-TEACHER_KINDS = ("openai", "transformers", "vllm")
 
 
 def build_teacher(kind: str, model: str | None = None, base_url: str | None = None, **options: Any) -> Teacher:
@@ -52,6 +51,26 @@ def build_teacher(kind: str, model: str | None = None, base_url: str | None = No
     raise TeacherConfigError(f"unknown teacher {kind!r}; choose one of {', '.join(TEACHER_KINDS)}")
 
 
+def build_teacher_from_args(args: TeacherArguments, **options: Any) -> Teacher:
+    """The teacher ``args`` describe (``options`` add to or replace its class's keyword arguments)."""
+    if args.teacher == "openai":
+        base = {
+            "concurrency": args.teacher_concurrency,
+            "max_retries": args.max_retries,
+            "timeout": args.request_timeout,
+        }
+    elif args.teacher == "transformers":
+        base = {
+            "dtype": args.teacher_dtype,
+            "device": args.teacher_device,
+            "batch_size": args.teacher_batch_size,
+            "trust_remote_code": args.teacher_trust_remote_code,
+        }
+    else:
+        base = {"trust_remote_code": args.teacher_trust_remote_code}
+    return build_teacher(args.teacher, model=args.teacher_model, base_url=args.base_url, **{**base, **options})
+
+
 __all__ = [
     "TEACHER_KINDS",
     "Answer",
@@ -61,9 +80,11 @@ __all__ = [
     "RunCounts",
     "SamplingConfig",
     "Teacher",
+    "TeacherArguments",
     "TeacherConfigError",
     "TeacherError",
     "build_teacher",
+    "build_teacher_from_args",
     "cache_key",
     "complete_all",
     "load_cache_entries",

@@ -2,7 +2,7 @@
 
 from srt_trainer.training.batch import GlobalBatchError, gradient_accumulation_for
 from srt_trainer.training.callbacks import SelectionReport, SelectionStatsCallback
-from srt_trainer.training.config import SRTModelConfig, SRTScriptArguments, SRTSFTConfig, TrainingInputError
+from srt_trainer.training.config import SRTScriptArguments, SRTSFTConfig, TrainingInputError
 from srt_trainer.training.data import TrainingDataError, build_sft_dataset, response_separator, to_prompt_completion
 from srt_trainer.training.trainer import (
     CheckpointNotFoundError,
@@ -16,7 +16,6 @@ from srt_trainer.training.trainer import (
 __all__ = [
     "CheckpointNotFoundError",
     "GlobalBatchError",
-    "SRTModelConfig",
     "SRTSFTConfig",
     "SRTSFTTrainer",
     "SRTScriptArguments",

@@ -11,15 +11,21 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from srt_trainer.errors import run_cli
-from srt_trainer.training.config import SRTModelConfig, SRTScriptArguments, SRTSFTConfig
 
 
 def make_parser(prog: str = "srt train", defaults: Mapping[str, Any] | None = None) -> Any:
-    """``TrlParser`` over the script arguments, ``SRTSFTConfig`` and the model config; ``defaults`` replace the
-    dataclass defaults (a YAML ``--config`` and the command line still override them)."""
+    """``TrlParser`` over the script arguments, ``SRTSFTConfig``, the student, scoring and selection (the order of
+    ``train``'s arguments); ``defaults`` replace the dataclass defaults (a YAML ``--config`` and the command line
+    still override them)."""
     from trl import TrlParser
 
-    parser = TrlParser((SRTScriptArguments, SRTSFTConfig, SRTModelConfig), prog=prog)
+    from srt_trainer.models.config import SRTModelConfig
+    from srt_trainer.scoring.config import ScoringArguments
+    from srt_trainer.selection.config import SelectionArguments
+    from srt_trainer.training.config import SRTScriptArguments, SRTSFTConfig
+
+    dataclasses = (SRTScriptArguments, SRTSFTConfig, SRTModelConfig, ScoringArguments, SelectionArguments)
+    parser = TrlParser(dataclasses, prog=prog)
     if defaults:
         unknown = parser.set_defaults_with_config(**defaults)
         if unknown:
@@ -35,8 +41,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "srt train", defaults: M
     def command() -> None:
         from srt_trainer.training.trainer import train
 
-        script_args, training_args, model_args = make_parser(prog, defaults).parse_args_and_config(argv)
-        outcome = train(script_args, training_args, model_args)
+        outcome = train(*make_parser(prog, defaults).parse_args_and_config(argv))
         if outcome.is_main:
             print(outcome.describe())
 

