@@ -29,7 +29,7 @@ from srt_trainer.distributed import get_state
 from srt_trainer.errors import SRTUserError
 from srt_trainer.io import ShardStore, check_output_path, shard_bounds, sidecar_path, write_rows
 from srt_trainer.scoring.config import ScoreConfig
-from srt_trainer.scoring.scorer import STAT_COLUMNS, IFDScorer
+from srt_trainer.scoring.scorer import ERROR_COLUMNS, STAT_COLUMNS, IFDScorer
 
 logger = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ def run_score(config: ScoreConfig, model: Any = None, tokenizer: Any = None) -> 
     columns = output_columns(rows)
     extra_stats = ["num_turns", "ifd_turns", "rifd_turns"] if multi_turn else []
     out_rows = [
-        {**{c: r.get(c) for c in columns}, **{c: s[c] for c in (*STAT_COLUMNS, "score_error", *extra_stats)}}
+        {**{c: r.get(c) for c in columns}, **{c: s.get(c) for c in (*STAT_COLUMNS, *ERROR_COLUMNS, *extra_stats)}}
         for r, s in zip(rows, stats, strict=True)
     ]
     write_rows(out_rows, output)
