@@ -61,6 +61,8 @@ def test_output_contract(single_run, data_file):
         assert {"instruction", "input", "output", *STATS} <= set(r)
     empty = rows[6]
     assert empty["output"] == "" and empty["score_error"] == "empty response" and empty["ifd"] is None
+    assert empty["ifd_error"] == empty["rifd_error"] == "empty response"  # the reason of each statistic too
+    assert all(r["ifd_error"] is None and r["rifd_error"] is None for r in rows if r["output"])
     only_input = rows[8]
     assert only_input["instruction"] == "" and only_input["ifd"] is not None
     assert sum(r["ifd"] is not None for r in rows) == 25

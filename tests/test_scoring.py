@@ -183,7 +183,9 @@ def test_edge_rows_are_kept_and_marked(embedded_model, embedded_tokenizer):
     got = IFDScorer(embedded_model, embedded_tokenizer, "vicuna", max_length=128).score(rows)
     assert got[0]["score_error"] == "empty response" and all(got[0][c] is None for c in STAT_COLUMNS)
     assert got[1]["score_error"] is None and math.isfinite(got[1]["ifd"])
-    assert got[2]["score_error"].startswith("reverse prompt is")  # the response fills the r-IFD context
+    # the response fills the r-IFD context: no r-IFD, but an IFD
+    assert got[2]["score_error"] is None and got[2]["rifd"] is None and math.isfinite(got[2]["ifd"])
+    assert got[2]["rifd_error"].startswith("reverse prompt is")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -64,7 +64,9 @@ def test_rows_without_statistics_say_why(collator, embedded_tokenizer):
     ]
     empty, single, only_input = collator.views(rows)
     assert empty.error == "empty response" and empty.views == []
-    assert single.error.startswith("response is a single token")
+    # a one-token response has no IFD but keeps its r-IFD (its three other views)
+    assert single.error is None and single.stat_errors["ifd"].startswith("response is a single token")
+    assert [v.kind for v in single.views] == ["out_cond", "ins_alone", "ins_cond"]
     assert only_input.error is None and len(only_input.views) == 4  # x = "" + input
     short = DataCollatorForIFD(embedded_tokenizer, get_template("vicuna"), max_length=16)
     (too_long,) = short.views([{"instruction": "Name a color.", "input": "", "output": "Blue is a color."}])

@@ -83,15 +83,20 @@ def test_packed_equals_padded_and_golden_fp32(embedded_model, embedded_tokenizer
 
 def test_packed_conversation_and_unscorable_rows_match_padded(embedded_model, embedded_tokenizer, alpaca_rows):
     """A two-turn conversation (per-turn views of several lengths, the longest cut at max_length) packed with rows
-    of which one has no statistics at this max_length (its reverse prompt fills it): it is marked, the rest match."""
+    of which one has no r-IFD at this max_length (its reverse prompt fills it): it is marked and keeps its IFD, the
+    rest match."""
     # rows 135-145: 143 is the one whose reverse prompt fills max_length 320; 140 and 141 have an input
     rows = [conversation(alpaca_rows[5], alpaca_rows[6]), *alpaca_rows[135:146]]
     kw = {"max_length": 320, "token_budget": 1024}
     got = IFDScorer(embedded_model, embedded_tokenizer, "vicuna", engine="packed", **kw).score(rows)
     want = IFDScorer(embedded_model, embedded_tokenizer, "vicuna", engine="padded", **kw).score(rows)
-    scored = [r["score_error"] is None for r in got]
-    assert scored == [r["score_error"] is None for r in want] and scored.count(False) == 1
-    assert_rows_close([r for r in got if r["score_error"] is None], [r for r in want if r["score_error"] is None])
+    scored = [r["rifd"] is not None for r in got]
+    assert scored == [r["rifd"] is not None for r in want] and scored.count(False) == 1
+    assert all(r["score_error"] is None for r in got)
+    assert_rows_close([r for r in got if r["rifd"] is not None], [r for r in want if r["rifd"] is not None])
+    partial = scored.index(False)
+    assert got[partial]["rifd_error"].startswith("reverse prompt is ")
+    assert_rows_close([got[partial]], [want[partial]], keys=("loss_out_alone", "loss_out_cond", "ifd"))
     assert got[0]["num_turns"] == 2 and got[0]["ifd_turns"] == pytest.approx(want[0]["ifd_turns"], rel=1e-4)
 
 

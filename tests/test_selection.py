@@ -41,19 +41,22 @@ def make_views(spec=SPEC_ROWS) -> dict[str, list[dict]]:
     views: dict[str, list[dict]] = {v: [] for v in VIEWS}
     for i, row in enumerate(spec):
         for v, stats in zip(VIEWS, row, strict=True):
-            r = {"row_index": i, "instruction": f"{v} instruction {i}", "input": "", "output": f"{v} answer {i}"}
+            # A keeps ori's instruction, QA keeps Q's: only the response is rewritten
+            x = f"{'ori' if v in ('ori', 'A') else 'Q'} instruction {i}"
+            r = {"row_index": i, "instruction": x, "input": "", "output": f"{v} answer {i}"}
             if v != "ori":
                 r["source_index"] = i
                 r["reflection_status"] = "ok"
             if stats is None:
-                r.update(ifd=None, rifd=None, score_error="empty response")
+                r.update(ifd=None, rifd=None, ifd_loss=None, score_error="empty response")
                 r["output"] = ""
             else:
-                r.update(ifd=stats[0], rifd=stats[1], score_error=None)
+                r.update(ifd=stats[0], rifd=stats[1], ifd_loss=stats[0], score_error=None)
             views[v].append(r)
     views["Q"][7].update(
         instruction=views["ori"][7]["instruction"], output=views["ori"][7]["output"], reflection_status="fallback"
     )
+    views["QA"][7]["instruction"] = views["ori"][7]["instruction"]  # reflected from the fallback Q
     views["Q"][10]["reflection_status"] = "failed"
     return views
 
@@ -65,7 +68,7 @@ def select(views, **kw):
 def assert_consistent(counts: dict[str, int]) -> None:
     """Every row lands in exactly one place of the funnel."""
     branches = [k for k in counts if k.startswith("branch_") and "/" not in k]
-    assert counts["rows"] == counts["no_statistics"] + counts["judged"]
+    assert counts["rows"] == counts["judged"]  # a missing statistic never keeps a row from being judged
     assert counts["judged"] == sum(counts[b] for b in branches)
     for b in branches:
         assert counts[b] == sum(n for k, n in counts.items() if k.startswith(b + "/"))
@@ -78,13 +81,14 @@ def test_paper_rule_reaches_every_branch_and_cut():
     res = select(make_views())
     c = res.counts
     assert_consistent(c)
-    assert (c["rows"], c["no_statistics"], c["judged"]) == (13, 2, 11)
+    assert (c["rows"], c["judged"]) == (13, 13)
     assert (c["branch_1"], c["branch_1/cut_rifd"], c["branch_1/cut_ifd"], c["branch_1/passed"]) == (4, 1, 1, 2)
-    assert (c["branch_2"], c["branch_2/not_kept"]) == (1, 1)
+    assert (c["branch_2"], c["branch_2/not_kept"]) == (2, 2)  # row 9: QA has no r-IFD
     assert (c["branch_3"], c["branch_3/cut_rifd"], c["branch_3/cut_ifd"], c["branch_3/passed"]) == (4, 1, 1, 2)
-    assert (c["branch_4"], c["branch_4/not_kept"]) == (2, 2)
+    assert (c["branch_4"], c["branch_4/not_kept"]) == (3, 3)  # row 10: ori has no statistics
     assert (c["kept"], c["kept/QA"], c["kept/A"], c["budget_cut"]) == (4, 2, 2, 0)
-    assert c["no_statistics/qa_empty_response"] == 1 and c["no_statistics/ori_empty_response"] == 1
+    assert c["null_comparisons"] == 3 and c["null_comparisons/rifd_QA_vs_Q"] == 1
+    assert c["null_comparisons/ifd_Q_vs_ori"] == c["null_comparisons/rifd_A_vs_ori"] == 1
     assert c["reflection_status/Q/fallback"] == 1 and c["reflection_status/Q/failed"] == 1
     assert c["reflection_status/Q/ok"] == 11 and c["reflection_status/QA/ok"] == 13
     assert (c["unchanged_rewrites"], c["unchanged_rewrites/Q"], c["unchanged_rewrites/A"]) == (1, 1, 0)
@@ -97,7 +101,7 @@ def test_paper_rule_reaches_every_branch_and_cut():
     ]
     kept = res.rows[0]
     assert (kept["instruction"], kept["output"], kept["ifd"], kept["rifd"]) == (
-        "QA instruction 0",
+        "Q instruction 0",
         "QA answer 0",
         0.6,
         0.5,
@@ -106,11 +110,15 @@ def test_paper_rule_reaches_every_branch_and_cut():
     assert "loss_out_cond" not in kept and "score_error" not in kept
 
     d = res.decisions
-    assert len(d) == 13 and [x["branch"] for x in d[:9]] == [1, 1, 1, 2, 3, 3, 3, 4, 4]
+    assert len(d) == 13 and [x["branch"] for x in d] == [1, 1, 1, 2, 3, 3, 3, 4, 4, 2, 4, 1, 3]
     assert d[1]["cut"] == "r-IFD ≥ 1 (QA)" and d[2]["cut"] == "IFD ≥ 1 (QA)" and d[6]["cut"] == "IFD ≥ 1 (A)"
     assert d[3]["cut"] == "not kept by the paper rule (branch_2)" and d[3]["variant"] is None
-    assert d[9]["branch"] == d[10]["branch"] == "no statistics"
-    assert d[9]["cut"] == "no statistics: QA (empty response)" and d[10]["cut"].startswith("no statistics: ori")
+    assert d[9]["null_comparisons"] == ["rIFD(QA) < rIFD(Q) read as false: QA has no rIFD (empty response)"]
+    assert d[10]["null_comparisons"] == [
+        "IFD(Q) > IFD(ori) read as false: ori has no IFD (empty response)",
+        "rIFD(A) < rIFD(ori) read as false: ori has no rIFD (empty response)",
+    ]
+    assert d[9]["cut"] == "not kept by the paper rule (branch_2)" and "null_comparisons" not in d[0]
     assert (d[0]["ifd_Q"], d[0]["rifd_QA"]) == (0.7, 0.5)
 
 
@@ -118,17 +126,19 @@ def test_switch_keeps_branch_2_and_4_winners():
     res = select(make_views(), keep_unaccepted_winners=True)
     c = res.counts
     assert_consistent(c)
-    assert (c["branch_2/passed"], c["branch_4/passed"], c["branch_4/cut_ifd"], c["branch_4/cut_rifd"]) == (1, 1, 1, 0)
+    assert (c["branch_2/passed"], c["branch_4/passed"], c["branch_4/cut_ifd"], c["branch_4/cut_rifd"]) == (2, 1, 1, 0)
+    assert c["branch_4/cut_rifd_null"] == 1  # row 10: the winner ori has no statistics
     assert "branch_2/not_kept" not in c
     assert [(r["source_index"], r["variant"]) for r in res.rows] == [
         (0, "QA"),
         (3, "Q"),
         (4, "A"),
         (7, "ori"),
+        (9, "Q"),  # QA has no r-IFD: the release's comparison is false, Q wins
         (11, "QA"),
         (12, "A"),
     ]
-    assert (c["kept/Q"], c["kept/ori"]) == (1, 1)
+    assert (c["kept/Q"], c["kept/ori"]) == (2, 1)
     assert all(list(r) == list(res.rows[0]) for r in res.rows)  # one schema, though ori rows have no teacher columns
     assert res.rows[3]["reflection_status"] is None and res.rows[1]["reflection_status"] == "ok"
     assert res.rows[1]["output"] == "Q answer 3" and res.rows[3]["instruction"] == "ori instruction 7"
@@ -188,7 +198,7 @@ def test_budgets_rank_by_ifd(budget, kept, cut_key):
 
 def test_budget_with_switch_ranks_all_variants_together():
     res = select(make_views(), keep_unaccepted_winners=True, top_k=3)
-    # candidates: QA .6, Q .7, A .9, ori .5, QA .95, A .3 → top 3: rows 11, 4, 3
+    # candidates: QA .6, Q .7, A .9, ori .5, Q .7 (row 9), QA .95, A .3 → top 3: rows 11, 4, 3 (ties: source order)
     assert [(r["source_index"], r["variant"]) for r in res.rows] == [(3, "Q"), (4, "A"), (11, "QA")]
 
 
@@ -197,7 +207,7 @@ def test_ifd_policy_uses_the_original_pairs_only():
     res = select_rows(views["ori"], None, None, None, SelectionArguments(policy="ifd", top_k=5))
     c = res.counts
     # ori IFD: .5 everywhere but row 8 (1.2, cut) and row 10 (no statistics) → 11 pass, top 5 kept (ties: source order)
-    assert (c["ifd"], c["ifd/cut_ifd"], c["ifd/passed"], c["no_statistics"], c["kept/ori"]) == (12, 1, 11, 1, 5)
+    assert (c["ifd"], c["ifd/cut_ifd"], c["ifd/cut_ifd_null"], c["ifd/passed"], c["kept/ori"]) == (13, 1, 1, 11, 5)
     assert [r["source_index"] for r in res.rows] == [0, 1, 2, 3, 4] and {r["variant"] for r in res.rows} == {"ori"}
 
 
@@ -224,12 +234,13 @@ def test_config_is_validated():
 
 
 def test_nan_statistics_count_as_missing():
+    """NaN is how the release's own files mark a missing statistic: it reads as null."""
     views = make_views()
     views["QA"][0]["rifd"] = float("nan")
     res = select(views)
-    assert res.decisions[0]["branch"] == "no statistics" and res.decisions[0]["cut"] == (
-        "no statistics: QA (null rifd)"
-    )
+    assert res.decisions[0]["branch"] == 2 and res.decisions[0]["null_comparisons"] == [
+        "rIFD(QA) < rIFD(Q) read as false: QA has no rIFD (null rifd)"
+    ]
     assert_consistent(res.counts)
 
 

@@ -4,9 +4,10 @@ from srt_trainer.io import ResumeMismatchError
 from srt_trainer.scoring.collator import VIEW_KINDS, DataCollatorForIFD, SampleViews, View
 from srt_trainer.scoring.config import ScoreArguments, ScoringArguments
 from srt_trainer.scoring.runner import ScoreRun, run_score, score_dataset
-from srt_trainer.scoring.scorer import LOSS_COLUMNS, STAT_COLUMNS, IFDScorer, stats_from_losses
+from srt_trainer.scoring.scorer import ERROR_COLUMNS, LOSS_COLUMNS, STAT_COLUMNS, IFDScorer, stats_from_losses
 
 __all__ = [
+    "ERROR_COLUMNS",
     "LOSS_COLUMNS",
     "STAT_COLUMNS",
     "VIEW_KINDS",

@@ -32,6 +32,8 @@ from srt_trainer.templates import PromptTemplate
 
 VIEW_KINDS = ("out_alone", "out_cond", "ins_alone", "ins_cond")
 CONDITIONED = frozenset({"out_cond", "ins_cond"})
+# the two views each statistic needs: IFD = exp(s(y|x) - s(y)), r-IFD = exp(s(x|y) - s(x))
+STAT_VIEWS = {"ifd": ("out_cond", "out_alone"), "rifd": ("ins_cond", "ins_alone")}
 IGNORE_INDEX = -100
 
 
@@ -56,11 +58,13 @@ class View:
 
 @dataclass
 class SampleViews:
-    """The views of one sample, or why it has no statistics."""
+    """The views of one sample that have targets; why a statistic (``ifd``, ``rifd``) is missing; and, when both
+    are, why the sample has no statistics at all."""
 
     views: list[View] = field(default_factory=list)
     num_turns: int = 0
     error: str | None = None
+    stat_errors: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -110,13 +114,21 @@ class DataCollatorForIFD:
         # Re-tokenize with the tokenizer's own truncation only where needed: it keeps special tokens right.
         out = []
         for text, t, limit in zip(texts, ids, limits, strict=True):
+            # a limit of 0 or less (the context alone fills max_length) cuts nothing, as in the release, whose
+            # slow tokenizer refuses to truncate below zero; the statistic needs the conditioned view, which is empty
             if len(t) > limit > 0:
                 t = self.tokenizer(text, truncation=True, max_length=limit)["input_ids"]
             out.append(t)
         return out
 
     def views(self, samples: Sequence[Mapping[str, Any]]) -> list[SampleViews]:
-        """The views of each sample (tokenized in bulk), or the reason it has none."""
+        """The views of each sample (tokenized in bulk) that have targets, and why a statistic has none.
+
+        Each statistic stands alone, as in the released scorer: IFD needs ``out_alone`` and ``out_cond``, r-IFD
+        ``ins_alone`` and ``ins_cond``. A view without targets is dropped and its statistic gets a reason in
+        ``stat_errors``; the other statistic is still computed. Only an empty response (the empty string: the
+        release tests ``output == ''``, so whitespace is scored) leaves a sample without any view.
+        """
         eos = self.tokenizer.eos_token or ""
         result = [SampleViews() for _ in samples]
         turns: list[_Turn] = []
@@ -124,8 +136,9 @@ class DataCollatorForIFD:
             sample_turns = _turns(sample, self.template, eos)
             result[i].num_turns = len(sample_turns)
             for k, (context, response, instruction) in enumerate(sample_turns):
-                if not response.strip():
+                if response == "":
                     result[i].error = "empty response" + (f" (turn {k + 1})" if len(sample_turns) > 1 else "")
+                    result[i].stat_errors = dict.fromkeys(STAT_VIEWS, result[i].error)
                     break
                 turns.append(_Turn(i, k, context, response, instruction, self.template.reverse_prompt(response)))
         turns = [t for t in turns if result[t.sample].error is None]
@@ -144,20 +157,21 @@ class DataCollatorForIFD:
         )
         for j, t in enumerate(turns):
             entry = result[t.sample]
-            if entry.error is not None:
-                continue
-            views = [
-                View(t.sample, t.turn, "out_alone", out_alone[j], 1),
-                View(t.sample, t.turn, "out_cond", out_cond[j], len(context_ids[j])),
-                View(t.sample, t.turn, "ins_alone", ins_alone[j], 1),
-                View(t.sample, t.turn, "ins_cond", ins_cond[j], len(reverse_ids[j])),
-            ]
-            empty = [v.kind for v in views if v.num_targets <= 0]
-            if empty:
-                entry.error = _no_target_reason(empty[0], len(context_ids[j]), len(reverse_ids[j]), self.max_length)
-                entry.views = []
-                continue
-            entry.views += views
+            views = {
+                "out_alone": View(t.sample, t.turn, "out_alone", out_alone[j], 1),
+                "out_cond": View(t.sample, t.turn, "out_cond", out_cond[j], len(context_ids[j])),
+                "ins_alone": View(t.sample, t.turn, "ins_alone", ins_alone[j], 1),
+                "ins_cond": View(t.sample, t.turn, "ins_cond", ins_cond[j], len(reverse_ids[j])),
+            }
+            entry.views += [v for v in views.values() if v.num_targets > 0]
+            for stat, kinds in STAT_VIEWS.items():
+                empty = [kind for kind in kinds if views[kind].num_targets <= 0]
+                if empty and stat not in entry.stat_errors:  # the first turn without it names the reason
+                    reason = _no_target_reason(empty[0], t, len(context_ids[j]), len(reverse_ids[j]), self.max_length)
+                    entry.stat_errors[stat] = reason + (f" (turn {t.turn + 1})" if entry.num_turns > 1 else "")
+        for entry in result:
+            if entry.error is None and len(entry.stat_errors) == len(STAT_VIEWS):
+                entry.error = "; ".join(dict.fromkeys(entry.stat_errors[s] for s in STAT_VIEWS))
         return result
 
     def pad(self, views: Sequence[View], prefix_len: int = 0) -> dict[str, torch.Tensor]:
@@ -205,7 +219,7 @@ class DataCollatorForIFD:
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         """Samples to a padded batch of all their views, with ``view_sample`` / ``view_turn`` / ``view_kind``
         (index into ``VIEW_KINDS``) telling which statistic each row of the batch is. Samples without
-        statistics contribute no rows."""
+        statistics contribute no rows; a sample with one statistic contributes the views it has."""
         views = [v for sv in self.views(features) for v in sv.views]
         if not views:
             raise ValueError("none of the samples in this batch has statistics")
@@ -216,10 +230,17 @@ class DataCollatorForIFD:
         return batch
 
 
-def _no_target_reason(kind: str, prompt_len: int, reverse_len: int, max_length: int) -> str:
+def _no_target_reason(kind: str, turn: _Turn, prompt_len: int, reverse_len: int, max_length: int) -> str:
+    """Why a view of ``kind`` has no target token."""
     if kind == "out_cond" or (kind == "out_alone" and prompt_len >= max_length):
-        return f"prompt is {prompt_len} tokens: no room for the response within max_length {max_length}"
+        if prompt_len >= max_length:
+            return f"prompt is {prompt_len} tokens: no room for the response within max_length {max_length}"
+        return "the response adds no token to the prompt"  # tokenization merged it into the prompt's last token
+    if kind in ("ins_cond", "ins_alone") and turn.instruction == "":
+        return "empty instruction and input: nothing to predict"
     if kind == "ins_cond" or (kind == "ins_alone" and reverse_len >= max_length):
-        return f"reverse prompt is {reverse_len} tokens: no room for the instruction within max_length {max_length}"
+        if reverse_len >= max_length:
+            return f"reverse prompt is {reverse_len} tokens: no room for the instruction within max_length {max_length}"
+        return "the instruction adds no token to the reverse prompt"
     what = "response" if kind == "out_alone" else "instruction"
     return f"{what} is a single token: its unconditioned loss has no target (every token after the first)"

@@ -30,7 +30,7 @@ from srt_trainer.io import ShardStore, check_output_path, shard_bounds, sidecar_
 from srt_trainer.models.config import LoadingArguments, SRTModelConfig
 from srt_trainer.models.embedded import public_model_name
 from srt_trainer.scoring.config import ScoreArguments, ScoringArguments, fingerprint_settings
-from srt_trainer.scoring.scorer import STAT_COLUMNS, IFDScorer
+from srt_trainer.scoring.scorer import ERROR_COLUMNS, STAT_COLUMNS, IFDScorer
 
 logger = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ def run_score(
     columns = output_columns(rows)
     extra_stats = ["num_turns", "ifd_turns", "rifd_turns"] if multi_turn else []
     out_rows = [
-        {**{c: r.get(c) for c in columns}, **{c: s[c] for c in (*STAT_COLUMNS, "score_error", *extra_stats)}}
+        {**{c: r.get(c) for c in columns}, **{c: s.get(c) for c in (*STAT_COLUMNS, *ERROR_COLUMNS, *extra_stats)}}
         for r, s in zip(rows, stats, strict=True)
     ]
     write_rows(out_rows, output)

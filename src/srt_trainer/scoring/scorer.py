@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 LOSS_COLUMNS = ("loss_ins_alone", "loss_out_alone", "loss_ins_cond", "loss_out_cond")
 STAT_COLUMNS = (*LOSS_COLUMNS, "ifd", "rifd", "ifd_loss", "rifd_loss")
+# why a row has no statistics at all, and why each statistic is missing (None when it is there)
+ERROR_COLUMNS = ("score_error", "ifd_error", "rifd_error")
 _KIND_COLUMN = {
     "out_alone": "loss_out_alone",
     "out_cond": "loss_out_cond",
@@ -231,14 +233,26 @@ def block_causal_mask(view_index: torch.Tensor, prefix_len: int = 0) -> torch.Te
     return mask[:, None]
 
 
-def stats_from_losses(losses: Mapping[str, float]) -> dict[str, float]:
-    """IFD, r-IFD and the loss ratios from the four mean NLLs of one turn."""
-    out = dict(losses)
-    out["ifd"] = math.exp(losses["loss_out_cond"] - losses["loss_out_alone"])
-    out["rifd"] = math.exp(losses["loss_ins_cond"] - losses["loss_ins_alone"])
-    out["ifd_loss"] = losses["loss_out_cond"] / losses["loss_out_alone"]
-    out["rifd_loss"] = losses["loss_ins_cond"] / losses["loss_ins_alone"]
+def _ratio(num: float | None, den: float | None) -> float | None:
+    return None if num is None or den is None or den == 0 else num / den
+
+
+def stats_from_losses(losses: Mapping[str, float | None]) -> dict[str, float | None]:
+    """IFD, r-IFD and the loss ratios from the mean NLLs of one turn. Each statistic needs only its own two losses
+    (IFD the response's, r-IFD the instruction's); it is None when one of them is missing (None or absent)."""
+    out: dict[str, float | None] = {c: losses.get(c) for c in LOSS_COLUMNS}
+    y_cond, y_alone = out["loss_out_cond"], out["loss_out_alone"]
+    x_cond, x_alone = out["loss_ins_cond"], out["loss_ins_alone"]
+    out["ifd"] = None if y_cond is None or y_alone is None else math.exp(y_cond - y_alone)
+    out["rifd"] = None if x_cond is None or x_alone is None else math.exp(x_cond - x_alone)
+    out["ifd_loss"] = _ratio(y_cond, y_alone)
+    out["rifd_loss"] = _ratio(x_cond, x_alone)
     return out
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    """The mean over turns, or None when a turn lacks the value."""
+    return None if any(v is None for v in values) else float(np.mean(values))
 
 
 def _nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -646,7 +660,13 @@ class IFDScorer:
         self, samples: Sequence[Mapping[str, Any]], progress: Callable[[int], None] | None = None
     ) -> list[dict[str, Any]]:
         """Statistics of each sample: ``STAT_COLUMNS`` (the mean over turns for conversations), ``score_error``
-        (None, or why there are no statistics), ``num_turns``, and per-turn ``ifd_turns`` / ``rifd_turns``."""
+        (None, or why the sample has no statistics at all), ``ifd_error`` / ``rifd_error`` (None, or why that
+        statistic is missing), ``num_turns``, and per-turn ``ifd_turns`` / ``rifd_turns``.
+
+        Each of IFD and r-IFD is given whenever its two views have targets, as in the released scorer: a response
+        whose reverse prompt fills ``max_length`` still has an IFD, a one-token response still has an r-IFD. A loss
+        column is given whenever its view has targets.
+        """
         sample_views = self.collator.views(samples)
         views = [v for sv in sample_views for v in sv.views]
         losses = self.view_losses(views, progress)
@@ -656,12 +676,20 @@ class IFDScorer:
         results = []
         for sv, turns in zip(sample_views, per_turn, strict=True):
             row: dict[str, Any] = dict.fromkeys(STAT_COLUMNS)
-            row.update(score_error=sv.error, num_turns=sv.num_turns, ifd_turns=None, rifd_turns=None)
-            if sv.error is None:
-                stats = [stats_from_losses(turns[k]) for k in sorted(turns)]
+            row.update(
+                score_error=sv.error,
+                ifd_error=sv.stat_errors.get("ifd"),
+                rifd_error=sv.stat_errors.get("rifd"),
+                num_turns=sv.num_turns,
+                ifd_turns=None,
+                rifd_turns=None,
+            )
+            if turns:  # even without statistics, a view with targets gives its loss, as in the release
+                stats = [stats_from_losses(turns.get(k, {})) for k in range(sv.num_turns)]
                 for col in STAT_COLUMNS:
-                    row[col] = float(np.mean([s[col] for s in stats]))
-                row["ifd_turns"] = [s["ifd"] for s in stats]
-                row["rifd_turns"] = [s["rifd"] for s in stats]
+                    row[col] = _mean([s[col] for s in stats])
+                if sv.error is None:
+                    row["ifd_turns"] = [s["ifd"] for s in stats]
+                    row["rifd_turns"] = [s["rifd"] for s in stats]
             results.append(row)
         return results

@@ -22,8 +22,15 @@ class SelectionArguments:
     policy: str = field(
         default="paper",
         metadata={
-            "help": "'paper': the released Selective Reflection-Tuning rule (keeps QA or A, needs all four views); "
-            "'ifd': Cherry_LLM-style, the original pairs only, kept by IFD (Q/A/QA not needed).",
+            "help": "'paper': the released Selective Reflection-Tuning rule (keeps QA or A). 'ifd': Cherry_LLM's "
+            "selection on the original pairs only (Q/A/QA not needed), as its select_from_ifd_json.py does it: "
+            "IFD is the loss ratio s(y|x)/s(y) (the score column ifd_loss, not the perplexity ratio ifd), pairs "
+            "with IFD <= ifd_threshold pass, the highest IFD first (ties in source order), and top_p is a fraction "
+            "of all rows. Cherry_LLM's own scorer differs from ours, which follows the Reflection-Tuning release: it "
+            "scores the response 'alone' after the template's answer tag ('### Response:' or 'ASSISTANT:'), cuts "
+            "it at other lengths and defaults to max_length 512 with the alpaca prompt; its data_by_IFD.py also "
+            "drops pairs whose prompt nearly fills max_length and takes the rate over the pairs left. Given the "
+            "same losses, the selections are the same.",
             "choices": list(POLICIES),
         },
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -92,6 +93,11 @@ def plot_funnel(counts: Mapping[str, int], config: SelectionArguments, path: str
     return path
 
 
+def _present(value: Any) -> bool:
+    """A statistic that is there: a number, not null and not NaN (the release's missing value)."""
+    return value is not None and not math.isnan(value)
+
+
 def plot_histograms(
     scored: Mapping[str, Sequence[Mapping[str, Any]]],
     result: SelectionResult,
@@ -101,9 +107,7 @@ def plot_histograms(
     """IFD (top) and r-IFD (bottom) of each view, one column per view, with the rows kept from it overlaid."""
     views = [v for v in VARIANTS if scored.get(v)]
     values = {
-        (v, k): np.array([r[k] for r in scored[v] if r.get(k) is not None], dtype=float)
-        for v in views
-        for k in ("ifd", "rifd")
+        (v, k): np.array([x for r in scored[v] if _present(x := r.get(k))]) for v in views for k in ("ifd", "rifd")
     }
     if not any(len(x) for x in values.values()):
         return None
@@ -123,7 +127,7 @@ def plot_histograms(
         for col, v in enumerate(views):
             ax = axes[row][col]
             ax.hist(np.clip(values[(v, key)], bins[0], bins[-1]), bins=bins, color=COLORS["none"], label="scored")
-            kept = [scored[v][i][key] for i in sorted(kept_index[v]) if scored[v][i].get(key) is not None]
+            kept = [x for i in sorted(kept_index[v]) if _present(x := scored[v][i].get(key))]
             if kept:
                 ax.hist(np.clip(kept, bins[0], bins[-1]), bins=bins, color=COLORS[v], label="kept")
             ax.axvline(threshold, color="#c44e52", linestyle="--", linewidth=1)
@@ -178,7 +182,9 @@ def input_summary(args: SelectArguments, scored: Mapping[str, Sequence[Mapping[s
         out[view] = {
             "file": args.files()[view],
             "rows": len(rows),
-            "with_statistics": sum(1 for r in rows if r.get("ifd") is not None),
+            "with_statistics": sum(1 for r in rows if _present(r.get("ifd")) and _present(r.get("rifd"))),
+            "with_ifd": sum(1 for r in rows if _present(r.get("ifd"))),
+            "with_rifd": sum(1 for r in rows if _present(r.get("rifd"))),
             "reflection_status": statuses,
             "student": {name: student[k] for name, k in STUDENT_KEYS.items() if k in student},
             "teacher": _column_values(rows, ("teacher_model", "teacher")),
@@ -226,15 +232,15 @@ def data_card(
         "",
         "## Inputs",
         "",
-        "| view | pair | file | rows | with statistics | reflection status |",
-        "|---|---|---|---:|---:|---|",
+        "| view | pair | file | rows | with IFD | with r-IFD | reflection status |",
+        "|---|---|---|---:|---:|---:|---|",
     ]
     pairs = {"ori": "(x0, y0)", "Q": "(x_ins, y_ins)", "A": "(x0, y_res)", "QA": "(x_ins, y_res')"}
     for view, s in inputs.items():
         status = ", ".join(f"{k}: {n}" for k, n in s["reflection_status"].items()) or "—"
         lines.append(
             f"| {view} | {pairs[view]} | `{Path(s['file']).name if s['file'] else '(in memory)'}` | "
-            f"{s['rows']} | {s['with_statistics']} | {status} |"
+            f"{s['rows']} | {s['with_ifd']} | {s['with_rifd']} | {status} |"
         )
     students = {json.dumps(s["student"], sort_keys=True) for s in inputs.values() if s["student"]}
     teachers = sorted({t for s in inputs.values() for t in s["teacher"]})
@@ -278,10 +284,17 @@ def data_card(
         ]
         lines.append(
             "Threshold cuts are counted r-IFD first, then IFD, so each row is counted once. A rewrite "
-            "identical to its source (a teacher fallback) is not accepted: it scores as its source does."
+            "identical to its source (a teacher fallback) is not accepted: it scores as its source does. "
+            "A missing statistic makes every comparison with it false, as NaN does in the release's script: "
+            "`null_comparisons` counts the comparisons it decided, `cut_rifd_null` / `cut_ifd_null` the "
+            "thresholds it failed."
         )
     else:
-        lines.append(f"Cherry_LLM-style: the original pairs only, kept when IFD < {config.ifd_threshold:g}.")
+        lines.append(
+            "Cherry_LLM's selection: the original pairs only, kept when their IFD, the ratio of mean losses "
+            f"s(y|x) / s(y), is at most {config.ifd_threshold:g}, ranked by it, highest first; a pair without "
+            "it fails the threshold (`cut_ifd_null`)."
+        )
     budget = [
         f"top_k = {config.top_k}" if config.top_k is not None else "",
         f"top_p = {config.top_p:g}" if config.top_p is not None else "",
