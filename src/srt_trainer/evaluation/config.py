@@ -104,7 +104,10 @@ class JudgeConfig:
     seed: int | None = field(default=None, metadata={"help": "Sampling seed sent to the judge, when it takes one."})
     concurrency: int = field(default=16, metadata={"help": "Requests in flight at once (openai judge)."})
     max_retries: int = field(default=8, metadata={"help": "Retries of a failed request, with backoff (openai judge)."})
-    timeout: float = field(default=120.0, metadata={"help": "Seconds a request may take (openai judge)."})
+    timeout: float | None = field(
+        default=None,
+        metadata={"help": "Seconds a request may take (openai judge; default: 1800 for a local server, 120 remote)."},
+    )
     max_reasks: int = field(default=1, metadata={"help": "Times a review without readable scores is asked again."})
     limit: int | None = field(default=None, metadata={"help": "Judge only the first N matched items."})
     cache: str | None = field(

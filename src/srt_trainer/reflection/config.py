@@ -108,7 +108,14 @@ class ReflectConfig:
             "Retry-After honoured), and re-sends of an unreadable body."
         },
     )
-    request_timeout: float = field(default=120.0, metadata={"help": "openai: seconds per request."})
+    request_timeout: float | None = field(
+        default=None,
+        metadata={
+            "help": "openai: seconds per request (default: 1800 for a server on this machine or network, where "
+            "requests queue, 120 for a remote API). A timed-out request is sent again once, with twice the "
+            "time-out, and fewer requests are kept in flight from then on."
+        },
+    )
     batch_size: int = field(default=8, metadata={"help": "transformers: conversations per generate call."})
     dtype: str = field(
         default="float32",
