@@ -64,11 +64,12 @@ def aggregate(argv: Sequence[str], prog: str) -> None:
     from trl import TrlParser
 
     from srt_trainer.errors import SRTUserError
-    from srt_trainer.evaluation.aggregate import aggregate_file, format_table, summary_line
+    from srt_trainer.evaluation.aggregate import aggregate_file, check_report_paths, format_table, summary_line
 
     (config,) = TrlParser(AggregateConfig, prog=prog).parse_args_and_config(argv)
     if not config.reviews:
         raise SRTUserError("--reviews FILE [FILE ...] is required")
+    check_report_paths(config.reviews, config.output_dir)
     for name in config.reviews:
         run = aggregate_file(name, config.output_dir, plot=config.plot)
         agg = run.aggregate

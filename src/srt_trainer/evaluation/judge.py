@@ -15,13 +15,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from srt_trainer.data import Reject, rejects_path_for, summarize_rejects, write_rejects
+from srt_trainer.data import NoUsableRowsError, Reject, rejects_path_for, summarize_rejects, write_rejects
 from srt_trainer.errors import SRTUserError
-from srt_trainer.evaluation.aggregate import Aggregate, aggregate_records, judge_item, write_reports
+from srt_trainer.evaluation.aggregate import REPORT_SUFFIXES, Aggregate, aggregate_records, judge_item, write_reports
 from srt_trainer.evaluation.config import JudgeConfig
 from srt_trainer.evaluation.scores import has_scores
-from srt_trainer.io import check_output_path, iter_raw_rows, sidecar_path, write_rows
+from srt_trainer.io import check_output_path, guard_outputs, iter_raw_rows, sidecar_path, write_rows
 from srt_trainer.teachers import RunCounts, SamplingConfig, build_teacher, complete_all
+from srt_trainer.teachers.cache import check_cache_writable
 
 logger = logging.getLogger(__name__)
 
@@ -194,6 +195,20 @@ def run_judge(config: JudgeConfig, teacher: Any = None) -> JudgeRun:
     if not (config.answers_a and config.answers_b and config.output):
         raise SRTUserError("--answers_a, --answers_b and --output are required")
     output = check_output_path(config.output)
+    cache = Path(config.cache) if config.cache else sidecar_path(output, "cache.jsonl")
+    sidecars = {
+        "the rejects file": rejects_path_for(output),
+        "the failures file": sidecar_path(output, "failures.jsonl"),
+        "--cache": cache,
+        **{f"the report {suffix}": sidecar_path(output, suffix) for suffix in REPORT_SUFFIXES},
+    }
+    inputs = {"--answers_a": config.answers_a, "--answers_b": config.answers_b}
+    with guard_outputs(inputs, output, sidecars, "reviews file"):
+        check_cache_writable(cache)
+        return _run_judge(config, output, cache, teacher)
+
+
+def _run_judge(config: JudgeConfig, output: Path, cache: Path, teacher: Any) -> JudgeRun:
     file_a, file_b = read_answers(config.answers_a), read_answers(config.answers_b)
     pairs, unmatched = match_answers(file_a, file_b)
     if config.limit is not None:
@@ -201,6 +216,11 @@ def run_judge(config: JudgeConfig, teacher: Any = None) -> JudgeRun:
     rejects = [*file_a.rejects, *file_b.rejects, *unmatched]
     write_rejects(rejects, rejects_path_for(output))
     logger.info("%d items to judge in both orders; %s", len(pairs), summarize_rejects(rejects))
+    if not pairs:
+        raise NoUsableRowsError(
+            f"{config.answers_a}, {config.answers_b}: no item has a usable answer in both files; "
+            f"{summarize_rejects(rejects).splitlines()[0]} (see {rejects_path_for(output)})"
+        )
 
     own_teacher = teacher is None
     if teacher is None:
@@ -217,7 +237,6 @@ def run_judge(config: JudgeConfig, teacher: Any = None) -> JudgeRun:
         conversations.append(review_messages(question, a["output"], b["output"]))
         conversations.append(review_messages(question, b["output"], a["output"]))  # swapped: B is Assistant 1
     sampling = SamplingConfig(temperature=config.temperature, top_p=1.0, max_tokens=config.max_tokens, seed=config.seed)
-    cache = Path(config.cache) if config.cache else sidecar_path(output, "cache.jsonl")
     try:
         results, counts = complete_all(
             teacher, conversations, sampling, cache, validate=has_scores, max_reasks=config.max_reasks, desc="Judging"
