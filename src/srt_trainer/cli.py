@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from srt_trainer.errors import EXIT_USER_ERROR, set_debug
+from srt_trainer.errors import EXIT_USER_ERROR, debugging
 
 
 @dataclass(frozen=True)
@@ -52,16 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--debug" in argv:  # anywhere on the line: tracebacks for user errors too (see srt_trainer.errors)
+    debug = "--debug" in argv  # anywhere on the line: tracebacks for user errors too (see srt_trainer.errors)
+    if debug:
         argv.remove("--debug")
-        set_debug()
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.stage is None:
         parser.print_help()
         return EXIT_USER_ERROR
     module, func = STAGES[args.stage].entry.split(":")
-    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+    with debugging(debug):
+        return int(getattr(importlib.import_module(module), func)(rest) or 0)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,13 @@ Library functions never print and never exit; only the ``cli`` modules do, throu
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
@@ -53,13 +54,22 @@ _USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQU
 _CONFIG_PARSERS = ("trl.scripts.utils", "transformers.hf_argparser", "yaml")
 
 
-def set_debug(on: bool = True) -> None:
-    """``--debug``: user errors print their traceback too."""
-    os.environ[DEBUG_ENV] = "1" if on else ""
+_debug = False
+
+
+@contextlib.contextmanager
+def debugging(on: bool = True) -> Iterator[None]:
+    """``--debug`` for the commands run inside: user errors print their traceback too."""
+    global _debug
+    before, _debug = _debug, on or _debug
+    try:
+        yield
+    finally:
+        _debug = before
 
 
 def debug_enabled() -> bool:
-    return os.environ.get(DEBUG_ENV, "") not in ("", "0", "false", "False")
+    return _debug or os.environ.get(DEBUG_ENV, "") not in ("", "0", "false", "False")
 
 
 def _raised_in(error: BaseException, modules: tuple[str, ...]) -> bool:
