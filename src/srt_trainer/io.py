@@ -441,7 +441,7 @@ def _temp_beside(path: Path, suffix: str = ".tmp") -> Path:
 def _replace(tmp: Path, path: Path) -> None:
     try:
         _fsync(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a row file is as readable as any other
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; a row file is as readable as any other
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -452,6 +452,9 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_UMASK = _umask()  # read once: setting it to read it is not thread-safe
 
 
 def _arrow_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

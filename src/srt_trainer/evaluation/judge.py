@@ -79,7 +79,7 @@ def read_answers(path: str | Path) -> AnswerFile:
     result = AnswerFile(str(path))
     for raw in iter_raw_rows(path):
         if raw.error is not None:
-            result.rejects.append(Reject(str(path), raw.row, None, raw.error, raw.text or "", raw.line))
+            result.rejects.append(Reject(str(path), raw.row, raw.field, raw.error, raw.text or "", raw.line))
             continue
         row, reason, bad_field = raw.value, None, None
         if not isinstance(row, dict):
