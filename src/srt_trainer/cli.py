@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from srt_trainer.errors import EXIT_USER_ERROR
+from srt_trainer.errors import EXIT_USER_ERROR, debugging
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     from srt_trainer import __version__
 
     parser.add_argument("--version", action="version", version=f"srt_trainer {__version__}")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of a user error too")
     sub = parser.add_subparsers(dest="stage", metavar="STAGE", title="stages")
     for name, stage in STAGES.items():
         sub.add_parser(name, help=stage.help, add_help=False)
@@ -51,13 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # anywhere on the line: tracebacks for user errors too (see srt_trainer.errors)
+    if debug:
+        argv.remove("--debug")
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.stage is None:
         parser.print_help()
         return EXIT_USER_ERROR
     module, func = STAGES[args.stage].entry.split(":")
-    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+    with debugging(debug):
+        return int(getattr(importlib.import_module(module), func)(rest) or 0)
 
 
 if __name__ == "__main__":

@@ -1,27 +1,40 @@
 """Row files: the one reader and the one writer of every stage, and the store of resumable shards.
 
 - ``iter_raw_rows(path)`` reads a JSON (a list, or an object with a ``data`` list), JSONL or Parquet file row by
-  row, each with its 0-based position (and, in JSONL, its 1-based line); a line that is not JSON is a row of its own
-  with the error, so a caller can reject it and go on. A file that cannot be read at all raises ``DataLoadError``
-  naming it. ``read_rows(path)`` is the strict form: the rows' values, the first unreadable one raising.
-- ``write_rows(rows, path)`` writes JSONL, Parquet or a JSON list (by the file's extension) into a temporary file,
-  fsyncs it and renames it over ``path``: a killed run never leaves half a file, and a finished one is on disk.
+  row, each with its 0-based position and, in JSONL and JSON lists, its 1-based line. JSON lines are split on
+  line feeds only (never on the Unicode line separators a text may hold); a UTF-8 byte order mark is skipped. A row
+  that cannot be used as text is a row of its own with the error (a line that is not JSON, bytes that are not
+  UTF-8, a lone surrogate escape such as ``\\ud800``), so a caller can reject it and go on with the others. A file
+  that cannot be read at all raises ``DataLoadError`` naming it. ``read_rows(path)`` is the strict form: the rows'
+  values, the first unreadable one raising.
+- ``write_rows(rows, path)`` writes JSONL, Parquet or a JSON list (by the file's extension) into a temporary file of
+  a unique name, fsyncs it and renames it over ``path``: a killed run never leaves half a file, a finished one is on
+  disk, and two runs never share a temporary file. ``write_text_atomic`` does the same for one text file.
+- ``check_distinct_paths`` refuses a stage's outputs that are one of its inputs (links and ``..`` resolved), before
+  any work; ``check_writable`` tries the output's folder first; ``output_lock`` is the advisory lock a stage holds
+  on its output, so a second run on the same output stops with a message instead of racing the first.
 - ``ShardStore``: the finished shards of a resumable run (scoring, evaluation answers), each a row file, and the
   manifest of the settings and data that made them, so that a resumed run never mixes with another one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
+import re
 import shutil
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from srt_trainer.errors import SRTUserError
+
+logger = logging.getLogger(__name__)
 
 OUTPUT_SUFFIXES = (".jsonl", ".parquet")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -61,6 +74,100 @@ def check_output_path(path: str | Path) -> Path:
     return path
 
 
+class OutputLockedError(SRTUserError, RuntimeError):
+    """Another run holds the lock of a stage's output."""
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)  # hard links
+    except OSError:
+        return False
+
+
+def check_distinct_paths(inputs: Mapping[str, str | Path | None], outputs: Mapping[str, str | Path | None]) -> None:
+    """Refuse, before any work, an output that is one of the inputs or another output (paths resolved, symbolic and
+    hard links included): writing it would destroy the input. Keys are what the user typed (``--data``,
+    ``--output``); None values are skipped."""
+    named_in = [(k, Path(v)) for k, v in inputs.items() if v is not None and str(v)]
+    named_out = [(k, Path(v)) for k, v in outputs.items() if v is not None and str(v)]
+    for out_name, out in named_out:
+        for in_name, src in named_in:
+            if _same_file(out, src):
+                raise OutputPathError(
+                    f"{out}: {out_name} is the same file as {in_name} {src}; writing it would destroy the input, "
+                    f"choose another {out_name}"
+                )
+    for i, (name_a, a) in enumerate(named_out):
+        for name_b, b in named_out[i + 1 :]:
+            if _same_file(a, b):
+                raise OutputPathError(f"{a}: {name_a} and {name_b} are the same file; choose different names")
+
+
+def check_writable(path: str | Path) -> Path:
+    """Create the folder of an output file and try a temporary file there, so that a path that cannot be written
+    fails before any work is done (``OutputPathError`` naming it)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"{path}: is a folder, not a file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise OutputPathError(f"{path}: cannot be written: {e.strerror or e}") from e
+    return path
+
+
+@contextlib.contextmanager
+def output_lock(output: str | Path, what: str = "output") -> Iterator[Path]:
+    """Hold the advisory lock of ``output`` (``<stem>.lock`` beside it) for the duration: a second run on the same
+    output stops at once with ``OutputLockedError`` instead of racing this one over its files. The lock is the
+    operating system's (``flock``): a killed run never leaves it held, so the next run can always resume."""
+    from filelock import FileLock, Timeout
+
+    lock_path = sidecar_path(output, "lock")
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(lock_path), timeout=0)
+        lock.acquire()
+    except Timeout:
+        raise OutputLockedError(
+            f"{output}: another run is writing this {what} (it holds {lock_path}); wait for it to finish or choose "
+            f"another output"
+        ) from None
+    except OSError as e:
+        raise OutputPathError(f"{lock_path}: cannot be created: {e.strerror or e}") from e
+    try:
+        yield lock_path
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def guard_outputs(
+    inputs: Mapping[str, str | Path | None],
+    output: str | Path,
+    sidecars: Mapping[str, str | Path | None] | None = None,
+    what: str = "output",
+    is_main: bool = True,
+) -> Iterator[None]:
+    """What every stage does before any work: refuse outputs (``output`` and the ``sidecars`` written beside it) that
+    are one of the ``inputs``, try that ``output`` can be written, and hold its lock until the stage is done (the
+    main process only; the others write nothing of their own there)."""
+    if not is_main:
+        yield
+        return
+    lock = sidecar_path(output, "lock")
+    check_distinct_paths(inputs, {"--output": output, **(sidecars or {}), "the lock file": lock})
+    check_writable(output)
+    with output_lock(output, what):
+        yield
+
+
 def format_of(path: str | Path) -> str | None:
     """``json``, ``jsonl`` or ``parquet`` from the file's extension; None for any other name."""
     name = Path(path).name.lower()
@@ -94,29 +201,97 @@ def sniff_format(path: str | Path) -> str:
 
 # -- reading --------------------------------------------------------------------------------------------------
 
+BOM = b"\xef\xbb\xbf"
+
 
 @dataclass
 class RawRow:
     """One row as read: its 0-based position, its value, and where the file has lines its 1-based line; a row that
-    does not parse has ``error`` set and its raw ``text``."""
+    cannot be used has ``error`` set (and ``field`` where one field is at fault) and its raw ``text``."""
 
     row: int
     value: Any
     line: int | None = None
     text: str | None = None
     error: str | None = None
+    field: str | None = None
 
 
 def _read_text(path: Path) -> str:
+    """The file's text; bytes that are not UTF-8 are kept as surrogate escapes (U+DC80-U+DCFF), so that one bad row
+    never costs the others (each row is checked by ``_unicode_error``); a byte order mark is dropped."""
     try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataLoadError(f"{path}: cannot be read: {e}") from e
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataLoadError(f"{path}: cannot be read: {e.strerror or e}") from e
+    return data.removeprefix(BOM).decode("utf-8", errors="surrogateescape")
+
+
+def _is_surrogate(ch: str) -> bool:
+    return "\ud800" <= ch <= "\udfff"
+
+
+def _first_surrogate(value: Any, where: str = "") -> tuple[str, str] | None:
+    """(field path, character) of the first surrogate code point in a parsed value, keys included."""
+    if isinstance(value, str):
+        bad = next((ch for ch in value if _is_surrogate(ch)), None)
+        return (where, bad) if bad is not None else None
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            name = f"{where}.{k}" if where else str(k)
+            found = _first_surrogate(k, name) or _first_surrogate(v, name)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _first_surrogate(v, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def _unicode_error(value: Any, source: str) -> tuple[str | None, str] | None:
+    """(field, reason) when a parsed row holds text that is not valid Unicode: bytes that are not UTF-8 in the file
+    (``source``, the row's text as decoded with surrogate escapes) or a lone surrogate escape such as ``\\ud800``."""
+    raw = next((ch for ch in source if _is_surrogate(ch)), None)
+    if raw is not None:
+        return None, f"not UTF-8 text: byte 0x{ord(raw) - 0xDC00:02x} (column {source.index(raw) + 1})"
+    found = _first_surrogate(value)
+    if found is None:
+        return None
+    field, ch = found
+    if not source and "\udc80" <= ch <= "\udcff":
+        byte = ord(ch) - 0xDC00
+        return field or None, f"not UTF-8 text: byte 0x{byte:02x} (or a lone surrogate escape \\u{ord(ch):04x})"
+    return field or None, f"invalid Unicode: a lone surrogate escape \\u{ord(ch):04x} cannot be encoded as UTF-8"
+
+
+def _decoded_row(row: int, value: Any, source: str, line: int | None) -> RawRow:
+    bad = _unicode_error(value, source)
+    if bad is None:
+        return RawRow(row=row, value=value, line=line)
+    field, reason = bad
+    return RawRow(row=row, value=None, line=line, text=_printable(source), error=reason, field=field)
+
+
+def _printable(text: str) -> str:
+    """A row's text for a rejects file: undecodable bytes shown as U+FFFD, lone surrogates as their escapes."""
+    text = "".join("\ufffd" if "\udc80" <= ch <= "\udcff" else ch for ch in text)
+    return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
+
+
+def _line_of(text: str, pos: int) -> int:
+    return text.count("\n", 0, pos) + 1
 
 
 def _read_json(path: Path) -> Iterator[RawRow]:
+    text = _read_text(path)
+    start = len(text) - len(text.lstrip())
+    if text[start : start + 1] == "[":
+        yield from _read_json_list(path, text, start + 1)
+        return
     try:
-        data = json.loads(_read_text(path))
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataLoadError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
     if isinstance(data, dict) and isinstance(data.get("data"), list):
@@ -124,33 +299,66 @@ def _read_json(path: Path) -> Iterator[RawRow]:
     if not isinstance(data, list):
         raise DataLoadError(f"{path}: expected a JSON list of rows (or an object with a 'data' list)")
     for i, value in enumerate(data):
-        yield RawRow(row=i, value=value)
+        yield _decoded_row(i, value, "", None)  # bytes that are not UTF-8 show as surrogates in the value
+
+
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+def _read_json_list(path: Path, text: str, pos: int) -> Iterator[RawRow]:
+    """The elements of a JSON list one by one, each with the line it starts on."""
+    decoder = json.JSONDecoder()
+    pos = _WS.match(text, pos).end()
+    if text[pos : pos + 1] == "]":
+        tail = _WS.match(text, pos + 1).end()
+        if tail != len(text):
+            raise DataLoadError(f"{path}: not valid JSON (line {_line_of(text, tail)}: extra data after the list)")
+        return
+    row = 0
+    while True:
+        try:
+            value, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            raise DataLoadError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
+        yield _decoded_row(row, value, text[pos:end], _line_of(text, pos))
+        row += 1
+        pos = _WS.match(text, end).end()
+        sep = text[pos : pos + 1]
+        if sep == "]":
+            tail = _WS.match(text, pos + 1).end()
+            if tail != len(text):
+                raise DataLoadError(f"{path}: not valid JSON (line {_line_of(text, tail)}: extra data after the list)")
+            return
+        if sep != ",":
+            raise DataLoadError(f"{path}: not valid JSON (line {_line_of(text, pos)}: expected ',' or ']')")
+        pos = _WS.match(text, pos + 1).end()
 
 
 def _read_jsonl(path: Path) -> Iterator[RawRow]:
     try:
-        f = path.open(encoding="utf-8")
+        f = path.open("rb")
     except OSError as e:
-        raise DataLoadError(f"{path}: cannot be read: {e}") from e
+        raise DataLoadError(f"{path}: cannot be read: {e.strerror or e}") from e
     with f:
         row = 0
-        try:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield RawRow(row=row, value=json.loads(line), line=line_no)
-                except json.JSONDecodeError as e:
-                    yield RawRow(
-                        row=row,
-                        value=None,
-                        line=line_no,
-                        text=line.rstrip("\n"),
-                        error=f"invalid JSON: {e.msg} (column {e.colno})",
-                    )
-                row += 1
-        except UnicodeDecodeError as e:
-            raise DataLoadError(f"{path}: not UTF-8 text near row {row}: {e}") from e
+        # binary lines: split on b"\n" only, never on the line separators (U+2028, U+0085, ...) of a row's text
+        for line_no, data in enumerate(f, start=1):
+            if line_no == 1:
+                data = data.removeprefix(BOM)
+            line = data.decode("utf-8", errors="surrogateescape").rstrip("\r\n")
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as e:
+                value, error = None, f"invalid JSON: {e.msg} (column {e.colno})"
+                bad = _unicode_error(None, line)
+                if bad is not None:
+                    error = bad[1]
+                yield RawRow(row=row, value=value, line=line_no, text=_printable(line), error=error)
+            else:
+                yield _decoded_row(row, value, line, line_no)
+            row += 1
 
 
 def _read_parquet(path: Path) -> Iterator[RawRow]:
@@ -179,13 +387,19 @@ def iter_raw_rows(path: str | Path, format: str | None = None) -> Iterator[RawRo
     return _READERS[fmt](path)
 
 
+def describe_row(raw: RawRow) -> str:
+    """``row R (line L), field 'F'``: where a row is, for messages."""
+    where = f"row {raw.row}" + (f" (line {raw.line})" if raw.line is not None else "")
+    return where + (f", field '{raw.field}'" if raw.field else "")
+
+
 def read_rows(path: str | Path, format: str | None = None) -> list[Any]:
     """Every row's value of a row file (see ``iter_raw_rows``); a row that does not parse raises ``DataLoadError``
     naming the file, row and line."""
     rows = []
     for raw in iter_raw_rows(path, format):
         if raw.error is not None:
-            raise DataLoadError(f"{path}: row {raw.row} (line {raw.line}): {raw.error}")
+            raise DataLoadError(f"{path}: {describe_row(raw)}: {raw.error}")
         rows.append(raw.value)
     return rows
 
@@ -208,33 +422,110 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def _json_line(row: Mapping[str, Any]) -> str:
+    line = json.dumps(row, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: kept as its JSON escape, so the file stays UTF-8
+        line = json.dumps(row, ensure_ascii=True)
+    return line
+
+
+def _temp_beside(path: Path, suffix: str = ".tmp") -> Path:
+    """A new, empty temporary file beside ``path`` whose name no other run can take."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    try:
+        _fsync(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; a row file is as readable as any other
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()  # read once: setting it to read it is not thread-safe
+
+
+def _arrow_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows Arrow can take: every row with every column (None where a row lacks it) and, for the rare column whose
+    values have no one Arrow type (a number in one row, text in another), its values as JSON text."""
+    import pyarrow as pa
+
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    mixed = []
+    for c in columns:
+        try:
+            pa.array([r.get(c) for r in rows])
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            mixed.append(c)
+    if mixed:
+        logger.warning(
+            "Parquet holds one type per column: column(s) %s, of mixed types, are written as JSON text (write .jsonl "
+            "to keep them as they are)",
+            ", ".join(mixed),
+        )
+    return [
+        {
+            c: (json.dumps(r[c], ensure_ascii=False) if c in mixed and r.get(c) is not None else r.get(c))
+            for c in columns
+        }
+        for r in rows
+    ]
+
+
 def write_rows(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
     """Write rows to ``path``: JSONL (``.jsonl``), Parquet (``.parquet``) or one JSON list (``.json``), through a
-    temporary file beside it that is fsync'd and then renamed over ``path``."""
+    temporary file of a unique name beside it that is fsync'd and then renamed over ``path``.
+
+    JSON keeps each row as it is (a row without a column has no key); Parquet gives every row every column."""
     path = Path(path)
     fmt = format_of(path)
     if fmt is None:
         raise OutputPathError(f"{path}: a row file must end in .jsonl, .json or .parquet")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     rows = [{k: _clean(v) for k, v in r.items()} for r in rows]
+    tmp = _temp_beside(path)
     try:
         if fmt == "parquet":
             import datasets
 
-            datasets.Dataset.from_list(rows).to_parquet(str(tmp))
+            datasets.Dataset.from_list(_arrow_rows(rows)).to_parquet(str(tmp))
         else:
-            with tmp.open("w", encoding="utf-8") as f:
+            with tmp.open("w", encoding="utf-8", newline="\n") as f:
                 if fmt == "json":
-                    f.write(json.dumps(rows, ensure_ascii=False, indent=1))
+                    f.write("[\n" + ",\n".join(_json_line(r) for r in rows) + "\n]" if rows else "[]")
                 else:
                     for r in rows:
-                        f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        _fsync(tmp)
-        os.replace(tmp, path)
+                        f.write(_json_line(r) + "\n")
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _replace(tmp, path)
+    return path
+
+
+def write_text_atomic(text: str, path: str | Path) -> Path:
+    """Write a text file (a summary, a manifest) as ``write_rows`` writes rows: whole or not at all."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_beside(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _replace(tmp, path)
     return path
 
 
@@ -276,7 +567,7 @@ class ShardStore:
                 )
         elif is_main:
             self.work_dir.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(dict(manifest), indent=2))
+            write_text_atomic(json.dumps(dict(manifest), indent=2), path)
 
     def path(self, k: int) -> Path:
         return self.work_dir / f"shard-{k:06d}.jsonl"

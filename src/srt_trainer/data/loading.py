@@ -1,14 +1,20 @@
 """Load instruction data from JSON, JSONL, Parquet, a ``save_to_disk`` folder or a hub id.
 
-The result is one normalized ``datasets.Dataset`` (schema in ``formats``) with a stable ``row_index`` (the row's
-0-based position in its source) plus the source's other columns, and the list of rejected rows. A file that
-cannot be read at all raises ``DataLoadError`` naming it.
+The result holds the normalized rows (schema in ``formats``) with a stable ``row_index`` (the row's 0-based position
+in its source) plus the source's other columns exactly as read, and the list of rejected rows. Rows need not share
+their other columns: an optional field (``id``, ``source``, ``category``) may appear in some rows only, or hold a
+number in one row and text in another; each row keeps what it had. ``LoadedData.dataset`` is the same rows as a
+``datasets.Dataset`` for code that wants Arrow (there a row without a column has None, and a column of mixed types
+is JSON text). A source column that loading would overwrite (``row_index``, or a normalized column the format does
+not read) is kept as ``orig_<name>``, and ``renamed`` says so. A file that cannot be read at all raises
+``DataLoadError`` naming it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +24,7 @@ import datasets
 
 from srt_trainer.data.formats import FORMATS, NORMALIZED_COLUMNS, detect_format, normalize_row
 from srt_trainer.data.rejects import Reject, RowError, summarize_rejects, write_rejects
+from srt_trainer.errors import SRTUserError
 from srt_trainer.io import DataLoadError, RawRow, format_of
 from srt_trainer.io import iter_raw_rows as iter_file_rows
 
@@ -28,11 +35,20 @@ logger = logging.getLogger(__name__)
 class LoadedData:
     """Normalized rows, the rows that were rejected, and where they came from."""
 
-    dataset: datasets.Dataset
+    rows: list[dict[str, Any]]
     rejects: list[Reject] = field(default_factory=list)
     format: str = ""
     source: str = ""
     num_rows_read: int = 0
+    renamed: dict[str, str] = field(default_factory=dict)  # source column -> the name it is kept under
+    _dataset: datasets.Dataset | None = field(default=None, repr=False)
+
+    @property
+    def dataset(self) -> datasets.Dataset:
+        """The rows as a ``datasets.Dataset`` (built on first use)."""
+        if self._dataset is None:
+            self._dataset = _to_dataset(self.rows)
+        return self._dataset
 
     def write_rejects(self, path: str | Path) -> Path:
         return write_rejects(self.rejects, path)
@@ -86,14 +102,59 @@ def _raw_text(value: Any) -> str:
         return repr(value)
 
 
-def _harmonize_extras(rows: list[dict[str, Any]], extras: list[str]) -> None:
-    """Columns we pass through must have one type for Arrow; a column of mixed types becomes JSON text."""
-    for col in extras:
-        kinds = {type(r.get(col)) for r in rows if r.get(col) is not None}
-        if len(kinds) > 1 or kinds & {dict, list}:
-            for r in rows:
-                if r.get(col) is not None:
-                    r[col] = _raw_text(r[col])
+RESERVED_PREFIX = "orig_"
+
+
+def kept_name(column: str, taken: Any, prefix: str = RESERVED_PREFIX) -> str:
+    """The name under which a source column that a stage would overwrite is kept: ``orig_<name>`` (``orig_orig_...``
+    while that is taken too)."""
+    name = prefix + column
+    while name in taken:
+        name = prefix + name
+    return name
+
+
+def keep_source_columns(
+    rows: list[dict[str, Any]], written: Any, what: str = "the source", prefix: str = RESERVED_PREFIX
+) -> dict[str, str]:
+    """Rename, in place, the source columns of ``rows`` that a stage would overwrite with its own (``written``):
+    each is kept as ``orig_<name>`` (or ``prefix + name``), with a warning. Normalized columns are never renamed.
+    Returns ``{column: kept name}``."""
+    written = set(written) - set(NORMALIZED_COLUMNS) - {"row_index"}
+    renamed: dict[str, str] = {}
+    for r in rows:
+        for k in [k for k in r if k in written]:
+            new = renamed.get(k) or kept_name(k, r, prefix)
+            renamed[k] = new
+            r[new] = r.pop(k)
+    if renamed:
+        logger.warning(
+            "%s: column(s) %s would be overwritten: kept as %s", what, ", ".join(renamed), ", ".join(renamed.values())
+        )
+    return renamed
+
+
+def _consumed(fmt: str, row: dict[str, Any]) -> set[str]:
+    """Source columns the format's normalizer reads (a ShareGPT ``conversations`` is also kept as it is)."""
+    if fmt == "alpaca":
+        return {"instruction", "input", "output", "system"}
+    return {"conversations"} if fmt == "sharegpt" else {"messages"}
+
+
+def _extras(value: dict[str, Any], fmt: str, renamed: dict[str, str]) -> dict[str, Any]:
+    """The source row's other columns, as read; one that a normalized column would overwrite gets its kept name."""
+    consumed = _consumed(fmt, value)
+    reserved = (set(NORMALIZED_COLUMNS) | {"row_index"}) - consumed
+    out = {}
+    for k, v in value.items():
+        if k in consumed and k in NORMALIZED_COLUMNS:  # read into the normalized column of that name
+            continue
+        if k in reserved:
+            new = renamed.get(k) or kept_name(k, value)
+            renamed[k] = new
+            k = new
+        out[k] = v
+    return out
 
 
 def load_instruction_data(
@@ -119,6 +180,7 @@ def load_instruction_data(
     label = str(source)
     rows: list[dict[str, Any]] = []
     rejects: list[Reject] = []
+    renamed: dict[str, str] = {}
     fmt = None if format == "auto" else format
     num_read = 0
     for raw in iter_raw_rows(source, split):
@@ -126,7 +188,7 @@ def load_instruction_data(
             break
         num_read += 1
         if raw.error is not None:
-            rejects.append(Reject(label, raw.row, None, raw.error, raw.text or "", raw.line))
+            rejects.append(Reject(label, raw.row, raw.field, raw.error, raw.text or "", raw.line))
             continue
         if fmt is None and isinstance(raw.value, dict):
             fmt = detect_format(raw.value)
@@ -141,24 +203,54 @@ def load_instruction_data(
         except RowError as e:
             rejects.append(Reject(label, raw.row, e.field, e.reason, _raw_text(raw.value), raw.line))
             continue
-        extras = {k: v for k, v in raw.value.items() if k not in NORMALIZED_COLUMNS and k != "row_index"}
-        rows.append({"row_index": raw.row, **normalized, **extras})
+        rows.append({"row_index": raw.row, **normalized, **_extras(raw.value, fmt or "alpaca", renamed)})
     if num_read == 0:
         raise DataLoadError(f"{label}: contains no rows")
-    extra_cols = sorted({k for r in rows for k in r} - set(NORMALIZED_COLUMNS) - {"row_index"})
-    _harmonize_extras(rows, extra_cols)
-    features = _features(extra_cols, rows)
-    dataset = (
-        datasets.Dataset.from_list(rows, features=features)
-        if rows
-        else datasets.Dataset.from_dict({name: [] for name in features}, features=features)
-    )
-    loaded = LoadedData(dataset, rejects, fmt or "alpaca", label, num_read)
+    loaded = LoadedData(rows, rejects, fmt or "alpaca", label, num_read, renamed)
+    if renamed:
+        logger.warning(
+            "%s: column(s) %s of the source would be overwritten: kept as %s",
+            label,
+            ", ".join(renamed),
+            ", ".join(renamed.values()),
+        )
     if rejects:
         logger.warning(summarize_rejects(rejects))
     if rejects_path is not None:
         loaded.write_rejects(rejects_path)
     return loaded
+
+
+class NoUsableRowsError(SRTUserError, ValueError):
+    """Every row of a stage's input was rejected: nothing to do."""
+
+
+def require_rows(loaded: LoadedData, rejects_path: str | Path | None = None, what: str = "usable") -> None:
+    """Stop a stage whose input has no usable row, saying why (the most common reasons and where the rejects are)."""
+    if loaded.rows:
+        return
+    reasons = Counter(r.reason for r in loaded.rejects).most_common(3)
+    why = "; ".join(f"{n}x {reason}" for reason, n in reasons)
+    where = f" (see {rejects_path})" if rejects_path is not None else ""
+    first = f"; first: {loaded.rejects[0].describe()}" if loaded.rejects else ""
+    raise NoUsableRowsError(f"{loaded.source}: none of its {loaded.num_rows_read} rows is {what}: {why}{first}{where}")
+
+
+def _to_dataset(rows: list[dict[str, Any]]) -> datasets.Dataset:
+    """Arrow wants one schema: every row gets every column (None where it has none), a column of mixed types
+    becomes JSON text, and so do list and object columns outside the normalized ones."""
+    extra_cols = list(dict.fromkeys(k for r in rows for k in r if k not in NORMALIZED_COLUMNS and k != "row_index"))
+    table = [{**r, **{c: r.get(c) for c in extra_cols}} for r in rows]
+    for col in extra_cols:
+        kinds = {type(r[col]) for r in table if r[col] is not None}
+        if len(kinds) > 1 or kinds & {dict, list}:
+            for r in table:
+                if r[col] is not None:
+                    r[col] = _raw_text(r[col])
+    features = _features(extra_cols, table)
+    if not table:
+        return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
+    return datasets.Dataset.from_list(table, features=features)
 
 
 def _features(extra_cols: list[str], rows: list[dict[str, Any]]) -> datasets.Features:

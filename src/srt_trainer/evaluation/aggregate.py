@@ -16,8 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from srt_trainer.errors import SRTUserError
 from srt_trainer.evaluation.scores import parse_scores
-from srt_trainer.io import DataLoadError, iter_raw_rows, sidecar_path, sniff_format
+from srt_trainer.io import (
+    DataLoadError,
+    check_distinct_paths,
+    iter_raw_rows,
+    sidecar_path,
+    sniff_format,
+    write_text_atomic,
+)
 
 OUTCOMES = ("win", "tie", "lose")
 OVERALL = "overall"
@@ -158,10 +166,13 @@ def load_review_records(path: str | Path) -> list[Any]:
     records: list[Any] = []
     for raw in iter_raw_rows(path, sniff_format(path)):
         if raw.error is not None:
-            raise DataLoadError(
-                f"{path}: line {raw.line} is not valid JSON ({raw.error.removeprefix('invalid JSON: ')})"
-            )
+            where = f"line {raw.line}" if raw.line is not None else f"row {raw.row}"
+            if raw.error.startswith("invalid JSON: "):
+                raise DataLoadError(f"{path}: {where} is not valid JSON ({raw.error.removeprefix('invalid JSON: ')})")
+            raise DataLoadError(f"{path}: {where}: {raw.error}")
         records.append(raw.value)
+    if not records:
+        raise DataLoadError(f"{path}: contains no reviews")
     return records
 
 
@@ -264,10 +275,10 @@ def write_reports(agg: Aggregate, stem_path: Path, source: str | None = None, pl
         chart = plot_outcomes(agg, sidecar_path(stem_path, "aggregate.png"))
         paths["chart"] = str(chart)
     md = sidecar_path(stem_path, "aggregate.md")
-    md.write_text(markdown_summary(agg, chart=chart.name if chart else None, source=source))
+    write_text_atomic(markdown_summary(agg, chart=chart.name if chart else None, source=source), md)
     paths["markdown"] = str(md)
     js = sidecar_path(stem_path, "aggregate.json")
-    js.write_text(json.dumps({**agg.to_dict(), "source": source}, indent=2))
+    write_text_atomic(json.dumps({**agg.to_dict(), "source": source}, indent=2), js)
     paths["json"] = str(js)
     return paths
 
@@ -281,12 +292,45 @@ class AggregateRun:
     reports: dict[str, str]
 
 
+REPORT_SUFFIXES = ("aggregate.json", "aggregate.md", "aggregate.png")
+
+
+class NoJudgedItemsError(SRTUserError, ValueError):
+    """No item of a reviews file has two readable reviews: there is no win, tie or loss to count."""
+
+
+def report_paths(path: str | Path, output_dir: str | Path | None = None) -> list[Path]:
+    """The reports ``aggregate_file`` writes for a reviews file."""
+    path = Path(path)
+    stem = Path(output_dir) / path.name if output_dir else path
+    return [sidecar_path(stem, suffix) for suffix in REPORT_SUFFIXES]
+
+
+def check_report_paths(paths: Iterable[str | Path], output_dir: str | Path | None = None) -> None:
+    """Refuse, before anything is written, reviews files whose reports would land on the same path (``a/r.jsonl``
+    and ``b/r.jsonl`` into one ``--output_dir``; ``r.json`` and ``r.jsonl``) or on one of the reviews files."""
+    paths = [Path(p) for p in paths]
+    check_distinct_paths(
+        {f"--reviews {p}": p for p in paths},
+        {f"the report of {p}": r for p in paths for r in report_paths(p, output_dir)},
+    )
+
+
 def aggregate_file(path: str | Path, output_dir: str | Path | None = None, plot: bool = True) -> AggregateRun:
     """Aggregate a reviews file and write its reports (``<stem>.aggregate.json``, ``.md``, ``.png``) beside it or
-    into ``output_dir``."""
+    into ``output_dir``. A file without records is refused; one whose items all failed gets its reports and then
+    raises ``NoJudgedItemsError`` (nothing was counted)."""
     path = Path(path)
     if not path.is_file():
         raise DataLoadError(f"{path}: no such file")
+    check_report_paths([path], output_dir)
     agg = aggregate_records(load_review_records(path))
     stem = Path(output_dir) / path.name if output_dir else path
-    return AggregateRun(path, agg, write_reports(agg, stem, source=str(path), plot=plot))
+    run = AggregateRun(path, agg, write_reports(agg, stem, source=str(path), plot=plot))
+    if agg.overall.n == 0:
+        first = agg.failures[0]["reason"] if agg.failures else "no records"
+        raise NoJudgedItemsError(
+            f"{path}: none of its {agg.overall.failed} items has two readable reviews (first: {first}); "
+            f"nothing counted, see {run.reports['markdown']}"
+        )
+    return run

@@ -67,10 +67,11 @@ def aggregate(argv: Sequence[str], prog: str) -> None:
     """One line (or JSON object) per reviews file on stdout, the details on stderr."""
     from trl import TrlParser
 
-    from srt_trainer.evaluation.aggregate import aggregate_file, format_table, summary_line
+    from srt_trainer.evaluation.aggregate import aggregate_file, check_report_paths, format_table, summary_line
     from srt_trainer.evaluation.config import AggregateArguments
 
     (config,) = TrlParser(AggregateArguments, prog=prog).parse_args_and_config(argv)
+    check_report_paths(config.reviews, config.output_dir)
     for name in config.reviews:
         run = aggregate_file(name, config.output_dir, plot=config.plot)
         agg = run.aggregate

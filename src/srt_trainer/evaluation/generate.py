@@ -25,11 +25,19 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from srt_trainer.data import Reject, rejects_path_for, summarize_rejects, write_rejects
+from srt_trainer.data import NoUsableRowsError, Reject, rejects_path_for, summarize_rejects, write_rejects
 from srt_trainer.evaluation.config import GenerateArguments
-from srt_trainer.evaluation.test_sets import TestSet, read_test_sets
+from srt_trainer.evaluation.test_sets import TestSet, expand_test_set_paths, read_test_sets
 from srt_trainer.generation import generate_answers
-from srt_trainer.io import ShardStore, check_output_path, shard_bounds, sidecar_path, write_rows
+from srt_trainer.io import (
+    ShardStore,
+    check_output_path,
+    guard_outputs,
+    shard_bounds,
+    sidecar_path,
+    write_rows,
+    write_text_atomic,
+)
 from srt_trainer.models import load_tokenizer
 from srt_trainer.models.config import LoadingArguments, SRTModelConfig
 from srt_trainer.models.embedded import EMBEDDED_MODEL, EMBEDDED_NAME
@@ -166,10 +174,33 @@ def run_generate(
     with the same settings."""
     loading = loading or LoadingArguments()
     output = check_output_path(config.output)
+    sidecars = {
+        "the rejects file": rejects_path_for(output),
+        "the summary": sidecar_path(output, "summary.json"),
+        "the AlpacaEval file": sidecar_path(output, "alpaca_eval.json"),
+    }
+    inputs = {f"--test_sets {p}": p for p in expand_test_set_paths(config.test_sets)}
+    with guard_outputs(inputs, output, sidecars, "answers file"):
+        return _run_generate(config, model_args, loading, output, model, tokenizer)
+
+
+def _run_generate(
+    config: GenerateArguments,
+    model_args: SRTModelConfig,
+    loading: LoadingArguments,
+    output: Path,
+    model: Any,
+    tokenizer: Any,
+) -> GenerateRun:
     sets = read_test_sets(config.test_sets, limit=config.limit)
     items = [it for s in sets for it in s.items]
     rejects = [r for s in sets for r in s.rejects]
     write_rejects(rejects, rejects_path_for(output))
+    if not items:
+        raise NoUsableRowsError(
+            f"{', '.join(s.source for s in sets)}: no usable test item; {summarize_rejects(rejects).splitlines()[0]} "
+            f"(see {rejects_path_for(output)})"
+        )
     for s in sets:
         logger.info("%s: %d rows, %d items (%s)", s.source, s.num_rows_read, len(s.items), s.name)
     if rejects:
@@ -234,5 +265,5 @@ def run_generate(
         "seconds": round(seconds, 3),
         "config": {"generate": asdict(config), "student": asdict(model_args)},
     }
-    sidecar_path(output, "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(json.dumps(summary, indent=2), sidecar_path(output, "summary.json"))
     return GenerateRun(rows, sets, rejects, summary, output, prompts[0] if prompts else None)

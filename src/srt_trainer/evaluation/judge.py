@@ -15,12 +15,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from srt_trainer.data import Reject, rejects_path_for, summarize_rejects, write_rejects
-from srt_trainer.evaluation.aggregate import Aggregate, aggregate_records, judge_item, write_reports
+from srt_trainer.data import NoUsableRowsError, Reject, rejects_path_for, summarize_rejects, write_rejects
+from srt_trainer.evaluation.aggregate import REPORT_SUFFIXES, Aggregate, aggregate_records, judge_item, write_reports
 from srt_trainer.evaluation.config import JudgeArguments
 from srt_trainer.evaluation.scores import has_scores
-from srt_trainer.io import check_output_path, iter_raw_rows, sidecar_path, write_rows
+from srt_trainer.io import check_output_path, guard_outputs, iter_raw_rows, sidecar_path, write_rows
 from srt_trainer.teachers import RunCounts, TeacherArguments, build_teacher_from_args, complete_all
+from srt_trainer.teachers.cache import check_cache_writable
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def read_answers(path: str | Path) -> AnswerFile:
     result = AnswerFile(str(path))
     for raw in iter_raw_rows(path):
         if raw.error is not None:
-            result.rejects.append(Reject(str(path), raw.row, None, raw.error, raw.text or "", raw.line))
+            result.rejects.append(Reject(str(path), raw.row, raw.field, raw.error, raw.text or "", raw.line))
             continue
         row, reason, bad_field = raw.value, None, None
         if not isinstance(row, dict):
@@ -192,6 +193,20 @@ def run_judge(config: JudgeArguments, judge: TeacherArguments, teacher: Any = No
     """Judge every matched item in both orders with the teacher ``judge`` names (or ``teacher``, already built);
     write the reviews, failures, rejects and the aggregate reports."""
     output = check_output_path(config.output)
+    cache = judge.cache_path(sidecar_path(output, "cache.jsonl"))
+    sidecars = {
+        "the rejects file": rejects_path_for(output),
+        "the failures file": sidecar_path(output, "failures.jsonl"),
+        "--teacher_cache": cache,
+        **{f"the report {suffix}": sidecar_path(output, suffix) for suffix in REPORT_SUFFIXES},
+    }
+    inputs = {"--answers_a": config.answers_a, "--answers_b": config.answers_b}
+    with guard_outputs(inputs, output, sidecars, "reviews file"):
+        check_cache_writable(cache)
+        return _run_judge(config, judge, output, cache, teacher)
+
+
+def _run_judge(config: JudgeArguments, judge: TeacherArguments, output: Path, cache: Path, teacher: Any) -> JudgeRun:
     file_a, file_b = read_answers(config.answers_a), read_answers(config.answers_b)
     pairs, unmatched = match_answers(file_a, file_b)
     if config.limit is not None:
@@ -199,6 +214,11 @@ def run_judge(config: JudgeArguments, judge: TeacherArguments, teacher: Any = No
     rejects = [*file_a.rejects, *file_b.rejects, *unmatched]
     write_rejects(rejects, rejects_path_for(output))
     logger.info("%d items to judge in both orders; %s", len(pairs), summarize_rejects(rejects))
+    if not pairs:
+        raise NoUsableRowsError(
+            f"{config.answers_a}, {config.answers_b}: no item has a usable answer in both files; "
+            f"{summarize_rejects(rejects).splitlines()[0]} (see {rejects_path_for(output)})"
+        )
 
     own_teacher = teacher is None
     if teacher is None:
@@ -209,7 +229,6 @@ def run_judge(config: JudgeArguments, judge: TeacherArguments, teacher: Any = No
         question = question_text(a["instruction"], a.get("input") or "")
         conversations.append(review_messages(question, a["output"], b["output"]))
         conversations.append(review_messages(question, b["output"], a["output"]))  # swapped: B is Assistant 1
-    cache = judge.cache_path(sidecar_path(output, "cache.jsonl"))
     try:
         results, counts = complete_all(
             teacher,

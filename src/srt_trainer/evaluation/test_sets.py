@@ -116,7 +116,7 @@ def read_test_set(path: str | Path, name: str | None = None, limit: int | None =
             break
         result.num_rows_read += 1
         if raw.error is not None:
-            result.rejects.append(Reject(str(path), raw.row, None, raw.error, raw.text or "", raw.line))
+            result.rejects.append(Reject(str(path), raw.row, raw.field, raw.error, raw.text or "", raw.line))
             continue
         try:
             item = normalize_item(raw.value, result.name, raw.row)

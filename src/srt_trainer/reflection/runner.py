@@ -16,9 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from srt_trainer.data import load_instruction_data, rejects_path_for, summarize_rejects
+from srt_trainer.data import load_instruction_data, rejects_path_for, require_rows, summarize_rejects
+from srt_trainer.data.loading import RESERVED_PREFIX, kept_name
 from srt_trainer.errors import SRTUserError
-from srt_trainer.io import check_output_path, sidecar_path, write_rows
+from srt_trainer.io import check_output_path, guard_outputs, sidecar_path, write_rows, write_text_atomic
 from srt_trainer.reflection.config import ReflectArguments
 from srt_trainer.reflection.parsers import parse_instruction_reflection, parse_response_reflection
 from srt_trainer.reflection.prompts import ReflectionPrompt, load_prompt
@@ -31,6 +32,8 @@ from srt_trainer.teachers import (
     build_teacher_from_args,
     complete_all,
 )
+from srt_trainer.teachers.base import TeacherError
+from srt_trainer.teachers.cache import check_cache_writable
 
 logger = logging.getLogger(__name__)
 
@@ -143,10 +146,11 @@ def reflect(
     )
     identity = teacher.identity()
     out_rows, raw = [], []
+    renamed: dict[str, str] = {}
     for position, (row, result) in enumerate(zip(rows, results, strict=True)):
         out, status = _reflected_row(row, position, result, parse, prefix, variant)
         out.update(teacher=identity["teacher"], teacher_model=identity["model"])
-        out_rows.append(_ordered(out, row))
+        out_rows.append(_ordered(out, row, renamed))
         raw.append(
             {
                 "position": position,
@@ -160,6 +164,12 @@ def reflect(
                 "attempts": result.attempts,
                 "reasks": result.reasks,
             }
+        )
+    if renamed and variant != "QA":
+        logger.warning(
+            "column(s) %s of the rows would be overwritten by the reflection: kept as %s",
+            ", ".join(renamed),
+            ", ".join(renamed.values()),
         )
     statuses = Counter(r["reflection_status"] for r in out_rows)
     return ReflectionResult(out_rows, raw, counts, {s: statuses.get(s, 0) for s in STATUSES}, variant)
@@ -178,8 +188,6 @@ def _reflected_row(
         "source_index": source_index,
         "variant": variant,
     }
-    if variant == "QA" and row.get("reflection_status") is not None:
-        out["q_reflection_status"] = row["reflection_status"]
     if result.text is None:
         status, error = "failed", result.error or "no answer"
     else:
@@ -198,15 +206,39 @@ def _reflected_row(
     return out, status
 
 
-def _ordered(out: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
-    """The reflection's columns first, then the source row's own extra columns."""
+# columns of the source row that the reflection reads: the rewrite replaces them
+_READ = {"instruction", "input", "output", "source_index", "variant"}
+
+
+def _ordered(out: dict[str, Any], row: dict[str, Any], renamed: dict[str, str] | None = None) -> dict[str, Any]:
+    """The reflection's columns first, then the source row's own extra columns.
+
+    A source column that the reflection writes too (``teacher``, ``reflection_status``, ... of a Q file reflected
+    again) is kept as ``q_<name>`` in variant QA (the Q rewrite's own status) and ``orig_<name>`` otherwise. A source
+    conversation (``conversations``, or a chat row's ``messages``) is kept as ``source_conversations`` /
+    ``source_messages``: under its own name it would contradict the rewritten pair, and the output would be read as
+    chat data again instead of as the rewrite."""
     ordered = {k: out.get(k) for k in REFLECTION_COLUMNS}
-    if "q_reflection_status" in out:
-        ordered["q_reflection_status"] = out["q_reflection_status"]
+    prefix = "q_" if out.get("variant") == "QA" else RESERVED_PREFIX
+    extras: dict[str, Any] = {}
     for k, v in row.items():
-        if k not in ordered and k not in _INTERNAL:
-            ordered[k] = v
-    return ordered
+        if k == "messages" and row.get("source_format") == "messages":
+            name = "source_messages"
+        elif k == "conversations":
+            name = "source_conversations"
+        elif k in _INTERNAL or k in _READ:
+            continue
+        elif k in ordered:
+            name = kept_name(k, {**ordered, **row}, prefix)
+            if renamed is not None:
+                renamed[k] = name
+        else:
+            name = k
+        if name in ordered or name in extras or (name != k and name in row):
+            name = kept_name(name, {**ordered, **row, **extras})
+        extras[name] = v
+    q_status = [k for k in extras if k.startswith("q_reflection_status")]  # right after the reflection's own status
+    return {**ordered, **{k: extras.pop(k) for k in q_status}, **extras}
 
 
 def reflect_rows(
@@ -250,12 +282,29 @@ def run_reflect(args: ReflectArguments, teacher_args: TeacherArguments, teacher:
     """Reflect ``args.data`` into ``args.output``, with ``<stem>.raw.jsonl``, ``<stem>.summary.json`` and the rejects
     beside it. ``teacher``: one already built (default: the one ``teacher_args`` names)."""
     output = check_output_path(args.output)
+    cache = args.cache_path(teacher_args)
+    inputs = {"--data": args.data, "--prompt_template": args.prompt_template}
+    sidecars = {
+        "the rejects file": rejects_path_for(output),
+        "the raw texts": sidecar_path(output, "raw.jsonl"),
+        "the summary": sidecar_path(output, "summary.json"),
+        "--teacher_cache": cache,
+    }
+    with guard_outputs(inputs, output, sidecars, "reflection output"):
+        check_cache_writable(cache)  # before the teacher is built or paid
+        return _run_reflect(args, teacher_args, output, cache, teacher)
+
+
+def _run_reflect(
+    args: ReflectArguments, teacher_args: TeacherArguments, output: Path, cache: Path, teacher: Teacher | None
+) -> ReflectRun:
     prompt = load_prompt(args.mode, args.prompt_template)
-    teacher = teacher or build_teacher_from_args(teacher_args)
     loaded = load_instruction_data(
         args.data, format=args.data_format, limit=args.limit, rejects_path=rejects_path_for(output)
     )
-    rows = loaded.dataset.to_list()
+    require_rows(loaded, rejects_path_for(output), "usable for reflection")
+    teacher = teacher or build_teacher_from_args(teacher_args)
+    rows = loaded.rows
     logger.info(
         "%s: %d rows read (%s), %d to reflect; %s",
         loaded.source,
@@ -264,7 +313,6 @@ def run_reflect(args: ReflectArguments, teacher_args: TeacherArguments, teacher:
         len(rows),
         summarize_rejects(loaded.rejects),
     )
-    cache = args.cache_path(teacher_args)
     result = reflect(
         rows,
         args.mode,
@@ -294,5 +342,11 @@ def run_reflect(args: ReflectArguments, teacher_args: TeacherArguments, teacher:
         "cache": str(cache),
         "config": {"reflect": asdict(args), "teacher": asdict(teacher_args)},
     }
-    sidecar_path(output, "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    write_text_atomic(json.dumps(summary, indent=2, ensure_ascii=False), sidecar_path(output, "summary.json"))
+    if result.rows and result.statuses["failed"] == len(result.rows):
+        first = result.rows[0]["reflection_error"]
+        raise TeacherError(
+            f"{output}: the teacher answered none of the {len(result.rows)} rows (first error: {first}); every row "
+            f"keeps its original text as 'failed': run the same command again to ask for them"
+        )
     return ReflectRun(result=result, summary=summary, output=output, cache=cache)

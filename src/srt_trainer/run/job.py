@@ -24,7 +24,7 @@ from typing import Any
 from srt_trainer.data import load_instruction_data
 from srt_trainer.distributed import get_state
 from srt_trainer.generation import generate_answers
-from srt_trainer.io import write_rows
+from srt_trainer.io import check_distinct_paths, write_rows, write_text_atomic
 from srt_trainer.models import load_student, load_tokenizer, resolve_model_path
 from srt_trainer.models.config import SRTModelConfig
 from srt_trainer.reflection import ReflectArguments, run_reflect
@@ -124,6 +124,11 @@ def run(
     """Run the whole job; returns its summary and answers (the summary also goes to ``output_dir/summary.json``)."""
     state = get_state()
     out = Path(training_args.output_dir)
+    written = [out / "reflect" / name for name in ("ori.jsonl", *VARIANT_FILES.values())]
+    written += [out / "answers.jsonl", out / "held_out.rejects.jsonl", out / "summary.json"]
+    check_distinct_paths(  # the job's own files never overwrite its inputs
+        {"data": run_args.data, "held_out": run_args.held_out}, {f"the job's file {p.name}": p for p in written}
+    )
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -214,5 +219,5 @@ def run(
             "script": asdict(script_args),
         },
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_text_atomic(json.dumps(summary, indent=2, default=str), out / "summary.json")
     return JobResult(out, summary, answers, adapter=bool(model_args.use_peft))

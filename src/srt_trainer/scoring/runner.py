@@ -26,13 +26,26 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from srt_trainer.distributed import get_state
-from srt_trainer.io import ShardStore, check_output_path, shard_bounds, sidecar_path, write_rows
+from srt_trainer.errors import SRTUserError
+from srt_trainer.io import (
+    ShardStore,
+    check_output_path,
+    guard_outputs,
+    shard_bounds,
+    sidecar_path,
+    write_rows,
+    write_text_atomic,
+)
 from srt_trainer.models.config import LoadingArguments, SRTModelConfig
 from srt_trainer.models.embedded import public_model_name
 from srt_trainer.scoring.config import ScoreArguments, ScoringArguments, fingerprint_settings
 from srt_trainer.scoring.scorer import ERROR_COLUMNS, STAT_COLUMNS, IFDScorer
 
 logger = logging.getLogger(__name__)
+
+
+class NoStatisticsError(SRTUserError, ValueError):
+    """No row of the output has statistics (every response empty, for one): nothing for selection to use."""
 
 
 def data_fingerprint(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -155,15 +168,20 @@ def score_dataset(
 
 
 def output_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """The input's own columns: Alpaca fields, conversations when the data has them, and any extra columns."""
+    """The input's own columns: Alpaca fields, conversations when the data has them, and every extra column of any
+    row (in order of first appearance: optional fields may start after row 0)."""
     internal = {"messages", "system", "num_turns", "source_format"}
     chat = any(r["source_format"] != "alpaca" for r in rows)
     extras = [
         k
-        for k in (rows[0] if rows else {})
+        for k in dict.fromkeys(k for r in rows for k in r)
         if k not in internal and k not in ("row_index", "instruction", "input", "output")
     ]
     return ["row_index", "instruction", "input", "output", *(["system", "messages"] if chat else []), *extras]
+
+
+# columns the score output writes; a source column of one of these names is kept as orig_<name>
+WRITTEN_COLUMNS = (*STAT_COLUMNS, *ERROR_COLUMNS, "num_turns", "ifd_turns", "rifd_turns")
 
 
 @dataclass
@@ -188,16 +206,43 @@ def run_score(
     written on the main process (None on the others).
 
     ``model`` / ``tokenizer``: a student already loaded by the caller (the main job scores and then trains the same
-    one); by default they are loaded as ``model_args`` and ``loading`` say.
+    one); by default they are loaded as ``model_args`` and ``loading`` say. Before any work, an output that is the
+    input (or a file beside the output that is) is refused, and the output's lock is held until the end (a second
+    run on the same output stops with a message).
     """
+    from srt_trainer.data import rejects_path_for
+
+    output = check_output_path(args.output)
+    sidecars = {
+        "the rejects file": rejects_path_for(output),
+        "the summary": sidecar_path(output, "summary.json"),
+        "the histogram": sidecar_path(output, "hist.png"),
+    }
+    with guard_outputs({"--data": args.data}, output, sidecars, "score output", get_state().is_main_process):
+        return _run_score(args, scoring, model_args, loading or LoadingArguments(), output, model, tokenizer)
+
+
+def _run_score(
+    args: ScoreArguments,
+    scoring: ScoringArguments,
+    model_args: SRTModelConfig,
+    loading: LoadingArguments,
+    output: Path,
+    model: Any,
+    tokenizer: Any,
+) -> ScoreRun | None:
     import torch
 
-    from srt_trainer.data import load_instruction_data, rejects_path_for, summarize_rejects
+    from srt_trainer.data import (
+        keep_source_columns,
+        load_instruction_data,
+        rejects_path_for,
+        require_rows,
+        summarize_rejects,
+    )
     from srt_trainer.models.loading import load_configured_student, load_tokenizer
     from srt_trainer.scoring.report import plot_histograms, summarize
 
-    loading = loading or LoadingArguments()
-    output = check_output_path(args.output)
     state = get_state()
     store = ShardStore(sidecar_path(output, "score-shards"))
     if args.overwrite and state.is_main_process:
@@ -210,7 +255,9 @@ def run_score(
         limit=args.limit,
         rejects_path=rejects_path_for(output) if state.is_main_process else None,
     )
-    rows = loaded.dataset.to_list()
+    require_rows(loaded, rejects_path_for(output), "usable for scoring")
+    rows = loaded.rows
+    renamed = keep_source_columns(rows, WRITTEN_COLUMNS, what=f"{loaded.source} (srt score writes them)")
     if state.is_main_process:
         logger.info(
             "%s: %d rows read (%s), %d to score; %s",
@@ -246,7 +293,7 @@ def run_score(
     columns = output_columns(rows)
     extra_stats = ["num_turns", "ifd_turns", "rifd_turns"] if multi_turn else []
     out_rows = [
-        {**{c: r.get(c) for c in columns}, **{c: s.get(c) for c in (*STAT_COLUMNS, *ERROR_COLUMNS, *extra_stats)}}
+        {**{c: r[c] for c in columns if c in r}, **{c: s.get(c) for c in (*STAT_COLUMNS, *ERROR_COLUMNS, *extra_stats)}}
         for r, s in zip(rows, stats, strict=True)
     ]
     write_rows(out_rows, output)
@@ -254,11 +301,17 @@ def run_score(
     summary.update(
         data=loaded.source,
         rejected_rows=len(loaded.rejects),
+        renamed_columns={**loaded.renamed, **renamed},
         output=str(output),
         config={"score": asdict(args), "scoring": asdict(scoring), "student": asdict(model_args)},
         scorer={"fast_path": scorer.fast_path, "engine": scorer.engine, "token_budget": scorer.token_budget},
     )
-    sidecar_path(output, "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(json.dumps(summary, indent=2), sidecar_path(output, "summary.json"))
+    if not summary["scored"]:
+        raise NoStatisticsError(
+            f"{output}: none of its {len(out_rows)} rows could be scored ({summary['errors']}); "
+            f"each row's reason is in its score_error column"
+        )
     histogram = None
     if args.plot:
         student = public_model_name(model_args.model_name_or_path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from srt_trainer.io import DataLoadError, check_output_path, iter_raw_rows
+from srt_trainer.io import DataLoadError, check_distinct_paths, check_output_path, iter_raw_rows, sidecar_path
 from srt_trainer.selection.config import SelectArguments, SelectionArguments, SelectionInputError
 from srt_trainer.selection.policy import SelectionResult, select_rows
 from srt_trainer.selection.report import write_selection
@@ -37,9 +37,11 @@ def run_select(args: SelectArguments, selection: SelectionArguments) -> Selectio
     if missing:
         raise SelectionInputError(f"{', '.join(missing)} required (the {selection.policy!r} policy)")
     output = check_output_path(args.output)
-    for view, file in files.items():
-        if file and Path(file).resolve() == output.resolve():
-            raise SelectionInputError(f"--output {output} is also the {view} input; choose another file")
+    written = ("selection.json", "decisions.jsonl", "funnel.png", "hist.png", "card.md")
+    check_distinct_paths(
+        {f"--{view.lower()}": file for view, file in files.items()},
+        {"--output": output, **{f"the report {name}": sidecar_path(output, name) for name in written}},
+    )
     scored = {v: read_scored(files[v]) for v in needed}
     result = select_rows(scored["ori"], scored.get("Q"), scored.get("A"), scored.get("QA"), selection, files)
     result.files = write_selection(result, args, selection, scored)

@@ -42,6 +42,7 @@ class Answer:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     attempts: int = 1
+    timeouts: int = 0  # requests of it that timed out
 
 
 @dataclass
@@ -71,6 +72,7 @@ class RunCounts:
     reasked: int = 0  # asks again because an answer failed validation
     invalid: int = 0  # conversations whose last answer still failed validation
     failed: int = 0  # conversations the teacher never answered
+    timed_out: int = 0  # requests that timed out (each a request the server may still have been working on)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
@@ -83,7 +85,9 @@ class RunCounts:
         return (
             f"{self.conversations} conversations: asked {self.asked}, cached {self.cached}, "
             f"retried {self.retried} ({self.requests} requests), re-asked {self.reasked}, "
-            f"invalid {self.invalid}, failed {self.failed}; tokens {self.prompt_tokens} prompt + "
+            f"invalid {self.invalid}, failed {self.failed}"
+            + (f", {self.timed_out} requests timed out" if self.timed_out else "")
+            + f"; tokens {self.prompt_tokens} prompt + "
             f"{self.completion_tokens} completion; {self.seconds:.1f} s ({rate:.2f} requests/s)"
         )
 

@@ -8,6 +8,10 @@ background thread fsyncs whatever was appended since its last fsync, so lines re
 time of each other, in batches; "always" fsyncs each answer in the caller before returning; ``close`` always
 fsyncs. A run killed mid-write leaves at most a torn last line; it is cut off when the file is opened again, so
 the next append starts on a clean line.
+
+A cache never blocks a resume: a line that cannot be used (bytes that are not UTF-8, not JSON, an entry without a
+key or without answer text) is skipped with a warning, and its prompt is asked again. The file is opened for
+appending when the cache is created, so a cache that cannot be written fails before the first request is paid for.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from srt_trainer.errors import SRTUserError
 from srt_trainer.io import iter_raw_rows
 from srt_trainer.teachers.base import Answer, Conversation, SamplingConfig
 
@@ -68,8 +73,13 @@ class ResponseCache:
         self._syncer: threading.Thread | None = None
         self.fsyncs = 0
         self.torn_lines = 0
+        self.skipped = 0  # lines not used (unreadable or without an answer): their prompts are asked again
         if self.path is not None:
-            self._load()
+            try:
+                self._load()
+                self._file = self.path.open("a", encoding="utf-8")
+            except OSError as e:
+                raise TeacherCacheError(f"{self.path}: the teacher cache cannot be written: {e.strerror or e}") from e
 
     def _load(self) -> None:
         assert self.path is not None
@@ -87,9 +97,23 @@ class ResponseCache:
                 f.truncate(end)
         for raw in iter_raw_rows(self.path, "jsonl"):
             entry = raw.value
-            if raw.error is not None or not isinstance(entry, dict) or "key" not in entry:
+            if raw.error is not None or not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
                 self.torn_lines += 1
-                logger.warning("%s:%d: unreadable cache line skipped", self.path, raw.line)
+                self.skipped += 1
+                logger.warning(
+                    "%s: line %d skipped (%s); its prompt will be asked again",
+                    self.path,
+                    raw.line,
+                    raw.error or "not a cache entry",
+                )
+                continue
+            if not isinstance(entry.get("text"), str):
+                self.skipped += 1
+                logger.warning(
+                    "%s: line %d skipped (an entry without answer text); its prompt will be asked again",
+                    self.path,
+                    raw.line,
+                )
                 continue
             self._entries[entry["key"]] = entry
 
@@ -175,9 +199,34 @@ class ResponseCache:
         self.close()
 
 
+class TeacherCacheError(SRTUserError, OSError):
+    """The teacher cache cannot be written (a read-only file or folder, a path under a file)."""
+
+
+def check_cache_writable(path: str | Path | None) -> None:
+    """Fail at once, naming the file, when a cache path cannot be appended to (nothing is written to it)."""
+    if path is None:
+        return
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8"):
+            pass
+    except OSError as e:
+        raise TeacherCacheError(f"{path}: the teacher cache cannot be written: {e.strerror or e}") from e
+
+
 def load_cache_entries(path: str | Path) -> list[dict[str, Any]]:
     """Every readable entry of a cache file, in the order written (for reports and tests)."""
     return [raw.value for raw in iter_raw_rows(path, "jsonl") if raw.error is None]
 
 
-__all__ = ["Conversation", "ResponseCache", "cache_key", "conversation_hash", "load_cache_entries"]
+__all__ = [
+    "Conversation",
+    "ResponseCache",
+    "TeacherCacheError",
+    "cache_key",
+    "check_cache_writable",
+    "conversation_hash",
+    "load_cache_entries",
+]

@@ -68,12 +68,19 @@ class TeacherArguments:
     max_retries: int = field(
         default=8,
         metadata={
-            "help": "openai: retries of a request after 408, 409, 429, 5xx, a time-out or a dropped connection (the "
-            "openai client's exponential backoff with jitter, Retry-After honoured), and re-sends of an unreadable "
-            "body."
+            "help": "openai: retries of a request after 408, 409, 429, 5xx or a dropped connection (exponential "
+            "backoff with jitter, Retry-After honoured), and re-sends of an unreadable body; a time-out is sent "
+            "again only once (see request_timeout)."
         },
     )
-    request_timeout: float = field(default=120.0, metadata={"help": "openai: seconds per request."})
+    request_timeout: float | None = field(
+        default=None,
+        metadata={
+            "help": "openai: seconds per request (default: 1800 for a server on this machine or network, where "
+            "requests queue, 120 for a remote API). A timed-out request is sent again once, with twice the "
+            "time-out, and fewer requests are kept in flight from then on."
+        },
+    )
     teacher_batch_size: int = field(default=8, metadata={"help": "transformers: conversations per generate call."})
     teacher_dtype: str = field(
         default="float32",

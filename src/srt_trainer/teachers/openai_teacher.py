@@ -1,11 +1,20 @@
 """Any OpenAI-compatible chat endpoint (OpenAI, vLLM / SGLang / TGI servers, ``transformers serve``).
 
-Requests go through the official ``openai`` async client, which retries what a retry can fix: 408, 409, 429 and
-5xx answers, time-outs and dropped connections, with exponential backoff and jitter (0.5 s doubling up to 8 s) and
-the server's ``Retry-After`` (``retry-after-ms``, seconds or an HTTP date, up to two minutes). This teacher adds what
-the client lacks: a 200 whose body is not a usable chat completion is sent again within the same budget of
-``max_retries + 1`` requests; every request sent is counted (the client reports its retries); 401, 403 and 404
-stop the run at once, as does the same 4xx refusing every request. At most ``concurrency`` requests are in flight.
+Requests go through the official ``openai`` async client; this teacher does the retrying itself, so that each kind
+of fault gets what fits it:
+
+- 408, 409, 429 and 5xx answers and dropped connections are sent again after an exponential back-off with jitter
+  (0.5 s doubling up to 8 s), or after the server's ``Retry-After`` (``retry-after-ms``, seconds or an HTTP date, up
+  to a minute), within a budget of ``max_retries + 1`` requests per conversation;
+- a 200 whose body is not a usable chat completion is sent again within the same budget;
+- a time-out is different: the server is most likely still generating the answer (a loaded local server queues
+  requests), so sending the same request again at once would only add to its work. A timed-out request is sent
+  again at most ``timeout_retries`` times (default once), each time with twice the time-out and after a back-off,
+  and from the first time-out on this teacher halves the requests it keeps in flight (down to one): the queue
+  that made requests wait shrinks instead of growing. The time-out defaults to 120 s for a remote API and to
+  30 minutes for a server on this machine or its network (``localhost``, loopback and private addresses), where
+  waiting in a queue is normal. Time-outs are counted and reported;
+- 401, 403 and 404 stop the run at once, as does the same 4xx refusing every request.
 """
 
 from __future__ import annotations
@@ -27,7 +36,9 @@ API_KEY_ENV = "OPENAI_API_KEY"
 FATAL_STATUSES = (401, 403, 404)
 # 4xx answers the client retries itself (like every 5xx)
 CLIENT_RETRIED = (408, 409, 429)
-RETRY_COUNT_HEADER = "x-stainless-retry-count"  # the openai client numbers each request of a call's retries
+REMOTE_TIMEOUT = 120.0  # seconds per request to a remote API
+LOCAL_TIMEOUT = 1800.0  # seconds per request to a server on this machine or network: requests wait in its queue
+MAX_RETRY_AFTER = 60.0
 
 
 class InvalidResponse(ValueError):
@@ -45,11 +56,87 @@ def run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
         return pool.submit(asyncio.run, coro).result()
 
 
-def _requests_sent(error: Any, max_retries: int) -> int:
-    """Requests the client sent for a call that raised ``error``: the retry number of its last request, plus one."""
-    request = getattr(getattr(error, "response", None), "request", None) or getattr(error, "request", None)
-    count = getattr(request, "headers", {}).get(RETRY_COUNT_HEADER) if request is not None else None
-    return int(count) + 1 if count is not None and str(count).isdigit() else max_retries + 1
+def is_local_url(base_url: str | None) -> bool:
+    """True for an endpoint on this machine or a private network (a server one runs oneself)."""
+    if not base_url:
+        return False
+    import ipaddress
+    from urllib.parse import urlparse
+
+    host = (urlparse(base_url).hostname or "").lower()
+    if host in ("localhost", "0.0.0.0") or host.endswith((".local", ".localhost", ".internal")) or "." not in host:
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_private or ip.is_link_local
+
+
+def default_timeout(base_url: str | None) -> float:
+    """Seconds per request when none is given: long for a local server (requests queue there), 120 s otherwise."""
+    return LOCAL_TIMEOUT if is_local_url(base_url) else REMOTE_TIMEOUT
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """The server's ``Retry-After`` (``retry-after-ms``, seconds or an HTTP date) in seconds, when it is usable
+    (0 to a minute)."""
+    import email.utils
+    import time
+
+    if headers is None:
+        return None
+    value: float | None = None
+    try:
+        ms = headers.get("retry-after-ms")
+        if ms is not None:
+            value = float(ms) / 1000
+        else:
+            text = headers.get("retry-after")
+            if text is not None:
+                try:
+                    value = float(text)
+                except ValueError:
+                    date = email.utils.parsedate_to_datetime(text)
+                    value = date.timestamp() - time.time()
+    except (TypeError, ValueError, IndexError):
+        return None
+    return value if value is not None and 0 <= value <= MAX_RETRY_AFTER else None
+
+
+def backoff_seconds(retry: int, headers: Any = None) -> float:
+    """Seconds to wait before the ``retry``-th retry (1-based): the server's Retry-After, else 0.5 s doubling up to
+    8 s, less up to a quarter of jitter."""
+    import random
+
+    after = retry_after_seconds(headers)
+    if after is not None:
+        return after
+    return min(0.5 * 2 ** (retry - 1), 8.0) * (1 - 0.25 * random.random())
+
+
+class InFlight:
+    """At most ``limit`` requests in flight; ``shrink`` halves the limit (down to 1) for the rest of the run."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.active = 0
+        self._cond = asyncio.Condition()
+
+    async def __aenter__(self) -> InFlight:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.active < self.limit)
+            self.active += 1
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        async with self._cond:
+            self.active -= 1
+            self._cond.notify_all()
+
+    def shrink(self) -> int:
+        self.limit = max(1, self.limit // 2)
+        return self.limit
 
 
 class OpenAITeacher(Teacher):
@@ -60,9 +147,11 @@ class OpenAITeacher(Teacher):
         base_url: the endpoint, e.g. ``http://127.0.0.1:8000/v1`` (None: api.openai.com).
         api_key: normally None, read from ``OPENAI_API_KEY`` (a local server accepts any key: "EMPTY" is sent).
         concurrency: requests in flight at most.
-        max_retries: requests sent again per conversation after the first (the client's retries of 408, 409, 429,
-            5xx, time-outs and dropped connections, and this teacher's re-sends of an unusable body).
-        timeout: seconds per request.
+        max_retries: requests sent again per conversation after the first (after 408, 409, 429, 5xx, a dropped
+            connection, an unusable body or a time-out).
+        timeout: seconds per request (None: 30 minutes for a local server, 120 s for a remote API).
+        timeout_retries: times a timed-out request is sent again (each time with twice the time-out), within
+            ``max_retries``.
         extra_body: extra JSON fields of each request (e.g. vLLM's ``continue_final_message``).
         fatal_after: stop the run when this many requests in a row were refused with the same 4xx and none
             succeeded (a wrong model name refused as 400 would otherwise fail every row one by one).
@@ -77,9 +166,10 @@ class OpenAITeacher(Teacher):
         api_key: str | None = None,
         concurrency: int = 64,
         max_retries: int = 8,
-        timeout: float = 120.0,
+        timeout: float | None = None,
         extra_body: dict[str, Any] | None = None,
         fatal_after: int = 8,
+        timeout_retries: int = 1,
     ) -> None:
         if not model:
             raise TeacherError("the openai teacher needs a model name (--teacher-model): the name the endpoint serves")
@@ -91,7 +181,9 @@ class OpenAITeacher(Teacher):
         self._api_key = key or "EMPTY"  # local servers accept anything; never stored or logged
         self.concurrency = max(1, int(concurrency))
         self.max_retries = max(0, int(max_retries))
-        self.timeout = float(timeout)
+        self.timeout = float(timeout) if timeout else default_timeout(base_url)
+        self.timeout_retries = max(0, int(timeout_retries))
+        self.timeouts = 0  # requests that timed out, over the teacher's life
         self.extra_body = dict(extra_body or {})
         self.fatal_after = fatal_after
 
@@ -128,16 +220,16 @@ class OpenAITeacher(Teacher):
         client = openai.AsyncOpenAI(
             base_url=self.base_url,
             api_key=self._api_key,
-            max_retries=self.max_retries,
+            max_retries=0,  # retried here, each fault as it needs (see the module's docstring)
             timeout=self.timeout,
             http_client=http_client,
         )
-        semaphore = asyncio.Semaphore(self.concurrency)
+        in_flight = InFlight(self.concurrency)
         refusals = {"streak": 0, "status": None, "ok": 0}
 
         async def one(j: int) -> None:
-            async with semaphore:
-                answer, status = await self._ask(client, conversations[j], sampling)
+            async with in_flight:
+                answer, status = await self._ask(client, conversations[j], sampling, in_flight)
             if answer.text is not None:
                 refusals["ok"] += 1
             elif status is not None:
@@ -176,53 +268,79 @@ class OpenAITeacher(Teacher):
             kwargs["extra_body"] = self.extra_body
         return kwargs
 
-    async def _ask(self, client: Any, messages: Conversation, sampling: SamplingConfig) -> tuple[Answer, int | None]:
-        """One conversation, through the client's retries; a 200 without a usable completion is sent again while the
-        budget of ``max_retries + 1`` requests lasts. Returns the answer and, for a refusal that retrying cannot fix
-        (a 4xx the client does not retry), its status."""
+    async def _ask(
+        self, client: Any, messages: Conversation, sampling: SamplingConfig, in_flight: InFlight | None = None
+    ) -> tuple[Answer, int | None]:
+        """One conversation, with the retries of the module's docstring, within ``max_retries + 1`` requests.
+        Returns the answer and, for a refusal that retrying cannot fix (a 4xx not retried), its status."""
         import openai
 
         kwargs = self._request_kwargs(messages, sampling)
         budget = self.max_retries + 1
-        sent = 0
-        while True:
-            retries = budget - sent - 1
-            caller = client if sent == 0 else client.with_options(max_retries=retries)
+        sent = timeouts = 0
+        timeout = self.timeout
+        error = "no answer"
+        delay = 0.0
+        while sent < budget:
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sent += 1
             try:
-                raw = await caller.chat.completions.with_raw_response.create(**kwargs)
+                raw = await client.with_options(timeout=timeout).chat.completions.with_raw_response.create(**kwargs)
             except openai.APIStatusError as e:
-                sent += _requests_sent(e, retries)
                 error = self.scrub(f"HTTP {e.status_code}: {_status_message(e)}")
                 if e.status_code in FATAL_STATUSES:
                     raise TeacherError(f"{self.base_url or 'api.openai.com'} refused the request: {error}") from None
                 if e.status_code < 500 and e.status_code not in CLIENT_RETRIED:
-                    return Answer(text=None, error=error, attempts=sent), e.status_code
-                return Answer(text=None, error=f"{error} (after {sent} attempts)", attempts=sent), None
-            except openai.APIConnectionError as e:  # time-outs included
-                sent += _requests_sent(e, retries)
-                if isinstance(e, openai.APITimeoutError):
-                    error = f"timed out after {self.timeout:g} s"
-                else:
-                    error = self.scrub(f"connection error: {e.__cause__ or e}")
-                return Answer(text=None, error=f"{error} (after {sent} attempts)", attempts=sent), None
-            sent += raw.retries_taken + 1
+                    return Answer(text=None, error=error, attempts=sent, timeouts=timeouts), e.status_code
+                delay = backoff_seconds(sent, getattr(e.response, "headers", None))
+                continue
+            except openai.APITimeoutError:
+                timeouts += 1
+                error = f"timed out after {timeout:g} s"
+                self._timed_out(timeout, in_flight)
+                if timeouts > self.timeout_retries:
+                    break
+                timeout *= 2  # the server is slow: give the same request more time, not a twin
+                delay = backoff_seconds(sent)
+                continue
+            except openai.APIConnectionError as e:
+                error = self.scrub(f"connection error: {e.__cause__ or e}")
+                delay = backoff_seconds(sent)
+                continue
             try:
                 response = raw.parse()
                 text = _completion_text(response)
             except (json.JSONDecodeError, InvalidResponse, openai.APIResponseValidationError) as e:
                 error = self.scrub(f"unreadable response: {type(e).__name__}: {e}")[:300]
-                if sent < budget:
-                    logger.debug("request %d: %s; sending it again", sent, error)
-                    continue
-                return Answer(text=None, error=f"{error} (after {sent} attempts)", attempts=sent), None
+                logger.debug("request %d: %s; sending it again", sent, error)
+                delay = 0.0
+                continue
             usage = getattr(response, "usage", None)
             answer = Answer(
                 text=text,
                 prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
                 completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
                 attempts=sent,
+                timeouts=timeouts,
             )
             return answer, None
+        return Answer(text=None, error=f"{error} (after {sent} attempts)", attempts=sent, timeouts=timeouts), None
+
+    def _timed_out(self, timeout: float, in_flight: InFlight | None) -> None:
+        self.timeouts += 1
+        before = in_flight.limit if in_flight is not None else 1
+        after = in_flight.shrink() if in_flight is not None else 1
+        if after < before or self.timeouts == 1:
+            logger.warning(
+                "%s: a request timed out after %g s: the server is slow or busy; now at most %d request(s) in flight, "
+                "a timed-out request is sent again at most %d time(s), with twice the time-out (set the request "
+                "time-out higher for a slow server)",
+                self.base_url or "api.openai.com",
+                timeout,
+                after,
+                self.timeout_retries,
+            )
 
 
 def _completion_text(response: Any) -> str:

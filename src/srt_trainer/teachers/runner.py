@@ -80,6 +80,7 @@ def complete_all(
                         cache.put(keys[i], answer, teacher=identity.get("teacher"), model=identity.get("model"))
                     counts.requests += answer.attempts
                     counts.retried += max(0, answer.attempts - 1)
+                    counts.timed_out += answer.timeouts
                     counts.prompt_tokens += answer.prompt_tokens
                     counts.completion_tokens += answer.completion_tokens
                     _record(results[i], answer, cached=False)

@@ -19,6 +19,7 @@ import datasets
 
 from srt_trainer.data import load_instruction_data, summarize_rejects
 from srt_trainer.errors import SRTUserError
+from srt_trainer.io import check_distinct_paths
 from srt_trainer.templates import PromptTemplate, get_template
 
 logger = logging.getLogger(__name__)
@@ -85,10 +86,11 @@ def load_training_rows(
 ) -> list[dict[str, Any]]:
     """Rows of a training file, normalized; unusable rows go to ``rejects_path`` with file, row, field and reason
     (``None``: not written, e.g. on the processes other than the main one)."""
+    check_distinct_paths({"--dataset": path}, {"the rejects file": rejects_path})
     loaded = load_instruction_data(path, format=data_format, rejects_path=rejects_path)
     if loaded.rejects and rejects_path is not None:
         logger.warning("%s: %s (see %s)", loaded.source, summarize_rejects(loaded.rejects), rejects_path)
-    rows = loaded.dataset.to_list()
+    rows = loaded.rows
     if not rows:
         raise TrainingDataError(f"{path}: no usable rows to train on (rejects in {rejects_path})")
     return rows
