@@ -448,7 +448,7 @@ def test_user_errors_print_one_line_naming_the_file(argv, named, short_rows, tmp
     (tmp_path / "a-file").write_text("x")
     (tmp_path / "folder").mkdir()
     (tmp_path / "broken.yaml").write_text("mode: [response\n")
-    (tmp_path / "unknown.yaml").write_text("data: rows.jsonl\nno_such_option: 1\n")
+    (tmp_path / "unknown.yaml").write_text("data: rows.jsonl\noutput: out.jsonl\nno_such_option: 1\n")
     argv = [a.format(tmp=tmp_path) for a in argv]
     assert srt_main(argv) == 2
     err = capsys.readouterr().err.strip()
