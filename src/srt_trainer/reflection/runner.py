@@ -3,7 +3,12 @@ A and QA (response mode); ``run_reflect`` is the file-level stage behind ``srt r
 
 Every input row gives one output row, in order: ``ok`` (the teacher's rewrite), ``fallback`` (the teacher answered
 but nothing usable came back, even after re-asking: the original text is kept) or ``failed`` (the teacher never
-answered: the original text is kept with the error; a rerun asks again).
+answered: the original text is kept with the error; a rerun asks again). In instruction mode a reply with only one
+usable part is ``ok`` with the other part original, as released; ``reflection_fallback`` names the part kept
+(``answer``, ``instruction``; ``row`` for a whole-row fallback).
+
+What the teacher sees follows the release by default (``teacher_view="release"``): fields stripped, the input folded
+into the instruction in instruction mode, an over-long answer cut (see ``teacher_view_of``).
 """
 
 from __future__ import annotations
@@ -20,7 +25,11 @@ from srt_trainer.data import load_instruction_data, rejects_path_for, summarize_
 from srt_trainer.errors import SRTUserError
 from srt_trainer.io import check_output_path, sidecar_path, write_rows
 from srt_trainer.reflection.config import ReflectArguments
-from srt_trainer.reflection.parsers import parse_instruction_reflection, parse_response_reflection
+from srt_trainer.reflection.parsers import (
+    InstructionFields,
+    inspect_instruction_reflection,
+    inspect_tagged,
+)
 from srt_trainer.reflection.prompts import ReflectionPrompt, load_prompt
 from srt_trainer.teachers import (
     ChatResult,
@@ -44,8 +53,11 @@ REFLECTION_COLUMNS = (
     "teacher",
     "teacher_model",
     "reflection_status",
+    "reflection_fallback",
     "reflection_error",
 )
+FALLBACKS = ("field", "row")
+TEACHER_VIEWS = ("release", "as_is")
 # normalized columns of the loader that describe the source row's encoding, not the reflected row
 _INTERNAL = {"row_index", "messages", "system", "num_turns", "source_format", "q_reflection_status"}
 
@@ -63,12 +75,23 @@ class ReflectionResult:
     counts: RunCounts
     statuses: dict[str, int] = field(default_factory=dict)
     variant: str = ""
+    # what was kept of the original (answer_kept, instruction_kept, row), which rule rejected a part
+    # (instruction/missing, answer/n/a, ...), and what the teacher's view changed (stripped, input_folded, answer_cut)
+    fallbacks: dict[str, int] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)
+    view: dict[str, int] = field(default_factory=dict)
 
     def format(self) -> str:
         s = self.statuses
+
+        def listed(counts: dict[str, int]) -> str:
+            return ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
+
         return (
             f"{len(self.rows)} rows reflected (variant {self.variant}): ok {s.get('ok', 0)}, "
-            f"fallback {s.get('fallback', 0)}, failed {s.get('failed', 0)}\n{self.counts.format()}"
+            f"fallback {s.get('fallback', 0)}, failed {s.get('failed', 0)}\n"
+            f"originals kept: {listed(self.fallbacks)}; parts rejected: {listed(self.rejected)}; "
+            f"teacher's view: {listed(self.view)}\n{self.counts.format()}"
         )
 
 
@@ -94,6 +117,48 @@ def detect_variant(rows: Sequence[dict[str, Any]], mode: str, variant: str = "au
     )
 
 
+@dataclass(frozen=True)
+class TeacherView:
+    """The pair as the teacher sees it, and what was done to it."""
+
+    instruction: str
+    input: str
+    output: str
+    stripped: bool = False
+    input_folded: bool = False
+    answer_cut: int = 0  # characters cut from the end of the answer
+
+
+def fold_input(instruction: str, input: str) -> str:
+    """One instruction holding the input. The release folded them with ChatGPT (its compressed Alpaca file); that
+    rewrite cannot be repeated offline, so the input follows the instruction on a new line."""
+    return f"{instruction}\n{input}" if input else instruction
+
+
+def teacher_view_of(
+    row: dict[str, Any], mode: str, view: str, teacher: Teacher, max_pair_tokens: int = 2048
+) -> TeacherView:
+    """What the teacher is shown of ``row``. ``as_is``: the fields untouched. ``release``: each field stripped; in
+    instruction mode the input folded into the instruction; if instruction + input + answer has more than
+    ``max_pair_tokens`` tokens (``teacher.count_text_tokens``), the answer loses as many characters from its end as
+    there are tokens too many (the release's cut: never the instruction)."""
+    instruction, input, output = row["instruction"] or "", row.get("input") or "", row["output"] or ""
+    if view == "as_is":
+        return TeacherView(instruction, input, output)
+    if view != "release":
+        raise ReflectionInputError(f"unknown teacher view {view!r}; choose one of {', '.join(TEACHER_VIEWS)}")
+    ins, inp, out = instruction.strip(), input.strip(), output.strip()
+    stripped = (ins, inp, out) != (instruction, input, output)
+    folded = mode == "instruction" and bool(inp)
+    if folded:
+        ins, inp = fold_input(ins, inp), ""
+    gap = teacher.count_text_tokens(ins + inp + out) - max_pair_tokens
+    cut = min(gap, len(out)) if gap > 0 else 0
+    if cut:
+        out = out[:-cut]
+    return TeacherView(ins, inp, out, stripped=stripped, input_folded=folded, answer_cut=cut)
+
+
 def reflect(
     rows: Sequence[dict[str, Any]],
     mode: str,
@@ -107,28 +172,39 @@ def reflect(
     max_reasks: int = 1,
     reask_temperature: float | None = 0.7,
     progress: bool = True,
+    fallback: str = "field",
+    reject_rule: str = "whole",
+    teacher_view: str = "release",
+    max_pair_tokens: int = 2048,
 ) -> ReflectionResult:
     """Reflect ``rows`` (dicts with ``instruction``, ``input``, ``output``; ``source_index`` / ``row_index`` and
     ``variant`` are used when present, other columns are carried over).
 
     ``prefill`` (None: on for local teachers, off for API teachers) starts the teacher's reply with the mode's tag,
     so a small model writes in the expected format. ``cache_path`` is the durable response cache (None: memory).
+    ``fallback``, ``reject_rule``, ``teacher_view`` and ``max_pair_tokens`` are ``ReflectArguments``' options.
     """
     prompt = prompt or load_prompt(mode)
     if prompt.mode != mode:
         raise ReflectionInputError(f"a {prompt.mode} prompt cannot run {mode} reflection")
+    if fallback not in FALLBACKS:
+        raise ReflectionInputError(f"unknown fallback {fallback!r}; choose one of {', '.join(FALLBACKS)}")
     sampling = sampling or SamplingConfig()
     variant = detect_variant(rows, mode, variant)
     if prefill is None:
         prefill = teacher.kind != "openai"
     prefix = prompt.prefix if prefill else ""
-    parse = parse_instruction_reflection if mode == "instruction" else parse_response_reflection
-    conversations = [
-        prompt.messages(r["instruction"] or "", r.get("input") or "", r["output"] or "", prefill=prefill) for r in rows
-    ]
+    views = [teacher_view_of(r, mode, teacher_view, teacher, max_pair_tokens) for r in rows]
+    conversations = [prompt.messages(v.instruction, v.input, v.output, prefill=prefill) for v in views]
 
     def usable(text: str) -> bool:
-        return parse(prefix + text) is not None
+        if mode == "response":
+            return inspect_tagged(prefix + text, "Better Answer", reject_rule)[0] is not None
+        fields = inspect_instruction_reflection(prefix + text, reject_rule)
+        if fallback == "row":
+            return fields.instruction is not None and fields.output is not None
+        # as released, a reply is asked again only when no part of it is usable
+        return fields.instruction is not None or fields.output is not None
 
     results, counts = complete_all(
         teacher,
@@ -143,8 +219,14 @@ def reflect(
     )
     identity = teacher.identity()
     out_rows, raw = [], []
-    for position, (row, result) in enumerate(zip(rows, results, strict=True)):
-        out, status = _reflected_row(row, position, result, parse, prefix, variant)
+    fallbacks: Counter[str] = Counter()
+    rejected: Counter[str] = Counter()
+    for position, (row, view, result) in enumerate(zip(rows, views, results, strict=True)):
+        out, status = _reflected_row(
+            row, view, position, result, prefix, variant, fallback, reject_rule, teacher_view, rejected
+        )
+        if out["reflection_fallback"]:
+            fallbacks[_FALLBACK_COUNTS[out["reflection_fallback"]]] += 1
         out.update(teacher=identity["teacher"], teacher_model=identity["model"])
         out_rows.append(_ordered(out, row))
         raw.append(
@@ -153,49 +235,115 @@ def reflect(
                 "source_index": out["source_index"],
                 "variant": variant,
                 "reflection_status": status,
+                "reflection_fallback": out["reflection_fallback"],
                 "prefix": prefix,
                 "texts": result.texts,
                 "error": result.error,
                 "cached": result.cached,
                 "attempts": result.attempts,
                 "reasks": result.reasks,
+                **({"answer_cut": view.answer_cut} if view.answer_cut else {}),
             }
         )
     statuses = Counter(r["reflection_status"] for r in out_rows)
-    return ReflectionResult(out_rows, raw, counts, {s: statuses.get(s, 0) for s in STATUSES}, variant)
+    view_counts = {
+        "stripped": sum(v.stripped for v in views),
+        "input_folded": sum(v.input_folded for v in views),
+        "answer_cut": sum(bool(v.answer_cut) for v in views),
+    }
+    return ReflectionResult(
+        out_rows,
+        raw,
+        counts,
+        {s: statuses.get(s, 0) for s in STATUSES},
+        variant,
+        fallbacks={k: fallbacks.get(k, 0) for k in _FALLBACK_COUNTS.values()},
+        rejected=dict(sorted(rejected.items())),
+        view=view_counts,
+    )
+
+
+# reflection_fallback value -> its count's name in the summary
+_FALLBACK_COUNTS = {"answer": "answer_kept", "instruction": "instruction_kept", "row": "row"}
 
 
 def _reflected_row(
-    row: dict[str, Any], position: int, result: ChatResult, parse: Any, prefix: str, variant: str
+    row: dict[str, Any],
+    view: TeacherView,
+    position: int,
+    result: ChatResult,
+    prefix: str,
+    variant: str,
+    fallback: str,
+    reject_rule: str,
+    teacher_view: str,
+    rejected: Counter[str],
 ) -> tuple[dict[str, Any], str]:
     source_index = row.get("source_index")
     if source_index is None:
         source_index = row.get("row_index", position)
-    out: dict[str, Any] = {
-        "instruction": row["instruction"],
-        "input": row.get("input") or "",
-        "output": row["output"],
-        "source_index": source_index,
-        "variant": variant,
-    }
+    # the original row as the variant carries it: in the release's view Q's instruction holds the input (stripped);
+    # the answer kept is the original one, never the teacher's cut copy
+    original = {"instruction": row["instruction"], "input": row.get("input") or "", "output": row["output"]}
+    if variant == "Q" and teacher_view == "release":
+        original.update(instruction=view.instruction, input="")
+    out: dict[str, Any] = {**original, "source_index": source_index, "variant": variant}
     if variant == "QA" and row.get("reflection_status") is not None:
         out["q_reflection_status"] = row["reflection_status"]
+    kept = None
     if result.text is None:
         status, error = "failed", result.error or "no answer"
-    else:
-        parsed = parse(prefix + result.text)
-        if parsed is None:
-            status = "fallback"
-            tags = "[New Instruction] and [New Answer]" if variant == "Q" else "[Better Answer]"
-            error = f"no usable {tags} in the teacher's answer after {result.reasks + 1} asks"
-        elif variant == "Q":
-            status, error = "ok", None
-            out.update(instruction=parsed.instruction, input=parsed.input, output=parsed.output)
+    elif variant != "Q":
+        answer, reason = inspect_tagged(prefix + result.text, "Better Answer", reject_rule)
+        if answer is None:
+            rejected[f"answer/{reason}"] += 1
+            status, kept = "fallback", "row"
+            error = f"no usable [Better Answer] ({reason}) in the teacher's answer after {result.reasks + 1} asks"
         else:
             status, error = "ok", None
-            out["output"] = parsed
-    out.update(reflection_status=status, reflection_error=error)
+            out["output"] = answer
+    else:
+        fields = inspect_instruction_reflection(prefix + result.text, reject_rule)
+        status, kept, error = _instruction_outcome(fields, fallback, result.reasks + 1, rejected)
+        if status == "ok":
+            if fields.instruction is not None:
+                out["instruction"] = fields.instruction
+                # the release's Q has no input; the earlier view takes a tagged [New Input]
+                out["input"] = "" if teacher_view == "release" else fields.input
+            if fields.output is not None:
+                out["output"] = fields.output
+    out.update(reflection_status=status, reflection_fallback=kept, reflection_error=error)
     return out, status
+
+
+def _instruction_outcome(
+    fields: InstructionFields, fallback: str, asks: int, rejected: Counter[str]
+) -> tuple[str, str | None, str | None]:
+    """Status, the original part kept (None, ``answer``, ``instruction`` or ``row``) and the reason, of an instruction
+    reflection whose parts are ``fields``; each rejected part is counted by its rule."""
+    for part, reason in (("instruction", fields.instruction_rejected), ("answer", fields.output_rejected)):
+        if reason is not None:
+            rejected[f"{part}/{reason}"] += 1
+    has_instruction, has_answer = fields.instruction is not None, fields.output is not None
+    if has_instruction and has_answer:
+        return "ok", None, None
+    if fallback == "field" and has_instruction:
+        return "ok", "answer", f"[New Answer] unusable ({fields.output_rejected}): the original answer is kept"
+    if fallback == "field" and has_answer:
+        return (
+            "ok",
+            "instruction",
+            f"[New Instruction] unusable ({fields.instruction_rejected}): the original instruction is kept",
+        )
+    why = ", ".join(
+        f"{tag} {reason}"
+        for tag, reason in (
+            ("[New Instruction]", fields.instruction_rejected),
+            ("[New Answer]", fields.output_rejected),
+        )
+        if reason is not None
+    )
+    return "fallback", "row", f"no usable [New Instruction] and [New Answer] ({why}) after {asks} asks"
 
 
 def _ordered(out: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
@@ -217,9 +365,11 @@ def reflect_rows(
     cache_path: str | Path | None = None,
     prompt_template: str | None = None,
     variant: str = "auto",
+    **options: Any,
 ) -> list[dict[str, Any]]:
     """Reflected rows, in input order (see ``reflect``), asked with the sampling and re-ask settings of
-    ``teacher_args`` (default: its defaults); its ``teacher_cache`` when ``cache_path`` is None."""
+    ``teacher_args`` (default: its defaults); its ``teacher_cache`` when ``cache_path`` is None. ``options``:
+    ``reflect``'s ``fallback``, ``reject_rule``, ``teacher_view``, ``max_pair_tokens``."""
     teacher_args = teacher_args or TeacherArguments()
     return reflect(
         rows,
@@ -233,6 +383,7 @@ def reflect_rows(
         max_reasks=teacher_args.max_reasks,
         reask_temperature=teacher_args.reask_temperature,
         progress=False,
+        **options,
     ).rows
 
 
@@ -277,6 +428,10 @@ def run_reflect(args: ReflectArguments, teacher_args: TeacherArguments, teacher:
         max_reasks=teacher_args.max_reasks,
         reask_temperature=teacher_args.reask_temperature,
         progress=args.progress,
+        fallback=args.fallback,
+        reject_rule=args.reject_rule,
+        teacher_view=args.teacher_view,
+        max_pair_tokens=args.max_pair_tokens,
     )
     write_rows(result.rows, output)
     write_rows(result.raw, sidecar_path(output, "raw.jsonl"))
@@ -285,6 +440,9 @@ def run_reflect(args: ReflectArguments, teacher_args: TeacherArguments, teacher:
         "variant": result.variant,
         "rows": len(result.rows),
         **result.statuses,
+        "fallbacks": result.fallbacks,
+        "rejected": result.rejected,
+        "teacher_view": result.view,
         "counts": result.counts.as_dict(),
         "teacher": teacher.identity(),
         "prompt": prompt.source,
