@@ -12,14 +12,17 @@ import pytest
 from trl import TrlParser
 
 from srt_trainer.reflection import (
+    PromptTemplateError,
     ReflectArguments,
     ReflectConfigError,
     inspect_instruction_reflection,
     inspect_tagged,
+    load_prompt,
     reflect,
     run_reflect,
     teacher_view_of,
 )
+from srt_trainer.reflection.runner import ReflectionInputError
 from srt_trainer.teachers import Answer, SamplingConfig, Teacher, TeacherArguments, TeacherConfigError
 from srt_trainer.teachers.base import approx_conversation_tokens, approx_text_tokens
 
@@ -232,6 +235,27 @@ def test_an_overlong_pair_loses_the_end_of_its_answer(alpaca_rows):
     assert row["output"] in teacher.requests[0][0][-1]["content"] and result.view["answer_cut"] == 0
 
 
+def test_a_prompt_file_without_an_input_field_runs_on_folded_rows(alpaca_rows, tmp_path):
+    """A template laid out as the release's instruction prompt (no input field: its rows were compressed)."""
+    path = tmp_path / "release_style.yaml"
+    path.write_text(
+        "system: You check instructions.\n"
+        'user: "[Instruction]\\n{instruction}\\n\\n[The Start of Answer]\\n{output}\\n\\n'
+        '[The End of Answer]\\n\\n[System]\\nWrite [New Instruction] ... [End] and [New Answer] ... [End]\\n\\n"\n'
+    )
+    rows = _rows(alpaca_rows, 0, 4)
+    with pytest.raises(PromptTemplateError, match="input"):
+        load_prompt("instruction", path)
+    prompt = load_prompt("instruction", path, needs_input=False)
+    teacher = ScriptedTeacher(lambda user, ask: GOOD)
+    result = reflect(rows, "instruction", teacher, prompt=prompt, prefill=False, progress=False)
+    user = teacher.requests[0][0][1]["content"]
+    assert user.startswith(f"[Instruction]\n{rows[0]['instruction']}\n{rows[0]['input']}\n\n[The Start of Answer]")
+    assert result.statuses["ok"] == 2
+    with pytest.raises(ReflectionInputError, match="input"):
+        reflect(rows, "instruction", teacher, prompt=prompt, prefill=False, progress=False, teacher_view="as_is")
+
+
 # --- 4: the answer budget ---------------------------------------------------------------------------------------------
 
 
@@ -257,10 +281,10 @@ def test_release_answer_budget_per_request(alpaca_rows):
 
 
 def test_local_teacher_counts_exactly_and_groups_by_budget(embedded_tokenizer, alpaca_rows, monkeypatch):
+    from types import SimpleNamespace
+
     from srt_trainer import generation
     from srt_trainer.teachers.local import TransformersTeacher
-
-    from types import SimpleNamespace
 
     # no weights needed: generation is replaced below, and counting needs only the tokenizer
     teacher = TransformersTeacher(model_obj=SimpleNamespace(dtype="float32"), tokenizer=embedded_tokenizer)

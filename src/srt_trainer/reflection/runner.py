@@ -195,6 +195,12 @@ def reflect(
         prefill = teacher.kind != "openai"
     prefix = prompt.prefix if prefill else ""
     views = [teacher_view_of(r, mode, teacher_view, teacher, max_pair_tokens) for r in rows]
+    if any(v.input for v in views) and "{input}" not in prompt.user and "{input_section}" not in prompt.user:
+        raise ReflectionInputError(
+            f"the prompt {prompt.source} does not show the rows' input ({{input}} or {{input_section}}), and some "
+            "rows have one: add the field, or fold the input into the instruction (--teacher_view release, "
+            "instruction mode)"
+        )
     conversations = [prompt.messages(v.instruction, v.input, v.output, prefill=prefill) for v in views]
 
     def usable(text: str) -> bool:
@@ -371,11 +377,12 @@ def reflect_rows(
     ``teacher_args`` (default: its defaults); its ``teacher_cache`` when ``cache_path`` is None. ``options``:
     ``reflect``'s ``fallback``, ``reject_rule``, ``teacher_view``, ``max_pair_tokens``."""
     teacher_args = teacher_args or TeacherArguments()
+    folded = mode == "instruction" and options.get("teacher_view", "release") == "release"
     return reflect(
         rows,
         mode,
         teacher,
-        prompt=load_prompt(mode, prompt_template),
+        prompt=load_prompt(mode, prompt_template, needs_input=not folded),
         sampling=teacher_args.sampling(),
         cache_path=cache_path if cache_path is not None else teacher_args.teacher_cache,
         prefill=teacher_args.prefill_flag(),
@@ -401,7 +408,9 @@ def run_reflect(args: ReflectArguments, teacher_args: TeacherArguments, teacher:
     """Reflect ``args.data`` into ``args.output``, with ``<stem>.raw.jsonl``, ``<stem>.summary.json`` and the rejects
     beside it. ``teacher``: one already built (default: the one ``teacher_args`` names)."""
     output = check_output_path(args.output)
-    prompt = load_prompt(args.mode, args.prompt_template)
+    # the release's instruction view folds the input into the instruction: a template need not show it
+    folded = args.mode == "instruction" and args.teacher_view == "release"
+    prompt = load_prompt(args.mode, args.prompt_template, needs_input=not folded)
     teacher = teacher or build_teacher_from_args(teacher_args)
     loaded = load_instruction_data(
         args.data, format=args.data_format, limit=args.limit, rejects_path=rejects_path_for(output)
