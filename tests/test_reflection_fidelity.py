@@ -267,6 +267,9 @@ def test_release_answer_budget_per_request(alpaca_rows):
     assert sampling.max_new_tokens(100) == 2048 and sampling.max_new_tokens(3000) == 1096
     assert sampling.max_new_tokens(5000) == 1  # a prompt over the context still asks for one token
     assert SamplingConfig(max_tokens=77).max_new_tokens(3000) == 77  # the explicit override
+    # the context decides answers only without a fixed limit: caches made with one keep their keys
+    assert "context_length" not in SamplingConfig(max_tokens=77).as_dict()
+    assert SamplingConfig().as_dict()["context_length"] == 4096
 
     teacher = OpenAITeacher("gpt-3.5-turbo", base_url="http://127.0.0.1:9/v1")
     rows = _rows(alpaca_rows, 4, max(range(len(alpaca_rows)), key=lambda k: len(alpaca_rows[k]["output"])))

@@ -53,7 +53,12 @@ class SamplingConfig:
     context_length: int = 4096
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings that decide an answer (the cache key's): the context only matters without ``max_tokens``,
+        so caches made with a fixed limit keep their keys."""
+        settings = asdict(self)
+        if self.max_tokens is not None:
+            del settings["context_length"]
+        return settings
 
     def max_new_tokens(self, prompt_tokens: int) -> int:
         """The answer budget of a request whose prompt has ``prompt_tokens`` tokens (at least 1: a prompt that

@@ -14,7 +14,8 @@ from srt_trainer.teachers.base import Answer, Conversation, OnAnswer, SamplingCo
 
 
 class TransformersTeacher(Teacher):
-    """A causal LM with a chat template, loaded on first use (a fully cached run never loads it).
+    """A causal LM with a chat template, loaded on first use (a fully cached run never loads its weights; its
+    tokenizer is loaded to count tokens: the answer budget and the length of a pair).
 
     Args:
         model: "embedded" (default), a folder or a hub id.
