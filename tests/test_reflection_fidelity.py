@@ -346,6 +346,9 @@ def test_options_parse_and_check():
         ReflectArguments(mode="instruction", data="d", output="o.jsonl", max_pair_tokens=0)
     with pytest.raises(TeacherConfigError):
         TeacherArguments(teacher_context_length=0)
+    for bad in ({"fallback": "half"}, {"reject_rule": "regex"}, {"teacher_view": "raw"}):
+        with pytest.raises(ReflectionInputError):
+            reflect([], "instruction", ScriptedTeacher(lambda user, ask: ""), progress=False, **bad)
 
 
 def test_summary_counts_every_case(four_rows, tmp_path):

@@ -26,6 +26,7 @@ from srt_trainer.errors import SRTUserError
 from srt_trainer.io import check_output_path, sidecar_path, write_rows
 from srt_trainer.reflection.config import ReflectArguments
 from srt_trainer.reflection.parsers import (
+    REJECTION_RULES,
     InstructionFields,
     inspect_instruction_reflection,
     inspect_tagged,
@@ -189,6 +190,12 @@ def reflect(
         raise ReflectionInputError(f"a {prompt.mode} prompt cannot run {mode} reflection")
     if fallback not in FALLBACKS:
         raise ReflectionInputError(f"unknown fallback {fallback!r}; choose one of {', '.join(FALLBACKS)}")
+    if teacher_view not in TEACHER_VIEWS:
+        raise ReflectionInputError(f"unknown teacher view {teacher_view!r}; choose one of {', '.join(TEACHER_VIEWS)}")
+    if reject_rule not in REJECTION_RULES:
+        raise ReflectionInputError(
+            f"unknown rejection rule {reject_rule!r}; choose one of {', '.join(REJECTION_RULES)}"
+        )
     sampling = sampling or SamplingConfig()
     variant = detect_variant(rows, mode, variant)
     if prefill is None:
