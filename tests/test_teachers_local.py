@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from srt_trainer.reflection import parse_instruction_reflection, parse_response_reflection, reflect
+from srt_trainer.reflection import inspect_instruction_reflection, parse_response_reflection, reflect
 from srt_trainer.teachers import (
     Answer,
     ResponseCache,
@@ -141,16 +141,21 @@ def test_reflection_with_the_embedded_teacher_both_modes(local_teacher, alpaca_r
         assert out["source_index"] == src["row_index"] and out["variant"] == "Q"
         assert (out["teacher"], out["teacher_model"]) == ("transformers", "embedded")
         assert raw["prefix"] == "[New Instruction]" and raw["texts"]  # prefilled: a small teacher starts on format
-        parsed = parse_instruction_reflection(raw["prefix"] + raw["texts"][-1])
+        # each part on its own, as released: a usable part is kept, the other stays original
+        fields = inspect_instruction_reflection(raw["prefix"] + raw["texts"][-1])
+        folded = f"{src['instruction']}\n{src['input']}" if src["input"] else src["instruction"]
         if out["reflection_status"] == "ok":
             assert (out["instruction"], out["input"], out["output"]) == (
-                parsed.instruction,
-                parsed.input,
-                parsed.output,
+                fields.instruction if fields.instruction is not None else folded,
+                "",
+                fields.output if fields.output is not None else src["output"],
             )
-        else:  # fallback keeps the original instruction and answer
-            assert out["reflection_status"] == "fallback" and parsed is None and len(raw["texts"]) == 2
-            assert (out["instruction"], out["output"]) == (src["instruction"], src["output"])
+            kept = {(True, True): None, (True, False): "answer", (False, True): "instruction"}
+            assert out["reflection_fallback"] == kept[(fields.instruction is not None, fields.output is not None)]
+        else:  # fallback keeps the original instruction (the input folded into it) and answer
+            assert out["reflection_status"] == "fallback" and out["reflection_fallback"] == "row"
+            assert fields.instruction is None and fields.output is None and len(raw["texts"]) == 2
+            assert (out["instruction"], out["output"]) == (folded, src["output"])
             assert "no usable" in out["reflection_error"]
 
     qa = reflect(q.rows, "response", local_teacher, sampling=sampling, cache_path=tmp_path / "qa.jsonl", progress=False)

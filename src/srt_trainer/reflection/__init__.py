@@ -6,10 +6,13 @@ behind ``srt reflect``.
   rows in, reflected rows out (``reflect`` also returns the raw texts and counts).
 """
 
-from srt_trainer.reflection.config import ReflectArguments
+from srt_trainer.reflection.config import ReflectArguments, ReflectConfigError
 from srt_trainer.reflection.parsers import (
+    InstructionFields,
     ParsedInstruction,
     extract_tagged,
+    inspect_instruction_reflection,
+    inspect_tagged,
     parse_instruction_reflection,
     parse_response_reflection,
 )
@@ -18,27 +21,37 @@ from srt_trainer.reflection.runner import (
     STATUSES,
     ReflectionResult,
     ReflectRun,
+    TeacherView,
     detect_variant,
+    fold_input,
     reflect,
     reflect_rows,
     run_reflect,
+    teacher_view_of,
 )
 
 __all__ = [
     "DEFAULT_PROMPTS",
     "STATUSES",
+    "InstructionFields",
     "ParsedInstruction",
     "PromptTemplateError",
     "ReflectArguments",
+    "ReflectConfigError",
     "ReflectRun",
     "ReflectionPrompt",
     "ReflectionResult",
+    "TeacherView",
     "detect_variant",
     "extract_tagged",
+    "fold_input",
+    "inspect_instruction_reflection",
+    "inspect_tagged",
     "load_prompt",
     "parse_instruction_reflection",
     "parse_response_reflection",
     "reflect",
     "reflect_rows",
     "run_reflect",
+    "teacher_view_of",
 ]

@@ -4,6 +4,11 @@
 ``[End]`` (a segment stops at the next tag, an echoed ``[The End of Answer]``, or the end of the text), the
 ``New Answer:`` forms, any letter case, Markdown emphasis around a tag, tags repeated back to back, and a template
 placeholder echoed back ("your answer"). An optional ``[New Input] ... [End]`` becomes the new row's input.
+
+The release's rejection rules decide which parts are usable: an instruction that is missing or still the
+template's placeholder, and an answer that is missing, a placeholder or only "N/A", are unusable; ``inspect_*`` says
+which rule rejected a part, so each can be counted. ``rule="whole"`` (default) judges the whole segment; ``"substring"``
+is the release's test, which rejects a segment that merely contains "your instruction", "your answer" or "N/A".
 """
 
 from __future__ import annotations
@@ -40,23 +45,62 @@ _END = r"(?:\*\*|__)?\[\s*end\s*\](?:\*\*|__)?"
 _ECHO = r"\[\s*the\s+(?:start|end)\b"  # the prompt's own "[The End of Answer]" markers, echoed back
 _STOP = re.compile("|".join([_END, _ECHO, *(_bracket(t) for t in TAGS), *(_colon(t) for t in TAGS)]), re.IGNORECASE)
 _TRAILING_ENUM = re.compile(r"\n\s*\d+[.)]\s*$")
+# answers that say nothing: "N/A" and its spellings, alone (the release rejected any answer containing "N/A")
+NOT_AVAILABLE = {"n/a", "na", "n.a", "none", "not applicable", "no answer"}
+# the release's substring tests, per tag
+_SUBSTRING_RULES = {
+    "New Instruction": ("your instruction",),
+    "New Answer": ("your answer", "N/A"),
+    "Better Answer": (),
+}
+REJECTION_RULES = ("whole", "substring")
+MISSING, PLACEHOLDER, NOT_AVAILABLE_REASON = "missing", "placeholder", "n/a"
 
 
-def extract_tagged(text: str, tag: str) -> str | None:
-    """The first usable segment after ``tag``: bracket form when the text has one, else the ``Tag:`` form."""
-    if not text:
+def _rejection(segment: str, tag: str, rule: str) -> str | None:
+    """Why ``segment`` (stripped, non-empty) is unusable as ``tag``'s content, or None."""
+    if rule == "substring":
+        for needle in _SUBSTRING_RULES.get(tag, ()):
+            if needle in segment:
+                return NOT_AVAILABLE_REASON if needle == "N/A" else PLACEHOLDER
         return None
+    bare = segment.lower().strip(" .:!*_`\"'()")
+    if bare in PLACEHOLDERS or segment.lower().strip(" .:") in PLACEHOLDERS:
+        return PLACEHOLDER
+    if tag == "New Answer" and bare in NOT_AVAILABLE:
+        return NOT_AVAILABLE_REASON
+    return None
+
+
+def inspect_tagged(text: str, tag: str, rule: str = "whole") -> tuple[str | None, str | None]:
+    """The first usable segment after ``tag`` (bracket form when the text has one, else the ``Tag:`` form) and None;
+    or None and why nothing was usable: ``missing`` (no non-empty segment), else the last rejection's reason
+    (``placeholder``, ``n/a``)."""
+    if rule not in REJECTION_RULES:
+        raise ValueError(f"unknown rejection rule {rule!r}; choose one of {', '.join(REJECTION_RULES)}")
+    if not text:
+        return None, MISSING
     pattern = re.compile(_bracket(tag), re.IGNORECASE)
     starts = list(pattern.finditer(text))
     if not starts:
         starts = list(re.compile(_colon(tag), re.IGNORECASE).finditer(text))
+    reason = MISSING
     for match in starts:
         stop = _STOP.search(text, match.end())
         segment = text[match.end() : stop.start() if stop else len(text)]
         segment = _TRAILING_ENUM.sub("", segment.strip()).strip()
-        if segment and segment.lower().strip(" .:") not in PLACEHOLDERS:
-            return segment
-    return None
+        if not segment:
+            continue
+        rejected = _rejection(segment, tag, rule)
+        if rejected is None:
+            return segment, None
+        reason = rejected
+    return None, reason
+
+
+def extract_tagged(text: str, tag: str, rule: str = "whole") -> str | None:
+    """The first usable segment after ``tag``, or None (see ``inspect_tagged``)."""
+    return inspect_tagged(text, tag, rule)[0]
 
 
 @dataclass(frozen=True)
@@ -66,14 +110,35 @@ class ParsedInstruction:
     output: str
 
 
-def parse_instruction_reflection(text: str) -> ParsedInstruction | None:
+@dataclass(frozen=True)
+class InstructionFields:
+    """Each part of an instruction reflection on its own: the usable text, or None and why it was rejected
+    (``missing``, ``placeholder``, ``n/a``)."""
+
+    instruction: str | None
+    input: str
+    output: str | None
+    instruction_rejected: str | None
+    output_rejected: str | None
+
+
+def inspect_instruction_reflection(text: str, rule: str = "whole") -> InstructionFields:
+    """The new instruction, input and answer, each judged on its own (the release kept a usable part even when the
+    other was unusable)."""
+    instruction, instruction_rejected = inspect_tagged(text, "New Instruction", rule)
+    output, output_rejected = inspect_tagged(text, "New Answer", rule)
+    return InstructionFields(
+        instruction, extract_tagged(text, "New Input") or "", output, instruction_rejected, output_rejected
+    )
+
+
+def parse_instruction_reflection(text: str, rule: str = "whole") -> ParsedInstruction | None:
     """The new instruction (and input, if tagged) with its answer; None unless both instruction and answer are
     there."""
-    instruction = extract_tagged(text, "New Instruction")
-    output = extract_tagged(text, "New Answer")
-    if not instruction or not output:
+    fields = inspect_instruction_reflection(text, rule)
+    if not fields.instruction or not fields.output:
         return None
-    return ParsedInstruction(instruction, extract_tagged(text, "New Input") or "", output)
+    return ParsedInstruction(fields.instruction, fields.input, fields.output)
 
 
 def parse_response_reflection(text: str) -> str | None:

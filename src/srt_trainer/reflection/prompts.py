@@ -98,8 +98,11 @@ class PromptTemplateError(SRTUserError, ValueError):
     """A prompt file that cannot be used; the message names the file and what is wrong."""
 
 
-def load_prompt(mode: str, path: str | Path | None = None) -> ReflectionPrompt:
-    """The prompts of ``mode``: the defaults, or those of the file at ``path`` (keys it omits keep the default)."""
+def load_prompt(mode: str, path: str | Path | None = None, *, needs_input: bool = True) -> ReflectionPrompt:
+    """The prompts of ``mode``: the defaults, or those of the file at ``path`` (keys it omits keep the default).
+
+    ``needs_input`` False accepts a user template without ``{input}`` / ``{input_section}``: instruction reflection
+    with the input folded into the instruction (the release's view) never has an input to show."""
     if mode not in MODES:
         raise ValueError(f"unknown reflection mode {mode!r}; choose one of {', '.join(MODES)}")
     default = DEFAULT_PROMPTS[mode]
@@ -135,8 +138,9 @@ def load_prompt(mode: str, path: str | Path | None = None) -> ReflectionPrompt:
             f"{path}: the user template must contain {', '.join('{' + m + '}' for m in missing)}"
             f" (fields: {', '.join('{' + f + '}' for f in FIELDS)})"
         )
-    if "{input}" not in prompt.user and "{input_section}" not in prompt.user:
+    if needs_input and "{input}" not in prompt.user and "{input_section}" not in prompt.user:
         raise PromptTemplateError(
-            f"{path}: the user template must show the row's input: {{input_section}} or {{input}}"
+            f"{path}: the user template must show the row's input: {{input_section}} or {{input}} (an instruction "
+            "template may leave it out with --teacher_view release, where the input is part of the instruction)"
         )
     return prompt

@@ -3,7 +3,12 @@ A and QA (response mode); ``run_reflect`` is the file-level stage behind ``srt r
 
 Every input row gives one output row, in order: ``ok`` (the teacher's rewrite), ``fallback`` (the teacher answered
 but nothing usable came back, even after re-asking: the original text is kept) or ``failed`` (the teacher never
-answered: the original text is kept with the error; a rerun asks again).
+answered: the original text is kept with the error; a rerun asks again). In instruction mode a reply with only one
+usable part is ``ok`` with the other part original, as released; ``reflection_fallback`` names the part kept
+(``answer``, ``instruction``; ``row`` for a whole-row fallback).
+
+What the teacher sees follows the release by default (``teacher_view="release"``): fields stripped, the input folded
+into the instruction in instruction mode, an over-long answer cut (see ``teacher_view_of``).
 """
 
 from __future__ import annotations
@@ -21,7 +26,12 @@ from srt_trainer.data.loading import RESERVED_PREFIX, kept_name
 from srt_trainer.errors import SRTUserError
 from srt_trainer.io import check_output_path, guard_outputs, sidecar_path, write_rows, write_text_atomic
 from srt_trainer.reflection.config import ReflectArguments
-from srt_trainer.reflection.parsers import parse_instruction_reflection, parse_response_reflection
+from srt_trainer.reflection.parsers import (
+    REJECTION_RULES,
+    InstructionFields,
+    inspect_instruction_reflection,
+    inspect_tagged,
+)
 from srt_trainer.reflection.prompts import ReflectionPrompt, load_prompt
 from srt_trainer.teachers import (
     ChatResult,
@@ -47,8 +57,11 @@ REFLECTION_COLUMNS = (
     "teacher",
     "teacher_model",
     "reflection_status",
+    "reflection_fallback",
     "reflection_error",
 )
+FALLBACKS = ("field", "row")
+TEACHER_VIEWS = ("release", "as_is")
 # normalized columns of the loader that describe the source row's encoding, not the reflected row
 _INTERNAL = {"row_index", "messages", "system", "num_turns", "source_format", "q_reflection_status"}
 
@@ -66,12 +79,23 @@ class ReflectionResult:
     counts: RunCounts
     statuses: dict[str, int] = field(default_factory=dict)
     variant: str = ""
+    # what was kept of the original (answer_kept, instruction_kept, row), which rule rejected a part
+    # (instruction/missing, answer/n/a, ...), and what the teacher's view changed (stripped, input_folded, answer_cut)
+    fallbacks: dict[str, int] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)
+    view: dict[str, int] = field(default_factory=dict)
 
     def format(self) -> str:
         s = self.statuses
+
+        def listed(counts: dict[str, int]) -> str:
+            return ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
+
         return (
             f"{len(self.rows)} rows reflected (variant {self.variant}): ok {s.get('ok', 0)}, "
-            f"fallback {s.get('fallback', 0)}, failed {s.get('failed', 0)}\n{self.counts.format()}"
+            f"fallback {s.get('fallback', 0)}, failed {s.get('failed', 0)}\n"
+            f"originals kept: {listed(self.fallbacks)}; parts rejected: {listed(self.rejected)}; "
+            f"teacher's view: {listed(self.view)}\n{self.counts.format()}"
         )
 
 
@@ -97,6 +121,48 @@ def detect_variant(rows: Sequence[dict[str, Any]], mode: str, variant: str = "au
     )
 
 
+@dataclass(frozen=True)
+class TeacherView:
+    """The pair as the teacher sees it, and what was done to it."""
+
+    instruction: str
+    input: str
+    output: str
+    stripped: bool = False
+    input_folded: bool = False
+    answer_cut: int = 0  # characters cut from the end of the answer
+
+
+def fold_input(instruction: str, input: str) -> str:
+    """One instruction holding the input. The release folded them with ChatGPT (its compressed Alpaca file); that
+    rewrite cannot be repeated offline, so the input follows the instruction on a new line."""
+    return f"{instruction}\n{input}" if input else instruction
+
+
+def teacher_view_of(
+    row: dict[str, Any], mode: str, view: str, teacher: Teacher, max_pair_tokens: int = 2048
+) -> TeacherView:
+    """What the teacher is shown of ``row``. ``as_is``: the fields untouched. ``release``: each field stripped; in
+    instruction mode the input folded into the instruction; if instruction + input + answer has more than
+    ``max_pair_tokens`` tokens (``teacher.count_text_tokens``), the answer loses as many characters from its end as
+    there are tokens too many (the release's cut: never the instruction)."""
+    instruction, input, output = row["instruction"] or "", row.get("input") or "", row["output"] or ""
+    if view == "as_is":
+        return TeacherView(instruction, input, output)
+    if view != "release":
+        raise ReflectionInputError(f"unknown teacher view {view!r}; choose one of {', '.join(TEACHER_VIEWS)}")
+    ins, inp, out = instruction.strip(), input.strip(), output.strip()
+    stripped = (ins, inp, out) != (instruction, input, output)
+    folded = mode == "instruction" and bool(inp)
+    if folded:
+        ins, inp = fold_input(ins, inp), ""
+    gap = teacher.count_text_tokens(ins + inp + out) - max_pair_tokens
+    cut = min(gap, len(out)) if gap > 0 else 0
+    if cut:
+        out = out[:-cut]
+    return TeacherView(ins, inp, out, stripped=stripped, input_folded=folded, answer_cut=cut)
+
+
 def reflect(
     rows: Sequence[dict[str, Any]],
     mode: str,
@@ -110,28 +176,51 @@ def reflect(
     max_reasks: int = 1,
     reask_temperature: float | None = 0.7,
     progress: bool = True,
+    fallback: str = "field",
+    reject_rule: str = "whole",
+    teacher_view: str = "release",
+    max_pair_tokens: int = 2048,
 ) -> ReflectionResult:
     """Reflect ``rows`` (dicts with ``instruction``, ``input``, ``output``; ``source_index`` / ``row_index`` and
     ``variant`` are used when present, other columns are carried over).
 
     ``prefill`` (None: on for local teachers, off for API teachers) starts the teacher's reply with the mode's tag,
     so a small model writes in the expected format. ``cache_path`` is the durable response cache (None: memory).
+    ``fallback``, ``reject_rule``, ``teacher_view`` and ``max_pair_tokens`` are ``ReflectArguments``' options.
     """
     prompt = prompt or load_prompt(mode)
     if prompt.mode != mode:
         raise ReflectionInputError(f"a {prompt.mode} prompt cannot run {mode} reflection")
+    if fallback not in FALLBACKS:
+        raise ReflectionInputError(f"unknown fallback {fallback!r}; choose one of {', '.join(FALLBACKS)}")
+    if teacher_view not in TEACHER_VIEWS:
+        raise ReflectionInputError(f"unknown teacher view {teacher_view!r}; choose one of {', '.join(TEACHER_VIEWS)}")
+    if reject_rule not in REJECTION_RULES:
+        raise ReflectionInputError(
+            f"unknown rejection rule {reject_rule!r}; choose one of {', '.join(REJECTION_RULES)}"
+        )
     sampling = sampling or SamplingConfig()
     variant = detect_variant(rows, mode, variant)
     if prefill is None:
         prefill = teacher.kind != "openai"
     prefix = prompt.prefix if prefill else ""
-    parse = parse_instruction_reflection if mode == "instruction" else parse_response_reflection
-    conversations = [
-        prompt.messages(r["instruction"] or "", r.get("input") or "", r["output"] or "", prefill=prefill) for r in rows
-    ]
+    views = [teacher_view_of(r, mode, teacher_view, teacher, max_pair_tokens) for r in rows]
+    if any(v.input for v in views) and "{input}" not in prompt.user and "{input_section}" not in prompt.user:
+        raise ReflectionInputError(
+            f"the prompt {prompt.source} does not show the rows' input ({{input}} or {{input_section}}), and some "
+            "rows have one: add the field, or fold the input into the instruction (--teacher_view release, "
+            "instruction mode)"
+        )
+    conversations = [prompt.messages(v.instruction, v.input, v.output, prefill=prefill) for v in views]
 
     def usable(text: str) -> bool:
-        return parse(prefix + text) is not None
+        if mode == "response":
+            return inspect_tagged(prefix + text, "Better Answer", reject_rule)[0] is not None
+        fields = inspect_instruction_reflection(prefix + text, reject_rule)
+        if fallback == "row":
+            return fields.instruction is not None and fields.output is not None
+        # as released, a reply is asked again only when no part of it is usable
+        return fields.instruction is not None or fields.output is not None
 
     results, counts = complete_all(
         teacher,
@@ -147,8 +236,14 @@ def reflect(
     identity = teacher.identity()
     out_rows, raw = [], []
     renamed: dict[str, str] = {}
-    for position, (row, result) in enumerate(zip(rows, results, strict=True)):
-        out, status = _reflected_row(row, position, result, parse, prefix, variant)
+    fallbacks: Counter[str] = Counter()
+    rejected: Counter[str] = Counter()
+    for position, (row, view, result) in enumerate(zip(rows, views, results, strict=True)):
+        out, status = _reflected_row(
+            row, view, position, result, prefix, variant, fallback, reject_rule, teacher_view, rejected
+        )
+        if out["reflection_fallback"]:
+            fallbacks[_FALLBACK_COUNTS[out["reflection_fallback"]]] += 1
         out.update(teacher=identity["teacher"], teacher_model=identity["model"])
         out_rows.append(_ordered(out, row, renamed))
         raw.append(
@@ -157,12 +252,14 @@ def reflect(
                 "source_index": out["source_index"],
                 "variant": variant,
                 "reflection_status": status,
+                "reflection_fallback": out["reflection_fallback"],
                 "prefix": prefix,
                 "texts": result.texts,
                 "error": result.error,
                 "cached": result.cached,
                 "attempts": result.attempts,
                 "reasks": result.reasks,
+                **({"answer_cut": view.answer_cut} if view.answer_cut else {}),
             }
         )
     if renamed and variant != "QA":
@@ -172,38 +269,102 @@ def reflect(
             ", ".join(renamed.values()),
         )
     statuses = Counter(r["reflection_status"] for r in out_rows)
-    return ReflectionResult(out_rows, raw, counts, {s: statuses.get(s, 0) for s in STATUSES}, variant)
+    view_counts = {
+        "stripped": sum(v.stripped for v in views),
+        "input_folded": sum(v.input_folded for v in views),
+        "answer_cut": sum(bool(v.answer_cut) for v in views),
+    }
+    return ReflectionResult(
+        out_rows,
+        raw,
+        counts,
+        {s: statuses.get(s, 0) for s in STATUSES},
+        variant,
+        fallbacks={k: fallbacks.get(k, 0) for k in _FALLBACK_COUNTS.values()},
+        rejected=dict(sorted(rejected.items())),
+        view=view_counts,
+    )
+
+
+# reflection_fallback value -> its count's name in the summary
+_FALLBACK_COUNTS = {"answer": "answer_kept", "instruction": "instruction_kept", "row": "row"}
 
 
 def _reflected_row(
-    row: dict[str, Any], position: int, result: ChatResult, parse: Any, prefix: str, variant: str
+    row: dict[str, Any],
+    view: TeacherView,
+    position: int,
+    result: ChatResult,
+    prefix: str,
+    variant: str,
+    fallback: str,
+    reject_rule: str,
+    teacher_view: str,
+    rejected: Counter[str],
 ) -> tuple[dict[str, Any], str]:
     source_index = row.get("source_index")
     if source_index is None:
         source_index = row.get("row_index", position)
-    out: dict[str, Any] = {
-        "instruction": row["instruction"],
-        "input": row.get("input") or "",
-        "output": row["output"],
-        "source_index": source_index,
-        "variant": variant,
-    }
+    # the original row as the variant carries it: in the release's view Q's instruction holds the input (stripped);
+    # the answer kept is the original one, never the teacher's cut copy
+    original = {"instruction": row["instruction"], "input": row.get("input") or "", "output": row["output"]}
+    if variant == "Q" and teacher_view == "release":
+        original.update(instruction=view.instruction, input="")
+    out: dict[str, Any] = {**original, "source_index": source_index, "variant": variant}
+    kept = None
     if result.text is None:
         status, error = "failed", result.error or "no answer"
-    else:
-        parsed = parse(prefix + result.text)
-        if parsed is None:
-            status = "fallback"
-            tags = "[New Instruction] and [New Answer]" if variant == "Q" else "[Better Answer]"
-            error = f"no usable {tags} in the teacher's answer after {result.reasks + 1} asks"
-        elif variant == "Q":
-            status, error = "ok", None
-            out.update(instruction=parsed.instruction, input=parsed.input, output=parsed.output)
+    elif variant != "Q":
+        answer, reason = inspect_tagged(prefix + result.text, "Better Answer", reject_rule)
+        if answer is None:
+            rejected[f"answer/{reason}"] += 1
+            status, kept = "fallback", "row"
+            error = f"no usable [Better Answer] ({reason}) in the teacher's answer after {result.reasks + 1} asks"
         else:
             status, error = "ok", None
-            out["output"] = parsed
-    out.update(reflection_status=status, reflection_error=error)
+            out["output"] = answer
+    else:
+        fields = inspect_instruction_reflection(prefix + result.text, reject_rule)
+        status, kept, error = _instruction_outcome(fields, fallback, result.reasks + 1, rejected)
+        if status == "ok":
+            if fields.instruction is not None:
+                out["instruction"] = fields.instruction
+                # the release's Q has no input; the earlier view takes a tagged [New Input]
+                out["input"] = "" if teacher_view == "release" else fields.input
+            if fields.output is not None:
+                out["output"] = fields.output
+    out.update(reflection_status=status, reflection_fallback=kept, reflection_error=error)
     return out, status
+
+
+def _instruction_outcome(
+    fields: InstructionFields, fallback: str, asks: int, rejected: Counter[str]
+) -> tuple[str, str | None, str | None]:
+    """Status, the original part kept (None, ``answer``, ``instruction`` or ``row``) and the reason, of an instruction
+    reflection whose parts are ``fields``; each rejected part is counted by its rule."""
+    for part, reason in (("instruction", fields.instruction_rejected), ("answer", fields.output_rejected)):
+        if reason is not None:
+            rejected[f"{part}/{reason}"] += 1
+    has_instruction, has_answer = fields.instruction is not None, fields.output is not None
+    if has_instruction and has_answer:
+        return "ok", None, None
+    if fallback == "field" and has_instruction:
+        return "ok", "answer", f"[New Answer] unusable ({fields.output_rejected}): the original answer is kept"
+    if fallback == "field" and has_answer:
+        return (
+            "ok",
+            "instruction",
+            f"[New Instruction] unusable ({fields.instruction_rejected}): the original instruction is kept",
+        )
+    why = ", ".join(
+        f"{tag} {reason}"
+        for tag, reason in (
+            ("[New Instruction]", fields.instruction_rejected),
+            ("[New Answer]", fields.output_rejected),
+        )
+        if reason is not None
+    )
+    return "fallback", "row", f"no usable [New Instruction] and [New Answer] ({why}) after {asks} asks"
 
 
 # columns of the source row that the reflection reads: the rewrite replaces them
@@ -249,15 +410,18 @@ def reflect_rows(
     cache_path: str | Path | None = None,
     prompt_template: str | None = None,
     variant: str = "auto",
+    **options: Any,
 ) -> list[dict[str, Any]]:
     """Reflected rows, in input order (see ``reflect``), asked with the sampling and re-ask settings of
-    ``teacher_args`` (default: its defaults); its ``teacher_cache`` when ``cache_path`` is None."""
+    ``teacher_args`` (default: its defaults); its ``teacher_cache`` when ``cache_path`` is None. ``options``:
+    ``reflect``'s ``fallback``, ``reject_rule``, ``teacher_view``, ``max_pair_tokens``."""
     teacher_args = teacher_args or TeacherArguments()
+    folded = mode == "instruction" and options.get("teacher_view", "release") == "release"
     return reflect(
         rows,
         mode,
         teacher,
-        prompt=load_prompt(mode, prompt_template),
+        prompt=load_prompt(mode, prompt_template, needs_input=not folded),
         sampling=teacher_args.sampling(),
         cache_path=cache_path if cache_path is not None else teacher_args.teacher_cache,
         prefill=teacher_args.prefill_flag(),
@@ -265,6 +429,7 @@ def reflect_rows(
         max_reasks=teacher_args.max_reasks,
         reask_temperature=teacher_args.reask_temperature,
         progress=False,
+        **options,
     ).rows
 
 
@@ -298,7 +463,9 @@ def run_reflect(args: ReflectArguments, teacher_args: TeacherArguments, teacher:
 def _run_reflect(
     args: ReflectArguments, teacher_args: TeacherArguments, output: Path, cache: Path, teacher: Teacher | None
 ) -> ReflectRun:
-    prompt = load_prompt(args.mode, args.prompt_template)
+    # the release's instruction view folds the input into the instruction: a template need not show it
+    folded = args.mode == "instruction" and args.teacher_view == "release"
+    prompt = load_prompt(args.mode, args.prompt_template, needs_input=not folded)
     loaded = load_instruction_data(
         args.data, format=args.data_format, limit=args.limit, rejects_path=rejects_path_for(output)
     )
@@ -325,6 +492,10 @@ def _run_reflect(
         max_reasks=teacher_args.max_reasks,
         reask_temperature=teacher_args.reask_temperature,
         progress=args.progress,
+        fallback=args.fallback,
+        reject_rule=args.reject_rule,
+        teacher_view=args.teacher_view,
+        max_pair_tokens=args.max_pair_tokens,
     )
     write_rows(result.rows, output)
     write_rows(result.raw, sidecar_path(output, "raw.jsonl"))
@@ -333,6 +504,9 @@ def _run_reflect(
         "variant": result.variant,
         "rows": len(result.rows),
         **result.statuses,
+        "fallbacks": result.fallbacks,
+        "rejected": result.rejected,
+        "teacher_view": result.view,
         "counts": result.counts.as_dict(),
         "teacher": teacher.identity(),
         "prompt": prompt.source,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -20,17 +21,51 @@ class TeacherConfigError(SRTUserError, ValueError):
     """A teacher asked for with options it does not take (an unknown kind, a base URL for a local model)."""
 
 
+# The release's answer budget: min(2048, context - prompt tokens) per request (it used 4050 for ChatGPT's 4096).
+RELEASE_MAX_NEW_TOKENS = 2048
+# Without the teacher's tokenizer, a token is taken as 4 characters (OpenAI's rule of thumb for English text) and each
+# chat message as 4 tokens of framing plus 3 for the reply's start (OpenAI's published count for its chat models).
+CHARS_PER_TOKEN = 4
+TOKENS_PER_MESSAGE = 4
+TOKENS_PER_REPLY = 3
+
+
+def approx_text_tokens(text: str) -> int:
+    """Tokens of ``text`` by the characters-per-token approximation (no tokenizer needed)."""
+    return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+def approx_conversation_tokens(conversation: Conversation) -> int:
+    """Prompt tokens of a chat request by the approximation: contents plus the per-message framing."""
+    return TOKENS_PER_REPLY + sum(TOKENS_PER_MESSAGE + approx_text_tokens(m.get("content") or "") for m in conversation)
+
+
 @dataclass
 class SamplingConfig:
-    """How the teacher samples. Greedy by default, as the release ran ChatGPT (temperature 0, top_p 1)."""
+    """How the teacher samples. Greedy by default, as the release ran ChatGPT (temperature 0, top_p 1).
+
+    ``max_tokens`` None is the release's budget, per request: min(2048, ``context_length`` - prompt tokens)."""
 
     temperature: float = 0.0
     top_p: float = 1.0
-    max_tokens: int = 1024
+    max_tokens: int | None = None
     seed: int | None = None
+    context_length: int = 4096
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings that decide an answer (the cache key's): the context only matters without ``max_tokens``,
+        so caches made with a fixed limit keep their keys."""
+        settings = asdict(self)
+        if self.max_tokens is not None:
+            del settings["context_length"]
+        return settings
+
+    def max_new_tokens(self, prompt_tokens: int) -> int:
+        """The answer budget of a request whose prompt has ``prompt_tokens`` tokens (at least 1: a prompt that
+        fills the context still gets an answer slot, which the endpoint may refuse)."""
+        if self.max_tokens is not None:
+            return self.max_tokens
+        return max(1, min(RELEASE_MAX_NEW_TOKENS, self.context_length - prompt_tokens))
 
 
 @dataclass
@@ -104,6 +139,14 @@ class Teacher(abc.ABC):
 
     kind: str = ""
     model_name: str = ""
+
+    def count_text_tokens(self, text: str) -> int:
+        """Tokens of a plain text for this teacher (default: the characters-per-token approximation)."""
+        return approx_text_tokens(text)
+
+    def count_prompt_tokens(self, conversation: Conversation) -> int:
+        """Prompt tokens of a chat request (default: the approximation, for API teachers without a tokenizer)."""
+        return approx_conversation_tokens(conversation)
 
     def identity(self) -> dict[str, Any]:
         """What, besides the messages and sampling, decides the answers (the cache key includes it)."""

@@ -39,7 +39,21 @@ class TeacherArguments:
         default=None,
         metadata={"help": "openai: the endpoint, e.g. http://127.0.0.1:8000/v1 (default: api.openai.com)."},
     )
-    teacher_max_tokens: int = field(default=1024, metadata={"help": "Longest teacher answer, in tokens."})
+    teacher_max_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Longest teacher answer, in tokens. Unset: the release's rule, per request min(2048, "
+            "teacher_context_length - prompt tokens); prompt tokens are exact for a local teacher and approximated "
+            "for openai and vllm (4 characters a token, plus 4 a message)."
+        },
+    )
+    teacher_context_length: int = field(
+        default=4096,
+        metadata={
+            "help": "The teacher's context, in tokens (4096: ChatGPT of the paper's time); sets the answer "
+            "budget when teacher_max_tokens is unset."
+        },
+    )
     teacher_temperature: float = field(
         default=0.0, metadata={"help": "Sampling temperature (0: greedy, as the paper's release asked)."}
     )
@@ -105,6 +119,10 @@ class TeacherArguments:
             raise TeacherConfigError(f"--base_url is for the openai teacher, not {self.teacher!r}")
         if self.teacher == "openai" and not self.teacher_model:
             raise TeacherConfigError("--teacher_model is required with the openai teacher: the served model's name")
+        if self.teacher_context_length < 1:
+            raise TeacherConfigError(f"--teacher_context_length must be positive, not {self.teacher_context_length}")
+        if self.teacher_max_tokens is not None and self.teacher_max_tokens < 1:
+            raise TeacherConfigError(f"--teacher_max_tokens must be positive, not {self.teacher_max_tokens}")
 
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(
@@ -112,6 +130,7 @@ class TeacherArguments:
             top_p=self.teacher_top_p,
             max_tokens=self.teacher_max_tokens,
             seed=self.teacher_seed,
+            context_length=self.teacher_context_length,
         )
 
     def prefill_flag(self) -> bool | None:

@@ -260,7 +260,8 @@ class OpenAITeacher(Teacher):
             "messages": messages,
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
-            "max_tokens": sampling.max_tokens,
+            # the release's per-request budget unless max_tokens is set; prompt tokens by the approximation
+            "max_tokens": sampling.max_new_tokens(self.count_prompt_tokens(messages)),
         }
         if sampling.seed is not None:
             kwargs["seed"] = sampling.seed

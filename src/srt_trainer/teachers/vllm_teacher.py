@@ -34,16 +34,20 @@ class VLLMTeacher(Teacher):
             raise TeacherError(str(e)) from e
 
     def generate(self, conversations: Sequence[Conversation], sampling: SamplingConfig, on_answer: OnAnswer) -> None:
-        # vLLM's chat() takes one prefill mode per call: group the conversations by it
-        for prefill in (False, True):
-            positions = [j for j, c in enumerate(conversations) if prefilled(c) == prefill]
+        # vLLM's chat() takes one prefill mode and one sampling per call: group the conversations by both (the
+        # release's answer budget depends on each prompt's length, counted by the approximation here)
+        groups: dict[tuple[bool, int], list[int]] = {}
+        for j, c in enumerate(conversations):
+            prompt_tokens = self.count_prompt_tokens(c) if sampling.max_tokens is None else 0
+            groups.setdefault((prefilled(c), sampling.max_new_tokens(prompt_tokens)), []).append(j)
+        for (prefill, budget), positions in groups.items():
             for start in range(0, len(positions), self.chunk_size):
                 chunk = positions[start : start + self.chunk_size]
                 completions = self._engine.chat(
                     [conversations[j] for j in chunk],
                     temperature=sampling.temperature,
                     top_p=sampling.top_p,
-                    max_tokens=sampling.max_tokens,
+                    max_tokens=budget,
                     seed=sampling.seed,
                     continue_final_message=prefill,
                 )
