@@ -160,7 +160,9 @@ def test_reflection_keeps_the_columns_it_would_overwrite(short_rows, embedded_mo
     ]
     qa = reflect(q, "response", teacher, sampling=SamplingConfig(max_tokens=2), max_reasks=0, progress=False)
     assert [(r["q_reflection_status"], r["q_teacher"], r["variant"]) for r in qa.rows] == [("ok", "t", "QA")]
-    assert list(qa.rows[0])[9] == "q_reflection_status"  # right after the reflection's own columns
+    from srt_trainer.reflection.runner import REFLECTION_COLUMNS
+
+    assert list(qa.rows[0])[len(REFLECTION_COLUMNS)] == "q_reflection_status"  # after the reflection's own columns
 
 
 # -- 3. text encoding ------------------------------------------------------------------------------------------
