@@ -40,22 +40,27 @@ class Interrupted(BaseException):
 
 
 @contextlib.contextmanager
-def interrupted_after_shards(n: int) -> Iterator[None]:
-    """Run the body as a run stopped dead right after its ``n``-th finished shard (``ShardStore.write``), the state
-    a SIGKILL between two shards leaves; expects the body to be stopped that way."""
+def interrupted_after(owner: type, method: str, n: int, what: str) -> Iterator[None]:
+    """Run the body as a run stopped dead right after the ``n``-th call of ``owner.method`` returned (its durable
+    write done), the state a SIGKILL at that moment leaves; expects the body to be stopped that way."""
     import pytest
 
-    from srt_trainer.io import ShardStore
+    original, calls = getattr(owner, method), []
 
-    write, written = ShardStore.write, []
-
-    def write_then_stop(self, k, rows) -> None:
-        write(self, k, rows)
-        written.append(k)
-        if len(written) == n:
-            raise Interrupted(f"stopped after {n} shards")
+    def call_then_stop(self, *args, **kwargs) -> None:
+        original(self, *args, **kwargs)
+        calls.append(args)
+        if len(calls) == n:
+            raise Interrupted(f"stopped after {n} {what}")
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ShardStore, "write", write_then_stop)
+        mp.setattr(owner, method, call_then_stop)
         with pytest.raises(Interrupted):
             yield
+
+
+def interrupted_after_shards(n: int) -> contextlib.AbstractContextManager[None]:
+    """Stopped right after the ``n``-th finished shard (``ShardStore.write``): a SIGKILL between two shards."""
+    from srt_trainer.io import ShardStore
+
+    return interrupted_after(ShardStore, "write", n, "shards")

@@ -4,21 +4,17 @@ the offline local teacher; and the clear refusal of a teacher that is absent."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from srt_trainer.cli import main as srt_main
 from srt_trainer.io import read_rows
 from srt_trainer.reflection import inspect_instruction_reflection
-from srt_trainer.teachers import load_cache_entries
-from tests.processes import Interrupted
+from srt_trainer.teachers import ResponseCache, load_cache_entries
+from tests.processes import interrupted_after
 from tests.serving import FaultProxy
 
 
@@ -28,26 +24,6 @@ def _data_file(alpaca_rows: list[dict], path: Path, start: int, n: int, broken_a
         lines.insert(broken_at, '{"instruction": "a row cut short", "outp')
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-@contextlib.contextmanager
-def interrupted_after_answers(n: int) -> Iterator[None]:
-    """Run the body as a run stopped dead right after the teacher cache stored its ``n``-th answer, the state a SIGKILL
-    then leaves (a request in flight is lost); expects the body to be stopped that way."""
-    from srt_trainer.teachers.cache import ResponseCache
-
-    put, stored = ResponseCache.put, []
-
-    def put_then_stop(self, key, answer, **meta) -> None:
-        put(self, key, answer, **meta)
-        stored.append(key)
-        if len(stored) == n:
-            raise Interrupted(f"stopped after {n} answers")
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ResponseCache, "put", put_then_stop)
-        with pytest.raises(Interrupted):
-            yield
 
 
 def test_stopped_run_resumes_without_asking_again_and_never_writes_the_key(
@@ -91,7 +67,7 @@ def test_stopped_run_resumes_without_asking_again_and_never_writes_the_key(
             logs.append(captured.out + captured.err)
             return code
 
-        with interrupted_after_answers(3):
+        with interrupted_after(ResponseCache, "put", 3, "answers"):  # a request in flight is lost
             run()
         first = {e["key"] for e in load_cache_entries(cache)}
         sent_first = sum(proxy.counts().values())
