@@ -3,7 +3,8 @@
 The model is a base model, a base model with a PEFT adapter, or a merged folder. Prompts are rendered with the
 template the student was trained with (``vicuna`` by default) and answered greedily unless a temperature is
 given, as the release did: prompt and answer share ``max_length`` tokens, and an answer ends where the model starts
-the template's next turn (``--max_new_tokens`` and ``--stop_at_turns false`` give this package's earlier limits). Items are cut into fixed shards (longest prompts first, so similar lengths share a batch); each finished
+the template's next turn (``--max_new_tokens`` and ``--stop_at_turns false`` give this package's earlier limits).
+Items are cut into fixed shards (longest prompts first, so similar lengths share a batch); each finished
 shard is written before the next starts, so a killed run resumes where it stopped and ends with the same file.
 
 Writes ``OUTPUT`` (JSONL / Parquet: ``id, test_set, instruction, input, output, generator``), the rows of the
