@@ -254,3 +254,39 @@ def test_srt_score_offset_writes_source_indices(tiny_models, data_dir, tmp_path)
     alpaca = json.loads((data_dir / "alpaca_slice.json").read_text())
     assert [r["row_index"] for r in rows] == [20, 21, 22]
     assert [r["instruction"] for r in rows] == [alpaca[i]["instruction"] for i in (20, 21, 22)]
+
+
+def test_run_generate_windows_cuts_turns_and_fingerprints(tiny_models, data_dir, tmp_path, monkeypatch):
+    """A window of the test set (ids from the file), answers cut at the next turn, and a resume with other turn or
+    length settings refused."""
+    from srt_trainer.evaluation import generate as gen
+    from srt_trainer.io import ResumeMismatchError
+    from srt_trainer.models import load_student, load_tokenizer
+
+    folder = tiny_models["llama"]
+    tokenizer, model = load_tokenizer(folder), load_student(folder, dtype="float32", device="cpu")
+    seen: list[dict] = []
+
+    def fake_answers(model, tokenizer, prompts, **kwargs):  # what a model that runs on into a new turn writes
+        seen.append(kwargs)
+        return [f"Answer {k}. USER: next question ASSISTANT: more" for k in range(len(prompts))]
+
+    monkeypatch.setattr(gen, "generate_answers", fake_answers)
+    vicuna = data_dir / "eval" / "vicuna_test_set.jsonl"
+    out = tmp_path / "answers.jsonl"
+    config = GenerateArguments([str(vicuna)], str(out), offset=2, limit=3, alpaca_eval=False)
+    run = gen.run_generate(config, SRTModelConfig(model_name_or_path=str(folder)), model=model, tokenizer=tokenizer)
+    expected = [str(json.loads(line)["question_id"]) for line in vicuna.read_text().splitlines()[2:5]]
+    assert [r["id"] for r in run.rows] == expected
+    assert all(r["output"].startswith("Answer ") and "USER:" not in r["output"] for r in run.rows)
+    assert seen[0]["max_length"] == 2048 and seen[0]["max_new_tokens"] is None
+
+    kept = GenerateArguments([str(vicuna)], str(tmp_path / "kept.jsonl"), limit=1, stop_at_turns=False)
+    run = gen.run_generate(kept, SRTModelConfig(model_name_or_path=str(folder)), model=model, tokenizer=tokenizer)
+    assert run.rows[0]["output"] == "Answer 0. USER: next question ASSISTANT: more"
+
+    # the finished shards of the first run belong to its settings: other turn or length settings may not reuse them
+    for change in ({"stop_at_turns": False}, {"max_new_tokens": 64}, {"max_length": 1024}):
+        other = GenerateArguments([str(vicuna)], str(out), offset=2, limit=3, alpaca_eval=False, **change)
+        with pytest.raises(ResumeMismatchError, match="different settings"):
+            gen.run_generate(other, SRTModelConfig(model_name_or_path=str(folder)), model=model, tokenizer=tokenizer)
