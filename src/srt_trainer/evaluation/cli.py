@@ -55,9 +55,11 @@ def judge(argv: Sequence[str], prog: str) -> None:
     config, judge_args = TrlParser((JudgeArguments, TeacherArguments), prog=prog).parse_args_and_config(argv)
     run = run_judge(config, judge_args)
     failed = sum(r["status"] == "failed" for r in run.records)
+    drawn = sum(r["status"] == "drawn" for r in run.records)
+    drawn_note = f", {drawn} counted with a draw (--unscored tie)" if config.unscored == "tie" else ""
     print(f"judge: {run.counts.format()}")
     print(
-        f"{summary_line(run.aggregate.overall)} ({failed} failed, reported in {run.failures})\n"
+        f"{summary_line(run.aggregate.overall)} ({failed} failed{drawn_note}, reported in {run.failures})\n"
         f"{format_table(run.aggregate)}"
     )
     print(f"wrote {run.output} ({len(run.records)} items); " + ", ".join(run.reports.values()))
