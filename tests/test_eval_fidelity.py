@@ -290,3 +290,24 @@ def test_run_generate_windows_cuts_turns_and_fingerprints(tiny_models, data_dir,
         other = GenerateArguments([str(vicuna)], str(out), offset=2, limit=3, alpaca_eval=False, **change)
         with pytest.raises(ResumeMismatchError, match="different settings"):
             gen.run_generate(other, SRTModelConfig(model_name_or_path=str(folder)), model=model, tokenizer=tokenizer)
+
+
+def test_srt_reflect_offset_keeps_source_indices(data_dir, tmp_path):
+    from srt_trainer.reflection import run_reflect
+
+    alpaca = json.loads((data_dir / "alpaca_slice.json").read_text())
+    teacher = ScriptedJudge(lambda user: "[Better Answer] A fuller answer. [End]")
+    args = ReflectArguments(
+        mode="response",
+        data=str(data_dir / "alpaca_slice.json"),
+        output=str(tmp_path / "a.jsonl"),
+        offset=30,
+        limit=3,
+        progress=False,
+    )
+    run = run_reflect(args, TeacherArguments(prefill="off"), teacher=teacher)
+    rows = read_rows(tmp_path / "a.jsonl")
+    assert len(teacher.users) == 3 and len(rows) == 3 and len(run.result.rows) == 3
+    assert [r["instruction"] for r in rows] == [alpaca[i]["instruction"] for i in (30, 31, 32)]
+    index = next(k for k in ("source_index", "row_index") if k in rows[0])
+    assert [r[index] for r in rows] == [30, 31, 32]
