@@ -41,7 +41,7 @@ def generate_batched(
     tokenizer: Any,
     prompts: Sequence[str],
     *,
-    max_new_tokens: int,
+    max_new_tokens: int | None = None,
     batch_size: int = 8,
     generation_kwargs: Mapping[str, Any] | None = None,
     sort_by_length: bool = False,
@@ -49,8 +49,13 @@ def generate_batched(
     seed: int | None = None,
     progress: bool = False,
     desc: str = "Generating",
+    max_length: int | None = None,
 ) -> Iterator[Completion]:
     """Answers to already-rendered prompts, yielded batch by batch (in batch order, each with its prompt's index).
+
+    The answer's length limit is ``max_new_tokens`` tokens, or (when that is None) ``max_length`` tokens of prompt
+    and answer together: a batch generates for its shortest prompt's room and each answer is cut to its own, so an
+    answer is what generating its prompt alone would give; a prompt that fills ``max_length`` gets an empty answer.
 
     ``generation_kwargs`` go to ``model.generate`` (e.g. ``do_sample``, ``temperature``, ``top_p``); the default is
     greedy. ``add_special_tokens``: False for texts that already hold them (a rendered chat template). ``seed``: the
@@ -62,10 +67,16 @@ def generate_batched(
     order = list(range(len(ids)))
     if sort_by_length:
         order.sort(key=lambda i: (-len(ids[i]), i))
+    if max_new_tokens is None and max_length is None:
+        raise ValueError("generate_batched needs max_new_tokens or max_length")
     pad = tokenizer.pad_token_id
     stop = stop_token_ids(model, tokenizer)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress):
         batch = order[start : start + batch_size]
+        rooms = [max_new_tokens if max_new_tokens is not None else max(max_length - len(ids[i]), 0) for i in batch]
+        if max(rooms) == 0:  # every prompt already fills max_length
+            yield from (Completion(i, "", len(ids[i]), 0) for i in batch)
+            continue
         width = max(len(ids[i]) for i in batch)
         input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -77,12 +88,12 @@ def generate_batched(
         out = model.generate(
             input_ids=input_ids.to(model.device),
             attention_mask=mask.to(model.device),
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=max(rooms),
             pad_token_id=pad,
             **kwargs,
         )
         for row, i in enumerate(batch):
-            new = out[row, width:].tolist()
+            new = out[row, width : width + rooms[row]].tolist()
             n = next((k for k, t in enumerate(new) if t in stop), len(new))
             yield Completion(i, tokenizer.decode(new[:n], skip_special_tokens=True), len(ids[i]), n)
 
@@ -91,12 +102,13 @@ def generate_answers(
     model: Any,
     tokenizer: Any,
     prompts: Sequence[str],
-    max_new_tokens: int = 128,
+    max_new_tokens: int | None = 128,
     batch_size: int = 8,
     desc: str = "Generating",
     generation_kwargs: Mapping[str, Any] | None = None,
     sort_by_length: bool = False,
     progress: bool = True,
+    max_length: int | None = None,
 ) -> list[str]:
     """The answers to ``prompts`` in their order, stripped (see ``generate_batched``)."""
     answers = [""] * len(prompts)
@@ -110,6 +122,7 @@ def generate_answers(
         sort_by_length=sort_by_length,
         progress=progress,
         desc=desc,
+        max_length=max_length,
     ):
         answers[c.index] = c.text.strip()
     return answers

@@ -28,7 +28,8 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -385,6 +386,32 @@ def iter_raw_rows(path: str | Path, format: str | None = None) -> Iterator[RawRo
     if fmt not in _READERS:
         raise DataLoadError(f"{path}: unknown file type (expected .json, .jsonl or .parquet)")
     return _READERS[fmt](path)
+
+
+def offset_field() -> Any:
+    """``--offset``, declared once for every reader that also takes ``--limit``."""
+    return field(
+        default=0,
+        metadata={
+            "help": "Skip the first N rows of the file (with --limit, the release's start / end indices, to split "
+            "work by hand); row indices in the outputs stay those of the file."
+        },
+    )
+
+
+def row_window(rows: Iterable[RawRow], offset: int = 0, limit: int | None = None) -> Iterator[RawRow]:
+    """Rows ``offset`` to ``offset + limit`` of a source, by position (rejected rows count, as they have an index),
+    keeping each row's own index. A negative offset or limit is refused."""
+    if offset < 0:
+        raise DataLoadError(f"--offset must be 0 or more, not {offset}")
+    if limit is not None and limit < 0:
+        raise DataLoadError(f"--limit must be 0 or more, not {limit}")
+    return islice(rows, offset, None if limit is None else offset + limit)
+
+
+def no_rows_message(label: str, offset: int = 0) -> str:
+    """Why a source gave no rows: empty, or ``--offset`` past its end."""
+    return f"{label}: no rows from --offset {offset} on" if offset else f"{label}: contains no rows"
 
 
 def describe_row(raw: RawRow) -> str:

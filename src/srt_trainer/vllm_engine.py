@@ -77,10 +77,19 @@ class VLLMEngine:
         ]
 
     def complete(
-        self, prompts: Sequence[str], *, temperature: float, top_p: float, max_tokens: int, seed: int | None = None
+        self,
+        prompts: Sequence[str],
+        *,
+        temperature: float,
+        top_p: float,
+        max_tokens: int | Sequence[int],
+        seed: int | None = None,
     ) -> list[Completion]:
-        """Answers to already-rendered prompts, in their order."""
-        params = self._params(temperature, top_p, max_tokens, seed)
+        """Answers to already-rendered prompts, in their order; ``max_tokens`` is one limit, or one per prompt."""
+        if isinstance(max_tokens, int):
+            params: Any = self._params(temperature, top_p, max_tokens, seed)
+        else:  # vLLM takes one SamplingParams per prompt
+            params = [self._params(temperature, top_p, m, seed) for m in max_tokens]
         outputs = self.llm.generate(list(prompts), params, lora_request=self._lora(), use_tqdm=False)
         return self._completions(outputs)
 

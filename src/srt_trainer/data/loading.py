@@ -25,7 +25,7 @@ import datasets
 from srt_trainer.data.formats import FORMATS, NORMALIZED_COLUMNS, detect_format, normalize_row
 from srt_trainer.data.rejects import Reject, RowError, summarize_rejects, write_rejects
 from srt_trainer.errors import SRTUserError
-from srt_trainer.io import DataLoadError, RawRow, format_of
+from srt_trainer.io import DataLoadError, RawRow, format_of, no_rows_message, row_window
 from srt_trainer.io import iter_raw_rows as iter_file_rows
 
 logger = logging.getLogger(__name__)
@@ -164,6 +164,7 @@ def load_instruction_data(
     limit: int | None = None,
     rejects_path: str | Path | None = None,
     require_output: bool = True,
+    offset: int = 0,
 ) -> LoadedData:
     """Load and normalize instruction data.
 
@@ -171,7 +172,8 @@ def load_instruction_data(
         source: a ``.json`` / ``.jsonl`` / ``.parquet`` file, a ``save_to_disk`` folder, or a hub dataset id.
         format: ``auto`` (detected from the first object row), ``alpaca``, ``sharegpt`` or ``messages``.
         split: the split to read from a dataset folder or hub id.
-        limit: read only the first ``limit`` rows of the source.
+        limit: read only the first ``limit`` rows of the source (after ``offset``).
+        offset: skip the first ``offset`` rows; ``row_index`` stays the row's index in the source.
         rejects_path: where to write the rejected rows (JSONL); not written when None.
         require_output: False for prompt-only data (held-out or test instructions without responses).
     """
@@ -183,9 +185,7 @@ def load_instruction_data(
     renamed: dict[str, str] = {}
     fmt = None if format == "auto" else format
     num_read = 0
-    for raw in iter_raw_rows(source, split):
-        if limit is not None and num_read >= limit:
-            break
+    for raw in row_window(iter_raw_rows(source, split), offset, limit):
         num_read += 1
         if raw.error is not None:
             rejects.append(Reject(label, raw.row, raw.field, raw.error, raw.text or "", raw.line))
@@ -205,7 +205,7 @@ def load_instruction_data(
             continue
         rows.append({"row_index": raw.row, **normalized, **_extras(raw.value, fmt or "alpaca", renamed)})
     if num_read == 0:
-        raise DataLoadError(f"{label}: contains no rows")
+        raise DataLoadError(no_rows_message(label, offset))
     loaded = LoadedData(rows, rejects, fmt or "alpaca", label, num_read, renamed)
     if renamed:
         logger.warning(

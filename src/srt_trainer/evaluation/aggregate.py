@@ -5,7 +5,9 @@ sign of (score of A − score of B) in the first review (A is Assistant 1) and d
 review (there B is Assistant 1, so A's score is the *second* one), the item is a win if d1 + d2 > 0, a loss if
 d1 + d2 < 0 and a tie otherwise. Winning score = (win − lose) / n + 1, over the n items judged.
 
-A review whose scores cannot be read is a failure: reported, never counted (in particular never as a tie).
+A review whose scores cannot be read is a failure by default: reported, never counted (in particular never as a
+tie). ``unscored="tie"`` counts such an order as a draw (d = 0) instead, as the released aggregation does; the
+items so counted are tallied as ``unscored_draws``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from srt_trainer.errors import SRTUserError
+from srt_trainer.evaluation.config import UNSCORED_CHOICES
 from srt_trainer.evaluation.scores import parse_scores
 from srt_trainer.io import (
     DataLoadError,
@@ -30,6 +33,14 @@ from srt_trainer.io import (
 OUTCOMES = ("win", "tie", "lose")
 OVERALL = "overall"
 COLORS = {"win": "#55a868", "tie": "#b0b0b0", "lose": "#c44e52"}
+
+
+# The release parses an unreadable review as [-1, -1]: equal scores, a draw in that order.
+_DRAW = (-1.0, -1.0)
+
+
+class AggregateConfigError(SRTUserError, ValueError):
+    """An aggregation option the rule does not know."""
 
 
 def sign(x: float) -> int:
@@ -46,6 +57,7 @@ class ItemOutcome:
     scores: tuple[float, float] | None = None  # first review: (A, B)
     scores_reverse: tuple[float, float] | None = None  # reverse review as written: (B, A)
     reason: str | None = None
+    drawn: bool = False  # an unreadable order was counted as a draw (unscored="tie")
 
 
 def outcome_from_scores(scores: tuple[float, float], scores_reverse: tuple[float, float]) -> ItemOutcome:
@@ -57,8 +69,15 @@ def outcome_from_scores(scores: tuple[float, float], scores_reverse: tuple[float
     return ItemOutcome(result, d1, d2, scores, scores_reverse)
 
 
-def judge_item(review: str | None, review_reverse: str | None) -> ItemOutcome:
-    """Verdict of one item from the judge's two raw reviews."""
+def check_unscored(unscored: str) -> None:
+    if unscored not in UNSCORED_CHOICES:
+        raise AggregateConfigError(f"--unscored must be one of {', '.join(UNSCORED_CHOICES)}, not {unscored!r}")
+
+
+def judge_item(review: str | None, review_reverse: str | None, unscored: str = "fail") -> ItemOutcome:
+    """Verdict of one item from the judge's two raw reviews. An order without readable scores fails the item, or
+    with ``unscored="tie"`` counts as a draw (both scores alike, as the release's [-1, -1] placeholder is)."""
+    check_unscored(unscored)
     scores, scores_reverse = parse_scores(review), parse_scores(review_reverse)
     missing = [name for name, s in (("review", scores), ("review_reverse", scores_reverse)) if s is None]
     if missing:
@@ -67,8 +86,12 @@ def judge_item(review: str | None, review_reverse: str | None) -> ItemOutcome:
             return f"{name}: no review" if not text else f"{name}: no score pair on its first line"
 
         texts = {"review": review, "review_reverse": review_reverse}
+        reason = "; ".join(why(n, texts[n]) for n in missing)
+        if unscored == "fail":
+            return ItemOutcome("failed", scores=scores, scores_reverse=scores_reverse, reason=reason)
+        drawn = outcome_from_scores(scores or _DRAW, scores_reverse or _DRAW)
         return ItemOutcome(
-            "failed", scores=scores, scores_reverse=scores_reverse, reason="; ".join(why(n, texts[n]) for n in missing)
+            drawn.result, drawn.d1, drawn.d2, scores, scores_reverse, reason=f"{reason} (counted as a draw)", drawn=True
         )
     return outcome_from_scores(scores, scores_reverse)
 
@@ -81,6 +104,7 @@ class Tally:
     tie: int = 0
     lose: int = 0
     failed: int = 0
+    unscored_draws: int = 0  # items counted with an unreadable order as a draw (unscored="tie")
 
     @property
     def n(self) -> int:
@@ -100,6 +124,7 @@ class Tally:
             "tie": self.tie,
             "lose": self.lose,
             "failed": self.failed,
+            "unscored_draws": self.unscored_draws,
             "n": self.n,
             "winning_score": self.winning_score,
         }
@@ -115,10 +140,12 @@ class Aggregate:
     generator_a: str | None = None
     generator_b: str | None = None
     judge: str | None = None
+    unscored: str = "fail"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             **self.overall.to_dict(),
+            "unscored": self.unscored,
             "per_test_set": {k: t.to_dict() for k, t in self.per_test_set.items()},
             "generator_a": self.generator_a,
             "generator_b": self.generator_b,
@@ -127,9 +154,12 @@ class Aggregate:
         }
 
 
-def aggregate_records(records: Iterable[Any], default_test_set: str = "all") -> Aggregate:
-    """Apply the rule to review records (``review``, ``review_reverse``, optional ``test_set`` and ``id``)."""
-    agg = Aggregate()
+def aggregate_records(records: Iterable[Any], default_test_set: str = "all", unscored: str = "fail") -> Aggregate:
+    """Apply the rule to review records (``review``, ``review_reverse``, optional ``test_set`` and ``id``); an order
+    without readable scores is a failure or, with ``unscored="tie"``, a draw (see ``judge_item``). A record that is
+    not an object or lacks a review field is a failure either way."""
+    check_unscored(unscored)
+    agg = Aggregate(unscored=unscored)
     for row, rec in enumerate(records):
         if not isinstance(rec, Mapping):
             outcome, test_set, item_id = (
@@ -144,7 +174,7 @@ def aggregate_records(records: Iterable[Any], default_test_set: str = "all") -> 
             if absent:
                 outcome = ItemOutcome("failed", reason=f"missing field {', '.join(absent)}")
             else:
-                outcome = judge_item(rec["review"], rec["review_reverse"])
+                outcome = judge_item(rec["review"], rec["review_reverse"], unscored)
             for key in ("generator_a", "generator_b", "judge"):
                 if rec.get(key) and getattr(agg, key) is None:
                     setattr(agg, key, str(rec[key]))
@@ -156,6 +186,9 @@ def aggregate_records(records: Iterable[Any], default_test_set: str = "all") -> 
         else:
             tally.add(outcome.result)
             agg.overall.add(outcome.result)
+            if outcome.drawn:
+                tally.unscored_draws += 1
+                agg.overall.unscored_draws += 1
     return agg
 
 
@@ -234,7 +267,13 @@ def markdown_summary(
     lines += [
         "Each item is judged twice with the answers swapped. With d1 = sign(A − B) in the first review and d2 the "
         "same sign in the swapped one: win if d1 + d2 > 0, lose if < 0, tie otherwise. "
-        "Winning score = (win − lose) / n + 1 (1 is parity; reviews without readable scores are failures, not ties).",
+        "Winning score = (win − lose) / n + 1 (1 is parity; "
+        + (
+            f"a review without readable scores counts as a draw in its order, as released: "
+            f"{agg.overall.unscored_draws} item(s) so counted)."
+            if agg.unscored == "tie"
+            else "reviews without readable scores are failures, not ties)."
+        ),
         "",
         "| test set | n | win | tie | lose | failed | winning score |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -316,15 +355,18 @@ def check_report_paths(paths: Iterable[str | Path], output_dir: str | Path | Non
     )
 
 
-def aggregate_file(path: str | Path, output_dir: str | Path | None = None, plot: bool = True) -> AggregateRun:
+def aggregate_file(
+    path: str | Path, output_dir: str | Path | None = None, plot: bool = True, unscored: str = "fail"
+) -> AggregateRun:
     """Aggregate a reviews file and write its reports (``<stem>.aggregate.json``, ``.md``, ``.png``) beside it or
-    into ``output_dir``. A file without records is refused; one whose items all failed gets its reports and then
-    raises ``NoJudgedItemsError`` (nothing was counted)."""
+    into ``output_dir``; ``unscored`` as in ``judge_item``. A file without records is refused; one whose items all
+    failed gets its reports and then raises ``NoJudgedItemsError`` (nothing was counted)."""
     path = Path(path)
+    check_unscored(unscored)
     if not path.is_file():
         raise DataLoadError(f"{path}: no such file")
     check_report_paths([path], output_dir)
-    agg = aggregate_records(load_review_records(path))
+    agg = aggregate_records(load_review_records(path), unscored=unscored)
     stem = Path(output_dir) / path.name if output_dir else path
     run = AggregateRun(path, agg, write_reports(agg, stem, source=str(path), plot=plot))
     if agg.overall.n == 0:

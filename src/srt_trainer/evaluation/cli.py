@@ -55,9 +55,11 @@ def judge(argv: Sequence[str], prog: str) -> None:
     config, judge_args = TrlParser((JudgeArguments, TeacherArguments), prog=prog).parse_args_and_config(argv)
     run = run_judge(config, judge_args)
     failed = sum(r["status"] == "failed" for r in run.records)
+    drawn = sum(r["status"] == "drawn" for r in run.records)
+    drawn_note = f", {drawn} counted with a draw (--unscored tie)" if config.unscored == "tie" else ""
     print(f"judge: {run.counts.format()}")
     print(
-        f"{summary_line(run.aggregate.overall)} ({failed} failed, reported in {run.failures})\n"
+        f"{summary_line(run.aggregate.overall)} ({failed} failed{drawn_note}, reported in {run.failures})\n"
         f"{format_table(run.aggregate)}"
     )
     print(f"wrote {run.output} ({len(run.records)} items); " + ", ".join(run.reports.values()))
@@ -73,15 +75,16 @@ def aggregate(argv: Sequence[str], prog: str) -> None:
     (config,) = TrlParser(AggregateArguments, prog=prog).parse_args_and_config(argv)
     check_report_paths(config.reviews, config.output_dir)
     for name in config.reviews:
-        run = aggregate_file(name, config.output_dir, plot=config.plot)
+        run = aggregate_file(name, config.output_dir, plot=config.plot, unscored=config.unscored)
         agg = run.aggregate
         if config.json:
             result = {"file": str(run.file), **agg.to_dict(), **run.reports}
             print(json.dumps({k: v for k, v in result.items() if k != "failures"} | {"failures": len(agg.failures)}))
         else:
             print(summary_line(agg.overall))
+        drawn = f", {agg.overall.unscored_draws} with a draw (--unscored tie)" if config.unscored == "tie" else ""
         print(
-            f"{run.file}: {len(agg.failures)} failed (never counted as ties)\n{format_table(agg)}\n"
+            f"{run.file}: {len(agg.failures)} failed (never counted as ties){drawn}\n{format_table(agg)}\n"
             f"reports: {', '.join(run.reports.values())}",
             file=sys.stderr,
         )

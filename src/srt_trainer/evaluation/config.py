@@ -6,6 +6,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from srt_trainer.errors import SRTUserError
+from srt_trainer.io import offset_field
+
+# What ``--unscored`` may say of a review order whose scores cannot be read.
+UNSCORED_CHOICES = ("fail", "tie")
+
+
+class GenerateConfigError(SRTUserError, ValueError):
+    """A length limit of ``srt eval generate`` that cannot hold an answer."""
+
+
+def unscored_field() -> Any:
+    """``--unscored``, declared once for ``srt eval judge`` and ``srt eval aggregate``."""
+    return field(
+        default="fail",
+        metadata={
+            "help": "A review order whose scores cannot be read (after the judge's re-asks): fail leaves the item "
+            "out of the counts and reports it; tie counts that order as a draw (d = 0), as the released "
+            "aggregation does with its [-1, -1] placeholder, so published counts can be rebuilt from raw reviews.",
+            "choices": list(UNSCORED_CHOICES),
+        },
+    )
+
 
 @dataclass
 class GenerateArguments:
@@ -30,19 +53,43 @@ class GenerateArguments:
             "choices": ["transformers", "vllm"],
         },
     )
-    max_new_tokens: int = field(default=1024, metadata={"help": "Length limit of an answer, in tokens."})
+    max_length: int = field(
+        default=2048,
+        metadata={
+            "help": "Length limit of prompt + answer, in tokens (the release's generation limit); a prompt that "
+            "fills it gets an empty answer."
+        },
+    )
+    max_new_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Length limit of the answer alone, in tokens; when set it replaces --max_length."},
+    )
+    stop_at_turns: bool = field(
+        default=True,
+        metadata={
+            "help": "Cut an answer where the model starts a new turn of the template (vicuna: 'USER:' or "
+            "'ASSISTANT:'), as the release keeps only the first answer; false keeps all the model wrote."
+        },
+    )
     batch_size: int = field(default=8, metadata={"help": "Prompts per generate call (transformers engine)."})
     temperature: float = field(default=0.0, metadata={"help": "0 is greedy (the paper's setting); above 0 samples."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass when sampling."})
     seed: int = field(default=0, metadata={"help": "Seed of sampling (each shard seeds seed + its index)."})
     limit: int | None = field(default=None, metadata={"help": "Answer only the first N items of each test set."})
+    offset: int = offset_field()
     shard_size: int = field(default=64, metadata={"help": "Items per checkpointed shard (the unit of resume)."})
     alpaca_eval: bool = field(default=True, metadata={"help": "Also write <stem>.alpaca_eval.json for alpaca_eval."})
     overwrite: bool = field(default=False, metadata={"help": "Discard finished shards of an earlier run."})
 
+    def __post_init__(self) -> None:
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise GenerateConfigError(f"--max_new_tokens must be positive, not {self.max_new_tokens}")
+        if self.max_length < 1:
+            raise GenerateConfigError(f"--max_length must be positive, not {self.max_length}")
+
     def fingerprint_settings(self, model_args: Any) -> dict[str, Any]:
         """What changes the answers: a resumed run must match these."""
-        own = ("engine", "max_new_tokens", "batch_size", "temperature", "top_p", "seed")
+        own = ("engine", "max_length", "max_new_tokens", "stop_at_turns", "batch_size", "temperature", "top_p", "seed")
         student = ("model_name_or_path", "model_revision", "adapter", "template", "dtype")
         return {k: getattr(self, k) for k in own} | {k: getattr(model_args, k) for k in student}
 
@@ -62,6 +109,14 @@ class JudgeArguments:
         }
     )
     limit: int | None = field(default=None, metadata={"help": "Judge only the first N matched items."})
+    judge_input: bool = field(
+        default=False,
+        metadata={
+            "help": "Show the judge an item's input (on the line after its instruction). Off by default: the "
+            "published reviews of Self-Instruct, the one test set with inputs, asked about the instruction alone."
+        },
+    )
+    unscored: str = unscored_field()
     plot: bool = field(default=True, metadata={"help": "Write the win / tie / lose chart beside the output."})
 
 
@@ -81,3 +136,4 @@ class AggregateArguments:
         metadata={"help": "Where the chart, markdown and JSON reports go (default: beside each reviews file)."},
     )
     plot: bool = field(default=True, metadata={"help": "Write the stacked win / tie / lose bar chart (PNG)."})
+    unscored: str = unscored_field()

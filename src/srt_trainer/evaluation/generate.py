@@ -2,7 +2,9 @@
 
 The model is a base model, a base model with a PEFT adapter, or a merged folder. Prompts are rendered with the
 template the student was trained with (``vicuna`` by default) and answered greedily unless a temperature is
-given. Items are cut into fixed shards (longest prompts first, so similar lengths share a batch); each finished
+given, as the release did: prompt and answer share ``max_length`` tokens, and an answer ends where the model starts
+the template's next turn (``--max_new_tokens`` and ``--stop_at_turns false`` give this package's earlier limits).
+Items are cut into fixed shards (longest prompts first, so similar lengths share a batch); each finished
 shard is written before the next starts, so a killed run resumes where it stopped and ends with the same file.
 
 Writes ``OUTPUT`` (JSONL / Parquet: ``id, test_set, instruction, input, output, generator``), the rows of the
@@ -55,6 +57,21 @@ def default_generator_name(model: str, adapter: str | None = None) -> str:
     return f"{name}+{Path(str(adapter).rstrip('/')).name}" if adapter else name
 
 
+# Where a template's next turn starts: a model that runs on past its answer writes one of these, and the release
+# kept only the text before it. Templates not named here (chat templates) end their turns with EOS.
+TURN_MARKERS = {
+    "vicuna": ("USER:", "ASSISTANT:"),
+    "alpaca": ("### Instruction:", "### Input:", "### Response:"),
+    "wizardlm": ("### Response:",),
+}
+
+
+def cut_at_turns(text: str, markers: Sequence[str]) -> str:
+    """The answer before the first turn marker in it (stripped)."""
+    cut = min((k for k in (text.find(m) for m in markers) if k >= 0), default=len(text))
+    return text[:cut].strip()
+
+
 def render_prompts(items: Sequence[dict[str, Any]], template_name: str, tokenizer: Any = None) -> list[str]:
     """The training prompt of every item."""
     template = get_template(template_name, tokenizer)
@@ -103,6 +120,7 @@ class TransformersEngine:
             self.tokenizer,
             prompts,
             max_new_tokens=self.config.max_new_tokens,
+            max_length=self.config.max_length,
             batch_size=self.config.batch_size,
             generation_kwargs=kwargs,
             sort_by_length=True,
@@ -133,14 +151,24 @@ class VLLMEngine:
         self.tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=loading.trust_remote_code)
 
     def generate(self, prompts: Sequence[str], seed: int) -> list[str]:
-        completions = self.engine.complete(
-            prompts,
-            temperature=self.config.temperature,
-            top_p=self.config.top_p,
-            max_tokens=self.config.max_new_tokens,
-            seed=seed,
-        )
-        return [c.text.strip() for c in completions]
+        if self.config.max_new_tokens is not None:
+            rooms = [self.config.max_new_tokens] * len(prompts)
+        else:  # prompt + answer within max_length, as the transformers engine counts them
+            lengths = [len(ids) for ids in self.tokenizer(list(prompts))["input_ids"]]
+            rooms = [max(self.config.max_length - n, 0) for n in lengths]
+        asked = [i for i, room in enumerate(rooms) if room > 0]  # vLLM wants at least one token
+        texts = [""] * len(prompts)
+        if asked:
+            completions = self.engine.complete(
+                [prompts[i] for i in asked],
+                temperature=self.config.temperature,
+                top_p=self.config.top_p,
+                max_tokens=[rooms[i] for i in asked],
+                seed=seed,
+            )
+            for i, c in zip(asked, completions, strict=True):
+                texts[i] = c.text.strip()
+        return texts
 
 
 def _items_fingerprint(items: Sequence[dict[str, Any]], prompts: Sequence[str]) -> str:
@@ -192,7 +220,7 @@ def _run_generate(
     model: Any,
     tokenizer: Any,
 ) -> GenerateRun:
-    sets = read_test_sets(config.test_sets, limit=config.limit)
+    sets = read_test_sets(config.test_sets, limit=config.limit, offset=config.offset)
     items = [it for s in sets for it in s.items]
     rejects = [r for s in sets for r in s.rejects]
     write_rejects(rejects, rejects_path_for(output))
@@ -213,6 +241,7 @@ def _run_generate(
         else TransformersEngine(config, model_args, loading, model, tokenizer)
     )
     prompts = render_prompts(items, model_args.template, engine.tokenizer)
+    markers = TURN_MARKERS.get(model_args.template, ())
     if prompts:
         logger.debug("template %s; first prompt:\n%s", model_args.template, prompts[0])
     # Longest prompts first: shards (and the batches inside) hold similar lengths; fixed, so a resume matches.
@@ -241,6 +270,8 @@ def _run_generate(
             continue
         idx = order[s:e]
         texts = engine.generate([prompts[i] for i in idx], seed=config.seed + k)
+        if config.stop_at_turns:
+            texts = [cut_at_turns(t, markers) for t in texts]
         store.write(k, [{"index": i, "output": t} for i, t in zip(idx, texts, strict=True)])
         outputs.update(zip(idx, texts, strict=True))
         bar.update(len(idx))

@@ -4,7 +4,8 @@ The review prompt is the Vicuna / FastChat pairwise reviewer: the question, Assi
 answers, and the request for two 1–10 scores on the first line, then an explanation that avoids order bias.
 Every item is asked twice (A as Assistant 1, then B as Assistant 1) through the teacher client, so judging has
 its concurrency, retries, durable cache and resume. A review whose scores cannot be read is re-asked, then
-counted as a failure — never as a tie.
+counted as a failure — never as a tie — unless ``--unscored tie`` asks for the release's draw. The question is the
+instruction alone unless ``--judge_input`` adds the item's input, as the published reviews were asked.
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from srt_trainer.data import NoUsableRowsError, Reject, rejects_path_for, summarize_rejects, write_rejects
-from srt_trainer.evaluation.aggregate import REPORT_SUFFIXES, Aggregate, aggregate_records, judge_item, write_reports
+from srt_trainer.evaluation.aggregate import (
+    REPORT_SUFFIXES,
+    Aggregate,
+    aggregate_records,
+    check_unscored,
+    judge_item,
+    write_reports,
+)
 from srt_trainer.evaluation.config import JudgeArguments
 from srt_trainer.evaluation.scores import has_scores
 from srt_trainer.io import check_output_path, guard_outputs, iter_raw_rows, sidecar_path, write_rows
@@ -43,9 +51,10 @@ REVIEW_TEMPLATE = (
 )
 
 
-def question_text(instruction: str, input: str = "") -> str:
-    """The question as the judge sees it: the instruction, and its input on the next line when there is one."""
-    return f"{instruction}\n{input}" if input else instruction
+def question_text(instruction: str, input: str = "", include_input: bool = False) -> str:
+    """The question as the judge sees it: the instruction alone (as in the published reviews), or with
+    ``include_input`` its input on the next line when there is one."""
+    return f"{instruction}\n{input}" if input and include_input else instruction
 
 
 def review_messages(question: str, answer_1: str, answer_2: str) -> list[dict[str, str]]:
@@ -143,8 +152,10 @@ def match_answers(a: AnswerFile, b: AnswerFile) -> tuple[list[tuple[dict[str, An
 
 
 # --- the judging run ------------------------------------------------------------------------------------------
-def _record(a: dict[str, Any], b: dict[str, Any], judge: str, first: Any, reverse: Any) -> dict[str, Any]:
-    outcome = judge_item(first.text, reverse.text)
+def _record(
+    a: dict[str, Any], b: dict[str, Any], judge: str, first: Any, reverse: Any, unscored: str = "fail"
+) -> dict[str, Any]:
+    outcome = judge_item(first.text, reverse.text, unscored)
     errors = [
         f"{name}: request failed: {r.error}"
         for name, r in (("review", first), ("review_reverse", reverse))
@@ -170,7 +181,8 @@ def _record(a: dict[str, Any], b: dict[str, Any], judge: str, first: Any, revers
         "reasks": first.reasks,
         "reasks_reverse": reverse.reasks,
         "result": None if outcome.result == "failed" else outcome.result,
-        "status": "failed" if outcome.result == "failed" else "ok",
+        # drawn: counted, with an unreadable order as a draw (--unscored tie); kept in the failures file too
+        "status": "failed" if outcome.result == "failed" else "drawn" if outcome.drawn else "ok",
         "error": "; ".join(errors) or outcome.reason,
     }
 
@@ -192,6 +204,7 @@ class JudgeRun:
 def run_judge(config: JudgeArguments, judge: TeacherArguments, teacher: Any = None) -> JudgeRun:
     """Judge every matched item in both orders with the teacher ``judge`` names (or ``teacher``, already built);
     write the reviews, failures, rejects and the aggregate reports."""
+    check_unscored(config.unscored)  # before any request
     output = check_output_path(config.output)
     cache = judge.cache_path(sidecar_path(output, "cache.jsonl"))
     sidecars = {
@@ -226,7 +239,7 @@ def _run_judge(config: JudgeArguments, judge: TeacherArguments, output: Path, ca
     judge_name = getattr(teacher, "model_name", None) or judge.teacher_model or judge.teacher
     conversations = []
     for a, b in pairs:
-        question = question_text(a["instruction"], a.get("input") or "")
+        question = question_text(a["instruction"], a.get("input") or "", config.judge_input)
         conversations.append(review_messages(question, a["output"], b["output"]))
         conversations.append(review_messages(question, b["output"], a["output"]))  # swapped: B is Assistant 1
     try:
@@ -242,10 +255,13 @@ def _run_judge(config: JudgeArguments, judge: TeacherArguments, output: Path, ca
     finally:
         if own_teacher:
             teacher.close()
-    records = [_record(a, b, str(judge_name), results[2 * i], results[2 * i + 1]) for i, (a, b) in enumerate(pairs)]
+    records = [
+        _record(a, b, str(judge_name), results[2 * i], results[2 * i + 1], config.unscored)
+        for i, (a, b) in enumerate(pairs)
+    ]
     write_rows(records, output)
-    failures = write_rows([r for r in records if r["status"] == "failed"], sidecar_path(output, "failures.jsonl"))
-    agg = aggregate_records(records)
+    failures = write_rows([r for r in records if r["status"] != "ok"], sidecar_path(output, "failures.jsonl"))
+    agg = aggregate_records(records, unscored=config.unscored)
     reports = write_reports(agg, output, source=str(output), plot=config.plot)
     logger.debug("judge config: %s; judge: %s", asdict(config), asdict(judge))
     return JudgeRun(records, agg, counts, rejects, output, failures, reports)

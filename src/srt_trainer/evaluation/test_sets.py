@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from srt_trainer.data.rejects import Reject, RowError
-from srt_trainer.io import DataLoadError, iter_raw_rows
+from srt_trainer.io import DataLoadError, iter_raw_rows, no_rows_message, row_window
 
 TEST_SET_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet")
 # Field holding the instruction, in the order they are tried; ``conversations`` is LIMA's.
@@ -105,15 +105,14 @@ def normalize_item(row: Any, test_set: str, row_index: int) -> dict[str, Any]:
     return {"id": item_id, "test_set": test_set, "instruction": instruction, "input": input_text}
 
 
-def read_test_set(path: str | Path, name: str | None = None, limit: int | None = None) -> TestSet:
-    """Read one test-set file; ``limit`` keeps the first N rows. A duplicate id is rejected (answers are matched
-    by test set and id)."""
+def read_test_set(path: str | Path, name: str | None = None, limit: int | None = None, offset: int = 0) -> TestSet:
+    """Read one test-set file; ``offset`` skips the first rows and ``limit`` keeps N rows after them (an item
+    without an id keeps its index in the file). A duplicate id is rejected (answers are matched by test set and
+    id)."""
     path = Path(path)
     result = TestSet(name=name or set_name_from_path(path), source=str(path))
     seen: set[str] = set()
-    for raw in iter_raw_rows(path):
-        if limit is not None and result.num_rows_read >= limit:
-            break
+    for raw in row_window(iter_raw_rows(path), offset, limit):
         result.num_rows_read += 1
         if raw.error is not None:
             result.rejects.append(Reject(str(path), raw.row, raw.field, raw.error, raw.text or "", raw.line))
@@ -129,7 +128,7 @@ def read_test_set(path: str | Path, name: str | None = None, limit: int | None =
         seen.add(item["id"])
         result.items.append(item)
     if result.num_rows_read == 0:
-        raise DataLoadError(f"{path}: contains no rows")
+        raise DataLoadError(no_rows_message(str(path), offset))
     return result
 
 
@@ -150,9 +149,10 @@ def expand_test_set_paths(paths: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def read_test_sets(paths: Sequence[str | Path], limit: int | None = None) -> list[TestSet]:
-    """Read several test sets (files or folders of them); two files of the same name are an error."""
-    sets = [read_test_set(f, limit=limit) for f in expand_test_set_paths(paths)]
+def read_test_sets(paths: Sequence[str | Path], limit: int | None = None, offset: int = 0) -> list[TestSet]:
+    """Read several test sets (files or folders of them), each from its row ``offset`` on; two files of the same
+    name are an error."""
+    sets = [read_test_set(f, limit=limit, offset=offset) for f in expand_test_set_paths(paths)]
     names = [s.name for s in sets]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from srt_trainer.errors import SRTUserError
-from srt_trainer.io import sidecar_path
+from srt_trainer.io import offset_field, sidecar_path
 from srt_trainer.teachers.config import TeacherArguments
 
 
@@ -90,6 +90,7 @@ class ReflectArguments:
         },
     )
     limit: int | None = field(default=None, metadata={"help": "Reflect only the first N rows of the file."})
+    offset: int = offset_field()
     data_format: str = field(default="auto", metadata={"help": "auto, alpaca, sharegpt or messages."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar (rows/s and tokens)."})
 

@@ -467,7 +467,11 @@ def _run_reflect(
     folded = args.mode == "instruction" and args.teacher_view == "release"
     prompt = load_prompt(args.mode, args.prompt_template, needs_input=not folded)
     loaded = load_instruction_data(
-        args.data, format=args.data_format, limit=args.limit, rejects_path=rejects_path_for(output)
+        args.data,
+        format=args.data_format,
+        limit=args.limit,
+        offset=args.offset,
+        rejects_path=rejects_path_for(output),
     )
     require_rows(loaded, rejects_path_for(output), "usable for reflection")
     teacher = teacher or build_teacher_from_args(teacher_args)

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from srt_trainer.io import offset_field
+
 
 @dataclass
 class ScoringArguments:
@@ -64,6 +66,7 @@ class ScoreArguments:
         metadata={"help": "Output file, .jsonl or .parquet: every input row, in order, with its statistics."},
     )
     limit: int | None = field(default=None, metadata={"help": "Score only the first N rows of the file."})
+    offset: int = offset_field()
     data_format: str = field(default="auto", metadata={"help": "auto, alpaca, sharegpt or messages."})
     overwrite: bool = field(default=False, metadata={"help": "Discard finished shards of an earlier run."})
     plot: bool = field(default=True, metadata={"help": "Write the IFD / r-IFD histogram PNG beside the output."})

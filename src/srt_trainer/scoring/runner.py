@@ -253,6 +253,7 @@ def _run_score(
         args.data,
         format=args.data_format,
         limit=args.limit,
+        offset=args.offset,
         rejects_path=rejects_path_for(output) if state.is_main_process else None,
     )
     require_rows(loaded, rejects_path_for(output), "usable for scoring")
