@@ -12,12 +12,20 @@ from trl import ModelConfig, TrlParser
 from srt_trainer.cli import main
 from srt_trainer.evaluation.config import JudgeArguments
 from srt_trainer.models.config import LoadingArguments, SRTModelConfig
+from srt_trainer.reflection.config import ReflectionArguments
 from srt_trainer.scoring.config import ScoreArguments, ScoringArguments
 from srt_trainer.selection.config import SelectionArguments
 from srt_trainer.teachers import TeacherArguments, TeacherConfigError
 from srt_trainer.training.cli import make_parser
 
-CONCERNS = (TeacherArguments, ScoringArguments, SelectionArguments, LoadingArguments, SRTModelConfig)
+CONCERNS = (
+    TeacherArguments,
+    ReflectionArguments,
+    ScoringArguments,
+    SelectionArguments,
+    LoadingArguments,
+    SRTModelConfig,
+)
 
 
 def _own_fields(cls: type) -> set[str]:

@@ -15,6 +15,7 @@ from srt_trainer.reflection import (
     PromptTemplateError,
     ReflectArguments,
     ReflectConfigError,
+    ReflectionArguments,
     inspect_instruction_reflection,
     inspect_tagged,
     load_prompt,
@@ -315,7 +316,7 @@ def test_local_teacher_counts_exactly_and_groups_by_budget(embedded_tokenizer, a
 
 
 def test_options_parse_and_check():
-    args, teacher = TrlParser((ReflectArguments, TeacherArguments)).parse_args_and_config(
+    _, args, teacher = TrlParser((ReflectArguments, ReflectionArguments, TeacherArguments)).parse_args_and_config(
         [
             "--mode",
             "instruction",
@@ -343,7 +344,7 @@ def test_options_parse_and_check():
     )
     assert teacher.sampling().context_length == 8192 and teacher.teacher_max_tokens is None
     with pytest.raises(ReflectConfigError):
-        ReflectArguments(mode="instruction", data="d", output="o.jsonl", max_pair_tokens=0)
+        ReflectionArguments(max_pair_tokens=0)
     with pytest.raises(TeacherConfigError):
         TeacherArguments(teacher_context_length=0)
     for bad in ({"fallback": "half"}, {"reject_rule": "regex"}, {"teacher_view": "raw"}):

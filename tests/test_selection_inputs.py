@@ -98,3 +98,19 @@ def test_cli_exits_2_with_one_line(tmp_path: Path, capsys):
     assert err == f"srt select: {paths['a']} (A) row 3: field 'ifd' is 'low' (str), not a number"
     assert not (tmp_path / "o.jsonl").exists()
     assert issubclass(SelectionInputError, SRTUserError)
+
+
+def test_kept_rows_of_sharegpt_sources_are_pairs_not_conversations(tmp_path):
+    """A kept row of ShareGPT data must train on the kept pair: its source conversation would make the training
+    loader read the selection as ShareGPT again."""
+    from srt_trainer.training.data import load_training_rows
+
+    views = make_views()
+    for r in views["ori"]:
+        r["conversations"] = [{"from": "human", "value": r["instruction"]}, {"from": "gpt", "value": r["output"]}]
+    res = select_rows(views["ori"], None, None, None, SelectionArguments(policy="ifd", top_k=3))
+    assert len(res.rows) == 3 and all("conversations" not in r for r in res.rows)
+    path = tmp_path / "selected.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in res.rows))
+    trained = load_training_rows(path, None, "auto")
+    assert [(r["instruction"], r["output"]) for r in trained] == [(r["instruction"], r["output"]) for r in res.rows]

@@ -1,12 +1,13 @@
 """Teacher reflection (the paper's instruction and response reflection): prompts, tag parsers, and the runner
 behind ``srt reflect``.
 
-- ``run_reflect(ReflectArguments(mode=..., data=..., output=...), TeacherArguments(...))``: the file-level stage.
+- ``run_reflect(ReflectArguments(mode=..., data=..., output=...), TeacherArguments(...), ReflectionArguments())``:
+  the file-level stage.
 - ``reflect_rows(rows, mode="instruction"|"response", teacher=build_teacher(...), teacher_args=TeacherArguments())``:
   rows in, reflected rows out (``reflect`` also returns the raw texts and counts).
 """
 
-from srt_trainer.reflection.config import ReflectArguments, ReflectConfigError
+from srt_trainer.reflection.config import ReflectArguments, ReflectConfigError, ReflectionArguments
 from srt_trainer.reflection.parsers import (
     InstructionFields,
     ParsedInstruction,
@@ -39,6 +40,7 @@ __all__ = [
     "ReflectArguments",
     "ReflectConfigError",
     "ReflectRun",
+    "ReflectionArguments",
     "ReflectionPrompt",
     "ReflectionResult",
     "TeacherView",

@@ -22,12 +22,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     def command() -> None:
         from trl import TrlParser
 
-        from srt_trainer.reflection.config import ReflectArguments
+        from srt_trainer.reflection.config import ReflectArguments, ReflectionArguments
         from srt_trainer.reflection.runner import run_reflect
         from srt_trainer.teachers.config import TeacherArguments
 
-        args, teacher_args = TrlParser((ReflectArguments, TeacherArguments), prog=PROG).parse_args_and_config(argv)
-        run = run_reflect(args, teacher_args)
+        parser = TrlParser((ReflectArguments, ReflectionArguments, TeacherArguments), prog=PROG)
+        args, reflection, teacher_args = parser.parse_args_and_config(argv)
+        run = run_reflect(args, teacher_args, reflection)
         result = run.result
         print(result.format())
         if result.statuses["failed"]:

@@ -1,4 +1,5 @@
-"""Options of the reflection stage (``srt reflect``): its own below, the teacher's in ``TeacherArguments``."""
+"""Options of reflection: how rewrites are made (``ReflectionArguments``, shared by ``srt reflect`` and ``srt run``)
+and what ``srt reflect`` reads and writes (``ReflectArguments``); the teacher's are ``TeacherArguments``."""
 
 from __future__ import annotations
 
@@ -15,9 +16,55 @@ class ReflectConfigError(SRTUserError, ValueError):
 
 
 @dataclass
+class ReflectionArguments:
+    """How a teacher's rewrite is made and judged usable (Section 2 of the paper; shared by ``srt reflect`` and
+    ``srt run``). The defaults follow the authors' released scripts; each option gives back this package's earlier
+    behaviour (docs/fidelity.md)."""
+
+    fallback: str = field(
+        default="field",
+        metadata={
+            "help": "Instruction mode, when only one part of the teacher's reply is usable: field (as released) keeps "
+            "the usable part with the original other part (a new instruction with the original answer, which the QA "
+            "step then rewrites; or the original instruction with a new answer); row keeps the whole original row.",
+            "choices": ["field", "row"],
+        },
+    )
+    reject_rule: str = field(
+        default="whole",
+        metadata={
+            "help": "When a tagged part is unusable: whole judges the whole part (a placeholder such as 'your "
+            "answer', an answer that is only N/A); substring is the release's test (the part merely contains "
+            "'your instruction', 'your answer' or 'N/A').",
+            "choices": ["whole", "substring"],
+        },
+    )
+    teacher_view: str = field(
+        default="release",
+        metadata={
+            "help": "What the teacher sees. release: fields stripped; in instruction mode the input folded into the "
+            "instruction (the new row has an empty input); a pair over max_pair_tokens has its answer cut. as_is: "
+            "the row's fields untouched, the input in its own section (this package's earlier behaviour).",
+            "choices": ["release", "as_is"],
+        },
+    )
+    max_pair_tokens: int = field(
+        default=2048,
+        metadata={
+            "help": "teacher_view release: an instruction + input + answer longer than this many tokens (the teacher's "
+            "count) loses as many characters from the end of its answer as it has tokens too many, as released."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_pair_tokens < 1:
+            raise ReflectConfigError(f"--max_pair_tokens must be positive, not {self.max_pair_tokens}")
+
+
+@dataclass
 class ReflectArguments:
     """What ``srt reflect`` rewrites and where it goes (YAML via ``--config``; every field also a flag, spelled
-    ``--prompt-template`` or ``--prompt_template``); parsed with ``TeacherArguments``."""
+    ``--prompt-template`` or ``--prompt_template``); parsed with ``ReflectionArguments`` and ``TeacherArguments``."""
 
     mode: str = field(
         metadata={
@@ -55,48 +102,10 @@ class ReflectArguments:
             "Fields: {instruction}, {input}, {output}, {input_section}."
         },
     )
-    fallback: str = field(
-        default="field",
-        metadata={
-            "help": "Instruction mode, when only one part of the teacher's reply is usable: field (as released) keeps "
-            "the usable part with the original other part (a new instruction with the original answer, which the QA "
-            "step then rewrites; or the original instruction with a new answer); row keeps the whole original row.",
-            "choices": ["field", "row"],
-        },
-    )
-    reject_rule: str = field(
-        default="whole",
-        metadata={
-            "help": "When a tagged part is unusable: whole judges the whole part (a placeholder such as 'your "
-            "answer', an answer that is only N/A); substring is the release's test (the part merely contains "
-            "'your instruction', 'your answer' or 'N/A').",
-            "choices": ["whole", "substring"],
-        },
-    )
-    teacher_view: str = field(
-        default="release",
-        metadata={
-            "help": "What the teacher sees. release: fields stripped; in instruction mode the input folded into the "
-            "instruction (the new row has an empty input); a pair over max_pair_tokens has its answer cut. as_is: "
-            "the row's fields untouched, the input in its own section (this package's earlier behaviour).",
-            "choices": ["release", "as_is"],
-        },
-    )
-    max_pair_tokens: int = field(
-        default=2048,
-        metadata={
-            "help": "teacher_view release: an instruction + input + answer longer than this many tokens (the teacher's "
-            "count) loses as many characters from the end of its answer as it has tokens too many, as released."
-        },
-    )
     limit: int | None = field(default=None, metadata={"help": "Reflect only the first N rows of the file."})
     offset: int = offset_field()
     data_format: str = field(default="auto", metadata={"help": "auto, alpaca, sharegpt or messages."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar (rows/s and tokens)."})
-
-    def __post_init__(self) -> None:
-        if self.max_pair_tokens < 1:
-            raise ReflectConfigError(f"--max_pair_tokens must be positive, not {self.max_pair_tokens}")
 
     def cache_path(self, teacher: TeacherArguments) -> Path:
         """The teacher's cache for this output (``teacher_cache``, else beside the output)."""

@@ -25,7 +25,7 @@ from srt_trainer.data import load_instruction_data, rejects_path_for, require_ro
 from srt_trainer.data.loading import RESERVED_PREFIX, kept_name
 from srt_trainer.errors import SRTUserError
 from srt_trainer.io import check_output_path, guard_outputs, sidecar_path, write_rows, write_text_atomic
-from srt_trainer.reflection.config import ReflectArguments
+from srt_trainer.reflection.config import ReflectArguments, ReflectionArguments
 from srt_trainer.reflection.parsers import (
     REJECTION_RULES,
     InstructionFields,
@@ -443,9 +443,16 @@ class ReflectRun:
     cache: Path
 
 
-def run_reflect(args: ReflectArguments, teacher_args: TeacherArguments, teacher: Teacher | None = None) -> ReflectRun:
+def run_reflect(
+    args: ReflectArguments,
+    teacher_args: TeacherArguments,
+    reflection: ReflectionArguments | None = None,
+    teacher: Teacher | None = None,
+) -> ReflectRun:
     """Reflect ``args.data`` into ``args.output``, with ``<stem>.raw.jsonl``, ``<stem>.summary.json`` and the rejects
-    beside it. ``teacher``: one already built (default: the one ``teacher_args`` names)."""
+    beside it, rewriting as ``reflection`` says (default: as released). ``teacher``: one already built (default: the
+    one ``teacher_args`` names)."""
+    reflection = reflection or ReflectionArguments()
     output = check_output_path(args.output)
     cache = args.cache_path(teacher_args)
     inputs = {"--data": args.data, "--prompt_template": args.prompt_template}
@@ -457,14 +464,19 @@ def run_reflect(args: ReflectArguments, teacher_args: TeacherArguments, teacher:
     }
     with guard_outputs(inputs, output, sidecars, "reflection output"):
         check_cache_writable(cache)  # before the teacher is built or paid
-        return _run_reflect(args, teacher_args, output, cache, teacher)
+        return _run_reflect(args, teacher_args, reflection, output, cache, teacher)
 
 
 def _run_reflect(
-    args: ReflectArguments, teacher_args: TeacherArguments, output: Path, cache: Path, teacher: Teacher | None
+    args: ReflectArguments,
+    teacher_args: TeacherArguments,
+    reflection: ReflectionArguments,
+    output: Path,
+    cache: Path,
+    teacher: Teacher | None,
 ) -> ReflectRun:
     # the release's instruction view folds the input into the instruction: a template need not show it
-    folded = args.mode == "instruction" and args.teacher_view == "release"
+    folded = args.mode == "instruction" and reflection.teacher_view == "release"
     prompt = load_prompt(args.mode, args.prompt_template, needs_input=not folded)
     loaded = load_instruction_data(
         args.data,
@@ -496,10 +508,10 @@ def _run_reflect(
         max_reasks=teacher_args.max_reasks,
         reask_temperature=teacher_args.reask_temperature,
         progress=args.progress,
-        fallback=args.fallback,
-        reject_rule=args.reject_rule,
-        teacher_view=args.teacher_view,
-        max_pair_tokens=args.max_pair_tokens,
+        fallback=reflection.fallback,
+        reject_rule=reflection.reject_rule,
+        teacher_view=reflection.teacher_view,
+        max_pair_tokens=reflection.max_pair_tokens,
     )
     write_rows(result.rows, output)
     write_rows(result.raw, sidecar_path(output, "raw.jsonl"))

@@ -20,6 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from trl import TrlParser
 
         from srt_trainer.models.config import SRTModelConfig
+        from srt_trainer.reflection.config import ReflectionArguments
         from srt_trainer.run.job import run
         from srt_trainer.scoring.config import ScoringArguments
         from srt_trainer.selection.config import SelectionArguments
@@ -29,6 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dataclasses = (
             RunArguments,
             TeacherArguments,
+            ReflectionArguments,
             ScoringArguments,
             SelectionArguments,
             SRTScriptArguments,

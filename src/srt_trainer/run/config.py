@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from srt_trainer.io import offset_field
+
 
 @dataclass
 class RunArguments:
@@ -18,6 +20,7 @@ class RunArguments:
         },
     )
     limit: int | None = field(default=None, metadata={"help": "Use only the first N rows of `data`."})
+    offset: int = offset_field()
     held_out: str | None = field(
         default="demo-held-out",
         metadata={

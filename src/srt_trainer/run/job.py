@@ -7,7 +7,8 @@
 
 Every stage caches its output in ``output_dir``: teacher answers in a durable cache, scores in shards, training in
 checkpoints; the same command after a kill resumes where it stopped. The config is TRL-style: the job's own
-fields (``RunArguments``) plus the teacher's (``TeacherArguments``, as ``srt reflect``) and every field of
+fields (``RunArguments``) plus the teacher's and reflection's (``TeacherArguments``,
+``ReflectionArguments``, as ``srt reflect``) and every field of
 ``srt train`` (``ScoringArguments``, ``SelectionArguments``, ``SRTScriptArguments``, ``SRTSFTConfig``,
 ``SRTModelConfig``).
 """
@@ -27,7 +28,7 @@ from srt_trainer.generation import generate_answers
 from srt_trainer.io import check_distinct_paths, write_rows, write_text_atomic
 from srt_trainer.models import load_student, load_tokenizer, resolve_model_path
 from srt_trainer.models.config import SRTModelConfig
-from srt_trainer.reflection import ReflectArguments, run_reflect
+from srt_trainer.reflection import ReflectArguments, ReflectionArguments, run_reflect
 from srt_trainer.resources import resolve_data
 from srt_trainer.run.config import RunArguments
 from srt_trainer.scoring.config import ScoringArguments
@@ -45,7 +46,13 @@ VARIANT_FILES = {"Q": "q.jsonl", "A": "a.jsonl", "QA": "qa.jsonl"}
 
 
 def _reflect_all(
-    teacher_args: TeacherArguments, model_args: Any, model: Any, tokenizer: Any, ori: str, folder: Path
+    teacher_args: TeacherArguments,
+    reflection: ReflectionArguments,
+    model_args: Any,
+    model: Any,
+    tokenizer: Any,
+    ori: str,
+    folder: Path,
 ) -> dict[str, Any]:
     """Q from the originals, A from the originals, QA from Q (into ``folder``), each resumable through its teacher
     cache; returns each variant's reflection counts."""
@@ -70,7 +77,7 @@ def _reflect_all(
     model.eval()
     for variant, args in steps.items():
         logger.info("reflection %s: %s mode on %s", variant, args.mode, args.data)
-        reflected = run_reflect(args, teacher_args, teacher=teacher)
+        reflected = run_reflect(args, teacher_args, reflection, teacher=teacher)
         logger.info("%s\nwrote %s", reflected.result.format(), reflected.output)
         summary = reflected.summary
         summaries[variant] = {k: summary.get(k) for k in ("rows", "ok", "fallback", "failed", "counts")}
@@ -115,6 +122,7 @@ class JobResult:
 def run(
     run_args: RunArguments,
     teacher_args: TeacherArguments,
+    reflection: ReflectionArguments,
     scoring: ScoringArguments,
     selection: SelectionArguments,
     script_args: SRTScriptArguments,
@@ -152,17 +160,22 @@ def run(
     # 1. reflection (main process; the others wait for its files)
     t = time.perf_counter()
     ori = resolve_data(run_args.data)
-    if run_args.limit is not None:
+    if run_args.limit is not None or run_args.offset:
         # one slice, in Alpaca form as the reflections are, that is reflected, scored and trained on
         limited = out / "reflect" / "ori.jsonl"
         if state.is_main_process:
-            rows = load_instruction_data(ori, limit=run_args.limit, rejects_path=out / "reflect" / "ori.rejects.jsonl")
+            rows = load_instruction_data(
+                ori,
+                limit=run_args.limit,
+                offset=run_args.offset,
+                rejects_path=out / "reflect" / "ori.rejects.jsonl",
+            )
             write_rows([{k: r[k] for k in ("instruction", "input", "output")} for r in rows.dataset], limited)
         ori = str(limited)
     need_variants = selection.policy != "ifd"
-    reflection: dict[str, Any] = {}
+    reflected: dict[str, Any] = {}
     if need_variants and state.is_main_process:
-        reflection = _reflect_all(teacher_args, model_args, model, tokenizer, ori, out / "reflect")
+        reflected = _reflect_all(teacher_args, reflection, model_args, model, tokenizer, ori, out / "reflect")
     state.wait_for_everyone()
     timings["reflect_s"] = time.perf_counter() - t
 
@@ -201,7 +214,7 @@ def run(
     summary = {
         "output_dir": str(out),
         "student": student_name,
-        "reflection": reflection,
+        "reflection": reflected,
         "selection": outcome.selection.counts if outcome.selection else None,
         "training": {
             "rows": outcome.train_rows,
@@ -214,6 +227,7 @@ def run(
         "config": {
             "run": asdict(run_args),
             "teacher": asdict(teacher_args),
+            "reflection": asdict(reflection),
             "scoring": asdict(scoring),
             "selection": asdict(selection),
             "script": asdict(script_args),

@@ -267,8 +267,9 @@ def _judge_paper(r: Mapping[str, Mapping[str, Any]], config: SelectionArguments)
 def _kept_row(
     view_row: Mapping[str, Any], variant: str, source_index: Any, branch: Any, ori: Mapping[str, Any], policy: str
 ) -> dict[str, Any]:
-    # kept rows are single exchanges (the rule judges the first one): a source conversation's `messages` would
-    # contradict a rewritten instruction or response, and would make loaders read the file as chat data
+    # kept rows are single exchanges (the rule judges the first one): a source conversation (`messages`, ShareGPT's
+    # `conversations`) would contradict a rewritten instruction or response, and would make loaders (training's
+    # included) read the file as chat data and train on the source conversation instead of the kept pair
     extras = {
         k: v
         for k, v in view_row.items()
@@ -281,6 +282,7 @@ def _kept_row(
             "output",
             "source_index",
             "messages",
+            "conversations",
             "system",
             "num_turns",
             "source_format",
