@@ -237,11 +237,14 @@ def test_score_entry_point(scorer_parts, specs):
         assert len(rows) == len(valid)
         for src, got in zip(valid, rows, strict=True):
             assert {k: got[k] for k in src if k != "input"} == {k: v for k, v in src.items() if k != "input"}
-        scored = sum(r["ifd"] is not None for r in rows)
+        # each statistic stands alone (a one-token response keeps its r-IFD): a row is scored with either
+        scored = sum(r["ifd"] is not None or r["rifd"] is not None for r in rows)
         assert code == (0 if scored else 2)
         if specs == SURE:
             assert scored == 2 and [r["id"] for r in rows] == [3, "a"] and rows[1]["meta"] == {"k": [1]}
-        assert all((r["ifd"] is None) == bool(r["score_error"]) for r in rows)
+        for r in rows:  # a missing statistic always says why; a row without both says it in score_error
+            assert (r["ifd"] is None) == bool(r["ifd_error"]) and (r["rifd"] is None) == bool(r["rifd_error"])
+            assert (r["ifd"] is None and r["rifd"] is None) == bool(r["score_error"])
 
 
 @MODEL
