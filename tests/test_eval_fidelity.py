@@ -143,12 +143,12 @@ def test_judge_counts_unreadable_reviews_as_released_with_unscored_tie(sinstruct
 
 def test_generate_defaults_follow_the_release():
     config = GenerateArguments(["t"], "o.jsonl")
-    assert (config.max_length, config.max_new_tokens, config.stop_at_turns, config.offset) == (2048, None, True, 0)
+    assert (config.max_length, config.max_new_tokens, config.stop_at_turns, config.offset) == (1024, None, True, 0)
     settings = config.fingerprint_settings(SRTModelConfig())
     for key in ("max_length", "max_new_tokens", "stop_at_turns"):
         assert key in settings
     changed = [
-        GenerateArguments(["t"], "o.jsonl", max_length=1024),
+        GenerateArguments(["t"], "o.jsonl", max_length=2048),
         GenerateArguments(["t"], "o.jsonl", max_new_tokens=1024),
         GenerateArguments(["t"], "o.jsonl", stop_at_turns=False),
     ]
@@ -161,11 +161,12 @@ def test_generate_defaults_follow_the_release():
 
 def test_cut_at_turns():
     markers = TURN_MARKERS["vicuna"]
-    assert cut_at_turns("Paris is the capital. USER: And Spain? ASSISTANT: Madrid.", markers) == "Paris is the capital."
+    # as released: the text up to the next answer tag; a user turn before it stays (the release split on the tag only)
+    assert cut_at_turns("Paris. USER: And Spain? ASSISTANT: Madrid.", markers) == "Paris. USER: And Spain?"
     assert cut_at_turns("Sure.\nASSISTANT: again", markers) == "Sure."
     assert cut_at_turns("No marker here.", markers) == "No marker here."
-    assert cut_at_turns("USER: only a new turn", markers) == ""
-    assert cut_at_turns("Then ### Response: more", TURN_MARKERS["alpaca"]) == "Then"
+    assert cut_at_turns("ASSISTANT: only a new turn", markers) == ""
+    assert cut_at_turns("Then ### Response: more", TURN_MARKERS["alpaca"]) == "Then ###"
 
 
 def test_max_length_counts_the_prompt(tiny_models, data_dir):
@@ -269,7 +270,7 @@ def test_run_generate_windows_cuts_turns_and_fingerprints(tiny_models, data_dir,
 
     def fake_answers(model, tokenizer, prompts, **kwargs):  # what a model that runs on into a new turn writes
         seen.append(kwargs)
-        return [f"Answer {k}. USER: next question ASSISTANT: more" for k in range(len(prompts))]
+        return [f"Answer {k}. ASSISTANT: more" for k in range(len(prompts))]
 
     monkeypatch.setattr(gen, "generate_answers", fake_answers)
     vicuna = data_dir / "eval" / "vicuna_test_set.jsonl"
@@ -278,15 +279,15 @@ def test_run_generate_windows_cuts_turns_and_fingerprints(tiny_models, data_dir,
     run = gen.run_generate(config, SRTModelConfig(model_name_or_path=str(folder)), model=model, tokenizer=tokenizer)
     expected = [str(json.loads(line)["question_id"]) for line in vicuna.read_text().splitlines()[2:5]]
     assert [r["id"] for r in run.rows] == expected
-    assert all(r["output"].startswith("Answer ") and "USER:" not in r["output"] for r in run.rows)
-    assert seen[0]["max_length"] == 2048 and seen[0]["max_new_tokens"] is None
+    assert all(r["output"].startswith("Answer ") and "ASSISTANT:" not in r["output"] for r in run.rows)
+    assert seen[0]["max_length"] == 1024 and seen[0]["max_new_tokens"] is None
 
     kept = GenerateArguments([str(vicuna)], str(tmp_path / "kept.jsonl"), limit=1, stop_at_turns=False)
     run = gen.run_generate(kept, SRTModelConfig(model_name_or_path=str(folder)), model=model, tokenizer=tokenizer)
-    assert run.rows[0]["output"] == "Answer 0. USER: next question ASSISTANT: more"
+    assert run.rows[0]["output"] == "Answer 0. ASSISTANT: more"
 
     # the finished shards of the first run belong to its settings: other turn or length settings may not reuse them
-    for change in ({"stop_at_turns": False}, {"max_new_tokens": 64}, {"max_length": 1024}):
+    for change in ({"stop_at_turns": False}, {"max_new_tokens": 64}, {"max_length": 2048}):
         other = GenerateArguments([str(vicuna)], str(out), offset=2, limit=3, alpaca_eval=False, **change)
         with pytest.raises(ResumeMismatchError, match="different settings"):
             gen.run_generate(other, SRTModelConfig(model_name_or_path=str(folder)), model=model, tokenizer=tokenizer)

@@ -54,10 +54,10 @@ class GenerateArguments:
         },
     )
     max_length: int = field(
-        default=2048,
+        default=1024,
         metadata={
-            "help": "Length limit of prompt + answer, in tokens (the release's generation limit); a prompt that "
-            "fills it gets an empty answer."
+            "help": "Length limit of prompt + answer, in tokens (the released generation script's default, 1024); a "
+            "prompt that fills it gets an empty answer."
         },
     )
     max_new_tokens: int | None = field(
@@ -67,8 +67,9 @@ class GenerateArguments:
     stop_at_turns: bool = field(
         default=True,
         metadata={
-            "help": "Cut an answer where the model starts a new turn of the template (vicuna: 'USER:' or "
-            "'ASSISTANT:'), as the release keeps only the first answer; false keeps all the model wrote."
+            "help": "Cut an answer at the template's answer tag if the model writes it again (vicuna 'ASSISTANT:', "
+            "alpaca and wizardlm 'Response:'), as the release kept only the first answer; false keeps all the model "
+            "wrote."
         },
     )
     batch_size: int = field(default=8, metadata={"help": "Prompts per generate call (transformers engine)."})

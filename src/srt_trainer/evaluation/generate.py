@@ -57,17 +57,18 @@ def default_generator_name(model: str, adapter: str | None = None) -> str:
     return f"{name}+{Path(str(adapter).rstrip('/')).name}" if adapter else name
 
 
-# Where a template's next turn starts: a model that runs on past its answer writes one of these, and the release
-# kept only the text before it. Templates not named here (chat templates) end their turns with EOS.
+# The answer tag of each template: the released generation script decoded prompt + answer and kept the text between
+# the first and the second tag, so a model that runs on into a turn of its own loses it at the tag. Templates not
+# named here (chat templates) end their turns with EOS.
 TURN_MARKERS = {
-    "vicuna": ("USER:", "ASSISTANT:"),
-    "alpaca": ("### Instruction:", "### Input:", "### Response:"),
-    "wizardlm": ("### Response:",),
+    "vicuna": ("ASSISTANT:",),
+    "alpaca": ("Response:",),
+    "wizardlm": ("Response:",),
 }
 
 
 def cut_at_turns(text: str, markers: Sequence[str]) -> str:
-    """The answer before the first turn marker in it (stripped)."""
+    """The answer before the first marker in it (stripped)."""
     cut = min((k for k in (text.find(m) for m in markers) if k >= 0), default=len(text))
     return text[:cut].strip()
 
