@@ -150,6 +150,13 @@ def test_whole_row_fallback_and_the_release_substring_rule(four_rows):
         ("no tags at all", "New Answer", (None, "missing"), (None, "missing")),
         # the release rejected "N/A" in Q's answer only; response reflection keeps it, under either rule
         ("[Better Answer] N/A [End]", "Better Answer", ("N/A", None), ("N/A", None)),
+        # a repeated tag: the first usable answer, or (as released) no answer at all
+        (
+            "[Better Answer] One. [End] [Better Answer] Two. [End]",
+            "Better Answer",
+            ("One.", None),
+            (None, "not exactly one tag"),
+        ),
     ],
 )
 def test_rejection_rules(text, tag, whole, substring):

@@ -34,8 +34,9 @@ class ReflectionArguments:
         default="whole",
         metadata={
             "help": "When a tagged part is unusable: whole judges the whole part (a placeholder such as 'your "
-            "answer', an answer that is only N/A); substring is the release's test (the part merely contains "
-            "'your instruction', 'your answer' or 'N/A').",
+            "answer', an answer that is only N/A; repeated tags tolerated, the first usable part taken); substring "
+            "is the release's test (the part merely contains 'your instruction', 'your answer' or 'N/A', and a "
+            "response reflection must hold exactly one [Better Answer]).",
             "choices": ["whole", "substring"],
         },
     )

@@ -55,6 +55,7 @@ _SUBSTRING_RULES = {
 }
 REJECTION_RULES = ("whole", "substring")
 MISSING, PLACEHOLDER, NOT_AVAILABLE_REASON = "missing", "placeholder", "n/a"
+NOT_ONE = "not exactly one tag"  # the release's response rule: a reply with two [Better Answer] tags is unusable
 
 
 def _rejection(segment: str, tag: str, rule: str) -> str | None:
@@ -75,11 +76,14 @@ def _rejection(segment: str, tag: str, rule: str) -> str | None:
 def inspect_tagged(text: str, tag: str, rule: str = "whole") -> tuple[str | None, str | None]:
     """The first usable segment after ``tag`` (bracket form when the text has one, else the ``Tag:`` form) and None;
     or None and why nothing was usable: ``missing`` (no non-empty segment), else the last rejection's reason
-    (``placeholder``, ``n/a``)."""
+    (``placeholder``, ``n/a``; under the release's ``substring`` rule also ``not exactly one tag`` for a response
+    reflection with two or more ``[Better Answer]`` tags)."""
     if rule not in REJECTION_RULES:
         raise ValueError(f"unknown rejection rule {rule!r}; choose one of {', '.join(REJECTION_RULES)}")
     if not text:
         return None, MISSING
+    if rule == "substring" and tag == "Better Answer" and text.count("[Better Answer]") > 1:
+        return None, NOT_ONE  # as released: exactly one tag (none is `missing` under either rule)
     pattern = re.compile(_bracket(tag), re.IGNORECASE)
     starts = list(pattern.finditer(text))
     if not starts:
