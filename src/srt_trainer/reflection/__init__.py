@@ -3,7 +3,8 @@ behind ``srt reflect``.
 
 - ``run_reflect(ReflectArguments(mode=..., data=..., output=...), TeacherArguments(...), ReflectionArguments())``:
   the file-level stage.
-- ``reflect_rows(rows, mode="instruction"|"response", teacher=build_teacher(...), teacher_args=TeacherArguments())``:
+- ``reflect_rows(rows, mode="instruction"|"response", teacher=build_teacher(...), teacher_args=TeacherArguments(),
+  reflection=ReflectionArguments())``:
   rows in, reflected rows out (``reflect`` also returns the raw texts and counts).
 """
 

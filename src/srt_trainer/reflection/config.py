@@ -61,6 +61,11 @@ class ReflectionArguments:
         if self.max_pair_tokens < 1:
             raise ReflectConfigError(f"--max_pair_tokens must be positive, not {self.max_pair_tokens}")
 
+    def prompt_needs_input(self, mode: str) -> bool:
+        """Whether a prompt for ``mode`` must show the input: not where the release's view folds it into the
+        instruction (instruction mode)."""
+        return not (mode == "instruction" and self.teacher_view == "release")
+
 
 @dataclass
 class ReflectArguments:

@@ -407,30 +407,49 @@ def reflect_rows(
     mode: str,
     teacher: Teacher,
     teacher_args: TeacherArguments | None = None,
+    reflection: ReflectionArguments | None = None,
     cache_path: str | Path | None = None,
     prompt_template: str | None = None,
     variant: str = "auto",
-    **options: Any,
 ) -> list[dict[str, Any]]:
-    """Reflected rows, in input order (see ``reflect``), asked with the sampling and re-ask settings of
-    ``teacher_args`` (default: its defaults); its ``teacher_cache`` when ``cache_path`` is None. ``options``:
-    ``reflect``'s ``fallback``, ``reject_rule``, ``teacher_view``, ``max_pair_tokens``."""
+    """Reflected rows, in input order (see ``reflect``), asked with the settings of ``teacher_args`` and rewritten
+    as ``reflection`` says (default: the defaults of each); its ``teacher_cache`` when ``cache_path`` is None."""
     teacher_args = teacher_args or TeacherArguments()
-    folded = mode == "instruction" and options.get("teacher_view", "release") == "release"
+    reflection = reflection or ReflectionArguments()
+    prompt = load_prompt(mode, prompt_template, needs_input=reflection.prompt_needs_input(mode))
+    cache = cache_path if cache_path is not None else teacher_args.teacher_cache
+    return _reflect_configured(rows, mode, teacher, prompt, teacher_args, reflection, cache, variant, False).rows
+
+
+def _reflect_configured(
+    rows: Sequence[dict[str, Any]],
+    mode: str,
+    teacher: Teacher,
+    prompt: ReflectionPrompt,
+    teacher_args: TeacherArguments,
+    reflection: ReflectionArguments,
+    cache_path: str | Path | None,
+    variant: str,
+    progress: bool,
+) -> ReflectionResult:
+    """``reflect`` with the options of the teacher's and reflection's dataclasses."""
     return reflect(
         rows,
         mode,
         teacher,
-        prompt=load_prompt(mode, prompt_template, needs_input=not folded),
+        prompt=prompt,
         sampling=teacher_args.sampling(),
-        cache_path=cache_path if cache_path is not None else teacher_args.teacher_cache,
+        cache_path=cache_path,
         prefill=teacher_args.prefill_flag(),
         variant=variant,
         max_reasks=teacher_args.max_reasks,
         reask_temperature=teacher_args.reask_temperature,
-        progress=False,
-        **options,
-    ).rows
+        progress=progress,
+        fallback=reflection.fallback,
+        reject_rule=reflection.reject_rule,
+        teacher_view=reflection.teacher_view,
+        max_pair_tokens=reflection.max_pair_tokens,
+    )
 
 
 @dataclass
@@ -475,9 +494,7 @@ def _run_reflect(
     cache: Path,
     teacher: Teacher | None,
 ) -> ReflectRun:
-    # the release's instruction view folds the input into the instruction: a template need not show it
-    folded = args.mode == "instruction" and reflection.teacher_view == "release"
-    prompt = load_prompt(args.mode, args.prompt_template, needs_input=not folded)
+    prompt = load_prompt(args.mode, args.prompt_template, needs_input=reflection.prompt_needs_input(args.mode))
     loaded = load_instruction_data(
         args.data,
         format=args.data_format,
@@ -496,22 +513,8 @@ def _run_reflect(
         len(rows),
         summarize_rejects(loaded.rejects),
     )
-    result = reflect(
-        rows,
-        args.mode,
-        teacher,
-        prompt=prompt,
-        sampling=teacher_args.sampling(),
-        cache_path=cache,
-        prefill=teacher_args.prefill_flag(),
-        variant=args.variant,
-        max_reasks=teacher_args.max_reasks,
-        reask_temperature=teacher_args.reask_temperature,
-        progress=args.progress,
-        fallback=reflection.fallback,
-        reject_rule=reflection.reject_rule,
-        teacher_view=reflection.teacher_view,
-        max_pair_tokens=reflection.max_pair_tokens,
+    result = _reflect_configured(
+        rows, args.mode, teacher, prompt, teacher_args, reflection, cache, args.variant, args.progress
     )
     write_rows(result.rows, output)
     write_rows(result.raw, sidecar_path(output, "raw.jsonl"))
