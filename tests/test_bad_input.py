@@ -37,7 +37,7 @@ def _jsonl(path: Path, rows: list) -> Path:
 
 
 def _rejects(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return read_rows(path)
 
 
 def _score(capsys, *args: str) -> tuple[int, str]:

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from srt_trainer.cli import main as srt_main
-from srt_trainer.io import iter_raw_rows, write_rows
+from srt_trainer.io import iter_raw_rows, read_rows, write_rows
 
 FEW = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # stages that run the embedded model: a handful of examples, tiny rows
@@ -207,11 +207,14 @@ SURE = [
     ("bad_byte", {"instruction": "x", "output": "y"}),
     ("ok", {"instruction": "Say hi", "input": "\x00", "output": "Hi\ufeff!", "id": "a", "meta": {"k": [1]}}),
 ]
+# found by a random run: a rejects file's raw text keeps U+0085, which str.splitlines() takes for a line end
+NEL = [("ok", {"instruction": "0", "output": ""}), ("missing_output", {"instruction": "0\x85"})]
 
 
 @MODEL
 @given(st.lists(row_specs(), min_size=1, max_size=3))
 @example(SURE)
+@example(NEL)
 def test_score_entry_point(scorer_parts, specs):
     from srt_trainer.errors import run_cli
     from srt_trainer.models.config import SRTModelConfig
@@ -227,7 +230,7 @@ def test_score_entry_point(scorer_parts, specs):
             "srt score",
             lambda: run_score(args, ScoringArguments(), SRTModelConfig(), model=model, tokenizer=tokenizer),
         )
-        rejects = [json.loads(x) for x in (Path(d) / "scores.rejects.jsonl").read_text().splitlines()]
+        rejects = read_rows(Path(d) / "scores.rejects.jsonl")
         valid = [r for k, r in specs if usable(k)]
         assert len(rejects) == len(specs) - len(valid)
         if not valid:
@@ -250,6 +253,7 @@ def test_score_entry_point(scorer_parts, specs):
 @MODEL
 @given(st.lists(row_specs(), min_size=1, max_size=3))
 @example(SURE)
+@example(NEL)
 def test_reflect_entry_point(scorer_parts, specs):
     from srt_trainer.errors import run_cli
     from srt_trainer.reflection import ReflectArguments, run_reflect
@@ -266,7 +270,7 @@ def test_reflect_entry_point(scorer_parts, specs):
         teacher_args = TeacherArguments(teacher_max_tokens=1, max_reasks=0)
         code = run_cli("srt reflect", lambda: run_reflect(args, teacher_args, teacher=teacher))
         valid = [r for k, r in specs if usable(k)]
-        rejects = (Path(d) / "a.rejects.jsonl").read_text().splitlines()
+        rejects = read_rows(Path(d) / "a.rejects.jsonl")
         assert len(rejects) == len(specs) - len(valid)
         assert code == (0 if valid else 2)
         if valid:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from srt_trainer.cli import STAGES, main
+from srt_trainer.io import read_rows
 
 SRT = str(Path(sys.executable).parent / "srt")
 REPO = Path(__file__).resolve().parents[1]
@@ -86,19 +87,19 @@ def test_main_job_on_the_recipe_config(tmp_path, embedded_dir, capsys):
     for variant in ("Q", "A", "QA"):
         r = summary["reflection"][variant]
         assert r["rows"] == 6 and r["ok"] + r["fallback"] + r["failed"] == 6 and r["failed"] == 0
-        rows = [json.loads(x) for x in (out / "reflect" / f"{variant.lower()}.jsonl").read_text().splitlines()]
+        rows = read_rows(out / "reflect" / f"{variant.lower()}.jsonl")
         assert [x["source_index"] for x in rows] == list(range(6)) and {x["variant"] for x in rows} == {variant}
     for name in ("ori", "q", "a", "qa"):
-        scores = [json.loads(x) for x in (out / "scores" / f"{name}.scores.jsonl").read_text().splitlines()]
+        scores = read_rows(out / "scores" / f"{name}.scores.jsonl")
         assert len(scores) == 6 and all(x["ifd"] is None or x["ifd"] > 0 for x in scores)
     counts = summary["selection"]
     assert counts["rows"] == 6 and counts["kept"] == summary["training"]["rows"] > 0
-    selected = [json.loads(x) for x in (out / "selection" / "selected.jsonl").read_text().splitlines()]
+    selected = read_rows(out / "selection" / "selected.jsonl")
     assert len(selected) == counts["kept"] and all(x["variant"] in ("QA", "A", "Q", "ori") for x in selected)
     for suffix in ("funnel.png", "hist.png", "card.md", "selection.json"):
         assert (out / "selection" / f"selected.{suffix}").is_file()
     assert summary["training"]["global_step"] >= 1 and (out / "adapter_config.json").is_file()
-    answers = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
+    answers = read_rows(out / "answers.jsonl")
     assert len(answers) == 4 and all("untuned_output" in a for a in answers)
 
     code, _ = _srt_here(capsys, *args)  # a rerun: nothing is asked, scored or trained again

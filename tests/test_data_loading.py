@@ -9,6 +9,7 @@ import datasets
 import pytest
 
 from srt_trainer.data import DataLoadError, load_instruction_data, rejects_path_for
+from srt_trainer.io import read_rows
 
 
 def _write_jsonl(path: Path, rows: list) -> Path:
@@ -17,7 +18,7 @@ def _write_jsonl(path: Path, rows: list) -> Path:
 
 
 def _read_rejects(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return read_rows(path)
 
 
 def test_real_alpaca_json(data_dir, tmp_path):

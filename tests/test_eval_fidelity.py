@@ -277,7 +277,7 @@ def test_run_generate_windows_cuts_turns_and_fingerprints(tiny_models, data_dir,
     out = tmp_path / "answers.jsonl"
     config = GenerateArguments([str(vicuna)], str(out), offset=2, limit=3, alpaca_eval=False)
     run = gen.run_generate(config, SRTModelConfig(model_name_or_path=str(folder)), model=model, tokenizer=tokenizer)
-    expected = [str(json.loads(line)["question_id"]) for line in vicuna.read_text().splitlines()[2:5]]
+    expected = [str(r["question_id"]) for r in read_rows(vicuna)[2:5]]
     assert [r["id"] for r in run.rows] == expected
     assert all(r["output"].startswith("Answer ") and "ASSISTANT:" not in r["output"] for r in run.rows)
     assert seen[0]["max_length"] == 1024 and seen[0]["max_new_tokens"] is None

@@ -162,7 +162,7 @@ def test_statuses_follow_the_parser_and_the_rule(judged):
 
 def test_unmatched_and_bad_rows_are_rejected(judged, answer_files):
     out, _ = judged
-    rejects = [json.loads(x) for x in out.with_name("reviews.rejects.jsonl").read_text().splitlines()]
+    rejects = read_rows(out.with_name("reviews.rejects.jsonl"))
     b_rows = read_rows(answer_files[1])
     assert [(r["file"], r["row"], r["field"]) for r in rejects] == [
         (str(answer_files[1]), len(b_rows) - 1, "output"),

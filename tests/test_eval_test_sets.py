@@ -8,6 +8,7 @@ import pytest
 
 from srt_trainer.data import DataLoadError
 from srt_trainer.evaluation import test_sets as ts
+from srt_trainer.io import read_rows
 
 # the first 8 items of each of the five sets (tests/data/eval; the full sets hold 80, 180, 218, 252 and 300)
 COUNTS = {"vicuna": 8, "koala": 8, "wizardlm": 8, "sinstruct": 8, "lima": 8}
@@ -25,9 +26,7 @@ def test_five_real_sets_are_read_whole(real_sets, data_dir):
         assert len({it["id"] for it in s.items}) == len(s.items)  # ids are unique keys for matching answers
         assert all(set(it) == set(ts.ITEM_COLUMNS) and it["test_set"] == name for it in s.items)
         assert all(isinstance(it["instruction"], str) and it["instruction"].strip() for it in s.items)
-    raw = {
-        n: [json.loads(x) for x in (data_dir / "eval" / f"{n}_test_set.jsonl").read_text().splitlines()] for n in COUNTS
-    }
+    raw = {n: read_rows(data_dir / "eval" / f"{n}_test_set.jsonl") for n in COUNTS}
     first = {n: s.items[0] for n, s in real_sets.items()}
     assert first["vicuna"]["instruction"] == raw["vicuna"][0]["text"]
     assert first["vicuna"]["id"] == str(raw["vicuna"][0]["question_id"])

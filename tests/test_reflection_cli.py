@@ -83,7 +83,7 @@ def test_stopped_run_resumes_without_asking_again_and_never_writes_the_key(
         assert sum(sent.values()) == sent_first + summary["counts"]["requests"]
 
         rows, raw = read_rows(out), read_rows(tmp_path / "out" / "q.raw.jsonl")
-        rejects = [json.loads(x) for x in (tmp_path / "out" / "q.rejects.jsonl").read_text().splitlines()]
+        rejects = read_rows(tmp_path / "out" / "q.rejects.jsonl")
         assert [r["row"] for r in rejects] == [2] and "invalid JSON" in rejects[0]["reason"]
         assert [r["source_index"] for r in rows] == [0, 1, 3, 4, 5, 6]
         texts = {e["text"] for e in load_cache_entries(cache)}

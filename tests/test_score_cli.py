@@ -66,7 +66,7 @@ def test_output_contract(single_run, data_file):
     only_input = rows[8]
     assert only_input["instruction"] == "" and only_input["ifd"] is not None
     assert sum(r["ifd"] is not None for r in rows) == 25
-    rejects = [json.loads(x) for x in (out.parent / "scores.rejects.jsonl").read_text().splitlines()]
+    rejects = read_rows(out.parent / "scores.rejects.jsonl")
     assert [(r["row"], r["reason"][:12]) for r in rejects] == [(3, "invalid JSON")]
     assert (out.parent / "scores.hist.png").stat().st_size > 10_000
     summary = json.loads((out.parent / "scores.summary.json").read_text())

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from srt_trainer.io import read_rows
 from srt_trainer.models import load_student, load_tokenizer
 from srt_trainer.models.config import SRTModelConfig
 from srt_trainer.models.loading import load_configured_student
@@ -33,7 +34,7 @@ def fp32_scores_64(embedded_model, embedded_tokenizer, alpaca_rows):
 
 
 def test_golden_fp32(fp32_scores_64, data_dir):
-    golden = [json.loads(x) for x in (data_dir / "golden_smollm2_vicuna_64.jsonl").read_text().splitlines()]
+    golden = read_rows(data_dir / "golden_smollm2_vicuna_64.jsonl")
     assert len(golden) == 64
     for got, want in zip(fp32_scores_64, golden, strict=True):
         assert got["score_error"] is None
@@ -44,7 +45,7 @@ def test_golden_fp32(fp32_scores_64, data_dir):
 def test_bf16_ranks_agree_with_fp32(fp32_scores_64, data_dir, embedded_dir, embedded_tokenizer, alpaca_rows):
     """The fp32 side is this scorer's fp32 IFD of the 200 rows as tests/data carries it (scoring them again in fp32
     took most of this module's time); its first 64 rows must equal the live fp32 run, so it cannot go stale unseen."""
-    fp32 = [json.loads(x) for x in (data_dir / "fp32_ifd_smollm2_vicuna_200.jsonl").read_text().splitlines()]
+    fp32 = read_rows(data_dir / "fp32_ifd_smollm2_vicuna_200.jsonl")
     assert [r["index"] for r in fp32] == list(range(200))
     for got, want in zip(fp32_scores_64, fp32[:64], strict=True):
         assert got["ifd"] == pytest.approx(want["ifd"], rel=1e-4)

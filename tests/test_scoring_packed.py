@@ -3,13 +3,13 @@ the golden file; how the engine is chosen; packing plans; device-sized token bud
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
 import pytest
 import torch
 
+from srt_trainer.io import read_rows
 from srt_trainer.models import load_student, load_tokenizer
 from srt_trainer.scoring import IFDScorer
 from srt_trainer.scoring import scorer as scorer_module
@@ -62,7 +62,7 @@ def conversation(a: dict, b: dict) -> dict:
 def test_packed_equals_padded_and_golden_fp32(embedded_model, embedded_tokenizer, alpaca_rows, data_dir, monkeypatch):
     """Real rows under the real student: several views share a row, behind the shared template prefix and without
     one, and every loss matches the padded engine and the one-sample-at-a-time golden file to 1e-4."""
-    golden = [json.loads(x) for x in (data_dir / "golden_smollm2_vicuna_64.jsonl").read_text().splitlines()]
+    golden = read_rows(data_dir / "golden_smollm2_vicuna_64.jsonl")
     rows = alpaca_rows[:16]
     packed = IFDScorer(embedded_model, embedded_tokenizer, "vicuna", engine="packed")
     padded = IFDScorer(embedded_model, embedded_tokenizer, "vicuna", engine="padded")

@@ -3,10 +3,9 @@ reflection in both modes through it, and the clear errors of teachers that canno
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
+from srt_trainer.io import read_rows
 from srt_trainer.reflection import inspect_instruction_reflection, parse_response_reflection, reflect
 from srt_trainer.teachers import (
     Answer,
@@ -68,7 +67,7 @@ def test_cache_keys_and_torn_last_line(tmp_path):
     cache.put("c", Answer("third"))
     cache.close()
     assert [e["key"] for e in load_cache_entries(path)] == ["a", "b", "c"]  # the torn tail was cut, not glued to
-    assert all(json.loads(line) for line in path.read_text().splitlines())
+    assert all(read_rows(path))
 
 
 @pytest.mark.parametrize("mode", ["group", "always"])

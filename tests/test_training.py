@@ -132,7 +132,7 @@ def test_cli_names_bad_input(alpaca_rows, tmp_path, capsys):
     bad.write_text('{"instruction": "Say hi.", "input": "", "output": "Hi."}\n{"instruction": "Name a color."}\n')
     rows = load_training_rows(bad, tmp_path / "rejects.jsonl")
     assert [r["output"] for r in rows] == ["Hi."]  # the good row trains; the bad one is kept with its reason
-    (reject,) = [json.loads(x) for x in (tmp_path / "rejects.jsonl").read_text().splitlines()]
+    (reject,) = read_rows(tmp_path / "rejects.jsonl")
     assert reject["file"].endswith("bad.jsonl") and reject["row"] == 1 and reject["field"] == "output"
     only_bad = tmp_path / "only_bad.jsonl"
     only_bad.write_text('{"instruction": "Name a color."}\n')
