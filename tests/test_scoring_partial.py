@@ -16,10 +16,11 @@ from tests.reference_scorer import _loss
 SINGLE = "response is a single token: its unconditioned loss has no target (every token after the first)"
 
 
-def release_losses(model, tok, template, row: dict, max_length: int) -> dict[str, float]:
+def release_losses(model, tok, template, row: dict, max_length: int, rfind: bool = False) -> dict[str, float]:
     """The four losses as the released scorer computes them, one ``model(ids, labels=...)`` call each: NaN where a
     view has no target (transformers' mean over zero targets); a negative truncation length is no truncation, as
-    the release's slow Llama tokenizer treats it."""
+    the release's slow Llama tokenizer treats it. ``rfind``: the r-IFD target starts where the release's text
+    search puts it (the last occurrence of the instruction), not after the reverse prompt."""
     enc = lambda text, limit: tok(text, truncation=limit > 0, max_length=max(limit, 1))["input_ids"]  # noqa: E731
     x, y = row["instruction"] + row["input"], row["output"]
     prompt, reverse = template.prompt(row["instruction"], row["input"]), template.reverse_prompt(y)
@@ -30,6 +31,12 @@ def release_losses(model, tok, template, row: dict, max_length: int) -> dict[str
         "loss_ins_alone": (enc(x, max_length - n_rev + 1), 0),
         "loss_ins_cond": (enc(reverse + x, max_length), n_rev),
     }
+    if rfind:
+        whole = reverse + x
+        views["loss_ins_cond"] = (
+            views["loss_ins_cond"][0],
+            len(tok(whole[: whole.rfind(row["instruction"])])["input_ids"]),
+        )
     return {k: _loss(model, ids, start) if len(ids) > max(start, 1) else math.nan for k, (ids, start) in views.items()}
 
 
@@ -94,6 +101,31 @@ def test_a_response_that_fills_the_reverse_context_keeps_its_ifd(engine, embedde
     # the instruction alone is cut to max_length - 128 + 1 = 1 token (no target) where the reverse prompt fills
     # max_length exactly; where it is longer, the release's tokenizer cuts nothing and the loss is there
     assert got[1]["loss_ins_alone"] is None and got[0]["loss_ins_alone"] > 0
+
+
+@pytest.mark.parametrize("engine", ["packed", "padded"])
+def test_rifd_target_start_release(engine, embedded_model, embedded_tokenizer, alpaca_rows):
+    """--rifd_target_start release: the r-IFD target starts at the instruction's last occurrence in the reverse
+    text, as the release finds it. On real rows with an input: unchanged where the instruction occurs once; none
+    (NaN in the release) where the instruction is empty; inside the input where the input repeats it."""
+    t, tok = get_template("vicuna"), embedded_tokenizer
+    real = next(r for r in alpaca_rows if r["input"] and 30 <= len(r["output"]) <= 300)
+    rows = [
+        real,
+        {**real, "instruction": ""},  # only an input
+        {**real, "input": real["instruction"] + "\n" + real["input"]},  # the input quotes the instruction
+    ]
+    ours = IFDScorer(embedded_model, tok, t, engine=engine).score(rows)
+    release = IFDScorer(embedded_model, tok, t, engine=engine, rifd_target_start="release").score(rows)
+    for o, g, r in zip(ours, release, rows, strict=True):
+        assert_like_release(o, release_losses(embedded_model, tok, t, r, 2048))
+        assert_like_release(g, release_losses(embedded_model, tok, t, r, 2048, rfind=True))
+        assert g["ifd"] == pytest.approx(o["ifd"], rel=1e-5) and g["loss_ins_alone"] == o["loss_ins_alone"]
+    assert release[0]["rifd"] == pytest.approx(ours[0]["rifd"], rel=1e-5)
+    assert ours[1]["rifd"] > 0 and release[1]["rifd"] is None and release[1]["loss_ins_cond"] is None
+    assert release[1]["rifd_error"].startswith("empty instruction: the release's text search")
+    assert release[1]["score_error"] is None  # the IFD is still there
+    assert release[2]["rifd"] > 0 and release[2]["loss_ins_cond"] != pytest.approx(ours[2]["loss_ins_cond"])
 
 
 def test_no_statistics_at_all_gives_both_reasons(embedded_model, embedded_tokenizer):

@@ -12,8 +12,10 @@ view           text               targets                   truncation
 ============== ================== ========================= =======================================
 
 ``x`` is ``instruction + input`` (plain concatenation); every text is tokenized with the tokenizer's default
-special tokens. A multi-turn conversation gives these views for each assistant turn: its response conditioned
-on the dialogue before it, and its user turn predicted from the response.
+special tokens. With ``rifd_target_start="release"`` the targets of ``ins_cond`` start where the released scorer
+finds them: at the last occurrence of the instruction text in ``reverse(y) + x`` (the same place unless the
+instruction is empty or repeats inside its input). A multi-turn conversation gives these views for each assistant
+turn: its response conditioned on the dialogue before it, and its user turn predicted from the response.
 
 ``DataCollatorForIFD`` does one thing: samples in, padded tensors of their views out (with ``labels`` masked to
 ``-100`` outside the targets), usable with a plain ``DataLoader``. The batched scorer uses its ``views`` method
@@ -35,6 +37,7 @@ CONDITIONED = frozenset({"out_cond", "ins_cond"})
 # the two views each statistic needs: IFD = exp(s(y|x) - s(y)), r-IFD = exp(s(x|y) - s(x))
 STAT_VIEWS = {"ifd": ("out_cond", "out_alone"), "rifd": ("ins_cond", "ins_alone")}
 IGNORE_INDEX = -100
+RIFD_TARGET_STARTS = ("reverse_prompt", "release")
 
 
 @dataclass
@@ -75,20 +78,24 @@ class _Turn:
     response: str
     instruction: str  # the r-IFD target: instruction + input
     reverse: str  # reverse prompt built from the response
+    instruction_only: str  # the text the release searches for to start the r-IFD target
 
 
-def _turns(sample: Mapping[str, Any], template: PromptTemplate, eos_token: str) -> list[tuple[str, str, str]]:
-    """(context, response, instruction text) per assistant turn of a normalized or Alpaca-style sample."""
+def _turns(sample: Mapping[str, Any], template: PromptTemplate, eos_token: str) -> list[tuple[str, str, str, str]]:
+    """(context, response, instruction text, instruction alone) per assistant turn of a normalized or Alpaca-style
+    sample."""
     system = sample.get("system") or None
     messages = sample.get("messages")
     if messages and len(messages) > 2:
         out = []
         for k in range(1, len(messages), 2):
             context = template.conversation_prompt(messages[:k], system=system, eos_token=eos_token)
-            out.append((context, messages[k]["content"], messages[k - 1]["content"]))
+            user = messages[k - 1]["content"]
+            out.append((context, messages[k]["content"], user, user))
         return out
     instruction, input_ = sample.get("instruction") or "", sample.get("input") or ""
-    return [(template.prompt(instruction, input_, system=system), sample.get("output") or "", instruction + input_)]
+    prompt = template.prompt(instruction, input_, system=system)
+    return [(prompt, sample.get("output") or "", instruction + input_, instruction)]
 
 
 @dataclass
@@ -99,11 +106,19 @@ class DataCollatorForIFD:
         tokenizer: the student's tokenizer (needs a pad token for ``__call__``).
         template: the prompt template the statistics are computed under.
         max_length: the release's ``max_length`` (2048).
+        rifd_target_start: where the targets of ``ins_cond`` start: ``"reverse_prompt"`` (after the reverse
+            prompt: all of instruction + input) or ``"release"`` (at the last occurrence of the instruction text,
+            located by text as the released scorer does).
     """
 
     tokenizer: Any
     template: PromptTemplate
     max_length: int = 2048
+    rifd_target_start: str = "reverse_prompt"
+
+    def __post_init__(self) -> None:
+        if self.rifd_target_start not in RIFD_TARGET_STARTS:
+            raise ValueError(f"rifd_target_start must be one of {', '.join(RIFD_TARGET_STARTS)}")
 
     def _ids(self, texts: list[str]) -> list[list[int]]:
         if not texts:
@@ -135,12 +150,13 @@ class DataCollatorForIFD:
         for i, sample in enumerate(samples):
             sample_turns = _turns(sample, self.template, eos)
             result[i].num_turns = len(sample_turns)
-            for k, (context, response, instruction) in enumerate(sample_turns):
+            for k, (context, response, instruction, alone) in enumerate(sample_turns):
                 if response == "":
                     result[i].error = "empty response" + (f" (turn {k + 1})" if len(sample_turns) > 1 else "")
                     result[i].stat_errors = dict.fromkeys(STAT_VIEWS, result[i].error)
                     break
-                turns.append(_Turn(i, k, context, response, instruction, self.template.reverse_prompt(response)))
+                reverse = self.template.reverse_prompt(response)
+                turns.append(_Turn(i, k, context, response, instruction, reverse, alone))
         turns = [t for t in turns if result[t.sample].error is None]
 
         context_ids = self._ids([t.context for t in turns])
@@ -149,6 +165,11 @@ class DataCollatorForIFD:
         whole_rev = [t.reverse + t.instruction for t in turns]
         out_cond = self._truncate(whole, self._ids(whole), [self.max_length] * len(turns))
         ins_cond = self._truncate(whole_rev, self._ids(whole_rev), [self.max_length] * len(turns))
+        ins_start = [len(r) for r in reverse_ids]
+        if self.rifd_target_start == "release":
+            # rfind: an empty instruction is "found" at the very end (no target); one repeated in the input there
+            before = [w[: w.rfind(t.instruction_only)] for w, t in zip(whole_rev, turns, strict=True)]
+            ins_start = [len(ids) for ids in self._ids(before)]
         responses = [t.response for t in turns]
         instructions = [t.instruction for t in turns]
         out_alone = self._truncate(responses, self._ids(responses), [self.max_length - len(c) + 1 for c in context_ids])
@@ -161,13 +182,15 @@ class DataCollatorForIFD:
                 "out_alone": View(t.sample, t.turn, "out_alone", out_alone[j], 1),
                 "out_cond": View(t.sample, t.turn, "out_cond", out_cond[j], len(context_ids[j])),
                 "ins_alone": View(t.sample, t.turn, "ins_alone", ins_alone[j], 1),
-                "ins_cond": View(t.sample, t.turn, "ins_cond", ins_cond[j], len(reverse_ids[j])),
+                "ins_cond": View(t.sample, t.turn, "ins_cond", ins_cond[j], ins_start[j]),
             }
             entry.views += [v for v in views.values() if v.num_targets > 0]
             for stat, kinds in STAT_VIEWS.items():
                 empty = [kind for kind in kinds if views[kind].num_targets <= 0]
                 if empty and stat not in entry.stat_errors:  # the first turn without it names the reason
-                    reason = _no_target_reason(empty[0], t, len(context_ids[j]), len(reverse_ids[j]), self.max_length)
+                    reason = _no_target_reason(
+                        empty[0], t, len(context_ids[j]), len(reverse_ids[j]), self.max_length, self.rifd_target_start
+                    )
                     entry.stat_errors[stat] = reason + (f" (turn {t.turn + 1})" if entry.num_turns > 1 else "")
         for entry in result:
             if entry.error is None and len(entry.stat_errors) == len(STAT_VIEWS):
@@ -230,7 +253,9 @@ class DataCollatorForIFD:
         return batch
 
 
-def _no_target_reason(kind: str, turn: _Turn, prompt_len: int, reverse_len: int, max_length: int) -> str:
+def _no_target_reason(
+    kind: str, turn: _Turn, prompt_len: int, reverse_len: int, max_length: int, rifd_target_start: str
+) -> str:
     """Why a view of ``kind`` has no target token."""
     if kind == "out_cond" or (kind == "out_alone" and prompt_len >= max_length):
         if prompt_len >= max_length:
@@ -238,6 +263,10 @@ def _no_target_reason(kind: str, turn: _Turn, prompt_len: int, reverse_len: int,
         return "the response adds no token to the prompt"  # tokenization merged it into the prompt's last token
     if kind in ("ins_cond", "ins_alone") and turn.instruction == "":
         return "empty instruction and input: nothing to predict"
+    if kind == "ins_cond" and rifd_target_start == "release" and reverse_len < max_length:
+        if turn.instruction_only == "":
+            return "empty instruction: the release's text search puts the r-IFD target at the end (no target)"
+        return "the instruction's last occurrence leaves no target within max_length (release target search)"
     if kind == "ins_cond" or (kind == "ins_alone" and reverse_len >= max_length):
         if reverse_len >= max_length:
             return f"reverse prompt is {reverse_len} tokens: no room for the instruction within max_length {max_length}"

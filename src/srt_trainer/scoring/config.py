@@ -31,6 +31,16 @@ class ScoringArguments:
         default=True,
         metadata={"help": "Compute the shared template prefix's keys and values once (exact; off only to compare)."},
     )
+    rifd_target_start: str = field(
+        default="reverse_prompt",
+        metadata={
+            "help": "Where the r-IFD target starts in reverse(y) + x: reverse_prompt (after the reverse prompt: the "
+            "paper's x, instruction + input) or release (at the last occurrence of the instruction's text, as the "
+            "released scorer finds it: an empty instruction then has no r-IFD, and an instruction repeated in its "
+            "input starts the target there).",
+            "choices": ["reverse_prompt", "release"],
+        },
+    )
     engine: str = field(
         default="auto",
         metadata={
@@ -49,6 +59,7 @@ class ScoringArguments:
             "max_batch_size": self.max_batch_size,
             "share_prefix": self.share_prefix,
             "engine": self.engine,
+            "rifd_target_start": self.rifd_target_start,
         }
 
 

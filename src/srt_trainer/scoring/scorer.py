@@ -343,6 +343,8 @@ class IFDScorer:
             (right-padded batches, no mask) or ``auto``: packed where the attention implementation takes an
             explicit mask (``MASKED_ATTENTION``), the fast path is on and a check at start agrees; padded
             otherwise. The choice is ``self.engine``.
+        rifd_target_start: where the r-IFD target starts (``DataCollatorForIFD``): ``reverse_prompt`` or
+            ``release``.
     """
 
     def __init__(
@@ -356,6 +358,7 @@ class IFDScorer:
         share_prefix: bool = True,
         logits_chunk: int = 2**25,
         engine: str = "auto",
+        rifd_target_start: str = "reverse_prompt",
     ) -> None:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
@@ -363,7 +366,7 @@ class IFDScorer:
             template = get_template(template, tokenizer)
         self.model = model
         self.tokenizer = tokenizer
-        self.collator = DataCollatorForIFD(tokenizer, template, max_length)
+        self.collator = DataCollatorForIFD(tokenizer, template, max_length, rifd_target_start)
         self.logits_chunk = logits_chunk
         inner = _unwrap(model)
         self._config = inner.config
