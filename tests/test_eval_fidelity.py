@@ -312,3 +312,20 @@ def test_srt_reflect_offset_keeps_source_indices(data_dir, tmp_path):
     assert [r["instruction"] for r in rows] == [alpaca[i]["instruction"] for i in (30, 31, 32)]
     index = next(k for k in ("source_index", "row_index") if k in rows[0])
     assert [r[index] for r in rows] == [30, 31, 32]
+
+
+def test_srt_eval_judge_offset_splits_the_matched_items(sinstruct_answers, tmp_path):
+    """Two windows of the matched items judged apart hold the same items, with their own ids, as one whole run."""
+    a, b, items = sinstruct_answers
+    ids = []
+    for offset, limit in ((0, 2), (2, None)):
+        judge = ScriptedJudge(lambda user: "8 6\nfine")
+        out = tmp_path / f"reviews_{offset}.jsonl"
+        config = JudgeArguments(str(a), str(b), str(out), plot=False, offset=offset, limit=limit)
+        run_judge(config, TeacherArguments(), teacher=judge)
+        ids.append([r["id"] for r in read_rows(out)])
+        assert len(judge.users) == 2 * len(ids[-1])
+    assert ids == [[it["id"] for it in items[:2]], [items[2]["id"]]]
+    past = JudgeArguments(str(a), str(b), str(tmp_path / "past.jsonl"), plot=False, offset=3)
+    with pytest.raises(DataLoadError, match="--offset 3: past the last of the 3 matched items"):
+        run_judge(past, TeacherArguments(), teacher=ScriptedJudge(lambda user: "8 6"))

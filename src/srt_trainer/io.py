@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from srt_trainer.errors import SRTUserError
 
@@ -39,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 OUTPUT_SUFFIXES = (".jsonl", ".parquet")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
+
+
+_T = TypeVar("_T")
 
 
 class DataLoadError(SRTUserError, RuntimeError):
@@ -399,7 +402,7 @@ def offset_field() -> Any:
     )
 
 
-def row_window(rows: Iterable[RawRow], offset: int = 0, limit: int | None = None) -> Iterator[RawRow]:
+def row_window(rows: Iterable[_T], offset: int = 0, limit: int | None = None) -> Iterator[_T]:
     """Rows ``offset`` to ``offset + limit`` of a source, by position (rejected rows count, as they have an index),
     keeping each row's own index. A negative offset or limit is refused."""
     if offset < 0:

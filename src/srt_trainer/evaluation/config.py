@@ -110,6 +110,12 @@ class JudgeArguments:
         }
     )
     limit: int | None = field(default=None, metadata={"help": "Judge only the first N matched items."})
+    offset: int = field(
+        default=0,
+        metadata={
+            "help": "Skip the first N matched items (with --limit, to split judging by hand); items keep their ids."
+        },
+    )
     judge_input: bool = field(
         default=False,
         metadata={

@@ -27,7 +27,15 @@ from srt_trainer.evaluation.aggregate import (
 )
 from srt_trainer.evaluation.config import JudgeArguments
 from srt_trainer.evaluation.scores import has_scores
-from srt_trainer.io import check_output_path, guard_outputs, iter_raw_rows, sidecar_path, write_rows
+from srt_trainer.io import (
+    DataLoadError,
+    check_output_path,
+    guard_outputs,
+    iter_raw_rows,
+    row_window,
+    sidecar_path,
+    write_rows,
+)
 from srt_trainer.teachers import RunCounts, TeacherArguments, build_teacher_from_args, complete_all
 from srt_trainer.teachers.cache import check_cache_writable
 
@@ -222,8 +230,11 @@ def run_judge(config: JudgeArguments, judge: TeacherArguments, teacher: Any = No
 def _run_judge(config: JudgeArguments, judge: TeacherArguments, output: Path, cache: Path, teacher: Any) -> JudgeRun:
     file_a, file_b = read_answers(config.answers_a), read_answers(config.answers_b)
     pairs, unmatched = match_answers(file_a, file_b)
-    if config.limit is not None:
-        pairs = pairs[: config.limit]
+    if config.offset or config.limit is not None:
+        window = list(row_window(pairs, config.offset, config.limit))
+        if pairs and not window:
+            raise DataLoadError(f"--offset {config.offset}: past the last of the {len(pairs)} matched items")
+        pairs = window
     rejects = [*file_a.rejects, *file_b.rejects, *unmatched]
     write_rejects(rejects, rejects_path_for(output))
     logger.info("%d items to judge in both orders; %s", len(pairs), summarize_rejects(rejects))
