@@ -319,6 +319,46 @@ def test_local_teacher_counts_exactly_and_groups_by_budget(embedded_tokenizer, a
     assert calls == [(rendered, 5)]
 
 
+def test_vllm_teacher_gives_each_request_its_budget(alpaca_rows):
+    """vLLM's chat() takes one sampling per call: requests are grouped by budget (and prefill), each answer goes back
+    to its own position. vLLM needs a GPU, so a recording engine stands in for it; the budgets are the real code's."""
+    from types import SimpleNamespace
+
+    from srt_trainer.teachers.vllm_teacher import VLLMTeacher
+
+    calls = []
+
+    class RecordingEngine:
+        def chat(self, conversations, *, max_tokens, continue_final_message, **sampling):
+            calls.append((len(conversations), max_tokens, continue_final_message))
+            return [
+                SimpleNamespace(text=c[-1]["content"][:5], prompt_tokens=1, completion_tokens=1) for c in conversations
+            ]
+
+    teacher = object.__new__(VLLMTeacher)  # skips loading vLLM; generate() is what is under test
+    teacher.model_name, teacher.chunk_size, teacher._engine = "m", 2, RecordingEngine()
+    longest = max(range(len(alpaca_rows)), key=lambda k: len(alpaca_rows[k]["output"]))
+    rows = _rows(alpaca_rows, 4, longest, 5, 6)
+    conversations = [[{"role": "user", "content": r["output"]}] for r in rows]
+    conversations.append([*conversations[1], {"role": "assistant", "content": "[Better Answer]"}])  # a prefill
+    answers = {}
+    teacher.generate(conversations, SamplingConfig(context_length=1024), lambda j, a: answers.setdefault(j, a.text))
+    assert answers == {j: c[-1]["content"][:5] for j, c in enumerate(conversations)}
+    budgets = [max(1, min(2048, 1024 - approx_conversation_tokens(c))) for c in conversations]
+    expected = {}
+    for c, b in zip(conversations, budgets, strict=True):
+        key = (b, c[-1]["role"] == "assistant")
+        expected[key] = expected.get(key, 0) + 1
+    got = {}
+    for n, b, prefill in calls:
+        assert n <= 2  # chunks of chunk_size
+        got[(b, prefill)] = got.get((b, prefill), 0) + n
+    assert got == expected and len({b for b, _ in got}) > 1
+    calls.clear()
+    teacher.generate(conversations[:4], SamplingConfig(max_tokens=7), lambda j, a: None)
+    assert calls == [(2, 7, False), (2, 7, False)]
+
+
 # --- the options, and the counts in the summary ---------------------------------------------------------------------
 
 
