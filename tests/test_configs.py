@@ -92,3 +92,17 @@ def test_quantization_goes_through_trl():
 
     q = SRTModelConfig(load_in_4bit=True, dtype="bfloat16", bnb_4bit_quant_type="nf4").quantization_config()
     assert isinstance(q, BitsAndBytesConfig) and q.load_in_4bit and q.bnb_4bit_quant_type == "nf4"
+
+
+def test_score_and_generate_resume_on_the_same_student_options():
+    """A resumed score or generate run must match every student option that changes its numbers: the same list for
+    both (attention and quantization included)."""
+    from srt_trainer.evaluation.config import GenerateArguments
+    from srt_trainer.scoring.config import fingerprint_settings
+
+    student = SRTModelConfig(load_in_4bit=True, attn_implementation="eager")
+    score = fingerprint_settings(ScoringArguments(), student)
+    generate = GenerateArguments(test_sets=["t"], output="o").fingerprint_settings(student)
+    shared = {k for k in score if hasattr(student, k)}
+    assert shared == {k for k in generate if hasattr(student, k)}
+    assert score["load_in_4bit"] is generate["load_in_4bit"] is True and generate["attn_implementation"] == "eager"

@@ -158,12 +158,34 @@ def test_srt_select_switch_and_budget(scored_files, tmp_path):
 
 def test_srt_select_refuses_misaligned_inputs(scored_files, tmp_path, capsys):
     short = tmp_path / "a_short.jsonl"
-    short.write_text("".join(scored_files["a"].read_text().splitlines(keepends=True)[:-1]))
+    lines = scored_files["a"].read_text(encoding="utf-8").rstrip("\n").split("\n")  # JSONL: "\n" ends a row
+    short.write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")
     files = {**scored_files, "a": short}
     assert _select(files, tmp_path / "x.jsonl") == 2
     err = capsys.readouterr().err
     assert f"srt select: {short} (A): {N - 1} rows, but {scored_files['ori']} (ori) has {N}" in err
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_srt_select_refuses_an_output_another_run_holds(scored_files, tmp_path, capsys):
+    """A second selection into an output another run is writing stops at once with a message, writing nothing."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "selected.jsonl"
+    code = f"import time\nfrom srt_trainer.io import output_lock\nwith output_lock({str(out)!r}):\n"
+    code += "    print('held', flush=True)\n    time.sleep(60)"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert _select(scored_files, out) == 2
+        assert "another run is writing this selection" in capsys.readouterr().err and not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert _select(scored_files, out) == 0 and out.exists()
 
 
 def test_srt_select_ifd_policy_needs_only_the_originals(scored_files, tmp_path, capsys):

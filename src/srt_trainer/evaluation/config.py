@@ -8,6 +8,7 @@ from typing import Any
 
 from srt_trainer.errors import SRTUserError
 from srt_trainer.io import offset_field
+from srt_trainer.models.config import student_settings
 
 # What ``--unscored`` may say of a review order whose scores cannot be read.
 UNSCORED_CHOICES = ("fail", "tie")
@@ -91,8 +92,7 @@ class GenerateArguments:
     def fingerprint_settings(self, model_args: Any) -> dict[str, Any]:
         """What changes the answers: a resumed run must match these."""
         own = ("engine", "max_length", "max_new_tokens", "stop_at_turns", "batch_size", "temperature", "top_p", "seed")
-        student = ("model_name_or_path", "model_revision", "adapter", "template", "dtype")
-        return {k: getattr(self, k) for k in own} | {k: getattr(model_args, k) for k in student}
+        return {k: getattr(self, k) for k in own} | student_settings(model_args)
 
 
 @dataclass

@@ -58,6 +58,13 @@ class SRTModelConfig(ModelConfig):
         return None if self.model_revision == "main" else self.model_revision
 
 
+def student_settings(model_args: Any) -> dict[str, Any]:
+    """The student options that change its numbers (scores, answers): a resumed run must match them."""
+    names = ("model_name_or_path", "model_revision", "adapter", "template", "dtype", "attn_implementation")
+    quantization = ("load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type", "use_bnb_nested_quant")
+    return {k: getattr(model_args, k) for k in (*names, *quantization)}
+
+
 @dataclass
 class LoadingArguments:
     """Where and how a stage other than ``srt train`` loads the student (training takes both from its

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from srt_trainer.io import offset_field
+from srt_trainer.models.config import student_settings
 
 
 @dataclass
@@ -85,7 +86,5 @@ class ScoreArguments:
 
 def fingerprint_settings(scoring: ScoringArguments, model_args: Any) -> dict[str, Any]:
     """What changes the numbers (shard size aside): a resumed run must match these."""
-    student = ("model_name_or_path", "model_revision", "adapter", "template", "dtype", "attn_implementation")
-    quantization = ("load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type", "use_bnb_nested_quant")
     settings = {k: v for k, v in asdict(scoring).items() if k != "shard_size"}
-    return settings | {k: getattr(model_args, k) for k in (*student, *quantization)}
+    return settings | student_settings(model_args)

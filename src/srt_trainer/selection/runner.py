@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from srt_trainer.io import DataLoadError, check_distinct_paths, check_output_path, iter_raw_rows, sidecar_path
+from srt_trainer.io import DataLoadError, check_output_path, guard_outputs, iter_raw_rows, sidecar_path
 from srt_trainer.selection.config import SelectArguments, SelectionArguments, SelectionInputError
 from srt_trainer.selection.policy import SelectionResult, select_rows
 from srt_trainer.selection.report import write_selection
@@ -38,11 +38,10 @@ def run_select(args: SelectArguments, selection: SelectionArguments) -> Selectio
         raise SelectionInputError(f"{', '.join(missing)} required (the {selection.policy!r} policy)")
     output = check_output_path(args.output)
     written = ("selection.json", "decisions.jsonl", "funnel.png", "hist.png", "card.md")
-    check_distinct_paths(
-        {f"--{view.lower()}": file for view, file in files.items()},
-        {"--output": output, **{f"the report {name}": sidecar_path(output, name) for name in written}},
-    )
-    scored = {v: read_scored(files[v]) for v in needed}
-    result = select_rows(scored["ori"], scored.get("Q"), scored.get("A"), scored.get("QA"), selection, files)
-    result.files = write_selection(result, args, selection, scored)
+    inputs = {f"--{view.lower()}": file for view, file in files.items()}
+    sidecars = {f"the report {name}": sidecar_path(output, name) for name in written}
+    with guard_outputs(inputs, output, sidecars, "selection"):
+        scored = {v: read_scored(files[v]) for v in needed}
+        result = select_rows(scored["ori"], scored.get("Q"), scored.get("A"), scored.get("QA"), selection, files)
+        result.files = write_selection(result, args, selection, scored)
     return result
