@@ -197,6 +197,59 @@ def test_loss_mask_covers_exactly_the_response_and_eos(alpaca_rows, embedded_mod
     assert seen == 6
 
 
+def test_padding_free_batches_keep_max_length_and_the_padded_loss(
+    alpaca_rows, embedded_model, embedded_tokenizer, tmp_path
+):
+    """--padding_free without packing: the trainer's own batches are the samples back to back in one row, each cut
+    at max_length as padded training cuts it, and the loss of a batch is the padded batch's loss (no sample sees
+    another). TRL alone refuses these options while max_length is set."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    rows = alpaca_rows[:8]
+    dataset = build_sft_dataset(rows, "vicuna", embedded_tokenizer)
+    quick = {"max_length": 96, "global_batch_size": 4, "per_device_train_batch_size": 4, "padding_free": True}
+    _, args, *_ = quick_args(tmp_path, **quick)
+    trainer = SRTSFTTrainer(model=embedded_model, args=args, train_dataset=dataset, processing_class=embedded_tokenizer)
+    assert args.max_length == 96 and trainer.padding_free and not args.packing
+    lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
+    full = [len(embedded_tokenizer(r["prompt"] + r["completion"])["input_ids"]) + 1 for r in dataset]
+    assert max(lengths) == 96 and max(full) > 96 and lengths == [min(n, 96) for n in full]  # cut as padded is
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
+    assert int((batch["position_ids"][0] == 0).sum()) == 4  # four samples in the one row
+    features = [trainer.train_dataset[i] for i in range(4)]
+    flat = trainer.data_collator(features)
+    padded = DataCollatorForLanguageModeling(pad_token_id=embedded_tokenizer.pad_token_id)(features)
+    assert int((padded["labels"] != -100).sum()) == int((flat["labels"] != -100).sum())
+    keys = ("input_ids", "labels", "position_ids")
+    before = embedded_model.config._attn_implementation
+    try:
+        for attention in ("sdpa", "eager"):
+            embedded_model.set_attn_implementation(attention)
+            with torch.no_grad():
+                loss_flat = embedded_model(**{k: flat[k] for k in keys}).loss
+                loss_padded = embedded_model(**{k: padded[k] for k in ("input_ids", "labels", "attention_mask")}).loss
+            assert float(loss_flat) == pytest.approx(float(loss_padded), rel=1e-4), attention
+    finally:
+        embedded_model.set_attn_implementation(before)
+    # the CLI takes the same options
+    code = train_main(
+        [
+            "--dataset",
+            str(write_rows(rows[:4], tmp_path / "four.jsonl")),
+            "--output_dir",
+            str(tmp_path / "cli"),
+            "--max_steps",
+            "1",
+            "--padding_free",
+            "true",
+            "--no_plot",
+            *(f"--{k}={v}" for k, v in {**QUICK, **quick}.items()),
+        ]
+    )
+    assert code == 0 and (tmp_path / "cli" / "model.safetensors").exists()
+
+
 # --- training ------------------------------------------------------------------------------------------------
 
 

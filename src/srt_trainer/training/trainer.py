@@ -48,7 +48,14 @@ class CheckpointNotFoundError(SRTUserError, FileNotFoundError):
 class SRTSFTTrainer(SFTTrainer):
     """``SFTTrainer`` that reports the selection its data came from (see ``SelectionStatsCallback``), logs each
     optimizer step's wall time and the peak memory (``step_seconds``, ``max_memory_gib``), and writes a model card
-    naming the student it started from (``base_model``) and the data it was trained on (``dataset_name``)."""
+    naming the student it started from (``base_model``) and the data it was trained on (``dataset_name``).
+
+    ``padding_free`` without packing keeps ``max_length``: each batch is its samples back to back in one row (each
+    attending only to itself, by its restarting position ids), every sample cut at ``max_length`` as in padded
+    training, so steps hold the same samples as the paper's padded batches without the padding. TRL refuses that
+    pair of options whenever ``max_length`` is set, although its dataset preparation cuts every sample to it before
+    batching; the check is given ``max_length`` unset and the preparation gets it back.
+    """
 
     def __init__(
         self,
@@ -58,7 +65,15 @@ class SRTSFTTrainer(SFTTrainer):
         dataset_name: str | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        config = kwargs.get("args")
+        self._cut_at = None
+        if config is not None and config.padding_free and not config.packing and config.max_length is not None:
+            self._cut_at, config.max_length = config.max_length, None
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            if self._cut_at is not None:
+                config.max_length = self._cut_at
         self.selection_report = selection_report
         self.base_model = base_model
         self.dataset_name = dataset_name
@@ -66,6 +81,15 @@ class SRTSFTTrainer(SFTTrainer):
             self.add_callback(SelectionStatsCallback(selection_report, trainer=self))
         self.step_timer = StepTimeCallback()
         self.add_callback(self.step_timer)
+
+    def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, *rest: Any) -> Any:
+        if self._cut_at is None or args.max_length is not None:
+            return super()._prepare_dataset(dataset, processing_class, args, *rest)
+        args.max_length = self._cut_at
+        try:
+            return super()._prepare_dataset(dataset, processing_class, args, *rest)
+        finally:
+            args.max_length = None
 
     def create_model_card(
         self, model_name: str | None = None, dataset_name: str | None = None, tags: str | list[str] | None = None
