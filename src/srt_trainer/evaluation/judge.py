@@ -231,10 +231,9 @@ def _run_judge(config: JudgeArguments, judge: TeacherArguments, output: Path, ca
     file_a, file_b = read_answers(config.answers_a), read_answers(config.answers_b)
     pairs, unmatched = match_answers(file_a, file_b)
     if config.offset or config.limit is not None:
-        window = list(row_window(pairs, config.offset, config.limit))
-        if pairs and not window:
+        if pairs and config.offset >= len(pairs):
             raise DataLoadError(f"--offset {config.offset}: past the last of the {len(pairs)} matched items")
-        pairs = window
+        pairs = list(row_window(pairs, config.offset, config.limit))
     rejects = [*file_a.rejects, *file_b.rejects, *unmatched]
     write_rejects(rejects, rejects_path_for(output))
     logger.info("%d items to judge in both orders; %s", len(pairs), summarize_rejects(rejects))

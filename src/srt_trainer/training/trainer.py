@@ -65,7 +65,7 @@ class SRTSFTTrainer(SFTTrainer):
         dataset_name: str | None = None,
         **kwargs: Any,
     ) -> None:
-        config = kwargs.get("args")
+        config = kwargs.get("args", args[1] if len(args) > 1 else None)  # SFTTrainer(model, args, ...)
         self._cut_at = None
         if config is not None and config.padding_free and not config.packing and config.max_length is not None:
             self._cut_at, config.max_length = config.max_length, None
