@@ -5,3 +5,9 @@ suits it, then the student is fine-tuned on what it kept with TRL's SFTTrainer.
 """
 
 __version__ = "0.1.0"
+
+import logging as _logging
+
+# bitsandbytes, imported by TRL in every stage, warns on import on CPUs with bf16 kernels that an optional kernel
+# package for 4-bit CPU matmuls is missing, whether or not anything is quantized; only its errors are shown.
+_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
