@@ -110,3 +110,18 @@ def test_main_job_on_the_recipe_config(tmp_path, embedded_dir, capsys):
         assert again["reflection"][variant]["counts"]["requests"] == 0
     assert again["training"]["resumed_from"] and again["training"]["global_step"] == summary["training"]["global_step"]
     assert again["selection"] == counts
+
+
+def test_main_job_checks_its_data_before_any_model_work(tmp_path, capsys, monkeypatch):
+    """A window past the end of the data stops `srt run` at once, before the student is loaded or asked."""
+    from srt_trainer.run import job
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the student was loaded before the data was checked")
+
+    monkeypatch.setattr(job, "load_model_for_training", no_model)
+    monkeypatch.setattr(job, "load_tokenizer", no_model)
+    config = REPO / "recipes" / "smollm2-135m" / "run" / "config_cpu.yaml"
+    data = REPO / "tests" / "data" / "alpaca_slice.json"
+    argv = ["run", str(config), "--data", str(data), "--offset", "9999", "--output_dir", str(tmp_path / "o")]
+    assert main(argv) == 2 and "no rows from --offset 9999 on" in capsys.readouterr().err

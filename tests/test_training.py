@@ -122,6 +122,17 @@ def test_global_batch_errors_name_the_numbers(tmp_path):
     assert train_main(argv) == 2
 
 
+def test_a_selection_that_keeps_nothing_says_why(data_dir, tmp_path, capsys):
+    """Real golden scores, an IFD threshold no row meets: the stage stops before loading the student and names the
+    step that removed the rows."""
+    argv = ["--ori_scores", str(data_dir / "golden_smollm2_vicuna_64.jsonl"), "--policy", "ifd"]
+    argv += ["--ifd_threshold", "0.0001", "--output_dir", str(tmp_path / "out"), "--no_plot"]
+    assert train_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "the selection kept none of the 64 source rows (ifd/cut_ifd 64" in err
+    assert (tmp_path / "out" / "selection" / "selected.selection.json").is_file()  # the counts are there to read
+
+
 def test_cli_names_bad_input(alpaca_rows, tmp_path, capsys):
     quick = ["--output_dir", str(tmp_path / "out"), "--global_batch_size", "1", "--per_device_train_batch_size", "1"]
     assert train_main(["--dataset", str(tmp_path / "missing.jsonl"), *quick]) == 2

@@ -593,7 +593,8 @@ class ShardStore:
                 diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
                 raise ResumeMismatchError(
                     f"{self.work_dir} holds shards of a run with different {', '.join(diff)}; "
-                    f"remove it (or pass --overwrite) to start over"
+                    "remove that folder to start over (srt score and srt eval generate do it with --overwrite), or "
+                    "write to another output"
                 )
         elif is_main:
             self.work_dir.mkdir(parents=True, exist_ok=True)

@@ -140,6 +140,23 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    # the data first: a wrong path, window or file stops the job before any model work
+    ori = resolve_data(run_args.data)
+    windowed = run_args.limit is not None or bool(run_args.offset)
+    if state.is_main_process:
+        rows = load_instruction_data(
+            ori,
+            limit=run_args.limit,
+            offset=run_args.offset,
+            rejects_path=out / "reflect" / "ori.rejects.jsonl" if windowed else None,
+        )
+        if windowed:  # one slice, in Alpaca form as the reflections are, that is reflected, scored and trained on
+            write_rows(
+                [{k: r[k] for k in ("instruction", "input", "output")} for r in rows.dataset],
+                out / "reflect" / "ori.jsonl",
+            )
+    if windowed:
+        ori = str(out / "reflect" / "ori.jsonl")
     with state.main_process_first():
         model_args.model_name_or_path = resolve_model_path(model_args.model_name_or_path)
     student_name = model_args.model_name_or_path
@@ -159,19 +176,6 @@ def run(
 
     # 1. reflection (main process; the others wait for its files)
     t = time.perf_counter()
-    ori = resolve_data(run_args.data)
-    if run_args.limit is not None or run_args.offset:
-        # one slice, in Alpaca form as the reflections are, that is reflected, scored and trained on
-        limited = out / "reflect" / "ori.jsonl"
-        if state.is_main_process:
-            rows = load_instruction_data(
-                ori,
-                limit=run_args.limit,
-                offset=run_args.offset,
-                rejects_path=out / "reflect" / "ori.rejects.jsonl",
-            )
-            write_rows([{k: r[k] for k in ("instruction", "input", "output")} for r in rows.dataset], limited)
-        ori = str(limited)
     need_variants = selection.policy != "ifd"
     reflected: dict[str, Any] = {}
     if need_variants and state.is_main_process:

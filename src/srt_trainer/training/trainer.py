@@ -30,7 +30,7 @@ from srt_trainer.scoring.report import format_summary
 from srt_trainer.selection import SelectArguments, SelectionArguments, format_counts, run_select
 from srt_trainer.training.callbacks import REPORT_DIR, SelectionReport, SelectionStatsCallback
 from srt_trainer.training.config import SRTScriptArguments, SRTSFTConfig, TrainingInputError
-from srt_trainer.training.data import build_sft_dataset, load_training_rows
+from srt_trainer.training.data import TrainingDataError, build_sft_dataset, load_training_rows
 from srt_trainer.training.step_time import StepTimeCallback, step_metrics
 
 logger = logging.getLogger(__name__)
@@ -271,8 +271,27 @@ def select(
             output,
             len(result.rows),
         )
+        if not result.rows:
+            raise TrainingDataError(nothing_selected(result.counts, output))
     state.wait_for_everyone()
     return output
+
+
+def nothing_selected(counts: dict[str, int], output: Path) -> str:
+    """Why a selection left nothing to train on: the steps that removed rows, largest first."""
+    cut = {k: n for k, n in counts.items() if n and ("/cut_" in k or k.endswith("not_kept") or k == "budget_cut")}
+    reasons = ", ".join(f"{k} {n}" for k, n in sorted(cut.items(), key=lambda kv: -kv[1])[:4])
+    nulls = sum(n for k, n in cut.items() if k.endswith("_null"))
+    hint = (
+        "; a missing statistic fails its threshold: the score files' ifd_error / rifd_error say why it is missing "
+        "(for example a score_max_length too short for the reverse prompt)"
+        if nulls
+        else ""
+    )
+    return (
+        f"the selection kept none of the {counts.get('rows', 0)} source rows ({reasons or 'no row was judged'}){hint}; "
+        f"the counts and funnel are beside {output}"
+    )
 
 
 def train(
