@@ -15,7 +15,7 @@ from srt_trainer.data import load_instruction_data
 from srt_trainer.evaluation.aggregate import AggregateConfigError, aggregate_file, aggregate_records, judge_item
 from srt_trainer.evaluation.config import AggregateArguments, GenerateArguments, GenerateConfigError, JudgeArguments
 from srt_trainer.evaluation.generate import TURN_MARKERS, cut_at_turns
-from srt_trainer.evaluation.judge import question_text, run_judge
+from srt_trainer.evaluation.judge import NoReadableScoresError, question_text, run_judge
 from srt_trainer.evaluation.test_sets import read_test_set, read_test_sets
 from srt_trainer.io import DataLoadError, read_rows, write_rows
 from srt_trainer.models.config import SRTModelConfig
@@ -129,13 +129,78 @@ def test_judge_counts_unreadable_reviews_as_released_with_unscored_tie(sinstruct
     # every reverse review (B shown first) is unreadable, after its re-asks too
     judge = ScriptedJudge(lambda user: "no idea" if "[The Start of Assistant 1's Answer]\nlong" in user else "8 6")
     config = JudgeArguments(str(a), str(b), str(tmp_path / "ours.jsonl"), plot=False)
-    ours = run_judge(config, TeacherArguments(max_reasks=1), teacher=judge)
+    with pytest.raises(NoReadableScoresError, match=f"none of the {len(items)} items got readable scores") as e:
+        run_judge(config, TeacherArguments(max_reasks=1), teacher=judge)
+    ours = e.value.run  # every file written before the error
     assert ours.aggregate.overall.failed == len(items) and ours.aggregate.overall.n == 0
+    assert len(read_rows(ours.failures)) == len(items) == len(read_rows(ours.output))
     config = JudgeArguments(str(a), str(b), str(tmp_path / "release.jsonl"), plot=False, unscored="tie")
     release = run_judge(config, TeacherArguments(max_reasks=1), teacher=judge)
     assert release.aggregate.overall.win == len(items) and release.aggregate.overall.unscored_draws == len(items)
     assert {r["status"] for r in release.records} == {"drawn"} and {r["result"] for r in release.records} == {"win"}
     assert len(read_rows(release.failures)) == len(items)  # still listed, for a look at the raw reviews
+
+
+def _cli_judge(a: Path, b: Path, out: Path, *extra: str) -> list[str]:
+    return ["eval", "judge", "--answers_a", str(a), "--answers_b", str(b), "--output", str(out), "--no_plot", *extra]
+
+
+def test_srt_eval_judge_exits_2_when_no_item_gets_readable_scores(sinstruct_answers, tmp_path, monkeypatch, capsys):
+    """Like `srt eval aggregate` on the same file: the files are written, then exit 2, unless --unscored tie counts
+    the items as draws. The request counts tell a first run from a rerun served by the cache."""
+    a, b, items = sinstruct_answers
+    judge = ScriptedJudge(lambda user: "I would rather not give scores.")
+    monkeypatch.setattr("srt_trainer.evaluation.judge.build_teacher_from_args", lambda args: judge)
+    out = tmp_path / "reviews.jsonl"
+    assert srt_main(_cli_judge(a, b, out, "--max_reasks", "1")) == 2
+    printed = capsys.readouterr()
+    n = 2 * len(items)
+    # first run: every conversation asked, then re-asked; nothing came from the cache
+    assert f"judge: {n} conversations: asked {2 * n}, cached 0, retried 0 ({2 * n} requests), re-asked {n}," in (
+        printed.out
+    )
+    failures = out.with_name("reviews.failures.jsonl")
+    error = printed.err.strip().splitlines()[-1]
+    assert error.startswith(f"srt eval judge: {out}: none of the {len(items)} items got readable scores")
+    assert error.endswith(f"see {failures}") and "no score pair" in error
+    assert len(read_rows(out)) == len(read_rows(failures)) == len(items)
+    assert read_rows(out.with_name("reviews.rejects.jsonl")) == []
+    assert out.with_name("reviews.aggregate.md").is_file()
+
+    # the same reviews with --unscored tie: counted as draws, not failures; all from the cache
+    assert srt_main(_cli_judge(a, b, out, "--max_reasks", "1", "--unscored", "tie")) == 0
+    printed = capsys.readouterr().out
+    assert f"judge: {n} conversations: asked 0, cached {2 * n}, retried 0 (0 requests), re-asked {n}," in printed
+    assert f"tie {len(items)} lose 0 (0 failed, {len(items)} counted with a draw" in printed
+    assert len(judge.users) == 2 * n
+
+
+def test_identical_prompts_are_shared_not_cached(sinstruct_answers, tmp_path):
+    """A's and B's answers alike make both orders one prompt: sent once, and a first run reads no cache."""
+    a, _, items = sinstruct_answers
+    judge = ScriptedJudge(lambda user: "7 7\nthe same")
+    config = JudgeArguments(str(a), str(a), str(tmp_path / "reviews.jsonl"), plot=False)
+    run = run_judge(config, TeacherArguments(), teacher=judge)
+    n = len(items)
+    assert (run.counts.asked, run.counts.cached, run.counts.shared, len(judge.users)) == (n, 0, n, n)
+    assert f"asked {n}, cached 0, {n} shared with an identical prompt," in run.counts.format()
+    assert run.aggregate.overall.tie == n
+
+
+def test_answer_files_sharing_no_item_fail_in_one_short_line(data_dir, tmp_path, capsys):
+    """Real test-set rows split in two files with no id in common: exit 2 with the count, the first reasons and the
+    rejects file, not every reason inline."""
+    sets = read_test_sets([data_dir / "eval"])
+    rows = [{**it, "output": "an answer"} for s in sets for it in s.items]
+    half = len(rows) // 2
+    a, b = write_rows(rows[:half], tmp_path / "a.jsonl"), write_rows(rows[half:], tmp_path / "b.jsonl")
+    out = tmp_path / "reviews.jsonl"
+    assert srt_main(_cli_judge(a, b, out)) == 2
+    rejects = out.with_name("reviews.rejects.jsonl")
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"no item has a usable answer in both files; {len(rows)} rejected row(s): 1× no answer to item" in error
+    assert error.endswith(f"; and {len(rows) - 2} more (see {rejects})") and len(error) < 600
+    assert len(read_rows(rejects)) == len(rows)  # every row kept there
 
 
 # --- 3. generation: prompt + answer within max_length, the answer cut at the next turn --------------------------

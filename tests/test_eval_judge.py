@@ -52,8 +52,10 @@ def answer_files(data_dir, embedded_model, embedded_tokenizer, tmp_path_factory)
 
 
 def _judge(a: Path, b: Path, out: Path, server: str, model: str) -> str:
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
+    """What the command printed: stdout, then its error line when no item got readable scores (exit 2, after
+    writing every file, as `srt eval aggregate` on the file would say)."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         rc = srt_main(
             [
                 "eval",
@@ -78,8 +80,12 @@ def _judge(a: Path, b: Path, out: Path, server: str, model: str) -> str:
                 "300",
             ]
         )
-    assert rc == 0
-    return stdout.getvalue()
+    counted = any(r["status"] == "ok" for r in read_rows(out))
+    assert rc == (0 if counted else 2)
+    if not counted:
+        error = stderr.getvalue().strip().splitlines()[-1]
+        assert f"none of the {ITEMS} items got readable scores" in error and "reviews.failures.jsonl" in error
+    return stdout.getvalue() + ("" if counted else error)
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +146,9 @@ def test_statuses_follow_the_parser_and_the_rule(judged):
     agg = aggregate_records(records)
     assert agg.overall.n + agg.overall.failed == ITEMS and agg.overall.failed == len(failures)
     assert sum(r["result"] == "tie" for r in records) == agg.overall.tie  # a failure is never a tie
-    assert f"win {agg.overall.win} tie {agg.overall.tie} lose {agg.overall.lose} ({len(failures)} failed" in printed
+    if agg.overall.n:  # else `srt eval judge` exited 2 (checked in _judge) and printed no tally
+        summary = f"win {agg.overall.win} tie {agg.overall.tie} lose {agg.overall.lose} ({len(failures)} failed"
+        assert summary in printed
     md = out.with_name("reviews.aggregate.md").read_text()
     assert "smollm2-vicuna vs smollm2-alpaca" in md and out.with_name("reviews.aggregate.png").exists()
     # `srt eval aggregate` on the judge's output reads the same verdicts from the raw reviews
@@ -176,5 +184,8 @@ def test_rerun_is_served_from_the_cache(judged, answer_files, teacher_server, em
     again = tmp_path / "reviews.jsonl"
     (tmp_path / "reviews.cache.jsonl").write_bytes(out.with_name("reviews.cache.jsonl").read_bytes())
     printed = _judge(*answer_files, again, teacher_server, str(embedded_dir))
-    assert f"judge: {2 * ITEMS} conversations: asked 0, cached " in printed and "(0 requests)" in printed
     assert read_rows(again) == read_rows(out)
+    # every ask, re-asks included, from the cache (the first run: all asked, none cached)
+    reasked = sum(r["reasks"] + r["reasks_reverse"] for r in read_rows(again))
+    counts = f"asked 0, cached {2 * ITEMS + reasked}, retried 0 (0 requests), re-asked {reasked},"
+    assert f"judge: {2 * ITEMS} conversations: {counts}" in printed

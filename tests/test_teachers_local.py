@@ -105,7 +105,7 @@ def test_complete_all_caches_every_answer_and_resumes_exactly(local_teacher, emb
     # a prompt that occurs twice in one run is sent once
     twice = [CONVERSATIONS[0], CONVERSATIONS[1], CONVERSATIONS[0]]
     dup, counts_dup = complete_all(local_teacher, twice, SamplingConfig(max_tokens=5), None, progress=False)
-    assert (counts_dup.asked, counts_dup.cached, counts_dup.requests) == (2, 1, 2)
+    assert (counts_dup.asked, counts_dup.cached, counts_dup.shared, counts_dup.requests) == (2, 0, 1, 2)
     assert dup[2].text == dup[0].text and (dup[0].attempts, dup[2].attempts, dup[2].cached) == (1, 0, True)
 
     # other settings are other requests: one new answer per conversation, appended

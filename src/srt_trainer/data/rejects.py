@@ -50,12 +50,16 @@ def write_rejects(rejects: Iterable[Reject], path: str | Path) -> Path:
     return write_rows([asdict(r) for r in rejects], path)
 
 
-def summarize_rejects(rejects: list[Reject], limit: int = 5) -> str:
-    """A few lines for the console: the count per reason and the first few rows in full."""
+def summarize_rejects(rejects: list[Reject], limit: int = 5, reasons: int = 3) -> str:
+    """A few lines for the console: the count of the ``reasons`` most common reasons and the first few rows in
+    full. The first line stands alone in error messages, so it stays short even when every reason is unique
+    (e.g. one per unmatched item id)."""
     if not rejects:
         return "no rejected rows"
-    counts = Counter(r.reason for r in rejects)
-    lines = [f"{len(rejects)} rejected row(s): " + "; ".join(f"{n}× {reason}" for reason, n in counts.items())]
+    top = Counter(r.reason for r in rejects).most_common(reasons)
+    rest = len(rejects) - sum(n for _, n in top)
+    first = "; ".join(f"{n}× {reason}" for reason, n in top) + (f"; and {rest} more" if rest else "")
+    lines = [f"{len(rejects)} rejected row(s): {first}"]
     lines += ["  " + r.describe() for r in rejects[:limit]]
     if len(rejects) > limit:
         lines.append(f"  ... and {len(rejects) - limit} more")

@@ -49,11 +49,15 @@ def judge(argv: Sequence[str], prog: str) -> None:
 
     from srt_trainer.evaluation.aggregate import format_table, summary_line
     from srt_trainer.evaluation.config import JudgeArguments
-    from srt_trainer.evaluation.judge import run_judge
+    from srt_trainer.evaluation.judge import NoReadableScoresError, run_judge
     from srt_trainer.teachers.config import TeacherArguments
 
     config, judge_args = TrlParser((JudgeArguments, TeacherArguments), prog=prog).parse_args_and_config(argv)
-    run = run_judge(config, judge_args)
+    try:
+        run = run_judge(config, judge_args)
+    except NoReadableScoresError as e:
+        print(f"judge: {e.run.counts.format()}")  # what the failed run cost; the error line says the rest
+        raise
     failed = sum(r["status"] == "failed" for r in run.records)
     drawn = sum(r["status"] == "drawn" for r in run.records)
     drawn_note = f", {drawn} counted with a draw (--unscored tie)" if config.unscored == "tie" else ""

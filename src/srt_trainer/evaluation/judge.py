@@ -20,6 +20,7 @@ from srt_trainer.data import NoUsableRowsError, Reject, rejects_path_for, summar
 from srt_trainer.evaluation.aggregate import (
     REPORT_SUFFIXES,
     Aggregate,
+    NoJudgedItemsError,
     aggregate_records,
     check_unscored,
     judge_item,
@@ -209,6 +210,15 @@ class JudgeRun:
     reports: dict[str, str]
 
 
+class NoReadableScoresError(NoJudgedItemsError):
+    """Every judged item failed: the files are written, but there is no win, tie or loss to count. ``run`` holds
+    what was written, for a caller that still wants the counts."""
+
+    def __init__(self, message: str, run: JudgeRun) -> None:
+        super().__init__(message)
+        self.run = run
+
+
 def run_judge(config: JudgeArguments, judge: TeacherArguments, teacher: Any = None) -> JudgeRun:
     """Judge every matched item in both orders with the teacher ``judge`` names (or ``teacher``, already built);
     write the reviews, failures, rejects and the aggregate reports."""
@@ -240,7 +250,7 @@ def _run_judge(config: JudgeArguments, judge: TeacherArguments, output: Path, ca
     if not pairs:
         raise NoUsableRowsError(
             f"{config.answers_a}, {config.answers_b}: no item has a usable answer in both files; "
-            f"{summarize_rejects(rejects).splitlines()[0]} (see {rejects_path_for(output)})"
+            f"{summarize_rejects(rejects, reasons=2).splitlines()[0]} (see {rejects_path_for(output)})"
         )
 
     own_teacher = teacher is None
@@ -274,4 +284,11 @@ def _run_judge(config: JudgeArguments, judge: TeacherArguments, output: Path, ca
     agg = aggregate_records(records, unscored=config.unscored)
     reports = write_reports(agg, output, source=str(output), plot=config.plot)
     logger.debug("judge config: %s; judge: %s", asdict(config), asdict(judge))
-    return JudgeRun(records, agg, counts, rejects, output, failures, reports)
+    run = JudgeRun(records, agg, counts, rejects, output, failures, reports)
+    if agg.overall.n == 0:  # as `srt eval aggregate` on this file would say: nothing to count is not a result
+        raise NoReadableScoresError(
+            f"{output}: none of the {len(records)} items got readable scores from the judge in both orders "
+            f"(first: {agg.failures[0]['reason']}); see {failures}",
+            run,
+        )
+    return run

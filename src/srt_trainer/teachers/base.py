@@ -102,6 +102,7 @@ class RunCounts:
     conversations: int = 0
     asked: int = 0  # (conversation, ask) pairs sent to the teacher in this run
     cached: int = 0  # (conversation, ask) pairs answered by the cache
+    shared: int = 0  # (conversation, ask) pairs answered by the request of the same prompt elsewhere in this run
     requests: int = 0  # requests actually sent, transport retries included
     retried: int = 0  # extra requests after a transport error (429, 5xx, time-out, dropped connection, bad JSON)
     reasked: int = 0  # asks again because an answer failed validation
@@ -119,7 +120,9 @@ class RunCounts:
         rate = self.requests / self.seconds if self.seconds > 0 else 0.0
         return (
             f"{self.conversations} conversations: asked {self.asked}, cached {self.cached}, "
-            f"retried {self.retried} ({self.requests} requests), re-asked {self.reasked}, "
+            # apart from the cache: a first run of repeated prompts (e.g. A's and B's answers alike) reads no cache
+            + (f"{self.shared} shared with an identical prompt, " if self.shared else "")
+            + f"retried {self.retried} ({self.requests} requests), re-asked {self.reasked}, "
             f"invalid {self.invalid}, failed {self.failed}"
             + (f", {self.timed_out} requests timed out" if self.timed_out else "")
             + f"; tokens {self.prompt_tokens} prompt + "

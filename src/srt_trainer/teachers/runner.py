@@ -85,7 +85,7 @@ def complete_all(
                     counts.completion_tokens += answer.completion_tokens
                     _record(results[i], answer, cached=False)
                     for twin in waiting[keys[i]][1:]:  # the same prompt elsewhere in the input: answered, not sent
-                        counts.cached += answer.text is not None
+                        counts.shared += answer.text is not None
                         _record(results[twin], dataclasses.replace(answer, attempts=0), cached=answer.text is not None)
                     bar.update(len(waiting[keys[i]]))
                     bar.set_postfix_str(f"{counts.completion_tokens} tok out, {counts.retried} retried", refresh=False)
