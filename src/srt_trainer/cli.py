@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from srt_trainer.errors import EXIT_USER_ERROR, debugging
+from srt_trainer.errors import EXIT_USER_ERROR, debugging, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv  # anywhere on the line: tracebacks for user errors too (see srt_trainer.errors)
     if debug:
         argv.remove("--debug")
+    stage = next((arg for arg in argv if not arg.startswith("-")), None)
+    if stage is not None and stage not in STAGES:  # argparse says "invalid choice" but not the closest one
+        hint = did_you_mean(stage, STAGES)
+        print(f"srt: invalid stage {stage!r}{hint}; choose from {', '.join(STAGES)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.stage is None:

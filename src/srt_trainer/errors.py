@@ -18,12 +18,13 @@ Library functions never print and never exit; only the ``cli`` modules do, throu
 from __future__ import annotations
 
 import contextlib
+import difflib
 import errno
 import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
@@ -36,6 +37,12 @@ class SRTUserError(Exception):
 def one_line(error: BaseException) -> str:
     """The error's message on one line."""
     return " ".join(part.strip() for part in str(error).splitlines() if part.strip()) or type(error).__name__
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean X?)`` for the closest of ``choices`` to a misspelled ``word``, or ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def setup_logging() -> None:

@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from srt_trainer.errors import EXIT_OK, EXIT_USER_ERROR, run_cli
+from srt_trainer.errors import EXIT_OK, EXIT_USER_ERROR, did_you_mean, run_cli
 
 COMMANDS = {
     "generate": "answers of a model (base, base + adapter, or merged) to test sets",
@@ -21,14 +21,13 @@ COMMANDS = {
 
 
 def generate(argv: Sequence[str], prog: str) -> None:
-    from trl import TrlParser
-
     from srt_trainer.data import summarize_rejects
     from srt_trainer.evaluation.config import GenerateArguments
     from srt_trainer.evaluation.generate import run_generate
     from srt_trainer.models.config import LoadingArguments, SRTModelConfig
+    from srt_trainer.options import StageParser
 
-    parser = TrlParser((GenerateArguments, SRTModelConfig, LoadingArguments), prog=prog)
+    parser = StageParser((GenerateArguments, SRTModelConfig, LoadingArguments), prog)
     config, model_args, loading = parser.parse_args_and_config(argv)
     run = run_generate(config, model_args, loading)
     for s in run.sets:
@@ -45,14 +44,13 @@ def generate(argv: Sequence[str], prog: str) -> None:
 
 
 def judge(argv: Sequence[str], prog: str) -> None:
-    from trl import TrlParser
-
     from srt_trainer.evaluation.aggregate import format_table, summary_line
     from srt_trainer.evaluation.config import JudgeArguments
     from srt_trainer.evaluation.judge import NoReadableScoresError, run_judge
+    from srt_trainer.options import StageParser
     from srt_trainer.teachers.config import TeacherArguments
 
-    config, judge_args = TrlParser((JudgeArguments, TeacherArguments), prog=prog).parse_args_and_config(argv)
+    config, judge_args = StageParser((JudgeArguments, TeacherArguments), prog).parse_args_and_config(argv)
     try:
         run = run_judge(config, judge_args)
     except NoReadableScoresError as e:
@@ -71,12 +69,11 @@ def judge(argv: Sequence[str], prog: str) -> None:
 
 def aggregate(argv: Sequence[str], prog: str) -> None:
     """One line (or JSON object) per reviews file on stdout, the details on stderr."""
-    from trl import TrlParser
-
     from srt_trainer.evaluation.aggregate import aggregate_file, check_report_paths, format_table, summary_line
     from srt_trainer.evaluation.config import AggregateArguments
+    from srt_trainer.options import StageParser
 
-    (config,) = TrlParser(AggregateArguments, prog=prog).parse_args_and_config(argv)
+    (config,) = StageParser(AggregateArguments, prog).parse_args_and_config(argv)
     check_report_paths(config.reviews, config.output_dir)
     for name in config.reviews:
         run = aggregate_file(name, config.output_dir, plot=config.plot, unscored=config.unscored)
@@ -99,6 +96,13 @@ HANDLERS = {"generate": generate, "judge": judge, "aggregate": aggregate}
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
+        # one line, as argparse does for `srt scor`; an option first means the command is missing
+        word = argv[0]
+        what = f"missing command before {word}" if word.startswith("-") else f"invalid command {word!r}"
+        hint = "" if word.startswith("-") else did_you_mean(word, COMMANDS)
+        print(f"srt eval: {what}{hint}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     if not argv or argv[0] not in COMMANDS:
         asked_for_help = bool(argv) and argv[0] in ("-h", "--help")
         lines = [f"  {name:<10} {text}" for name, text in COMMANDS.items()]

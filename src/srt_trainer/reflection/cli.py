@@ -20,13 +20,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
 
     def command() -> None:
-        from trl import TrlParser
-
+        from srt_trainer.options import StageParser
         from srt_trainer.reflection.config import ReflectArguments, ReflectionArguments
         from srt_trainer.reflection.runner import run_reflect
         from srt_trainer.teachers.config import TeacherArguments
 
-        parser = TrlParser((ReflectArguments, ReflectionArguments, TeacherArguments), prog=PROG)
+        parser = StageParser((ReflectArguments, ReflectionArguments, TeacherArguments), PROG)
         args, reflection, teacher_args = parser.parse_args_and_config(argv)
         run = run_reflect(args, teacher_args, reflection)
         result = run.result

@@ -17,9 +17,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = ["--config", *argv]
 
     def command() -> None:
-        from trl import TrlParser
-
         from srt_trainer.models.config import SRTModelConfig
+        from srt_trainer.options import StageParser
         from srt_trainer.reflection.config import ReflectionArguments
         from srt_trainer.run.job import run
         from srt_trainer.scoring.config import ScoringArguments
@@ -37,7 +36,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             SRTSFTConfig,
             SRTModelConfig,
         )
-        parser = TrlParser(dataclasses, prog=PROG)
+        # the generated usage would list every field, and not the CONFIG `main` accepts
+        parser = StageParser(
+            dataclasses,
+            PROG,
+            note="`%(prog)s CONFIG` is short for `%(prog)s --config CONFIG`.",
+            usage="%(prog)s CONFIG [--OPTION VALUE ...]",
+        )
         result = run(*parser.parse_args_and_config(argv))
         if not result.is_main:
             return

@@ -18,14 +18,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
 
     def command() -> None:
-        from trl import TrlParser
-
         from srt_trainer.models.config import LoadingArguments, SRTModelConfig
+        from srt_trainer.options import StageParser
         from srt_trainer.scoring.config import ScoreArguments, ScoringArguments
         from srt_trainer.scoring.report import format_summary
         from srt_trainer.scoring.runner import run_score
 
-        parser = TrlParser((ScoreArguments, ScoringArguments, SRTModelConfig, LoadingArguments), prog=PROG)
+        parser = StageParser((ScoreArguments, ScoringArguments, SRTModelConfig, LoadingArguments), PROG)
         # the released scorer's name for its truncation length (here no training config claims --max_length)
         parser.add_argument(
             "--max_length", "--max-length", dest="score_max_length", type=int, help="--score_max_length"

@@ -29,11 +29,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
 
     def command() -> None:
-        from trl import TrlParser
-
+        from srt_trainer.options import StageParser
         from srt_trainer.selection.runner import run_select
 
-        args, selection = TrlParser((SelectArguments, SelectionArguments), prog=PROG).parse_args_and_config(argv)
+        args, selection = StageParser((SelectArguments, SelectionArguments), PROG).parse_args_and_config(argv)
         print(format_result(run_select(args, selection), selection.policy))
 
     return run_cli(PROG, command)

@@ -14,18 +14,17 @@ from srt_trainer.errors import run_cli
 
 
 def make_parser(prog: str = "srt train", defaults: Mapping[str, Any] | None = None) -> Any:
-    """``TrlParser`` over the script arguments, ``SRTSFTConfig``, the student, scoring and selection (the order of
+    """``StageParser`` over the script arguments, ``SRTSFTConfig``, the student, scoring and selection (the order of
     ``train``'s arguments); ``defaults`` replace the dataclass defaults (a YAML ``--config`` and the command line
     still override them)."""
-    from trl import TrlParser
-
     from srt_trainer.models.config import SRTModelConfig
+    from srt_trainer.options import StageParser
     from srt_trainer.scoring.config import ScoringArguments
     from srt_trainer.selection.config import SelectionArguments
     from srt_trainer.training.config import SRTScriptArguments, SRTSFTConfig
 
     dataclasses = (SRTScriptArguments, SRTSFTConfig, SRTModelConfig, ScoringArguments, SelectionArguments)
-    parser = TrlParser(dataclasses, prog=prog)
+    parser = StageParser(dataclasses, prog, note="`%(prog)s FILE.yaml` is short for `%(prog)s --config FILE.yaml`.")
     if defaults:
         unknown = parser.set_defaults_with_config(**defaults)
         if unknown:
