@@ -113,6 +113,21 @@ def test_complete_all_caches_every_answer_and_resumes_exactly(local_teacher, emb
     assert (counts3.asked, counts3.cached) == (1, 0) and len(load_cache_entries(cache)) == 4
 
 
+def test_answers_cut_at_the_token_limit_are_counted(local_teacher, tmp_path):
+    """An answer stopped by the token limit is used as it is, but counted (and remembered by the cache); one that
+    ends with the model's stop token is not."""
+    cache = tmp_path / "cut.cache.jsonl"
+    one = SamplingConfig(max_tokens=1)
+    results, counts = complete_all(local_teacher, CONVERSATIONS, one, cache, progress=False)
+    assert all(r.cut and r.completion_tokens == 1 for r in results) and counts.cut == 3
+    assert "3 answers cut at the token limit" in counts.format()
+    again, counts2 = complete_all(TransformersTeacher("embedded"), CONVERSATIONS, one, cache, progress=False)
+    assert counts2.cached == 3 and counts2.cut == 3 and all(r.cut for r in again)
+    longer, counts3 = complete_all(local_teacher, CONVERSATIONS, SamplingConfig(max_tokens=24), None, progress=False)
+    assert all(r.cut == (r.completion_tokens == 24) for r in longer) and counts3.cut == sum(r.cut for r in longer)
+    assert counts3.cut < 3  # one short answer at least ends by itself
+
+
 def test_unusable_answers_are_reasked_as_distinct_requests(local_teacher, tmp_path):
     cache = tmp_path / "cache.jsonl"
     results, counts = complete_all(

@@ -19,12 +19,14 @@ from tqdm.auto import tqdm
 
 @dataclass
 class Completion:
-    """One prompt's answer: its position in the prompts given, the text, and the tokens in and out."""
+    """One prompt's answer: its position in the prompts given, the text, the tokens in and out, and whether it was
+    cut at the token limit (no stop token within its room)."""
 
     index: int
     text: str
     prompt_tokens: int
     completion_tokens: int
+    cut: bool = False
 
 
 def stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -75,7 +77,7 @@ def generate_batched(
         batch = order[start : start + batch_size]
         rooms = [max_new_tokens if max_new_tokens is not None else max(max_length - len(ids[i]), 0) for i in batch]
         if max(rooms) == 0:  # every prompt already fills max_length
-            yield from (Completion(i, "", len(ids[i]), 0) for i in batch)
+            yield from (Completion(i, "", len(ids[i]), 0, cut=True) for i in batch)
             continue
         width = max(len(ids[i]) for i in batch)
         input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
@@ -95,7 +97,8 @@ def generate_batched(
         for row, i in enumerate(batch):
             new = out[row, width : width + rooms[row]].tolist()
             n = next((k for k, t in enumerate(new) if t in stop), len(new))
-            yield Completion(i, tokenizer.decode(new[:n], skip_special_tokens=True), len(ids[i]), n)
+            text = tokenizer.decode(new[:n], skip_special_tokens=True)
+            yield Completion(i, text, len(ids[i]), n, cut=n == rooms[row])
 
 
 def generate_answers(

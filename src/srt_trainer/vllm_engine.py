@@ -72,6 +72,7 @@ class VLLMEngine:
                 text=out.outputs[0].text,
                 prompt_tokens=len(out.prompt_token_ids or []),
                 completion_tokens=len(out.outputs[0].token_ids),
+                cut=out.outputs[0].finish_reason == "length",
             )
             for i, out in enumerate(outputs)
         ]

@@ -78,6 +78,7 @@ class Answer:
     completion_tokens: int = 0
     attempts: int = 1
     timeouts: int = 0  # requests of it that timed out
+    cut: bool = False  # stopped by the token limit, not by the model
 
 
 @dataclass
@@ -93,6 +94,7 @@ class ChatResult:
     valid: bool | None = None  # the text passed `validate` (None: no validator, or no text)
     reasks: int = 0  # times it was asked again because an answer failed `validate`
     texts: list[str] = field(default_factory=list)  # every answer received, first ask then re-asks
+    cut: bool = False  # the final text was stopped by the token limit
 
 
 @dataclass
@@ -109,6 +111,7 @@ class RunCounts:
     invalid: int = 0  # conversations whose last answer still failed validation
     failed: int = 0  # conversations the teacher never answered
     timed_out: int = 0  # requests that timed out (each a request the server may still have been working on)
+    cut: int = 0  # conversations whose final answer stopped at the token limit (used as it is)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
@@ -125,6 +128,7 @@ class RunCounts:
             + f"retried {self.retried} ({self.requests} requests), re-asked {self.reasked}, "
             f"invalid {self.invalid}, failed {self.failed}"
             + (f", {self.timed_out} requests timed out" if self.timed_out else "")
+            + (f", {self.cut} answers cut at the token limit" if self.cut else "")
             + f"; tokens {self.prompt_tokens} prompt + "
             f"{self.completion_tokens} completion; {self.seconds:.1f} s ({rate:.2f} requests/s)"
         )

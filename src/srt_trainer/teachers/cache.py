@@ -133,6 +133,7 @@ class ResponseCache:
             "text": answer.text,
             "prompt_tokens": answer.prompt_tokens,
             "completion_tokens": answer.completion_tokens,
+            "cut": answer.cut,
             "attempts": answer.attempts,
             "time": round(time.time(), 3),
             **meta,

@@ -113,7 +113,7 @@ class TransformersTeacher(Teacher):
             ):
                 on_answer(
                     positions[c.index],
-                    Answer(c.text, prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens),
+                    Answer(c.text, prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens, cut=c.cut),
                 )
 
     def close(self) -> None:

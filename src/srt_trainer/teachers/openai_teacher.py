@@ -324,6 +324,7 @@ class OpenAITeacher(Teacher):
                 completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
                 attempts=sent,
                 timeouts=timeouts,
+                cut=getattr(response.choices[0], "finish_reason", None) == "length",
             )
             return answer, None
         return Answer(text=None, error=f"{error} (after {sent} attempts)", attempts=sent, timeouts=timeouts), None

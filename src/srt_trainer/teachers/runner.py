@@ -64,7 +64,14 @@ def complete_all(
                 counts.cached += 1
                 _record(
                     results[i],
-                    Answer(hit["text"], None, hit.get("prompt_tokens", 0), hit.get("completion_tokens", 0), 0),
+                    Answer(
+                        hit["text"],
+                        None,
+                        hit.get("prompt_tokens", 0),
+                        hit.get("completion_tokens", 0),
+                        0,
+                        cut=bool(hit.get("cut", False)),
+                    ),
                     cached=True,
                 )
                 bar.update(1)
@@ -102,6 +109,7 @@ def complete_all(
         cache.close()
     counts.failed = sum(r.text is None for r in results)
     counts.invalid = sum(r.valid is False for r in results)
+    counts.cut = sum(r.cut for r in results if r.text is not None)
     counts.seconds = time.perf_counter() - start
     return results, counts
 
@@ -115,6 +123,7 @@ def _record(result: ChatResult, answer: Answer, cached: bool) -> None:
         return  # keep an earlier (unusable) text if there was one
     result.text = answer.text
     result.error = None
+    result.cut = answer.cut
     result.texts.append(answer.text)
     result.prompt_tokens += answer.prompt_tokens
     result.completion_tokens += answer.completion_tokens

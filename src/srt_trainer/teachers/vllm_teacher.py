@@ -52,7 +52,10 @@ class VLLMTeacher(Teacher):
                     continue_final_message=prefill,
                 )
                 for j, c in zip(chunk, completions, strict=True):
-                    on_answer(j, Answer(c.text, prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens))
+                    answer = Answer(
+                        c.text, prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens, cut=c.cut
+                    )
+                    on_answer(j, answer)
 
     def close(self) -> None:
         self._engine.close()
