@@ -196,6 +196,12 @@ def test_budgets_rank_by_ifd(budget, kept, cut_key):
             assert d["cut"].startswith("budget: ") and d["variant"] is None
 
 
+def test_a_budget_that_rounds_to_nothing_says_so(caplog):
+    res = select(make_views(), top_p=0.01)  # int(13 × 0.01) = 0 of the 4 rows that passed
+    assert res.rows == [] and res.counts["budget_cut/top_p"] == 4
+    assert "top_p=0.01 of 13 rows keeps none (the count rounds down to 0)" in caplog.text
+
+
 def test_budget_with_switch_ranks_all_variants_together():
     res = select(make_views(), keep_unaccepted_winners=True, top_k=3)
     # candidates: QA .6, Q .7, A .9, ori .5, Q .7 (row 9), QA .95, A .3 → top 3: rows 11, 4, 3 (ties: source order)

@@ -32,6 +32,7 @@ whole data set.
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import re
@@ -42,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from srt_trainer.selection.config import SelectionArguments, SelectionInputError
+
+logger = logging.getLogger(__name__)
 
 # columns of a score output that describe the student's statistics, not the pair
 SCORE_COLUMNS = (
@@ -427,6 +430,11 @@ def select_rows(
 
     # budgets: rank what passed by the kept pair's IFD, highest first; ties keep source order
     limits = _budget_limits(len(candidates), len(ori), config)
+    for name, limit in limits.items():
+        if limit == 0 and candidates:  # a fraction of a few rows rounds down to nothing: say so, do not guess
+            logger.warning(
+                "%s=%s of %d rows keeps none (the count rounds down to 0)", name, getattr(config, name), len(ori)
+            )
     ranked = sorted(candidates, key=lambda i: (-_ranking_key(views[decisions[i]["variant"]][i], config), i))
     for name in limits:
         counts[f"budget_cut/{name}"] = 0
