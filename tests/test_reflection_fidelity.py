@@ -332,7 +332,8 @@ def test_vllm_teacher_gives_each_request_its_budget(alpaca_rows):
         def chat(self, conversations, *, max_tokens, continue_final_message, **sampling):
             calls.append((len(conversations), max_tokens, continue_final_message))
             return [
-                SimpleNamespace(text=c[-1]["content"][:5], prompt_tokens=1, completion_tokens=1) for c in conversations
+                SimpleNamespace(text=c[-1]["content"][:5], prompt_tokens=1, completion_tokens=1, cut=max_tokens == 7)
+                for c in conversations
             ]
 
     teacher = object.__new__(VLLMTeacher)  # skips loading vLLM; generate() is what is under test
@@ -341,7 +342,7 @@ def test_vllm_teacher_gives_each_request_its_budget(alpaca_rows):
     rows = _rows(alpaca_rows, 4, longest, 5, 6)
     conversations = [[{"role": "user", "content": r["output"]}] for r in rows]
     conversations.append([*conversations[1], {"role": "assistant", "content": "[Better Answer]"}])  # a prefill
-    answers = {}
+    answers, cut = {}, {}
     teacher.generate(conversations, SamplingConfig(context_length=1024), lambda j, a: answers.setdefault(j, a.text))
     assert answers == {j: c[-1]["content"][:5] for j, c in enumerate(conversations)}
     budgets = [max(1, min(2048, 1024 - approx_conversation_tokens(c))) for c in conversations]
@@ -355,8 +356,8 @@ def test_vllm_teacher_gives_each_request_its_budget(alpaca_rows):
         got[(b, prefill)] = got.get((b, prefill), 0) + n
     assert got == expected and len({b for b, _ in got}) > 1
     calls.clear()
-    teacher.generate(conversations[:4], SamplingConfig(max_tokens=7), lambda j, a: None)
-    assert calls == [(2, 7, False), (2, 7, False)]
+    teacher.generate(conversations[:4], SamplingConfig(max_tokens=7), lambda j, a: cut.setdefault(j, a.cut))
+    assert calls == [(2, 7, False), (2, 7, False)] and cut == dict.fromkeys(range(4), True)  # vLLM's "length"
 
 
 # --- the options, and the counts in the summary ---------------------------------------------------------------------
