@@ -18,12 +18,13 @@ WHEELS=$REPO/.whl
 DRY=0
 PREPARE=0
 STEPS=""
+ASSETS_GIVEN=0
 while [ $# -gt 0 ]; do
   case $1 in
     --dry-run) DRY=1 ;;
     --prepare) PREPARE=1 ;;
     --out) OUT=$2; shift ;;
-    --assets) ASSETS=$2; shift ;;
+    --assets) ASSETS=$2; ASSETS_GIVEN=1; shift ;;
     --wheels) WHEELS=$2; shift ;;
     --steps) STEPS=$2; shift ;;
     -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
@@ -55,8 +56,11 @@ WORK=${GPU_CHECK_WORK:-${TMPDIR:-/tmp}/srt_gpu_check_work}
 [ $DRY = 1 ] && WORK=$OUT/work
 rm -rf "$WORK"
 mkdir -p "$WORK/logs"
-if [ $DRY = 1 ] && [ ! -f "$ASSETS/tok32k/tokenizer.json" ]; then
+# the dry run builds its own assets from $SRT_SHARED_DATA (default: the tree's tests/data), never reusing a prepared .gpu_check/
+# made from other data, so its result depends on the tree alone (and the preparation is checked too)
+if [ $DRY = 1 ] && [ $ASSETS_GIVEN = 0 ]; then
   ASSETS=$WORK/assets
+  export SRT_SHARED_DATA=${SRT_SHARED_DATA:-$REPO/tests/data}
   "$PY" "$REPO/scripts/gpu_check.py" prepare --assets "$ASSETS" || exit 1
 fi
 if [ $DRY = 0 ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
