@@ -7,9 +7,11 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 
 
 def kill_when(
@@ -33,6 +35,22 @@ def kill_when(
         proc.wait()
         log.seek(0)
         return log.read().decode()
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(output: str | Path) -> Iterator[None]:
+    """Another process holds ``output``'s lock (as a concurrent run of a stage would) until the block ends; the lock
+    is the operating system's, so a lock taken in this process would not show how a second run is refused."""
+    code = "import time\nfrom srt_trainer.io import output_lock\n"
+    code += f"with output_lock({str(output)!r}):\n    print('held', flush=True)\n    time.sleep(60)"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 class Interrupted(BaseException):

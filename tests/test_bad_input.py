@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +17,7 @@ import pytest
 
 from srt_trainer.cli import main as srt_main
 from srt_trainer.io import read_rows, write_rows
+from tests.processes import lock_held_elsewhere
 
 
 @pytest.fixture(scope="module")
@@ -312,24 +311,9 @@ def test_a_read_only_cache_fails_before_the_teacher_is_asked(tmp_path):
 def test_a_second_run_on_the_same_output_stops_with_a_message(short_rows, tmp_path, capsys):
     data = _jsonl(tmp_path / "rows.jsonl", short_rows[:2])
     out = tmp_path / "scores.jsonl"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time\nfrom srt_trainer.io import output_lock\n"
-            f"with output_lock({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(60)",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-    )
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(out):
         code, err = _score(capsys, "--data", str(data), "--output", str(out))
         assert code == 2 and "another run is writing this score output" in err and "scores.lock" in err
-    finally:
-        holder.kill()
-        holder.wait()
     # the lock dies with its process: a killed run never blocks the next one
     from srt_trainer.io import output_lock
 

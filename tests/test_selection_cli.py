@@ -11,6 +11,7 @@ from PIL import Image
 
 from srt_trainer.cli import main
 from srt_trainer.io import read_rows
+from tests.processes import lock_held_elsewhere
 
 N = 8
 
@@ -169,22 +170,10 @@ def test_srt_select_refuses_misaligned_inputs(scored_files, tmp_path, capsys):
 
 def test_srt_select_refuses_an_output_another_run_holds(scored_files, tmp_path, capsys):
     """A second selection into an output another run is writing stops at once with a message, writing nothing."""
-    import os
-    import subprocess
-    import sys
-
     out = tmp_path / "selected.jsonl"
-    code = f"import time\nfrom srt_trainer.io import output_lock\nwith output_lock({str(out)!r}):\n"
-    code += "    print('held', flush=True)\n    time.sleep(60)"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(out):
         assert _select(scored_files, out) == 2
         assert "another run is writing this selection" in capsys.readouterr().err and not out.exists()
-    finally:
-        holder.kill()
-        holder.wait()
     assert _select(scored_files, out) == 0 and out.exists()
 
 
