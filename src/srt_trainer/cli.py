@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from srt_trainer.errors import EXIT_USER_ERROR, debugging, did_you_mean
+from srt_trainer.errors import EXIT_USER_ERROR, debugging, invalid_choice
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv.remove("--debug")
     stage = next((arg for arg in argv if not arg.startswith("-")), None)
     if stage is not None and stage not in STAGES:  # argparse says "invalid choice" but not the closest one
-        hint = did_you_mean(stage, STAGES)
-        print(f"srt: invalid stage {stage!r}{hint}; choose from {', '.join(STAGES)}", file=sys.stderr)
+        print(f"srt: {invalid_choice('stage', stage, STAGES)}", file=sys.stderr)
         return EXIT_USER_ERROR
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)

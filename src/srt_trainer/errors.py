@@ -45,6 +45,12 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
+def invalid_choice(kind: str, word: str, choices: Iterable[str]) -> str:
+    """``invalid KIND 'WORD' (did you mean X?); choose from A, B``: a dispatcher's one line for a mistyped name."""
+    choices = list(choices)
+    return f"invalid {kind} {word!r}{did_you_mean(word, choices)}; choose from {', '.join(choices)}"
+
+
 def setup_logging() -> None:
     """What the commands show: this package's progress at INFO on stderr; HTTP clients only when something is wrong
     (they log a line per request otherwise)."""

@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from srt_trainer.errors import EXIT_OK, EXIT_USER_ERROR, did_you_mean, run_cli
+from srt_trainer.errors import EXIT_OK, EXIT_USER_ERROR, invalid_choice, run_cli
 
 COMMANDS = {
     "generate": "answers of a model (base, base + adapter, or merged) to test sets",
@@ -99,9 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
         # one line, as argparse does for `srt scor`; an option first means the command is missing
         word = argv[0]
-        what = f"missing command before {word}" if word.startswith("-") else f"invalid command {word!r}"
-        hint = "" if word.startswith("-") else did_you_mean(word, COMMANDS)
-        print(f"srt eval: {what}{hint}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
+        if word.startswith("-"):
+            message = f"missing command before {word}; choose from {', '.join(COMMANDS)}"
+        else:
+            message = invalid_choice("command", word, COMMANDS)
+        print(f"srt eval: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
     if not argv or argv[0] not in COMMANDS:
         asked_for_help = bool(argv) and argv[0] in ("-h", "--help")
