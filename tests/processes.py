@@ -20,11 +20,12 @@ def kill_when(
     timeout: float,
     poll: float = 0.1,
     env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
 ) -> str:
     """Start ``cmd`` in its own process group, SIGKILL the whole group as soon as ``ready()`` holds (or after
     ``timeout`` seconds), and return what it printed. Fails if the run ends by itself before that."""
     with tempfile.TemporaryFile() as log:  # a file, not a pipe: a chatty run never blocks on a full pipe
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not ready():
             if proc.poll() is not None:

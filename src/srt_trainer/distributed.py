@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -16,3 +18,37 @@ def get_state() -> Any:
     from accelerate import PartialState
 
     return PartialState(cpu=not torch.cuda.is_available())
+
+
+def deepspeed_plugin_from_launch() -> Any:
+    """The DeepSpeed plugin that ``accelerate launch --config_file <deepspeed config>`` describes in the processes'
+    environment, or None outside such a launch."""
+    import os
+
+    from accelerate.utils import DeepSpeedPlugin
+    from accelerate.utils.environment import str_to_bool
+
+    if not str_to_bool(os.environ.get("ACCELERATE_USE_DEEPSPEED", "false")):
+        return None
+    return DeepSpeedPlugin()
+
+
+@contextlib.contextmanager
+def zero3_init(dtype: str | None) -> Iterator[bool]:
+    """Models loaded in the block are partitioned across the processes as they load (DeepSpeed's ``zero.Init``),
+    as the trainer's are, when the launch's DeepSpeed config is ZeRO-3 with ``zero3_init_flag``: each process then
+    holds only its slice, so a student larger than one device loads. Yields whether that is so. A no-op where
+    transformers already has a DeepSpeed config (the trainer's arguments set one)."""
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
+
+    plugin = deepspeed_plugin_from_launch()
+    if plugin is None or plugin.zero_stage != 3 or not plugin.zero3_init_flag or is_deepspeed_zero3_enabled():
+        yield is_deepspeed_zero3_enabled()
+        return
+    get_state()  # the process group zero.Init partitions over
+    plugin.set_mixed_precision({"bfloat16": "bf16", "float16": "fp16"}.get(str(dtype), "no"))
+    plugin.set_deepspeed_weakref()  # what transformers' from_pretrained reads to load under zero.Init
+    try:
+        yield True
+    finally:
+        unset_hf_deepspeed_config()
