@@ -14,6 +14,21 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 
+def _kill_tree(pid: int) -> None:
+    """SIGKILL ``pid``'s process group and every process below it: torchrun starts each worker in a session of
+    its own, which a kill of the launcher's group alone would leave running."""
+    import psutil
+
+    try:
+        below = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        below = []
+    os.killpg(pid, signal.SIGKILL)
+    for child in below:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+
+
 def kill_when(
     cmd: Sequence[str],
     ready: Callable[[], bool],
@@ -32,7 +47,7 @@ def kill_when(
                 log.seek(0)
                 raise AssertionError(f"the run ended before it could be killed:\n{log.read().decode()[-3000:]}")
             time.sleep(poll)
-        os.killpg(proc.pid, signal.SIGKILL)
+        _kill_tree(proc.pid)
         proc.wait()
         log.seek(0)
         return log.read().decode()

@@ -218,8 +218,8 @@ def test_killed_zero3_launch_resumes_to_the_same_weights(project, gpu_path, tiny
     log = res.stdout + res.stderr
     assert log.count("resuming: 3 of 3 shards already scored") == 4  # every variant's scoring reused
     summary = json.loads((project / out / "srt_train_summary.json").read_text())
-    assert summary["resumed_from"].endswith("checkpoint-2") or summary["resumed_from"].endswith("checkpoint-3")
-    assert summary["global_step"] == STEPS
+    resumed_at = int(re.search(r"checkpoint-(\d+)$", summary["resumed_from"]).group(1))
+    assert 2 <= resumed_at < STEPS and summary["global_step"] == STEPS  # steps were left to train
     a, b = load_file(project / OUT / "model.safetensors"), load_file(project / out / "model.safetensors")
     assert a.keys() == b.keys()
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
@@ -244,3 +244,30 @@ def test_srt_score_under_zero3_offload_gathering_the_whole_model(project, tiny_m
     res = _run([*_launch_cmd("deepspeed_zero3_offload", score), "--zero3_gather", "model"], project)
     assert res.stderr.count("scoring gathers the whole model at once") == 2
     assert _max_rel(read_rows(output), _single_process_scores(data, tiny_models["llama"], tmp_path)) < 1e-5
+
+
+def test_srt_run_under_zero3_outlasts_the_process_group_timeout(project, tiny_models, tmp_path):
+    """``srt run`` reflects on the main process; the others wait for it longer than the process group's time-out
+    (a barrier would end the job), then score, select and train with it under ZeRO-3; the held-out answers come
+    from the partitioned student (every process generating) and from the saved model."""
+    from tests.serving import SlowTeacher
+
+    timeout, seconds = 8, 4  # three reflections one after another: at least 12 s of waiting
+    teacher = SlowTeacher(seconds, SlowTeacher.reflection_reply)
+    out = tmp_path / "run"
+    job = ["-m", "srt_trainer.cli", "run", "--config", "recipes/smollm2-135m/run/config_cpu.yaml"]
+    job += ["--data", "data/alpaca_data.json", "--teacher", "openai", "--teacher_model", "slow"]
+    job += ["--base_url", teacher.base_url, "--ddp_timeout", str(timeout), "--use_peft", "false"]
+    job += ["--held_out_max_new_tokens", "4", "--rifd_threshold", "10", "--ifd_threshold", "10"]
+    overrides = _student_overrides(tiny_models["llama"], str(out))
+    try:
+        res = _run([*_launch_cmd("deepspeed_zero3", job), *overrides, "--max_steps", "1"], project)
+    finally:
+        teacher.close()
+    assert len(teacher.requests) == 3 * 6  # Q and A of every row, then QA of every Q: each asked once
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["timings"]["reflect_s"] > timeout and summary["training"]["global_step"] == 1
+    assert {v: summary["reflection"][v]["ok"] for v in ("Q", "A", "QA")} == {"Q": 6, "A": 6, "QA": 6}
+    answers = read_rows(out / "answers.jsonl")
+    assert len(answers) == summary["held_out_answers"] >= 1 and all("untuned_output" in a for a in answers)
+    assert "partitioned by DeepSpeed ZeRO-3" in res.stderr

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def get_state() -> Any:
@@ -52,3 +55,49 @@ def zero3_init(dtype: str | None) -> Iterator[bool]:
         yield True
     finally:
         unset_hf_deepspeed_config()
+
+
+class MainProcessFailedError(RuntimeError):
+    """The main process failed in work the other processes were waiting for (its own error says why)."""
+
+
+def on_main_process(work: Callable[[], T], marker: str | Path, poll: float = 1.0) -> T | None:
+    """``work()`` on the main process while the others wait for it; its result there, None elsewhere.
+
+    The others wait by watching ``marker`` (a file on storage every process sees, as output folders already must
+    be), not at a barrier: a barrier ends at the process group's time-out (``ddp_timeout``, 30 minutes by
+    default), and work like a teacher's reflection of a large file takes hours. A token broadcast first keeps a
+    marker left by an earlier run from counting. If the main process dies, the launcher stops the others.
+    """
+    import json
+    import time
+    import uuid
+
+    from accelerate.utils import broadcast_object_list
+
+    state = get_state()
+    if state.num_processes == 1:
+        return work()
+    token = broadcast_object_list([uuid.uuid4().hex if state.is_main_process else None])[0]
+    marker = Path(marker)
+    if state.is_main_process:
+        from srt_trainer.io import write_text_atomic
+
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            result = work()
+        except BaseException as e:
+            write_text_atomic(json.dumps({"token": token, "error": f"{type(e).__name__}: {e}"}), marker)
+            raise
+        write_text_atomic(json.dumps({"token": token, "error": None}), marker)
+        return result
+    while True:
+        try:
+            seen = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            seen = {}
+        if seen.get("token") == token:
+            if seen["error"]:
+                raise MainProcessFailedError(f"the main process failed: {seen['error']}")
+            return None
+        time.sleep(poll)

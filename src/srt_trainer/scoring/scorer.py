@@ -31,8 +31,8 @@ import torch
 
 from srt_trainer.models.precision import float32_products_for
 from srt_trainer.scoring.collator import CONDITIONED, VIEW_KINDS, DataCollatorForIFD, View
-from srt_trainer.scoring.zero3 import GATHER_MODES, Lockstep, ParameterFetcher, is_partitioned
 from srt_trainer.templates import PromptTemplate, get_template
+from srt_trainer.zero3 import GATHER_MODES, Lockstep, ParameterFetcher, is_partitioned
 
 logger = logging.getLogger(__name__)
 
