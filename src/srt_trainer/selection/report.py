@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from srt_trainer.io import check_output_path, sidecar_path, write_rows
+from srt_trainer.plotting import pyplot, save_figure
 from srt_trainer.selection.config import VARIANTS, SelectArguments, SelectionArguments
 from srt_trainer.selection.policy import PASSED, SelectionCounts, SelectionResult
 
@@ -57,10 +58,7 @@ def funnel_stages(counts: SelectionCounts, config: SelectionArguments) -> list[t
 
 def plot_funnel(counts: SelectionCounts, config: SelectionArguments, path: str | Path, title: str = "") -> Path:
     """Centered horizontal bars, one per step, split by branch / variant where the step has parts."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     stages = funnel_stages(counts, config)
     total = max(1, counts.rows)
@@ -82,11 +80,7 @@ def plot_funnel(counts: SelectionCounts, config: SelectionArguments, path: str |
     for side in ("top", "right", "bottom"):
         ax.spines[side].set_visible(False)
     ax.set_title(title or f"Selection funnel ({config.policy} policy)", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _present(value: Any) -> bool:
@@ -107,10 +101,7 @@ def plot_histograms(
     }
     if not any(len(x) for x in values.values()):
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     kept_index = {v: {i for i, d in enumerate(result.decisions) if d["variant"] == v} for v in views}
     fig, axes = plt.subplots(2, len(views), figsize=(3.2 * len(views), 5.4), squeeze=False)
@@ -134,11 +125,7 @@ def plot_histograms(
     fig.suptitle(
         f"Student statistics of the views; kept rows in colour; dashed: threshold ({config.policy} policy)", fontsize=10
     )
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _score_summary(file: str | None) -> dict[str, Any]:
