@@ -144,12 +144,13 @@ def test_a_file_beside_the_output_that_is_the_input_is_refused(short_rows, tmp_p
 
 def test_reflection_keeps_the_columns_it_would_overwrite(short_rows, embedded_model, embedded_tokenizer):
     from srt_trainer.reflection import reflect
-    from srt_trainer.teachers import SamplingConfig
+    from srt_trainer.teachers import TeacherArguments
     from srt_trainer.teachers.local import TransformersTeacher
 
     teacher = TransformersTeacher("embedded", model_obj=embedded_model, tokenizer=embedded_tokenizer, batch_size=2)
+    asking = TeacherArguments(teacher_max_tokens=2, max_reasks=0)
     rows = [{**r, "teacher": "my label", "reflection_error": "x"} for r in short_rows[:1]]
-    result = reflect(rows, "response", teacher, sampling=SamplingConfig(max_tokens=2), max_reasks=0, progress=False)
+    result = reflect(rows, "response", teacher, asking, progress=False)
     assert [r["orig_teacher"] for r in result.rows] == ["my label"]
     assert all(r["teacher"] == "transformers" and r["orig_reflection_error"] == "x" for r in result.rows)
     # a Q file reflected again (QA): the Q rewrite's own columns are kept as q_<name>
@@ -157,7 +158,7 @@ def test_reflection_keeps_the_columns_it_would_overwrite(short_rows, embedded_mo
         {**r, "variant": "Q", "source_index": i, "reflection_status": "ok", "teacher": "t"}
         for i, r in enumerate(short_rows[1:2])
     ]
-    qa = reflect(q, "response", teacher, sampling=SamplingConfig(max_tokens=2), max_reasks=0, progress=False)
+    qa = reflect(q, "response", teacher, asking, progress=False)
     assert [(r["q_reflection_status"], r["q_teacher"], r["variant"]) for r in qa.rows] == [("ok", "t", "QA")]
     from srt_trainer.reflection.runner import REFLECTION_COLUMNS
 
