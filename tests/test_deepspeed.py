@@ -35,7 +35,7 @@ STATS = ("loss_ins_alone", "loss_out_alone", "loss_ins_cond", "loss_out_cond", "
 OUT = "outputs/llama2-7b-srt-full"  # the recipe's output_dir
 STEPS = 4
 
-# The README's GPU path (tests/test_docs.py checks that the README shows these commands).
+# The README's GPU path (test_the_readme_shows_this_gpu_path checks that it shows exactly these commands).
 GPU_PATH = [
     "srt reflect --mode instruction --data data/alpaca_data.json --output outputs/reflect/q.jsonl "
     "--teacher openai --teacher_model gpt-4o-mini",
@@ -148,6 +148,14 @@ def _max_rel(a: list[dict], b: list[dict]) -> float:
 
 VARIANT_DATA = {"ori": "data/alpaca_data.json", "q": "outputs/reflect/q.jsonl", "a": "outputs/reflect/a.jsonl"}
 VARIANT_DATA["qa"] = "outputs/reflect/qa.jsonl"
+
+
+def test_the_readme_shows_this_gpu_path():
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## The GPU path") :]
+    block = section[section.index("```bash") + len("```bash") : section.index("```", section.index("```bash") + 7)]
+    commands = [line.strip() for line in block.strip().splitlines() if not line.startswith("export ")]
+    assert commands == GPU_PATH
 
 
 def test_gpu_path_runs_as_the_readme_says(project, gpu_path):
