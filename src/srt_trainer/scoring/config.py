@@ -52,6 +52,16 @@ class ScoringArguments:
         },
     )
 
+    zero3_gather: str = field(
+        default="layer",
+        metadata={
+            "help": "For a student that DeepSpeed ZeRO-3 partitions: gather one decoder layer at a time while scoring "
+            "(layer: memory stays about one layer above the partition, so a student of any size scores) or the "
+            "whole model once (model: faster, where a full copy fits on every device).",
+            "choices": ["layer", "model"],
+        },
+    )
+
     def scorer_options(self) -> dict[str, Any]:
         """Keyword arguments of ``IFDScorer``."""
         return {
@@ -61,6 +71,7 @@ class ScoringArguments:
             "share_prefix": self.share_prefix,
             "engine": self.engine,
             "rifd_target_start": self.rifd_target_start,
+            "zero3_gather": self.zero3_gather,
         }
 
 
@@ -86,5 +97,5 @@ class ScoreArguments:
 
 def fingerprint_settings(scoring: ScoringArguments, model_args: Any) -> dict[str, Any]:
     """What changes the numbers (shard size aside): a resumed run must match these."""
-    settings = {k: v for k, v in asdict(scoring).items() if k != "shard_size"}
+    settings = {k: v for k, v in asdict(scoring).items() if k not in ("shard_size", "zero3_gather")}
     return settings | student_settings(model_args)

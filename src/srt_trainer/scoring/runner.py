@@ -151,6 +151,7 @@ def score_dataset(
         store.write(k, stats)
         new.append((k, stats))
     bar.close()
+    scorer.finish()  # under ZeRO-3, join the forwards of the processes still scoring
 
     gathered = gather_object(new) if state.num_processes > 1 else new
     state.wait_for_everyone()
@@ -279,14 +280,17 @@ def _run_score(
     if model is None:
         model = load_configured_student(model_args, device=device, trust_remote_code=loading.trust_remote_code)
     scorer = IFDScorer(model, tokenizer, model_args.template, **scoring.scorer_options())
-    stats = score_dataset(
-        rows,
-        scorer,
-        store.work_dir,
-        shard_size=scoring.shard_size,
-        settings=fingerprint_settings(scoring, model_args),
-        progress=state.is_local_main_process,
-    )
+    try:
+        stats = score_dataset(
+            rows,
+            scorer,
+            store.work_dir,
+            shard_size=scoring.shard_size,
+            settings=fingerprint_settings(scoring, model_args),
+            progress=state.is_local_main_process,
+        )
+    finally:
+        scorer.close()
     if stats is None:
         return None
 

@@ -19,6 +19,7 @@ whose logits need more than that (soft-capping, scaling, exotic heads) falls bac
 from __future__ import annotations
 
 import bisect
+import contextlib
 import inspect
 import logging
 import math
@@ -30,6 +31,7 @@ import torch
 
 from srt_trainer.models.precision import float32_products_for
 from srt_trainer.scoring.collator import CONDITIONED, VIEW_KINDS, DataCollatorForIFD, View
+from srt_trainer.scoring.zero3 import GATHER_MODES, Lockstep, ParameterFetcher, is_partitioned
 from srt_trainer.templates import PromptTemplate, get_template
 
 logger = logging.getLogger(__name__)
@@ -345,6 +347,10 @@ class IFDScorer:
             otherwise. The choice is ``self.engine``.
         rifd_target_start: where the r-IFD target starts (``DataCollatorForIFD``): ``reverse_prompt`` or
             ``release``.
+        zero3_gather: for a student that DeepSpeed ZeRO-3 partitioned (``zero3.ParameterFetcher``): ``layer``
+            gathers one decoder layer at a time around its forward (every process then runs the same number of
+            forwards: call ``finish`` when done, so a process out of work joins the others' forwards), ``model``
+            gathers the whole model once (faster where it fits). ``close`` gives the parameters back.
     """
 
     def __init__(
@@ -359,9 +365,12 @@ class IFDScorer:
         logits_chunk: int = 2**25,
         engine: str = "auto",
         rifd_target_start: str = "reverse_prompt",
+        zero3_gather: str = "layer",
     ) -> None:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
+        if zero3_gather not in GATHER_MODES:
+            raise ValueError(f"zero3_gather must be one of {GATHER_MODES}, not {zero3_gather!r}")
         if isinstance(template, str):
             template = get_template(template, tokenizer)
         self.model = model
@@ -380,6 +389,8 @@ class IFDScorer:
         embeddings = inner.get_input_embeddings().weight
         self.device = embeddings.device
         self._dtype = embeddings.dtype if embeddings.dtype.is_floating_point else torch.float32
+        self._fetch = ParameterFetcher(inner, whole=zero3_gather == "model") if is_partitioned(inner) else None
+        self._lockstep = Lockstep(self.device) if self._fetch is not None and not self._fetch.whole else None
         self._decoder = inner.get_decoder() if hasattr(inner, "get_decoder") else None
         self._head = inner.get_output_embeddings()
         # a plain linear head is reduced tile by tile; anything else (quantized, adapted) runs whole, in chunks
@@ -449,6 +460,8 @@ class IFDScorer:
                 packed = self._decoder(**kwargs).last_hidden_state[0, len(first) :].float()
         except Exception:  # a decoder that rejects the mask or the position ids
             logger.debug("packed-engine check failed", exc_info=True)
+            if self._fetch is not None:
+                self._fetch.release()
             return False
         err, leak = float((packed - alone).norm()), float((after - alone).norm())
         logger.debug("packed-engine check: error %.2e, distance to the unmasked states %.2e", err, leak)
@@ -491,6 +504,8 @@ class IFDScorer:
                 reference = self.model(input_ids=ids).logits.float()
                 fast = self._project(self._decoder(input_ids=ids).last_hidden_state)
         except Exception:  # any architecture whose decoder cannot be called alone
+            if self._fetch is not None:
+                self._fetch.release()
             return False
         return fast.shape == reference.shape and torch.allclose(fast, reference, rtol=1e-3, atol=1e-3)
 
@@ -510,11 +525,46 @@ class IFDScorer:
     def _prefix_kv(self, prefix: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         from transformers import DynamicCache
 
+        self._begin_forward(True)
         ids = torch.tensor([list(prefix)], device=self.device)
         target = self._decoder if self.fast_path else self.model
         out = target(input_ids=ids, use_cache=True, **{self._cache_kw: DynamicCache()})
+        if self.fast_path:
+            # the output layer is gathered after every decoder forward, so that each forward of each process
+            # gathers the same units in the same order (see ``finish``)
+            with self._held_head():
+                pass
         cache = out["cache"] if "cache" in out else out["past_key_values"]
         return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _held_head(self) -> Any:
+        return self._fetch.held([self._head]) if self._fetch is not None else contextlib.nullcontext()
+
+    def _begin_forward(self, working: bool) -> bool:
+        """Under per-layer ZeRO-3 gathering, tell the other processes whether this one has a forward to run;
+        whether any has (always True elsewhere)."""
+        return self._lockstep.any_working(working) if self._lockstep is not None else working
+
+    def finish(self) -> None:
+        """Run empty forwards beside the other processes' real ones until none has work left: ZeRO-3 gathering
+        is collective, so a process whose shards are done must still take part (a no-op without ZeRO-3)."""
+        if self._lockstep is None:
+            return
+        with torch.no_grad(), float32_products_for(self.model):
+            while self._begin_forward(False):
+                self._lockstep.empty_forwards += 1
+                target = self._decoder if self.fast_path else self.model
+                target(input_ids=torch.zeros(1, 1, dtype=torch.long, device=self.device), use_cache=False)
+                if self.fast_path:
+                    with self._held_head():
+                        pass
+
+    def close(self) -> None:
+        """Give a ZeRO-3 student's gathered parameters back and remove the scorer's hooks, leaving the model as it
+        was given (for the trainer's DeepSpeed engine). Every process calls it at the same point."""
+        if self._fetch is not None:
+            self._fetch.close()
+            self._fetch = self._lockstep = None
 
     def _attention_mask(self, view_index: torch.Tensor, prefix_len: int) -> torch.Tensor:
         """The packed rows' mask as the attention takes it: sdpa a boolean one (True: attend), eager an additive
@@ -549,6 +599,7 @@ class IFDScorer:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Summed NLL (float64) and target count of each of ``views`` views; ``batch["view_index"]`` names each
         token's view (the sums go by view, not by row: a packed row holds several)."""
+        self._begin_forward(True)
         kwargs = self._forward_kwargs(batch, prefix_len, prefix_kv, packed)
         labels = batch["labels"].to(self.device)
         owner = batch["view_index"].to(self.device)
@@ -560,16 +611,17 @@ class IFDScorer:
         targets = targets[keep]
         if self.fast_path:
             rows = self._decoder(**kwargs).last_hidden_state[:, :-1][keep]
-            if self._tiled:
-                nll = tiled_nll(rows, self._head.weight, self._head.bias, targets)
-            else:
-                chunk = max(1, self.logits_chunk // self._head.weight.shape[0])
-                nll = torch.cat(
-                    [
-                        _nll(self._project(rows[i : i + chunk]), targets[i : i + chunk])
-                        for i in range(0, len(rows), chunk)
-                    ]
-                )
+            with self._held_head():
+                if self._tiled:
+                    nll = tiled_nll(rows, self._head.weight, self._head.bias, targets)
+                else:
+                    chunk = max(1, self.logits_chunk // self._head.weight.shape[0])
+                    nll = torch.cat(
+                        [
+                            _nll(self._project(rows[i : i + chunk]), targets[i : i + chunk])
+                            for i in range(0, len(rows), chunk)
+                        ]
+                    )
         else:
             nll = _nll(self.model(**kwargs).logits[:, :-1][keep].float(), targets)
         sums = torch.zeros(views, dtype=torch.float64, device=self.device).index_add_(0, owner, nll.double())
@@ -656,7 +708,17 @@ class IFDScorer:
                 if progress is not None:
                     progress(sum(len(views[i].input_ids) for i in idx))
         except torch.cuda.OutOfMemoryError:
+            if self._lockstep is not None:
+                # the other processes are inside the same collective forward: they cannot re-plan with this one
+                raise RuntimeError(
+                    f"out of memory at a token budget of {self.token_budget} tokens per forward under ZeRO-3: set "
+                    "a smaller --token_budget (every process must run the same forwards, so it cannot be halved "
+                    "on the fly)"
+                ) from None
             return [i for i in members if i not in done]
+        finally:
+            if self._fetch is not None:
+                self._fetch.release()
         return []
 
     def score(
