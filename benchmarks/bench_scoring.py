@@ -117,7 +117,8 @@ def measure_scorer(
     if engine != "auto":
         kw["engine"] = engine
     scorer = IFDScorer(model, tokenizer, template, max_length=max_length, **kw)
-    scorer.score(rows[:warmup])
+    if warmup:
+        scorer.score(rows[:warmup])
     sync(device)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()

@@ -76,6 +76,15 @@ def read_rows(path: Path, n: int | None = None) -> list[dict[str, Any]]:
     return rows if n is None else rows[:n]
 
 
+def pick(rows: list[dict[str, Any]], n: int, shortest: bool) -> list[int]:
+    """Indices of the first ``n`` rows, or (``shortest``) of the ``n`` shortest, in file order."""
+    if n > len(rows):
+        raise ValueError(f"{n} rows asked for, there are {len(rows)}")
+    if not shortest:
+        return list(range(n))
+    return sorted(sorted(range(len(rows)), key=lambda i: len(json.dumps(rows[i])))[:n])
+
+
 def prepare_assets(assets: Path, data: Path | None = None) -> Path:
     """Write what the check reads into ``assets`` from the embedded student and the full data folder ``data``."""
     from srt_trainer.models import ensure_embedded_model

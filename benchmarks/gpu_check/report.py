@@ -18,40 +18,42 @@ from typing import Any
 VERSIONED = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed", "bitsandbytes", "pyarrow")
 
 # section → headline key → (step, key in that step's result)
-HEADLINE: Mapping[str, Mapping[str, tuple[str, str]]] = MappingProxyType({
-    "scoring": {
-        "loop_ratio": ("scoring_small", "loop_ratio"),
-        "default_engine": ("scoring_small", "default_engine"),
-        "packed_vs_padded_fp32_max_rel": ("scoring_small", "packed_vs_padded_fp32_max_rel"),
-        "spearman_fp32_bf16": ("scoring_small", "spearman_fp32_bf16"),
-        "mfu_7b": ("scoring_7b", "mfu_7b"),
-        "tokens_per_s_7b": ("scoring_7b", "tokens_per_s"),
-        "peak_memory_gib_7b": ("scoring_7b", "peak_memory_gib"),
-        "matmul_peak_tflops": ("scoring_7b", "matmul_peak_tflops"),
-    },
-    "training": {
-        "zero3_ok": ("train_zero3", "zero3_ok"),
-        "zero3_selected_rows": ("train_zero3", "selected_rows"),
-        "zero3_scores_equal": ("train_zero3", "scores_equal"),
-        "zero3_scores_vs_one_process_max_rel": ("train_zero3", "scores_vs_one_process_max_rel"),
-        "resume_ok": ("train_zero3", "resume_ok"),
-        "resume_reused_score_shards": ("train_zero3", "resume_reused_score_shards"),
-        "resume_loss_max_rel_diff": ("train_zero3", "resume_loss_max_rel_diff"),
-        "resume_weights_max_abs_diff": ("train_zero3", "resume_weights_max_abs_diff"),
-        "zero3_step_seconds": ("train_zero3", "step_seconds"),
-        "zero3_tokens_per_s": ("train_zero3", "tokens_per_s"),
-        "zero3_max_memory_gib": ("train_zero3", "max_memory_gib"),
-        "lora_ok": ("train_lora", "ok"),
-        "lora_step_seconds": ("train_lora", "step_seconds"),
-        "lora_tokens_per_s": ("train_lora", "tokens_per_s"),
-        "lora_max_memory_gib": ("train_lora", "max_memory_gib"),
-        "qlora_ok": ("train_qlora", "ok"),
-        "qlora_step_seconds": ("train_qlora", "step_seconds"),
-        "qlora_tokens_per_s": ("train_qlora", "tokens_per_s"),
-        "qlora_max_memory_gib": ("train_qlora", "max_memory_gib"),
-    },
-    "eval": {"ok": ("eval", "ok"), "tokens_per_s": ("eval", "tokens_per_s")},
-})
+HEADLINE: Mapping[str, Mapping[str, tuple[str, str]]] = MappingProxyType(
+    {
+        "scoring": {
+            "loop_ratio": ("scoring_small", "loop_ratio"),
+            "default_engine": ("scoring_small", "default_engine"),
+            "packed_vs_padded_fp32_max_rel": ("scoring_small", "packed_vs_padded_fp32_max_rel"),
+            "spearman_fp32_bf16": ("scoring_small", "spearman_fp32_bf16"),
+            "mfu_7b": ("scoring_7b", "mfu_7b"),
+            "tokens_per_s_7b": ("scoring_7b", "tokens_per_s"),
+            "peak_memory_gib_7b": ("scoring_7b", "peak_memory_gib"),
+            "matmul_peak_tflops": ("scoring_7b", "matmul_peak_tflops"),
+        },
+        "training": {
+            "zero3_ok": ("train_zero3", "zero3_ok"),
+            "zero3_selected_rows": ("train_zero3", "selected_rows"),
+            "zero3_scores_equal": ("train_zero3", "scores_equal"),
+            "zero3_scores_vs_one_process_max_rel": ("train_zero3", "scores_vs_one_process_max_rel"),
+            "resume_ok": ("train_zero3", "resume_ok"),
+            "resume_reused_score_shards": ("train_zero3", "resume_reused_score_shards"),
+            "resume_loss_max_rel_diff": ("train_zero3", "resume_loss_max_rel_diff"),
+            "resume_weights_max_abs_diff": ("train_zero3", "resume_weights_max_abs_diff"),
+            "zero3_step_seconds": ("train_zero3", "step_seconds"),
+            "zero3_tokens_per_s": ("train_zero3", "tokens_per_s"),
+            "zero3_max_memory_gib": ("train_zero3", "max_memory_gib"),
+            "lora_ok": ("train_lora", "ok"),
+            "lora_step_seconds": ("train_lora", "step_seconds"),
+            "lora_tokens_per_s": ("train_lora", "tokens_per_s"),
+            "lora_max_memory_gib": ("train_lora", "max_memory_gib"),
+            "qlora_ok": ("train_qlora", "ok"),
+            "qlora_step_seconds": ("train_qlora", "step_seconds"),
+            "qlora_tokens_per_s": ("train_qlora", "tokens_per_s"),
+            "qlora_max_memory_gib": ("train_qlora", "max_memory_gib"),
+        },
+        "eval": {"ok": ("eval", "ok"), "tokens_per_s": ("eval", "tokens_per_s")},
+    }
+)
 
 
 def versions() -> dict[str, str | None]:

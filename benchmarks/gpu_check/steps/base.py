@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpu_check.assets import read_rows
+from gpu_check.assets import pick, read_rows
 from gpu_check.config import ALPACA, SHAPES, Sizes
 
 
@@ -29,9 +29,10 @@ class StepContext:
         self.partial.update(values)
         self.partial_file.write_text(json.dumps(self.partial, indent=2, default=float))
 
-    def rows(self, n: int) -> list[dict[str, Any]]:
-        """The first ``n`` carried Alpaca rows."""
-        return read_rows(self.assets / "data" / ALPACA, n)
+    def rows(self, n: int, shortest: bool = False) -> list[dict[str, Any]]:
+        """The first ``n`` carried Alpaca rows, or (``shortest``) the ``n`` shortest, in file order."""
+        rows = read_rows(self.assets / "data" / ALPACA)
+        return [rows[i] for i in pick(rows, n, shortest)]
 
     @property
     def dtype(self) -> str:

@@ -13,7 +13,7 @@ from gpu_check.steps.launch import launch
 
 def step_eval(ctx: StepContext) -> dict[str, Any]:
     """Answers of the 1B student with the ``train_lora`` adapter, in two shards: generated tokens per second."""
-    from srt_trainer.models import load_tokenizer
+    from tokenizers import Tokenizer  # counting tokens needs no transformers import (seconds on a CPU)
 
     s, adapter = ctx.sizes, ctx.work / "train_lora"
     if not (adapter / "adapter_model.safetensors").is_file():
@@ -27,9 +27,9 @@ def step_eval(ctx: StepContext) -> dict[str, Any]:
     cmd += ["--dtype", ctx.dtype]
     launch(cmd, ctx.work / "logs" / "eval.log")
     summary = json.loads(output.with_name("answers.summary.json").read_text())
-    tokenizer = load_tokenizer(ctx.work / "student_1b")
+    tokenizer = Tokenizer.from_file(str(ctx.work / "student_1b" / "tokenizer.json"))
     answers = [json.loads(line)["output"] for line in output.read_text().splitlines()]
-    tokens = sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
+    tokens = sum(len(tokenizer.encode(a, add_special_tokens=False).ids) for a in answers)
     return {
         "ok": len(answers) == s.eval_items and tokens > 0,
         "answers": len(answers),

@@ -36,7 +36,7 @@ def step_scoring_small(ctx: StepContext) -> dict[str, Any]:
     from srt_trainer.templates import get_template
 
     s, on, template = ctx.sizes, device(), get_template("vicuna")
-    rows = ctx.rows(s.scorer_rows)
+    rows = ctx.rows(s.scorer_rows, s.shortest_rows)
     model, tokenizer, weights = small_student(ctx.assets, "bfloat16", on)
     views = _views(tokenizer, template, rows)
     loop_rows = rows[: s.loop_rows]
@@ -58,7 +58,7 @@ def step_scoring_small(ctx: StepContext) -> dict[str, Any]:
     }
     ctx.record(**out)
     bf16_scores = {}
-    for engine in engines:
+    for engine in engines[: s.timed_engines]:
         r = bench.measure_scorer(model, tokenizer, template, rows, views, MAX_LENGTH, on, engine, None, s.warmup_rows)
         bf16_scores[engine] = r.pop("scores")
         rate = r["samples"] / r["seconds"]
@@ -113,14 +113,16 @@ def step_scoring_7b(ctx: StepContext) -> dict[str, Any]:
         "matmul_peak_tflops": peak / 1e12,
         "engines": {},
     }
-    rows = ctx.rows(s.rows_7b)
+    rows = ctx.rows(s.rows_7b, s.shortest_rows)
     views = _views(tokenizer, template, rows)
     engines = _engine_order(model, tokenizer)
     out["default_engine"] = engines[0]
     for engine in engines:
         n = s.rows_7b if engine == engines[0] else min(s.padded_rows_7b, s.rows_7b)
         sub_views = [v for v in views if v.sample < n]
-        r = bench.measure_scorer(model, tokenizer, template, rows[:n], sub_views, MAX_LENGTH, on, engine, None, s.warmup_rows)
+        r = bench.measure_scorer(
+            model, tokenizer, template, rows[:n], sub_views, MAX_LENGTH, on, engine, None, s.warmup_rows
+        )
         r.pop("scores")
         out["engines"][engine] = {
             **r,

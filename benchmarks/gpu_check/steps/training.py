@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from gpu_check.assets import VARIANTS, read_rows, variant_file, write_jsonl
+from gpu_check.assets import VARIANTS, pick, read_rows, variant_file, write_jsonl
 from gpu_check.steps.base import StepContext, device, max_rel, random_llama
 from gpu_check.steps.launch import launch, recipe_command, throughput, train_logs, wait_for_deepspeed
 
@@ -42,8 +42,14 @@ def step_prepare(ctx: StepContext) -> dict[str, Any]:
         del model
     train_rows = ctx.rows(s.adapter_global * s.adapter_steps)
     write_jsonl(train_rows, ctx.work / "train_rows.jsonl")
-    for v in VARIANTS:
-        write_jsonl(read_rows(variant_file(ctx.assets, v), s.zero3_rows), _variant(ctx, v))
+    carried = {v: read_rows(variant_file(ctx.assets, v)) for v in VARIANTS}
+    picked = pick(carried["ori"], s.zero3_rows, s.shortest_rows)
+    for v, rows in carried.items():
+        # source_index is the row's index in the new ori file: selection checks the variants' alignment by it
+        subset = [
+            {**rows[i], "source_index": j} if "source_index" in rows[i] else rows[i] for j, i in enumerate(picked)
+        ]
+        write_jsonl(subset, _variant(ctx, v))
     return {
         "student_1b_params": params["student_1b"],
         "student_zero3_params": params["student_zero3"],
@@ -63,7 +69,15 @@ def _adapter_step(ctx: StepContext, config: str, name: str) -> dict[str, Any]:
     extra += ["--ori_data", "null", "--q_data", "null", "--a_data", "null", "--qa_data", "null"]
     extra += ["--max_steps", str(s.adapter_steps), "--save_strategy", "no"]
     cmd = recipe_command(
-        ctx, config, "multi_gpu.yaml", ctx.work / "student_1b", out_dir, 1, s.adapter_per_device, s.adapter_global, extra
+        ctx,
+        config,
+        "multi_gpu.yaml",
+        ctx.work / "student_1b",
+        out_dir,
+        1,
+        s.adapter_per_device,
+        s.adapter_global,
+        extra,
     )
     start = time.perf_counter()
     launch(cmd, ctx.work / "logs" / f"{name}.log")
