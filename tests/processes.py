@@ -14,24 +14,40 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 
+def _kill_tree(pid: int) -> None:
+    """SIGKILL ``pid``'s process group and every process below it: torchrun starts each worker in a session of
+    its own, which a kill of the launcher's group alone would leave running."""
+    import psutil
+
+    try:
+        below = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        below = []
+    os.killpg(pid, signal.SIGKILL)
+    for child in below:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+
+
 def kill_when(
     cmd: Sequence[str],
     ready: Callable[[], bool],
     timeout: float,
     poll: float = 0.1,
     env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
 ) -> str:
     """Start ``cmd`` in its own process group, SIGKILL the whole group as soon as ``ready()`` holds (or after
     ``timeout`` seconds), and return what it printed. Fails if the run ends by itself before that."""
     with tempfile.TemporaryFile() as log:  # a file, not a pipe: a chatty run never blocks on a full pipe
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not ready():
             if proc.poll() is not None:
                 log.seek(0)
                 raise AssertionError(f"the run ended before it could be killed:\n{log.read().decode()[-3000:]}")
             time.sleep(poll)
-        os.killpg(proc.pid, signal.SIGKILL)
+        _kill_tree(proc.pid)
         proc.wait()
         log.seek(0)
         return log.read().decode()

@@ -265,3 +265,63 @@ class FaultProxy:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def _reflection_reply(prompt: str) -> str:
+    """A usable answer of the kind the prompt asks for, different for every prompt."""
+    tag = hashlib.sha256(prompt.encode()).hexdigest()[:8]
+    if "[New Instruction]" in prompt:
+        return (
+            f"[New Instruction] Explain, step by step and with one worked example, topic {tag}. [End]\n"
+            f"[New Answer] Topic {tag} comes in three steps: first the idea, then the example, then a check. [End]"
+        )
+    return f"[Better Answer] A fuller answer ({tag}): it states the point, gives a reason and an example. [End]"
+
+
+class SlowTeacher:
+    """An OpenAI-compatible endpoint that takes ``seconds`` per answer and counts the requests it gets: a loaded
+    server, which a real one cannot be made into on demand. ``reply`` makes the answer from the user message
+    (default "Done."); ``reflection_reply`` gives tagged rewrites that reflection accepts."""
+
+    def __init__(self, seconds: float, reply: Callable[[str], str] = lambda _: "Done.") -> None:
+        self.requests: list[str] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                prompt = body["messages"][-1]["content"]
+                server.requests.append(prompt)
+                time.sleep(seconds)
+                message = {"role": "assistant", "content": reply(prompt)}
+                payload = {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": body["model"],
+                    "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+                }
+                data = json.dumps(payload).encode()
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:  # the client gave up waiting
+                    pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    reflection_reply = staticmethod(_reflection_reply)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

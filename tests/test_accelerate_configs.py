@@ -18,6 +18,7 @@ EXPECTED = {
     "deepspeed_zero2": ("DEEPSPEED", (2, "none", "none")),
     "deepspeed_zero3": ("DEEPSPEED", (3, "none", "none")),
     "deepspeed_zero3_offload": ("DEEPSPEED", (3, "cpu", "cpu")),
+    "deepspeed_zero3_multinode": ("DEEPSPEED", (3, "none", "none")),
     "fsdp": ("FSDP", None),
 }
 
@@ -55,12 +56,28 @@ def test_accelerate_loads_and_validates(name):
 
     config = load_config_from_file(str(CONFIGS / f"{name}.yaml"))
     kind, _ = EXPECTED[name]
-    assert config.distributed_type.value == kind and config.num_processes == 8 and config.mixed_precision == "bf16"
+    machines = 2 if name.endswith("multinode") else 1
+    processes = 8 * machines  # 8 GPUs a machine
+    assert config.distributed_type.value == kind and config.mixed_precision == "bf16"
+    assert (config.num_processes, config.num_machines) == (processes, machines)
     args, env = launch_env(name)
-    assert args.num_processes == 8 and env["ACCELERATE_MIXED_PRECISION"] == "bf16"
+    assert args.num_processes == processes and env["ACCELERATE_MIXED_PRECISION"] == "bf16"
     assert args.use_deepspeed == (kind == "DEEPSPEED") and args.use_fsdp == (kind == "FSDP")
-    # the paper's global batch of 128 splits evenly over the 8 processes at the usual per-device sizes
-    assert [gradient_accumulation_for(128, b, config.num_processes) for b in (1, 2, 4, 8, 16)] == [16, 8, 4, 2, 1]
+    # the paper's global batch of 128 splits evenly over the processes at the usual per-device sizes
+    sizes = (1, 2, 4, 8, 16)[: 6 - machines]
+    assert [gradient_accumulation_for(128, b, processes) * b * processes for b in sizes] == [128] * len(sizes)
+
+
+def test_scoring_shards_are_balanced_by_tokens_over_every_process_of_every_machine(alpaca_rows, embedded_tokenizer):
+    from srt_trainer.scoring.runner import assign_shards, estimate_tokens
+
+    # 247 real rows in shards of 4: 62 shards over 2 machines × 8 processes
+    work = estimate_tokens(alpaca_rows, embedded_tokenizer)
+    shards = [sum(work[i : i + 4]) for i in range(0, len(work), 4)]
+    owned = assign_shards(shards, 16)
+    assert sorted(k for ks in owned for k in ks) == list(range(len(shards)))  # every shard once
+    loads = [sum(shards[k] for k in ks) for ks in owned]
+    assert max(loads) - min(loads) <= max(shards)  # no process waits longer than one shard for the others
 
 
 @pytest.mark.parametrize("name", [n for n, (kind, _) in EXPECTED.items() if kind == "DEEPSPEED"])

@@ -10,7 +10,6 @@ import json
 import os
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ import pytest
 from srt_trainer.cli import main as srt_main
 from srt_trainer.io import read_rows, write_rows
 from tests.processes import lock_held_elsewhere
+from tests.serving import SlowTeacher
 
 
 @pytest.fixture(scope="module")
@@ -144,12 +144,13 @@ def test_a_file_beside_the_output_that_is_the_input_is_refused(short_rows, tmp_p
 
 def test_reflection_keeps_the_columns_it_would_overwrite(short_rows, embedded_model, embedded_tokenizer):
     from srt_trainer.reflection import reflect
-    from srt_trainer.teachers import SamplingConfig
+    from srt_trainer.teachers import TeacherArguments
     from srt_trainer.teachers.local import TransformersTeacher
 
     teacher = TransformersTeacher("embedded", model_obj=embedded_model, tokenizer=embedded_tokenizer, batch_size=2)
+    asking = TeacherArguments(teacher_max_tokens=2, max_reasks=0)
     rows = [{**r, "teacher": "my label", "reflection_error": "x"} for r in short_rows[:1]]
-    result = reflect(rows, "response", teacher, sampling=SamplingConfig(max_tokens=2), max_reasks=0, progress=False)
+    result = reflect(rows, "response", teacher, asking, progress=False)
     assert [r["orig_teacher"] for r in result.rows] == ["my label"]
     assert all(r["teacher"] == "transformers" and r["orig_reflection_error"] == "x" for r in result.rows)
     # a Q file reflected again (QA): the Q rewrite's own columns are kept as q_<name>
@@ -157,7 +158,7 @@ def test_reflection_keeps_the_columns_it_would_overwrite(short_rows, embedded_mo
         {**r, "variant": "Q", "source_index": i, "reflection_status": "ok", "teacher": "t"}
         for i, r in enumerate(short_rows[1:2])
     ]
-    qa = reflect(q, "response", teacher, sampling=SamplingConfig(max_tokens=2), max_reasks=0, progress=False)
+    qa = reflect(q, "response", teacher, asking, progress=False)
     assert [(r["q_reflection_status"], r["q_teacher"], r["variant"]) for r in qa.rows] == [("ok", "t", "QA")]
     from srt_trainer.reflection.runner import REFLECTION_COLUMNS
 
@@ -346,59 +347,13 @@ def test_concurrent_writes_of_one_file_never_collide(short_rows, tmp_path):
 # -- 8. a teacher slower than its time-out ---------------------------------------------------------------------
 
 
-class _SlowServer:
-    """An OpenAI-compatible endpoint that takes ``seconds`` per answer and counts the requests it gets: a loaded
-    server, which a real one cannot be made into on demand."""
-
-    def __init__(self, seconds: float) -> None:
-        self.requests: list[str] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append(body["messages"][-1]["content"])
-                time.sleep(seconds)
-                payload = {
-                    "id": "x",
-                    "object": "chat.completion",
-                    "created": 0,
-                    "model": body["model"],
-                    "choices": [
-                        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Done."}}
-                    ],
-                    "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
-                }
-                data = json.dumps(payload).encode()
-                try:
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except OSError:  # the client gave up waiting
-                    pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def test_time_outs_do_not_multiply_the_servers_work(tmp_path, caplog):
     from srt_trainer.teachers import SamplingConfig, build_teacher, complete_all
     from srt_trainer.teachers.openai_teacher import LOCAL_TIMEOUT, default_timeout
 
     assert default_timeout("http://127.0.0.1:8000/v1") == LOCAL_TIMEOUT >= 600
     assert default_timeout(None) == 120.0 and default_timeout("https://api.example.com/v1") == 120.0
-    server = _SlowServer(seconds=1.2)
+    server = SlowTeacher(seconds=1.2)
     try:
         teacher = build_teacher(
             "openai", model="m", base_url=server.base_url, timeout=0.8, max_retries=8, concurrency=4

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from srt_trainer.models import load_student
 from srt_trainer.models.precision import (
     HalfProductsInFloat32,
-    cpu_has_half_kernels,
+    float32_products,
     float32_products_for,
     needs_float32_products,
 )
@@ -69,11 +74,35 @@ def test_attention_and_other_ops():
     assert torch.equal(act, F.silu(q))
 
 
+# a CPU with AVX2 only, as oneDNN sees this one when told to stop there (its own switch, read at start-up)
+AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+WITHOUT_HALF_KERNELS = """
+import logging, torch
+from srt_trainer.models.precision import HalfProductsInFloat32, cpu_has_half_kernels, float32_products_for, \\
+    warn_if_slow_half
+logging.basicConfig(level=logging.WARNING)
+layer = torch.nn.Linear(8, 8)
+for dtype in (torch.bfloat16, torch.float16, torch.float32):
+    layer.to(dtype)
+    warn_if_slow_half(layer)
+    print(cpu_has_half_kernels(dtype), isinstance(float32_products_for(layer), HalfProductsInFloat32))
+"""
+
+
 def test_when_it_applies():
-    assert not needs_float32_products(torch.float32, "cpu")
-    assert not needs_float32_products(torch.bfloat16, "cuda")
-    for dtype in (torch.bfloat16, torch.float16):
-        assert needs_float32_products(dtype, "cpu") is (not cpu_has_half_kernels(dtype))
+    """Full precision and GPUs never take the mode; a half-precision model on a CPU without half-precision kernels
+    does, and says so at load time."""
+    assert isinstance(float32_products(torch.float32, "cpu"), contextlib.nullcontext)
+    assert isinstance(float32_products(torch.bfloat16, "cuda"), contextlib.nullcontext)
+    assert not needs_float32_products(torch.float16, "cuda:0")
+    env = {**os.environ, **AVX2_ONLY}
+    res = subprocess.run(
+        [sys.executable, "-c", WITHOUT_HALF_KERNELS], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split("\n")[:3] == ["False True", "False True", "True False"]
+    assert "no bfloat16 matrix kernels" in res.stderr and "no float16 matrix kernels" in res.stderr
+    assert "float32 matrix kernels" not in res.stderr
 
 
 def test_bf16_student_gives_the_same_predictions(embedded_dir, embedded_tokenizer):

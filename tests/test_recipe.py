@@ -105,7 +105,7 @@ def two_process_run(alpaca_rows, data_dir, embedded_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("recipe")
     files = write_variant_files(alpaca_rows, data_dir, folder / "variants")
     out = folder / "out"
-    # on a machine without CUDA, --multi_gpu starts two CPU processes (gloo); accelerate's --cpu starts only one
+    # the users' DDP config; on a machine without CUDA it starts two CPU processes (gloo), --cpu only one
     res = _launch(
         "--output_dir",
         str(out),
@@ -139,7 +139,7 @@ def two_process_run(alpaca_rows, data_dir, embedded_dir, tmp_path_factory):
         "0",
         "--learning_rate",
         "1e-3",
-        launcher=["--multi_gpu", "--num_processes", "2"],
+        launcher=["--config_file", str(REPO / "accelerate_configs" / "multi_gpu.yaml"), "--num_processes", "2"],
     )
     return out, res
 

@@ -60,6 +60,8 @@ def _by_instruction(replies: dict[str, str], default: str = "") -> Callable[[str
     return reply
 
 
+NO_PREFILL = TeacherArguments(prefill="off")  # a scripted teacher answers whole replies
+AS_IS = ReflectionArguments(teacher_view="as_is")
 GOOD = "[New Instruction] Plan a week of meals for a vegetarian marathon runner. [End]\n[New Answer] Day 1: ... [End]"
 
 
@@ -92,7 +94,7 @@ def _four_replies(rows: list[dict]) -> dict[str, str]:
 
 def test_q_keeps_each_usable_part_and_counts_each_case(four_rows):
     teacher = ScriptedTeacher(_by_instruction(_four_replies(four_rows)))
-    result = reflect(four_rows, "instruction", teacher, prefill=False, progress=False)
+    result = reflect(four_rows, "instruction", teacher, NO_PREFILL, progress=False)
     rows = result.rows
     assert [r["reflection_status"] for r in rows] == ["ok", "ok", "ok", "fallback", "ok"]
     assert [r["reflection_fallback"] for r in rows] == [None, "answer", "instruction", "row", None]
@@ -118,9 +120,8 @@ def test_q_keeps_each_usable_part_and_counts_each_case(four_rows):
 
 def test_whole_row_fallback_and_the_release_substring_rule(four_rows):
     teacher = ScriptedTeacher(_by_instruction(_four_replies(four_rows)))
-    result = reflect(
-        four_rows, "instruction", teacher, prefill=False, progress=False, fallback="row", reject_rule="substring"
-    )
+    release = ReflectionArguments(fallback="row", reject_rule="substring")
+    result = reflect(four_rows, "instruction", teacher, NO_PREFILL, release, progress=False)
     assert [r["reflection_status"] for r in result.rows] == ["ok", "fallback", "fallback", "fallback", "fallback"]
     for row, source in zip(result.rows[1:], four_rows[1:], strict=True):
         assert (row["instruction"], row["output"]) == (source["instruction"], source["output"])
@@ -181,7 +182,7 @@ def test_instruction_reflection_sees_the_input_folded_and_q_has_none(alpaca_rows
     rows = _rows(alpaca_rows, 0, 1, 4)  # two real rows with an input, one without
     assert rows[0]["input"] and rows[1]["input"] and not rows[2]["input"]
     teacher = ScriptedTeacher(lambda user, ask: "[New Instruction] x [End] [New Answer] N/A [End]")
-    result = reflect(rows, "instruction", teacher, prefill=False, progress=False)
+    result = reflect(rows, "instruction", teacher, NO_PREFILL, progress=False)
     users = [next(m["content"] for m in c if m["role"] == "user") for c, _ in teacher.requests]
     for user, row in zip(users, rows, strict=True):
         assert user.startswith(f"[Instruction]\n{row['instruction']}\n{row['input']}".rstrip("\n") + "\n")
@@ -193,7 +194,7 @@ def test_instruction_reflection_sees_the_input_folded_and_q_has_none(alpaca_rows
 
     # the earlier view: the input in its own section, and Q takes a tagged [New Input]
     teacher = ScriptedTeacher(lambda user, ask: "[New Instruction] x [End] [New Input] y [End] [New Answer] z [End]")
-    result = reflect(rows, "instruction", teacher, prefill=False, progress=False, teacher_view="as_is")
+    result = reflect(rows, "instruction", teacher, NO_PREFILL, AS_IS, progress=False)
     user = next(m["content"] for m in teacher.requests[0][0] if m["role"] == "user")
     assert f"[Input]\n{rows[0]['input']}" in user and result.view["input_folded"] == 0
     assert [r["input"] for r in result.rows] == ["y", "y", "y"]
@@ -213,12 +214,12 @@ def test_fields_are_stripped_as_released(alpaca_rows):
     row = dict(alpaca_rows[0], source_index=0)
     padded = {**row, "instruction": "  " + row["instruction"] + "\n", "output": row["output"] + " \n\n"}
     teacher = ScriptedTeacher(lambda user, ask: GOOD)
-    released = reflect([padded], "response", teacher, prefill=False, progress=False)
+    released = reflect([padded], "response", teacher, NO_PREFILL, progress=False)
     user = next(m["content"] for m in teacher.requests[0][0] if m["role"] == "user")
     assert user.startswith(f"[Instruction]\n{row['instruction']}\n\n[Input]\n{row['input']}\n\n")
     assert f"{row['output']}\n[The End of Answer]" in user and released.view["stripped"] == 1
     teacher = ScriptedTeacher(lambda user, ask: GOOD)
-    reflect([padded], "response", teacher, prefill=False, progress=False, teacher_view="as_is")
+    reflect([padded], "response", teacher, NO_PREFILL, AS_IS, progress=False)
     user = next(m["content"] for m in teacher.requests[0][0] if m["role"] == "user")
     assert user.startswith("[Instruction]\n  " + row["instruction"] + "\n")
 
@@ -232,14 +233,15 @@ def test_an_overlong_pair_loses_the_end_of_its_answer(alpaca_rows):
     pair = row["instruction"] + row["input"] + row["output"]
     gap = approx_text_tokens(pair) - limit
     assert gap > 0
-    result = reflect(rows, "instruction", teacher, prefill=False, progress=False, max_pair_tokens=limit)
+    short = ReflectionArguments(max_pair_tokens=limit)
+    result = reflect(rows, "instruction", teacher, NO_PREFILL, short, progress=False)
     user = next(m["content"] for m in teacher.requests[0][0] if m["role"] == "user")
     # the release's rule: as many characters as there are tokens too many, from the answer's end only
     assert f"[The Start of Answer]\n{row['output'][:-gap]}\n[The End of Answer]" in user
     assert user.startswith(f"[Instruction]\n{row['instruction']}")
     assert result.view["answer_cut"] == 1 and result.raw[0]["answer_cut"] == gap and "answer_cut" not in result.raw[1]
     teacher = ScriptedTeacher(lambda user, ask: "")
-    result = reflect(rows, "instruction", teacher, prefill=False, progress=False, teacher_view="as_is")
+    result = reflect(rows, "instruction", teacher, NO_PREFILL, AS_IS, progress=False)
     assert row["output"] in teacher.requests[0][0][-1]["content"] and result.view["answer_cut"] == 0
 
 
@@ -256,12 +258,12 @@ def test_a_prompt_file_without_an_input_field_runs_on_folded_rows(alpaca_rows, t
         load_prompt("instruction", path)
     prompt = load_prompt("instruction", path, needs_input=False)
     teacher = ScriptedTeacher(lambda user, ask: GOOD)
-    result = reflect(rows, "instruction", teacher, prompt=prompt, prefill=False, progress=False)
+    result = reflect(rows, "instruction", teacher, NO_PREFILL, prompt=prompt, progress=False)
     user = teacher.requests[0][0][1]["content"]
     assert user.startswith(f"[Instruction]\n{rows[0]['instruction']}\n{rows[0]['input']}\n\n[The Start of Answer]")
     assert result.statuses["ok"] == 2
     with pytest.raises(ReflectionInputError, match="input"):
-        reflect(rows, "instruction", teacher, prompt=prompt, prefill=False, progress=False, teacher_view="as_is")
+        reflect(rows, "instruction", teacher, NO_PREFILL, AS_IS, prompt=prompt, progress=False)
 
 
 # --- 4: the answer budget ---------------------------------------------------------------------------------------------
@@ -396,8 +398,8 @@ def test_options_parse_and_check():
     with pytest.raises(TeacherConfigError):
         TeacherArguments(teacher_context_length=0)
     for bad in ({"fallback": "half"}, {"reject_rule": "regex"}, {"teacher_view": "raw"}):
-        with pytest.raises(ReflectionInputError):
-            reflect([], "instruction", ScriptedTeacher(lambda user, ask: ""), progress=False, **bad)
+        with pytest.raises(ReflectConfigError, match=f"unknown --{next(iter(bad))}"):
+            ReflectionArguments(**bad)
 
 
 def test_summary_counts_every_case(four_rows, tmp_path):

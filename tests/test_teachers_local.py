@@ -11,6 +11,7 @@ from srt_trainer.teachers import (
     Answer,
     ResponseCache,
     SamplingConfig,
+    TeacherArguments,
     TeacherError,
     build_teacher,
     cache_key,
@@ -148,8 +149,8 @@ def test_unusable_answers_are_reasked_as_distinct_requests(local_teacher, tmp_pa
 
 def test_reflection_with_the_embedded_teacher_both_modes(local_teacher, alpaca_rows, tmp_path):
     rows = [dict(alpaca_rows[i], row_index=i) for i in (7, 19)]
-    sampling = SamplingConfig(max_tokens=16)
-    q = reflect(rows, "instruction", local_teacher, sampling=sampling, cache_path=tmp_path / "q.jsonl", progress=False)
+    asking = TeacherArguments(teacher_max_tokens=16)
+    q = reflect(rows, "instruction", local_teacher, asking, cache_path=tmp_path / "q.jsonl", progress=False)
     assert q.variant == "Q" and len(q.rows) == 2 and sum(q.statuses.values()) == 2
     for src, out, raw in zip(rows, q.rows, q.raw, strict=True):
         assert out["source_index"] == src["row_index"] and out["variant"] == "Q"
@@ -172,7 +173,7 @@ def test_reflection_with_the_embedded_teacher_both_modes(local_teacher, alpaca_r
             assert (out["instruction"], out["output"]) == (folded, src["output"])
             assert "no usable" in out["reflection_error"]
 
-    qa = reflect(q.rows, "response", local_teacher, sampling=sampling, cache_path=tmp_path / "qa.jsonl", progress=False)
+    qa = reflect(q.rows, "response", local_teacher, asking, cache_path=tmp_path / "qa.jsonl", progress=False)
     assert qa.variant == "QA"
     for q_row, out, raw in zip(q.rows, qa.rows, qa.raw, strict=True):
         assert out["source_index"] == q_row["source_index"] and out["instruction"] == q_row["instruction"]

@@ -9,7 +9,14 @@ import time
 import pytest
 
 from srt_trainer.reflection import load_prompt, parse_instruction_reflection, parse_response_reflection, reflect
-from srt_trainer.teachers import SamplingConfig, TeacherError, build_teacher, complete_all, load_cache_entries
+from srt_trainer.teachers import (
+    SamplingConfig,
+    TeacherArguments,
+    TeacherError,
+    build_teacher,
+    complete_all,
+    load_cache_entries,
+)
 from tests.serving import FaultPlan, FaultProxy, prompt_hash
 
 TIMEOUT = 8.0  # per request; a real answer of a few tokens takes about a second here
@@ -65,9 +72,8 @@ def test_faults_are_retried_counted_and_nothing_is_lost(
             rows,
             "response",
             teacher,
-            sampling=SamplingConfig(max_tokens=8),
+            TeacherArguments(teacher_max_tokens=8, max_reasks=0),
             cache_path=cache,
-            max_reasks=0,
             progress=False,
         )
         sent = proxy.counts()
@@ -104,9 +110,8 @@ def test_faults_are_retried_counted_and_nothing_is_lost(
             rows,
             "response",
             teacher,
-            sampling=SamplingConfig(max_tokens=8),
+            TeacherArguments(teacher_max_tokens=8, max_reasks=0),
             cache_path=cache,
-            max_reasks=0,
             progress=False,
         )
         after = proxy.counts()
@@ -126,21 +131,18 @@ def test_a_misconfigured_endpoint_stops_the_run(teacher_server, tmp_path):
 
 def test_reflection_end_to_end_with_the_real_server(teacher_server, embedded_dir, alpaca_rows, tmp_path):
     rows = [dict(alpaca_rows[i], row_index=i) for i in range(60, 63)]
-    sampling = SamplingConfig(max_tokens=12)
+    asking = TeacherArguments(teacher_max_tokens=12)
     with FaultProxy(_port(teacher_server)) as proxy:  # no faults: it only counts
         teacher = build_teacher("openai", model=str(embedded_dir), base_url=proxy.base_url, concurrency=4)
-        q = reflect(
-            rows, "instruction", teacher, sampling=sampling, cache_path=tmp_path / "q.cache.jsonl", progress=False
-        )
+        q = reflect(rows, "instruction", teacher, asking, cache_path=tmp_path / "q.cache.jsonl", progress=False)
         # (transformers serve keeps this model's greedy generation config whatever the temperature, so its re-asks
         # repeat the answer: one mode of re-asks is enough here)
         qa = reflect(
             q.rows,
             "response",
             teacher,
-            sampling=sampling,
+            TeacherArguments(teacher_max_tokens=12, max_reasks=0),
             cache_path=tmp_path / "qa.cache.jsonl",
-            max_reasks=0,
             progress=False,
         )
         sent = sum(proxy.counts().values())
@@ -169,9 +171,8 @@ def test_reflection_end_to_end_with_the_real_server(teacher_server, embedded_dir
             q.rows,
             "response",
             teacher,
-            sampling=sampling,
+            TeacherArguments(teacher_max_tokens=12, max_reasks=0),
             cache_path=tmp_path / "qa.cache.jsonl",
-            max_reasks=0,
             progress=False,
         )
         assert sum(proxy.counts().values()) == sent and again.counts.asked == 0 and again.rows == qa.rows

@@ -103,7 +103,19 @@ def test_13b_defaults_yaml_and_cli_precedence(tmp_path):
 @pytest.mark.parametrize(("world", "per_device", "steps"), [(1, 4, 32), (2, 4, 16), (4, 4, 8), (8, 4, 4), (8, 16, 1)])
 def test_global_batch_holds_on_1_to_8_processes(world, per_device, steps):
     assert gradient_accumulation_for(128, per_device, world) == steps
-    assert per_device * steps * world == 128
+
+
+def test_every_batch_that_can_make_128_does():
+    """Over every per-device batch and 1 to 8 processes: the derived accumulation makes the global batch exactly,
+    and the split is refused exactly where no whole number of steps makes it."""
+    for world in range(1, 9):
+        for per_device in range(1, 129):
+            if 128 % (per_device * world) == 0:
+                steps = gradient_accumulation_for(128, per_device, world)
+                assert steps >= 1 and per_device * steps * world == 128
+            else:
+                with pytest.raises(GlobalBatchError):
+                    gradient_accumulation_for(128, per_device, world)
 
 
 def test_global_batch_errors_name_the_numbers(tmp_path):

@@ -29,6 +29,7 @@ from srt_trainer.io import (
     sniff_format,
     write_text_atomic,
 )
+from srt_trainer.plotting import pyplot, save_figure
 
 OUTCOMES = ("win", "tie", "lose")
 OVERALL = "overall"
@@ -226,10 +227,7 @@ def _pair_title(agg: Aggregate) -> str:
 
 def plot_outcomes(agg: Aggregate, path: str | Path, title: str | None = None) -> Path:
     """Stacked horizontal bars of win / tie / lose shares, one per test set (and overall), counts inside."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = _rows(agg)
     fig, ax = plt.subplots(figsize=(9, 0.55 * len(rows) + 1.6))
@@ -250,11 +248,7 @@ def plot_outcomes(agg: Aggregate, path: str | Path, title: str | None = None) ->
     ax.set_xlabel("share of items judged")
     ax.legend(ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.28 if len(rows) < 3 else -0.12), frameon=False)
     ax.set_title(title or _pair_title(agg), fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def markdown_summary(

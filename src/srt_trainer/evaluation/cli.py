@@ -1,6 +1,6 @@
 """``srt eval generate | judge | aggregate``.
 
-srt eval generate --test_sets ../shared/data/eval --output answers.jsonl [--model PATH] [--adapter DIR]
+srt eval generate --test_sets tests/data/eval --output answers.jsonl [--model PATH] [--adapter DIR]
 srt eval judge --answers_a a.jsonl --answers_b b.jsonl --output reviews.jsonl --base_url URL --judge_model NAME
 srt eval aggregate --reviews reviews.jsonl [--json] [--output_dir DIR]
 """

@@ -39,7 +39,7 @@ class GenerateArguments:
     test_sets: list[str] = field(
         metadata={
             "help": "Test-set files (JSON, JSONL, Parquet with an instruction / prompt / text field) or "
-            "folders of them, e.g. ../shared/data/eval."
+            "folders of them, e.g. tests/data/eval."
         },
     )
     output: str = field(metadata={"help": "Answers file, .jsonl or .parquet."})

@@ -1,11 +1,10 @@
-"""Teacher reflection (the paper's instruction and response reflection): prompts, tag parsers, and the runner
+"""Teacher reflection (the paper's instruction and response reflection, §2): prompts, tag parsers, and the runner
 behind ``srt reflect``.
 
+- ``reflect(rows, "instruction" | "response", teacher, TeacherArguments(...), ReflectionArguments(...))``: rows in,
+  a ``ReflectionResult`` out (the reflected rows in input order, the teacher's raw texts, the counts).
 - ``run_reflect(ReflectArguments(mode=..., data=..., output=...), TeacherArguments(...), ReflectionArguments())``:
-  the file-level stage.
-- ``reflect_rows(rows, mode="instruction"|"response", teacher=build_teacher(...), teacher_args=TeacherArguments(),
-  reflection=ReflectionArguments())``:
-  rows in, reflected rows out (``reflect`` also returns the raw texts and counts).
+  the file-level stage (what ``srt reflect`` runs).
 """
 
 from srt_trainer.reflection.config import ReflectArguments, ReflectConfigError, ReflectionArguments
@@ -27,7 +26,6 @@ from srt_trainer.reflection.runner import (
     detect_variant,
     fold_input,
     reflect,
-    reflect_rows,
     run_reflect,
     teacher_view_of,
 )
@@ -54,7 +52,6 @@ __all__ = [
     "parse_instruction_reflection",
     "parse_response_reflection",
     "reflect",
-    "reflect_rows",
     "run_reflect",
     "teacher_view_of",
 ]

@@ -8,7 +8,11 @@ from pathlib import Path
 
 from srt_trainer.errors import SRTUserError
 from srt_trainer.io import offset_field, sidecar_path
+from srt_trainer.reflection.parsers import REJECTION_RULES
 from srt_trainer.teachers.config import TeacherArguments
+
+FALLBACKS = ("field", "row")
+TEACHER_VIEWS = ("release", "as_is")
 
 
 class ReflectConfigError(SRTUserError, ValueError):
@@ -27,7 +31,7 @@ class ReflectionArguments:
             "help": "Instruction mode, when only one part of the teacher's reply is usable: field (as released) keeps "
             "the usable part with the original other part (a new instruction with the original answer, which the QA "
             "step then rewrites; or the original instruction with a new answer); row keeps the whole original row.",
-            "choices": ["field", "row"],
+            "choices": list(FALLBACKS),
         },
     )
     reject_rule: str = field(
@@ -37,7 +41,7 @@ class ReflectionArguments:
             "answer', an answer that is only N/A; repeated tags tolerated, the first usable part taken); substring "
             "is the release's test (the part merely contains 'your instruction', 'your answer' or 'N/A', and a "
             "response reflection must hold exactly one [Better Answer]).",
-            "choices": ["whole", "substring"],
+            "choices": list(REJECTION_RULES),
         },
     )
     teacher_view: str = field(
@@ -46,7 +50,7 @@ class ReflectionArguments:
             "help": "What the teacher sees. release: fields stripped; in instruction mode the input folded into the "
             "instruction (the new row has an empty input); a pair over max_pair_tokens has its answer cut. as_is: "
             "the row's fields untouched, the input in its own section (this package's earlier behaviour).",
-            "choices": ["release", "as_is"],
+            "choices": list(TEACHER_VIEWS),
         },
     )
     max_pair_tokens: int = field(
@@ -58,6 +62,16 @@ class ReflectionArguments:
     )
 
     def __post_init__(self) -> None:
+        # argparse checks the choices of a flag; this checks them where the dataclass is built in Python
+        for name, choices in (
+            ("fallback", FALLBACKS),
+            ("reject_rule", REJECTION_RULES),
+            ("teacher_view", TEACHER_VIEWS),
+        ):
+            if getattr(self, name) not in choices:
+                raise ReflectConfigError(
+                    f"unknown --{name} {getattr(self, name)!r}; choose one of {', '.join(choices)}"
+                )
         if self.max_pair_tokens < 1:
             raise ReflectConfigError(f"--max_pair_tokens must be positive, not {self.max_pair_tokens}")
 

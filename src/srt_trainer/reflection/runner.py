@@ -1,5 +1,9 @@
-"""Reflection of rows by a teacher (the paper's instruction and response reflection): variant Q (instruction mode),
-A and QA (response mode); ``run_reflect`` is the file-level stage behind ``srt reflect``.
+"""Reflection of rows by a teacher (the paper's instruction and response reflection, §2 of the paper): variant Q
+(instruction mode), A and QA (response mode).
+
+Two entries, both over the option dataclasses: ``reflect(rows, mode, teacher, TeacherArguments(...),
+ReflectionArguments(...))`` for rows in memory, and ``run_reflect``, the file-level stage behind ``srt reflect`` and
+``srt run`` (it reads the rows, calls ``reflect`` and writes the output with its raw texts and summary).
 
 Every input row gives one output row, in order: ``ok`` (the teacher's rewrite), ``fallback`` (the teacher answered
 but nothing usable came back, even after re-asking: the original text is kept) or ``failed`` (the teacher never
@@ -25,9 +29,8 @@ from srt_trainer.data import load_instruction_data, rejects_path_for, require_ro
 from srt_trainer.data.loading import RESERVED_PREFIX, kept_name
 from srt_trainer.errors import SRTUserError
 from srt_trainer.io import check_output_path, guard_outputs, sidecar_path, write_rows, write_text_atomic
-from srt_trainer.reflection.config import ReflectArguments, ReflectionArguments
+from srt_trainer.reflection.config import TEACHER_VIEWS, ReflectArguments, ReflectionArguments
 from srt_trainer.reflection.parsers import (
-    REJECTION_RULES,
     InstructionFields,
     inspect_instruction_reflection,
     inspect_tagged,
@@ -36,7 +39,6 @@ from srt_trainer.reflection.prompts import ReflectionPrompt, load_prompt
 from srt_trainer.teachers import (
     ChatResult,
     RunCounts,
-    SamplingConfig,
     Teacher,
     TeacherArguments,
     build_teacher_from_args,
@@ -60,8 +62,6 @@ REFLECTION_COLUMNS = (
     "reflection_fallback",
     "reflection_error",
 )
-FALLBACKS = ("field", "row")
-TEACHER_VIEWS = ("release", "as_is")
 # normalized columns of the loader that describe the source row's encoding, not the reflected row
 _INTERNAL = {"row_index", "messages", "system", "num_turns", "source_format", "q_reflection_status"}
 
@@ -167,44 +167,38 @@ def reflect(
     rows: Sequence[dict[str, Any]],
     mode: str,
     teacher: Teacher,
+    teacher_args: TeacherArguments | None = None,
+    reflection: ReflectionArguments | None = None,
     *,
-    prompt: ReflectionPrompt | None = None,
-    sampling: SamplingConfig | None = None,
+    prompt: ReflectionPrompt | str | Path | None = None,
     cache_path: str | Path | None = None,
-    prefill: bool | None = None,
     variant: str = "auto",
-    max_reasks: int = 1,
-    reask_temperature: float | None = 0.7,
     progress: bool = True,
-    fallback: str = "field",
-    reject_rule: str = "whole",
-    teacher_view: str = "release",
-    max_pair_tokens: int = 2048,
 ) -> ReflectionResult:
     """Reflect ``rows`` (dicts with ``instruction``, ``input``, ``output``; ``source_index`` / ``row_index`` and
-    ``variant`` are used when present, other columns are carried over).
+    ``variant`` are used when present, other columns are carried over) with ``teacher``.
 
-    ``prefill`` (None: on for local teachers, off for API teachers) starts the teacher's reply with the mode's tag,
-    so a small model writes in the expected format. ``cache_path`` is the durable response cache (None: memory).
-    ``fallback``, ``reject_rule``, ``teacher_view`` and ``max_pair_tokens`` are ``ReflectArguments``' options.
+    ``teacher_args`` says how the teacher is asked (sampling, re-asks, ``prefill``: on for local teachers, off for
+    API teachers under ``auto``; only these fields are read, the teacher itself is the one given) and
+    ``reflection`` how a reply becomes a row (fallback, rejection rule, the teacher's view); both default to their
+    dataclass defaults, the release's behaviour. ``prompt``: a loaded prompt, a template file, or None for this
+    mode's default. ``cache_path``: the durable response cache (None: ``teacher_args.teacher_cache``, unset by
+    default: in memory). ``variant``: ``auto`` tells A from QA by the rows' ``variant`` column.
     """
-    prompt = prompt or load_prompt(mode)
+    teacher_args = teacher_args or TeacherArguments()
+    reflection = reflection or ReflectionArguments()
+    if not isinstance(prompt, ReflectionPrompt):
+        prompt = load_prompt(mode, prompt, needs_input=reflection.prompt_needs_input(mode))
     if prompt.mode != mode:
         raise ReflectionInputError(f"a {prompt.mode} prompt cannot run {mode} reflection")
-    if fallback not in FALLBACKS:
-        raise ReflectionInputError(f"unknown fallback {fallback!r}; choose one of {', '.join(FALLBACKS)}")
-    if teacher_view not in TEACHER_VIEWS:
-        raise ReflectionInputError(f"unknown teacher view {teacher_view!r}; choose one of {', '.join(TEACHER_VIEWS)}")
-    if reject_rule not in REJECTION_RULES:
-        raise ReflectionInputError(
-            f"unknown rejection rule {reject_rule!r}; choose one of {', '.join(REJECTION_RULES)}"
-        )
-    sampling = sampling or SamplingConfig()
+    if cache_path is None:
+        cache_path = teacher_args.teacher_cache
     variant = detect_variant(rows, mode, variant)
+    prefill = teacher_args.prefill_flag()
     if prefill is None:
         prefill = teacher.kind != "openai"
     prefix = prompt.prefix if prefill else ""
-    views = [teacher_view_of(r, mode, teacher_view, teacher, max_pair_tokens) for r in rows]
+    views = [teacher_view_of(r, mode, reflection.teacher_view, teacher, reflection.max_pair_tokens) for r in rows]
     if any(v.input for v in views) and "{input}" not in prompt.user and "{input_section}" not in prompt.user:
         raise ReflectionInputError(
             f"the prompt {prompt.source} does not show the rows' input ({{input}} or {{input_section}}), and some "
@@ -212,12 +206,13 @@ def reflect(
             "instruction mode)"
         )
     conversations = [prompt.messages(v.instruction, v.input, v.output, prefill=prefill) for v in views]
+    reject_rule = reflection.reject_rule
 
     def usable(text: str) -> bool:
         if mode == "response":
             return inspect_tagged(prefix + text, "Better Answer", reject_rule)[0] is not None
         fields = inspect_instruction_reflection(prefix + text, reject_rule)
-        if fallback == "row":
+        if reflection.fallback == "row":
             return fields.instruction is not None and fields.output is not None
         # as released, a reply is asked again only when no part of it is usable
         return fields.instruction is not None or fields.output is not None
@@ -225,13 +220,13 @@ def reflect(
     results, counts = complete_all(
         teacher,
         conversations,
-        sampling,
+        teacher_args.sampling(),
         cache_path,
         validate=usable,
-        max_reasks=max_reasks,
+        max_reasks=teacher_args.max_reasks,
         progress=progress,
         desc=f"reflect {mode}",
-        reask_temperature=reask_temperature,
+        reask_temperature=teacher_args.reask_temperature,
     )
     identity = teacher.identity()
     out_rows, raw = [], []
@@ -239,9 +234,7 @@ def reflect(
     fallbacks: Counter[str] = Counter()
     rejected: Counter[str] = Counter()
     for position, (row, view, result) in enumerate(zip(rows, views, results, strict=True)):
-        out, status = _reflected_row(
-            row, view, position, result, prefix, variant, fallback, reject_rule, teacher_view, rejected
-        )
+        out, status = _reflected_row(row, view, position, result, prefix, variant, reflection, rejected)
         if out["reflection_fallback"]:
             fallbacks[_FALLBACK_COUNTS[out["reflection_fallback"]]] += 1
         out.update(teacher=identity["teacher"], teacher_model=identity["model"])
@@ -297,9 +290,7 @@ def _reflected_row(
     result: ChatResult,
     prefix: str,
     variant: str,
-    fallback: str,
-    reject_rule: str,
-    teacher_view: str,
+    reflection: ReflectionArguments,
     rejected: Counter[str],
 ) -> tuple[dict[str, Any], str]:
     source_index = row.get("source_index")
@@ -308,7 +299,8 @@ def _reflected_row(
     # the original row as the variant carries it: in the release's view Q's instruction holds the input (stripped);
     # the answer kept is the original one, never the teacher's cut copy
     original = {"instruction": row["instruction"], "input": row.get("input") or "", "output": row["output"]}
-    if variant == "Q" and teacher_view == "release":
+    reject_rule, release_view = reflection.reject_rule, reflection.teacher_view == "release"
+    if variant == "Q" and release_view:
         original.update(instruction=view.instruction, input="")
     out: dict[str, Any] = {**original, "source_index": source_index, "variant": variant}
     kept = None
@@ -325,12 +317,12 @@ def _reflected_row(
             out["output"] = answer
     else:
         fields = inspect_instruction_reflection(prefix + result.text, reject_rule)
-        status, kept, error = _instruction_outcome(fields, fallback, result.reasks + 1, rejected)
+        status, kept, error = _instruction_outcome(fields, reflection.fallback, result.reasks + 1, rejected)
         if status == "ok":
             if fields.instruction is not None:
                 out["instruction"] = fields.instruction
                 # the release's Q has no input; the earlier view takes a tagged [New Input]
-                out["input"] = "" if teacher_view == "release" else fields.input
+                out["input"] = "" if release_view else fields.input
             if fields.output is not None:
                 out["output"] = fields.output
     out.update(reflection_status=status, reflection_fallback=kept, reflection_error=error)
@@ -402,56 +394,6 @@ def _ordered(out: dict[str, Any], row: dict[str, Any], renamed: dict[str, str] |
     return {**ordered, **{k: extras.pop(k) for k in q_status}, **extras}
 
 
-def reflect_rows(
-    rows: Sequence[dict[str, Any]],
-    mode: str,
-    teacher: Teacher,
-    teacher_args: TeacherArguments | None = None,
-    reflection: ReflectionArguments | None = None,
-    cache_path: str | Path | None = None,
-    prompt_template: str | None = None,
-    variant: str = "auto",
-) -> list[dict[str, Any]]:
-    """Reflected rows, in input order (see ``reflect``), asked with the settings of ``teacher_args`` and rewritten
-    as ``reflection`` says (default: the defaults of each); its ``teacher_cache`` when ``cache_path`` is None."""
-    teacher_args = teacher_args or TeacherArguments()
-    reflection = reflection or ReflectionArguments()
-    prompt = load_prompt(mode, prompt_template, needs_input=reflection.prompt_needs_input(mode))
-    cache = cache_path if cache_path is not None else teacher_args.teacher_cache
-    return _reflect_configured(rows, mode, teacher, prompt, teacher_args, reflection, cache, variant, False).rows
-
-
-def _reflect_configured(
-    rows: Sequence[dict[str, Any]],
-    mode: str,
-    teacher: Teacher,
-    prompt: ReflectionPrompt,
-    teacher_args: TeacherArguments,
-    reflection: ReflectionArguments,
-    cache_path: str | Path | None,
-    variant: str,
-    progress: bool,
-) -> ReflectionResult:
-    """``reflect`` with the options of the teacher's and reflection's dataclasses."""
-    return reflect(
-        rows,
-        mode,
-        teacher,
-        prompt=prompt,
-        sampling=teacher_args.sampling(),
-        cache_path=cache_path,
-        prefill=teacher_args.prefill_flag(),
-        variant=variant,
-        max_reasks=teacher_args.max_reasks,
-        reask_temperature=teacher_args.reask_temperature,
-        progress=progress,
-        fallback=reflection.fallback,
-        reject_rule=reflection.reject_rule,
-        teacher_view=reflection.teacher_view,
-        max_pair_tokens=reflection.max_pair_tokens,
-    )
-
-
 @dataclass
 class ReflectRun:
     """What ``run_reflect`` wrote: the result (rows, raw texts, counts), its summary and the files."""
@@ -483,63 +425,60 @@ def run_reflect(
     }
     with guard_outputs(inputs, output, sidecars, "reflection output"):
         check_cache_writable(cache)  # before the teacher is built or paid
-        return _run_reflect(args, teacher_args, reflection, output, cache, teacher)
-
-
-def _run_reflect(
-    args: ReflectArguments,
-    teacher_args: TeacherArguments,
-    reflection: ReflectionArguments,
-    output: Path,
-    cache: Path,
-    teacher: Teacher | None,
-) -> ReflectRun:
-    prompt = load_prompt(args.mode, args.prompt_template, needs_input=reflection.prompt_needs_input(args.mode))
-    loaded = load_instruction_data(
-        args.data,
-        format=args.data_format,
-        limit=args.limit,
-        offset=args.offset,
-        rejects_path=rejects_path_for(output),
-    )
-    require_rows(loaded, rejects_path_for(output), "usable for reflection")
-    teacher = teacher or build_teacher_from_args(teacher_args)
-    rows = loaded.rows
-    logger.info(
-        "%s: %d rows read (%s), %d to reflect; %s",
-        loaded.source,
-        loaded.num_rows_read,
-        loaded.format,
-        len(rows),
-        summarize_rejects(loaded.rejects),
-    )
-    result = _reflect_configured(
-        rows, args.mode, teacher, prompt, teacher_args, reflection, cache, args.variant, args.progress
-    )
-    write_rows(result.rows, output)
-    write_rows(result.raw, sidecar_path(output, "raw.jsonl"))
-    summary = {
-        "mode": args.mode,
-        "variant": result.variant,
-        "rows": len(result.rows),
-        **result.statuses,
-        "fallbacks": result.fallbacks,
-        "rejected": result.rejected,
-        "teacher_view": result.view,
-        "counts": result.counts.as_dict(),
-        "teacher": teacher.identity(),
-        "prompt": prompt.source,
-        "data": loaded.source,
-        "rejected_rows": len(loaded.rejects),
-        "output": str(output),
-        "cache": str(cache),
-        "config": {"reflect": asdict(args), "teacher": asdict(teacher_args)},
-    }
-    write_text_atomic(json.dumps(summary, indent=2, ensure_ascii=False), sidecar_path(output, "summary.json"))
-    if result.rows and result.statuses["failed"] == len(result.rows):
-        first = result.rows[0]["reflection_error"]
-        raise TeacherError(
-            f"{output}: the teacher answered none of the {len(result.rows)} rows (first error: {first}); every row "
-            f"keeps its original text as 'failed': run the same command again to ask for them"
+        prompt = load_prompt(args.mode, args.prompt_template, needs_input=reflection.prompt_needs_input(args.mode))
+        loaded = load_instruction_data(
+            args.data,
+            format=args.data_format,
+            limit=args.limit,
+            offset=args.offset,
+            rejects_path=rejects_path_for(output),
         )
-    return ReflectRun(result=result, summary=summary, output=output, cache=cache)
+        require_rows(loaded, rejects_path_for(output), "usable for reflection")
+        teacher = teacher or build_teacher_from_args(teacher_args)
+        rows = loaded.rows
+        logger.info(
+            "%s: %d rows read (%s), %d to reflect; %s",
+            loaded.source,
+            loaded.num_rows_read,
+            loaded.format,
+            len(rows),
+            summarize_rejects(loaded.rejects),
+        )
+        result = reflect(
+            rows,
+            args.mode,
+            teacher,
+            teacher_args,
+            reflection,
+            prompt=prompt,
+            cache_path=cache,
+            variant=args.variant,
+            progress=args.progress,
+        )
+        write_rows(result.rows, output)
+        write_rows(result.raw, sidecar_path(output, "raw.jsonl"))
+        summary = {
+            "mode": args.mode,
+            "variant": result.variant,
+            "rows": len(result.rows),
+            **result.statuses,
+            "fallbacks": result.fallbacks,
+            "rejected": result.rejected,
+            "teacher_view": result.view,
+            "counts": result.counts.as_dict(),
+            "teacher": teacher.identity(),
+            "prompt": prompt.source,
+            "data": loaded.source,
+            "rejected_rows": len(loaded.rejects),
+            "output": str(output),
+            "cache": str(cache),
+            "config": {"reflect": asdict(args), "teacher": asdict(teacher_args)},
+        }
+        write_text_atomic(json.dumps(summary, indent=2, ensure_ascii=False), sidecar_path(output, "summary.json"))
+        if result.rows and result.statuses["failed"] == len(result.rows):
+            first = result.rows[0]["reflection_error"]
+            raise TeacherError(
+                f"{output}: the teacher answered none of the {len(result.rows)} rows (first error: {first}); every "
+                f"row keeps its original text as 'failed': run the same command again to ask for them"
+            )
+        return ReflectRun(result=result, summary=summary, output=output, cache=cache)

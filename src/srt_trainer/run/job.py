@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from srt_trainer.data import load_instruction_data
-from srt_trainer.distributed import get_state
+from srt_trainer.distributed import get_state, on_main_process
+from srt_trainer.errors import SRTUserError
 from srt_trainer.generation import generate_answers
 from srt_trainer.io import check_distinct_paths, write_rows, write_text_atomic
 from srt_trainer.models import load_student, load_tokenizer, resolve_model_path
@@ -38,6 +39,7 @@ from srt_trainer.teachers.local import TransformersTeacher
 from srt_trainer.templates import get_template
 from srt_trainer.training.config import SRTScriptArguments, SRTSFTConfig
 from srt_trainer.training.trainer import load_model_for_training, train
+from srt_trainer.zero3 import ParameterFetcher, is_partitioned
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +87,26 @@ def _reflect_all(
     return summaries
 
 
+class TeacherPlacementError(SRTUserError, ValueError):
+    """A teacher that cannot run where the job would run it."""
+
+
+def _answers(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, partitioned: bool) -> list[str]:
+    """The student's answers to ``prompts``; a ZeRO-3-partitioned one generates on every process at once, each
+    gathering one layer at a time (the same prompts everywhere, so every process runs the same forwards)."""
+    if not partitioned:
+        return generate_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
+    fetcher = ParameterFetcher(model)
+    try:
+        return generate_answers(
+            model, tokenizer, prompts, max_new_tokens=max_new_tokens, generation_kwargs={"synced_gpus": True}
+        )
+    finally:
+        fetcher.close()
+
+
 def _held_out_prompts(
-    held_out: str, template_name: str, tokenizer: Any, rejects: Path
+    held_out: str, template_name: str, tokenizer: Any, rejects: Path | None
 ) -> tuple[list[dict[str, str]], list[str]]:
     """The held-out instructions and their prompts in the training format."""
     rows = load_instruction_data(resolve_data(held_out), rejects_path=rejects, require_output=False).dataset
@@ -163,24 +183,40 @@ def run(
     # one student: it teaches (local default), scores, and is trained
     tokenizer = load_tokenizer(student_name, trust_remote_code=training_args.trust_remote_code)
     model = load_model_for_training(model_args, training_args)
+    # under a ZeRO-3 launch each process holds a slice of the student: it generates only with every process
+    partitioned = is_partitioned(model)
+    need_variants = selection.policy != "ifd"
+    if partitioned and need_variants and teacher_args.teacher != "openai":
+        raise TeacherPlacementError(
+            f"teacher {teacher_args.teacher!r}: under DeepSpeed ZeRO-3 the student is split across the processes, "
+            "and reflection runs on the main process alone; use an endpoint (--teacher openai --base_url URL, e.g. "
+            "a vLLM server of the teacher), or reflect first with `srt reflect` and launch `srt train`"
+        )
     held_out: list[dict[str, str]] = []
     prompts: list[str] = []
     untuned: list[str] = []
-    if run_args.held_out and state.is_main_process:
+    if run_args.held_out and (state.is_main_process or partitioned):
         held_out, prompts = _held_out_prompts(
-            run_args.held_out, model_args.template, tokenizer, out / "held_out.rejects.jsonl"
+            run_args.held_out,
+            model_args.template,
+            tokenizer,
+            out / "held_out.rejects.jsonl" if state.is_main_process else None,
         )
         if run_args.compare_untuned:
-            untuned = generate_answers(model, tokenizer, prompts, max_new_tokens=run_args.held_out_max_new_tokens)
+            untuned = _answers(model, tokenizer, prompts, run_args.held_out_max_new_tokens, partitioned)
     timings["load_and_untuned_answers_s"] = time.perf_counter() - t0
 
-    # 1. reflection (main process; the others wait for its files)
+    # 1. reflection (main process; the others wait for its files, without a barrier's time-out)
     t = time.perf_counter()
-    need_variants = selection.policy != "ifd"
     reflected: dict[str, Any] = {}
-    if need_variants and state.is_main_process:
-        reflected = _reflect_all(teacher_args, reflection, model_args, model, tokenizer, ori, out / "reflect")
-    state.wait_for_everyone()
+    if need_variants:
+        reflected = (
+            on_main_process(
+                lambda: _reflect_all(teacher_args, reflection, model_args, model, tokenizer, ori, out / "reflect"),
+                out / "reflect" / "reflected.done",
+            )
+            or {}
+        )
     timings["reflect_s"] = time.perf_counter() - t
 
     # 2-3. scoring, selection and SFT, in the training library (resumable: shards and checkpoints)
@@ -202,6 +238,11 @@ def run(
     answers: list[dict[str, Any]] = []
     if held_out:
         adapter = str(out) if model_args.use_peft else None
+        if partitioned:
+            # the saved model is whole (gathered in 16 bits), and the other processes are gone: load it plainly
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+            unset_hf_deepspeed_config()
         tuned = load_student(
             student_name if adapter else str(out),
             dtype=model_args.dtype,

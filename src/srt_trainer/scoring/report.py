@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from srt_trainer.plotting import pyplot, save_figure
+
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
@@ -71,10 +73,7 @@ def plot_histograms(rows: Sequence[dict[str, Any]], path: str | Path, title: str
     """IFD and r-IFD histograms side by side, with the selection threshold 1 marked."""
     if not any(r.get(k) is not None for r in rows for k in ("ifd", "rifd")):
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, key, label in ((axes[0], "ifd", "IFD = ppl(y|x) / ppl(y)"), (axes[1], "rifd", "r-IFD = ppl(x|y) / ppl(x)")):
@@ -87,8 +86,4 @@ def plot_histograms(rows: Sequence[dict[str, Any]], path: str | Path, title: str
         ax.set_ylabel("samples")
         ax.legend(frameon=False)
     fig.suptitle(title or f"Student statistics of {len(rows)} samples")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -25,7 +25,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from srt_trainer.distributed import get_state
+from srt_trainer.distributed import get_state, zero3_init
 from srt_trainer.errors import SRTUserError
 from srt_trainer.io import (
     ShardStore,
@@ -278,7 +278,8 @@ def _run_score(
             model_args.model_name_or_path, trust_remote_code=loading.trust_remote_code, revision=model_args.revision()
         )
     if model is None:
-        model = load_configured_student(model_args, device=device, trust_remote_code=loading.trust_remote_code)
+        with zero3_init(model_args.dtype):
+            model = load_configured_student(model_args, device=device, trust_remote_code=loading.trust_remote_code)
     scorer = IFDScorer(model, tokenizer, model_args.template, **scoring.scorer_options())
     try:
         stats = score_dataset(

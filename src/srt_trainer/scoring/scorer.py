@@ -31,8 +31,8 @@ import torch
 
 from srt_trainer.models.precision import float32_products_for
 from srt_trainer.scoring.collator import CONDITIONED, VIEW_KINDS, DataCollatorForIFD, View
-from srt_trainer.scoring.zero3 import GATHER_MODES, Lockstep, ParameterFetcher, is_partitioned
 from srt_trainer.templates import PromptTemplate, get_template
+from srt_trainer.zero3 import GATHER_MODES, Lockstep, ParameterFetcher, is_partitioned
 
 logger = logging.getLogger(__name__)
 
@@ -391,6 +391,9 @@ class IFDScorer:
         self._dtype = embeddings.dtype if embeddings.dtype.is_floating_point else torch.float32
         self._fetch = ParameterFetcher(inner, whole=zero3_gather == "model") if is_partitioned(inner) else None
         self._lockstep = Lockstep(self.device) if self._fetch is not None and not self._fetch.whole else None
+        if self._fetch is not None:
+            how = "the whole model at once" if self._fetch.whole else "one decoder layer at a time"
+            logger.info("the student is partitioned by DeepSpeed ZeRO-3: scoring gathers %s", how)
         self._decoder = inner.get_decoder() if hasattr(inner, "get_decoder") else None
         self._head = inner.get_output_embeddings()
         # a plain linear head is reduced tile by tile; anything else (quantized, adapted) runs whole, in chunks
@@ -558,12 +561,20 @@ class IFDScorer:
                 if self.fast_path:
                     with self._held_head():
                         pass
+        if self._lockstep.empty_forwards:
+            logger.info("joined the other processes' scoring with %d empty forwards", self._lockstep.empty_forwards)
+        self._lockstep.empty_forwards = 0
 
     def close(self) -> None:
         """Give a ZeRO-3 student's gathered parameters back and remove the scorer's hooks, leaving the model as it
         was given (for the trainer's DeepSpeed engine). Every process calls it at the same point."""
         if self._fetch is not None:
             self._fetch.close()
+            logger.info(
+                "gathered at most %d of the student's %d parameters at once",
+                self._fetch.peak_numel,
+                self._fetch.total_numel,
+            )
             self._fetch = self._lockstep = None
 
     def _attention_mask(self, view_index: torch.Tensor, prefix_len: int) -> torch.Tensor:

@@ -123,6 +123,13 @@ class SRTSFTConfig(SFTConfig):
         if not self.use_cpu and not _has_accelerator():
             # CPU-only machine: accelerate forms a gloo process group only when asked for CPU
             self.use_cpu = True
+        if self.use_cpu and world_size_from_env() > 1:
+            # transformers forms a CPU process group without ddp_timeout; formed here first, the group keeps it
+            from datetime import timedelta
+
+            from accelerate import PartialState
+
+            PartialState(cpu=True, backend=self.ddp_backend, timeout=timedelta(seconds=self.ddp_timeout))
         if self.global_batch_size is not None:
             # before the base class runs: a DeepSpeed config's "auto" batch values are filled from these
             self.gradient_accumulation_steps = self._derived_accumulation(world_size_from_env())

@@ -64,6 +64,7 @@ class ParameterFetcher:
         self._open: dict[int, Any] = {}  # id(unit) -> its open GatheredParameters context
         self._hooks: list[Any] = []
         self.whole = whole
+        self.total_numel = sum(p.ds_numel for p in _zero_params(model, recurse=True))
         self.peak_numel = 0  # the most gathered parameter elements held at once (per-unit gathering)
         self._held_numel = 0
         if whole:
