@@ -109,14 +109,16 @@ def measure_scorer(
     device: str,
     engine: str = "auto",
     token_budget: int | None = None,
+    warmup: int = 8,
 ) -> dict:
-    """Time ``IFDScorer`` on ``rows`` (after an 8-row warm-up): seconds, samples, tokens, executed FLOPs, peak
-    device memory (CUDA), the engine it ran and its scores."""
+    """Time ``IFDScorer`` on ``rows`` (after a warm-up on the first ``warmup`` rows): seconds, samples, tokens,
+    executed FLOPs, peak device memory (CUDA), the engine it ran and its scores."""
     kw = {"token_budget": token_budget} if token_budget else {}
     if engine != "auto":
         kw["engine"] = engine
     scorer = IFDScorer(model, tokenizer, template, max_length=max_length, **kw)
-    scorer.score(rows[:8])  # warm-up
+    if warmup:
+        scorer.score(rows[:warmup])
     sync(device)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -126,7 +128,7 @@ def measure_scorer(
     seconds = time.perf_counter() - start
     prefix = {k: scorer.shared_prefix_length([v for v in views if v.kind == k]) for k in ("out_cond", "ins_cond")}
     return {
-        "engine": getattr(scorer, "engine", "padded"),
+        "engine": scorer.engine,
         "seconds": seconds,
         "samples": len(rows),
         "tokens": sum(len(v.input_ids) for v in views),

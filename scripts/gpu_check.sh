@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The one-call GPU check: scoring speed (release loop vs scorer, 7B-shaped MFU), DeepSpeed ZeRO-3 / LoRA / QLoRA
-# training with resume, and evaluation, each step under its own time limit; one report at the end.
+# The one-call GPU check (the package benchmarks/gpu_check): scoring speed (release loop vs scorer, 7B-shaped MFU),
+# LoRA / QLoRA training, the recipe's DeepSpeed ZeRO-3 path (score -> select -> train -> resume) and evaluation,
+# each step under its own time limit, about 5 minutes on one H100 / H200; one report at the end.
 #
 #   scripts/gpu_check.sh --prepare               # here, with network: wheels into .whl/, assets into .gpu_check/
 #   scripts/gpu_check.sh [--out DIR]             # on the GPU machine, with .whl/ and .gpu_check/ beside the code
@@ -33,7 +34,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 if [ -x "$REPO/.venv/bin/python" ]; then PY=$REPO/.venv/bin/python; else PY=${PYTHON:-python3}; fi
-export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH="$REPO/src:$REPO/benchmarks${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
 if [ $PREPARE = 1 ]; then
@@ -45,13 +46,13 @@ if [ $PREPARE = 1 ]; then
     --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$WHEELS"
   grep '^deepspeed' "$REPO/scripts/gpu_wheels.txt" | xargs "$PY" -m pip download -q --no-deps --no-binary=:all: \
     -d "$WHEELS"
-  "$PY" "$REPO/scripts/gpu_check.py" prepare --assets "$ASSETS"
+  "$PY" -m gpu_check prepare --assets "$ASSETS"
   du -sh "$WHEELS" "$ASSETS"
   exit 0
 fi
 
 mkdir -p "$OUT"
-# checkpoints of the ~1B student need tens of GB: scratch space, not the code's folder
+# the students and their checkpoints need GBs: scratch space, not the code's folder
 WORK=${GPU_CHECK_WORK:-${TMPDIR:-/tmp}/srt_gpu_check_work}
 [ $DRY = 1 ] && WORK=$OUT/work
 rm -rf "$WORK"
@@ -61,7 +62,7 @@ mkdir -p "$WORK/logs"
 if [ $DRY = 1 ] && [ $ASSETS_GIVEN = 0 ]; then
   ASSETS=$WORK/assets
   export SRT_SHARED_DATA=${SRT_SHARED_DATA:-$REPO/tests/data}
-  "$PY" "$REPO/scripts/gpu_check.py" prepare --assets "$ASSETS" || exit 1
+  "$PY" -m gpu_check prepare --assets "$ASSETS" || exit 1
 fi
 if [ $DRY = 0 ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
   SITE=${GPU_CHECK_SITE:-/tmp/srt_gpu_check_site}
@@ -78,4 +79,4 @@ fi
 ARGS=(run --assets "$ASSETS" --out "$OUT" --work "$WORK")
 [ $DRY = 1 ] && ARGS+=(--dry-run)
 [ -n "$STEPS" ] && ARGS+=(--steps "$STEPS")
-"$PY" "$REPO/scripts/gpu_check.py" "${ARGS[@]}"
+"$PY" -m gpu_check "${ARGS[@]}"

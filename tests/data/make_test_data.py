@@ -25,6 +25,7 @@ EXTRA = sorted(
     }
 )
 EVAL_ITEMS = 8  # the first items of each test set (vicuna's 8 were already here, for the GPU check)
+GPU_CHECK_ROWS = 32  # the GPU check's dry run reads the head of both Alpaca files under the full files' names
 
 
 FP32_ROWS = 200  # tests/test_scoring.py ranks a bfloat16 run of these rows against these fp32 values
@@ -38,6 +39,13 @@ def cut_slices(shared: Path) -> None:
     compressed = json.loads((shared / "cherry_alpaca_5_percent_compressed.json").read_text())
     matching = [r for r in compressed if r["output"] in outputs]  # in the compressed file's own order
     (HERE / "alpaca_slice_compressed.json").write_text(json.dumps(matching, indent=1, ensure_ascii=False) + "\n")
+    gpu_rows = alpaca[:GPU_CHECK_ROWS]
+    (HERE / "cherry_alpaca_5_percent.json").write_text(json.dumps(gpu_rows, indent=1, ensure_ascii=False) + "\n")
+    gpu_outputs = {r["output"] for r in gpu_rows}
+    gpu_compressed = [r for r in compressed if r["output"] in gpu_outputs]
+    (HERE / "cherry_alpaca_5_percent_compressed.json").write_text(
+        json.dumps(gpu_compressed, indent=1, ensure_ascii=False) + "\n"
+    )
     golden = shared / "golden_smollm2_vicuna_64.jsonl"
     (HERE / golden.name).write_bytes(golden.read_bytes())
     (HERE / "eval").mkdir(exist_ok=True)
