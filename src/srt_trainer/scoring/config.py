@@ -57,7 +57,7 @@ class ScoringArguments:
         metadata={
             "help": "For a student that DeepSpeed ZeRO-3 partitions: gather one decoder layer at a time while scoring "
             "(layer: memory stays about one layer above the partition, so a student of any size scores) or the "
-            "whole model once (model: faster, where a full copy fits on every device).",
+            "whole model once (model: no gathering per forward, for a student whose full copy fits on every device).",
             "choices": ["layer", "model"],
         },
     )
