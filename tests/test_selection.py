@@ -11,7 +11,6 @@ from srt_trainer.io import read_rows, write_rows
 from srt_trainer.selection import (
     SelectArguments,
     SelectionArguments,
-    SelectionCounts,
     SelectionInputError,
     run_select,
     select_rows,
@@ -66,7 +65,7 @@ def select(views, **kw):
     return select_rows(views["ori"], views["Q"], views["A"], views["QA"], SelectionArguments(**kw))
 
 
-def assert_consistent(counts: SelectionCounts) -> None:
+def assert_consistent(counts: dict[str, int]) -> None:
     """Every row lands in exactly one place of the funnel."""
     branches = [k for k in counts if k.startswith("branch_") and "/" not in k]
     assert counts["rows"] == counts["judged"]  # a missing statistic never keeps a row from being judged
@@ -76,9 +75,6 @@ def assert_consistent(counts: SelectionCounts) -> None:
     assert counts["passed_thresholds"] == sum(counts.get(f"{b}/passed", 0) for b in branches)
     assert counts["passed_thresholds"] == counts["kept"] + counts["budget_cut"]
     assert counts["kept"] == sum(n for k, n in counts.items() if k.startswith("kept/"))
-    # the steps that removed rows (what the trainer reports when nothing is kept) and the kept rows are all of them
-    assert sum(counts.removed().values()) + counts["kept"] == counts["rows"]
-    assert json.loads(json.dumps(counts.as_dict())) == counts  # the flat keys of *.selection.json
 
 
 def test_paper_rule_reaches_every_branch_and_cut():

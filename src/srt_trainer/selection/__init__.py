@@ -1,7 +1,7 @@
 """Student selection: the released Selective Reflection-Tuning rule, thresholds and budgets, and its report."""
 
 from srt_trainer.selection.config import POLICIES, VARIANTS, SelectArguments, SelectionArguments, SelectionInputError
-from srt_trainer.selection.policy import SelectionCounts, SelectionResult, check_alignment, select_rows
+from srt_trainer.selection.policy import SelectionResult, check_alignment, select_rows
 from srt_trainer.selection.report import format_counts, write_selection
 from srt_trainer.selection.runner import read_scored, run_select
 
@@ -10,7 +10,6 @@ __all__ = [
     "VARIANTS",
     "SelectArguments",
     "SelectionArguments",
-    "SelectionCounts",
     "SelectionInputError",
     "SelectionResult",
     "check_alignment",

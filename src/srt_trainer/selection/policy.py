@@ -36,7 +36,8 @@ import logging
 import math
 import numbers
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,122 +75,13 @@ COMPARISONS = {
 SHARED_INSTRUCTION = (("A", "ori"), ("QA", "Q"))
 
 
-# what happened to a candidate at the thresholds: cut by one of them (r-IFD first), or passed
-THRESHOLD_CUTS = ("cut_rifd", "cut_rifd_null", "cut_ifd", "cut_ifd_null")
-PASSED = "passed"
-NOT_KEPT = "not_kept"  # a branch whose pair the release does not keep (2 and 4 without keep_unaccepted_winners)
-
-
-@dataclass(eq=False)
-class SelectionCounts(Mapping[str, int]):
-    """The count of every step of one selection, by step.
-
-    Read as a mapping it is flat, in funnel order, each total followed by its parts: ``rows``, ``judged``,
-    ``branch_1``, ``branch_1/cut_rifd``, ..., ``kept/QA``; these are the keys of ``*.selection.json`` and of the
-    trainer's ``selection/...`` metrics. A total is the sum of its parts, so only the parts are stored.
-    """
-
-    policy: str = "paper"
-    rows: int = 0
-    judged: int = 0
-    # paper policy: rewrites identical to their source, per view; comparisons read as false for a missing statistic
-    unchanged_rewrites: dict[str, int] | None = None
-    null_comparisons: dict[str, int] | None = None
-    # branch ("branch_1" ... "branch_4", or "ifd") → outcome (a threshold cut, "passed" or "not_kept") → rows
-    branches: dict[str, dict[str, int]] = field(default_factory=dict)
-    budget_cut: dict[str, int] = field(default_factory=dict)  # by budget: top_k, top_p
-    kept: dict[str, int] = field(default_factory=dict)  # by variant
-    # view → the rows' reflection_status (where the reflection's columns came through) → rows
-    reflection_status: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    @classmethod
-    def start(cls, config: SelectionArguments) -> SelectionCounts:
-        """Every count ``config`` can produce, at zero, so runs log the same keys."""
-        counts = cls(policy=config.policy)
-        if config.policy == "paper":
-            counts.unchanged_rewrites = dict.fromkeys(("Q", "A", "QA"), 0)
-            counts.null_comparisons = dict.fromkeys(COMPARISONS, 0)
-            for b in (1, 2, 3, 4):
-                kept = b in (1, 3) or config.keep_unaccepted_winners
-                counts.branches[f"branch_{b}"] = dict.fromkeys((*THRESHOLD_CUTS, PASSED) if kept else (NOT_KEPT,), 0)
-            counts.kept = dict.fromkeys(["QA", "A", *(["Q", "ori"] if config.keep_unaccepted_winners else [])], 0)
-        else:
-            counts.branches["ifd"] = dict.fromkeys(("cut_ifd", "cut_ifd_null", PASSED), 0)
-            counts.kept = {"ori": 0}
-        return counts
-
-    def add(self, branch: str, outcome: str) -> None:
-        """One judged row, and what became of its candidate in ``branch``."""
-        self.judged += 1
-        outcomes = self.branches.setdefault(branch, {})
-        outcomes[outcome] = outcomes.get(outcome, 0) + 1
-
-    @property
-    def passed_thresholds(self) -> int:
-        return sum(outcomes.get(PASSED, 0) for outcomes in self.branches.values())
-
-    def removed(self) -> dict[str, int]:
-        """The steps that removed rows and how many each (``branch_3/cut_rifd``, ``budget_cut``), where not 0."""
-        steps = {
-            f"{branch}/{outcome}": n
-            for branch, outcomes in self.branches.items()
-            for outcome, n in outcomes.items()
-            if outcome != PASSED and n
-        }
-        if sum(self.budget_cut.values()):
-            steps["budget_cut"] = sum(self.budget_cut.values())
-        return steps
-
-    def missing_statistic_cuts(self) -> int:
-        """Candidates cut because a statistic they were held to was missing (null)."""
-        return sum(n for outcomes in self.branches.values() for k, n in outcomes.items() if k.endswith("_null"))
-
-    def steps(self) -> list[tuple[str, int, bool]]:
-        """(key, count, whether it is a part of the total above it), in funnel order."""
-        out: list[tuple[str, int, bool]] = [("rows", self.rows, False)]
-
-        def total(name: str, parts: Mapping[str, int]) -> None:
-            out.append((name, sum(parts.values()), False))
-            out.extend((f"{name}/{k}", n, True) for k, n in parts.items())
-
-        if self.unchanged_rewrites is not None:
-            total("unchanged_rewrites", self.unchanged_rewrites)
-        if self.null_comparisons is not None:
-            total("null_comparisons", self.null_comparisons)
-        out.append(("judged", self.judged, False))
-        for branch, outcomes in self.branches.items():
-            total(branch, outcomes)
-        out.append(("passed_thresholds", self.passed_thresholds, False))
-        total("budget_cut", self.budget_cut)
-        total("kept", self.kept)
-        out.extend(
-            (f"reflection_status/{view}/{status}", n, False)
-            for view, statuses in self.reflection_status.items()
-            for status, n in statuses.items()
-        )
-        return out
-
-    def as_dict(self) -> dict[str, int]:
-        """The flat counts, as written to ``*.selection.json``."""
-        return {key: n for key, n, _ in self.steps()}
-
-    def __getitem__(self, key: str) -> int:
-        return self.as_dict()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.as_dict())
-
-    def __len__(self) -> int:
-        return len(self.as_dict())
-
-
 @dataclass
 class SelectionResult:
     """What the selection kept, what it decided for every source row, and the counts of every step."""
 
     rows: list[dict[str, Any]]
     decisions: list[dict[str, Any]]
-    counts: SelectionCounts
+    counts: dict[str, int]
     files: dict[str, Path] = field(default_factory=dict)  # what ``run_select`` wrote, by kind ("output", "card", ...)
 
 
@@ -427,6 +319,31 @@ def _budget_limits(passed: int, total: int, config: SelectionArguments) -> dict[
     return limits
 
 
+def initial_counts(config: SelectionArguments) -> dict[str, int]:
+    """Every count the policy can produce, at zero, so runs log the same keys."""
+    counts = {"rows": 0}
+    if config.policy == "paper":  # teacher fallbacks: rewrites that are their source again (not accepted)
+        counts.update({"unchanged_rewrites": 0, **{f"unchanged_rewrites/{v}": 0 for v in ("Q", "A", "QA")}})
+        # comparisons with a missing statistic, read as false as NaN is in the release
+        counts.update({"null_comparisons": 0, **{f"null_comparisons/{k}": 0 for k in COMPARISONS}})
+    counts["judged"] = 0
+    cuts = ("cut_rifd", "cut_rifd_null", "cut_ifd", "cut_ifd_null", "passed")
+    if config.policy == "paper":
+        for b in (1, 2, 3, 4):
+            counts[f"branch_{b}"] = 0
+            if b in (1, 3) or config.keep_unaccepted_winners:
+                counts.update({f"branch_{b}/{cut}": 0 for cut in cuts})
+            else:
+                counts[f"branch_{b}/not_kept"] = 0
+        kept = ["QA", "A", *(["Q", "ori"] if config.keep_unaccepted_winners else [])]
+    else:
+        counts.update({"ifd": 0, "ifd/cut_ifd": 0, "ifd/cut_ifd_null": 0, "ifd/passed": 0})
+        kept = ["ori"]
+    counts.update({"passed_thresholds": 0, "budget_cut": 0, "kept": 0})
+    counts.update({f"kept/{v}": 0 for v in kept})
+    return counts
+
+
 def _ranking_key(row: Mapping[str, Any], config: SelectionArguments) -> float:
     value = cherry_ifd(row) if config.policy == "ifd" else _stat(row, "ifd")
     assert value is not None  # a candidate passed its IFD threshold
@@ -459,19 +376,17 @@ def select_rows(
         views = {"ori": ori}
     check_alignment(views, files or {}, config.policy)
 
-    counts = SelectionCounts.start(config)
-    counts.rows = len(ori)
+    counts = Counter(initial_counts(config))
+    counts["rows"] = len(ori)
     for name, rows in views.items():  # teacher fallbacks / failures, where the reflect columns came through
         for row in rows:
             if row.get("reflection_status") is not None:
-                statuses = counts.reflection_status.setdefault(name, {})
-                status = _slug(row["reflection_status"])
-                statuses[status] = statuses.get(status, 0) + 1
-    if counts.unchanged_rewrites is not None:
+                counts[f"reflection_status/{name}/{_slug(row['reflection_status'])}"] += 1
+    if config.policy == "paper":
         for name, source in (("Q", "ori"), ("A", "ori"), ("QA", "Q")):
-            counts.unchanged_rewrites[name] = sum(
-                unchanged(v, s) for v, s in zip(views[name], views[source], strict=True)
-            )
+            n = sum(unchanged(v, s) for v, s in zip(views[name], views[source], strict=True))
+            counts["unchanged_rewrites"] += n
+            counts[f"unchanged_rewrites/{name}"] = n
 
     cut_text = {**CUT_TEXT, **(IFD_POLICY_CUT_TEXT if config.policy == "ifd" else {})}
     decisions: list[dict[str, Any]] = []
@@ -491,16 +406,20 @@ def select_rows(
             decision["ifd_loss_ori"] = cherry_ifd(ori_row)
         if nulls:
             decision["null_comparisons"] = [_null_text(r, k) for k in nulls]
-            assert counts.null_comparisons is not None  # the paper policy compares
             for k in nulls:
-                counts.null_comparisons[k] += 1
+                counts["null_comparisons"] += 1
+                counts[f"null_comparisons/{k}"] += 1
+        counts["judged"] += 1
         prefix = f"branch_{branch}" if branch != "ifd" else "ifd"
-        cut = NOT_KEPT if view is None else _candidate(r[view], config)
-        counts.add(prefix, cut or PASSED)
+        counts[prefix] += 1
+        cut = "not_kept" if view is None else _candidate(r[view], config)
         if cut is None:
+            counts[f"{prefix}/passed"] += 1
+            counts["passed_thresholds"] += 1
             decision["variant"] = view
             candidates.append(i)
         else:
+            counts[f"{prefix}/{cut}"] += 1
             text = cut_text[cut].format(**vars(config))
             if cut.endswith("_null"):
                 stat = "rifd" if "rifd" in cut else "ifd"
@@ -517,7 +436,8 @@ def select_rows(
                 "%s=%s of %d rows keeps none (the count rounds down to 0)", name, getattr(config, name), len(ori)
             )
     ranked = sorted(candidates, key=lambda i: (-_ranking_key(views[decisions[i]["variant"]][i], config), i))
-    counts.budget_cut = dict.fromkeys(limits, 0)
+    for name in limits:
+        counts[f"budget_cut/{name}"] = 0
     for rank, i in enumerate(ranked):
         decisions[i]["ifd_rank"] = rank
         over = [name for name, limit in limits.items() if rank >= limit]
@@ -525,7 +445,8 @@ def select_rows(
             name = min(over, key=lambda n: limits[n])  # the budget that binds
             decisions[i]["cut"] = f"budget: {name}={getattr(config, name)} (IFD rank {rank})"
             decisions[i]["variant"] = None
-            counts.budget_cut[name] += 1
+            counts["budget_cut"] += 1
+            counts[f"budget_cut/{name}"] += 1
 
     kept_rows = []
     for i, d in enumerate(decisions):
@@ -534,11 +455,12 @@ def select_rows(
         kept_rows.append(
             _kept_row(views[d["variant"]][i], d["variant"], d["source_index"], d["branch"], ori[i], config.policy)
         )
-        counts.kept[d["variant"]] = counts.kept.get(d["variant"], 0) + 1
+        counts["kept"] += 1
+        counts[f"kept/{d['variant']}"] += 1
     # one schema for all kept rows (Parquet takes its columns from the first row)
     columns = list(dict.fromkeys(k for row in kept_rows for k in row))
     kept_rows = [{k: row.get(k) for k in columns} for row in kept_rows]
-    return SelectionResult(rows=kept_rows, decisions=decisions, counts=counts)
+    return SelectionResult(rows=kept_rows, decisions=decisions, counts=_ordered(counts))
 
 
 def _null_text(r: Mapping[str, Mapping[str, Any]], key: str) -> str:
@@ -548,3 +470,13 @@ def _null_text(r: Mapping[str, Mapping[str, Any]], key: str) -> str:
     missing = [v for v in (first, second) if _stat(r[v], stat) is None]
     why = "; ".join(f"{v} has no {label} ({_why_missing(r[v], stat)})" for v in missing)
     return f"{label}({first}) {op} {label}({second}) read as false: {why}"
+
+
+def _ordered(counts: Mapping[str, int]) -> dict[str, int]:
+    """Each count followed by its parts (``key/...``), in funnel order; teacher statuses last."""
+    out: dict[str, int] = {}
+    for key in [k for k in counts if "/" not in k]:
+        out[key] = counts[key]
+        out.update({k: n for k, n in counts.items() if k.startswith(key + "/") and k not in out})
+    out.update({k: n for k, n in counts.items() if k not in out})
+    return out

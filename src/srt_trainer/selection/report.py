@@ -15,7 +15,7 @@ import numpy as np
 from srt_trainer.io import check_output_path, sidecar_path, write_rows
 from srt_trainer.plotting import pyplot, save_figure
 from srt_trainer.selection.config import VARIANTS, SelectArguments, SelectionArguments
-from srt_trainer.selection.policy import PASSED, SelectionCounts, SelectionResult
+from srt_trainer.selection.policy import SelectionResult
 
 BRANCH_TEXT = {
     1: "new instruction and new response accepted → QA",
@@ -27,41 +27,45 @@ COLORS = {"QA": "#4c72b0", "A": "#55a868", "Q": "#8172b2", "ori": "#ccb974", "no
 BRANCH_VIEW = {1: "QA", 2: "Q", 3: "A", 4: "ori"}
 
 
-def format_counts(counts: SelectionCounts) -> str:
-    """The counts as printed by ``srt select``: one line per step, its parts indented under it."""
+def format_counts(counts: Mapping[str, int]) -> str:
+    """The counts as printed by ``srt select``: one line per step, indented under its parent."""
     lines = []
-    for key, n, part in counts.steps():
-        label = key.rsplit("/", 1)[-1] if part else key
-        lines.append(f"  {'    ' * part}{label:<{44 - 4 * part}}{n:>8}")
+    for key, n in counts.items():
+        nested = "/" in key and key.rsplit("/", 1)[0] in counts
+        label = key.rsplit("/", 1)[-1] if nested else key
+        lines.append(f"  {'    ' * nested}{label:<{44 - 4 * nested}}{n:>8}")
     return "\n".join(lines)
 
 
-def funnel_stages(counts: SelectionCounts, config: SelectionArguments) -> list[tuple[str, list[tuple[str, int, str]]]]:
+def funnel_stages(
+    counts: Mapping[str, int], config: SelectionArguments
+) -> list[tuple[str, list[tuple[str, int, str]]]]:
     """The funnel, top to bottom: (stage label, [(segment label, count, color)])."""
-    stages = [("input rows", [("rows", counts.rows, COLORS["none"])])]
-    stages.append(("judged", [("judged", counts.judged, "#64b5cd")]))
+    stages = [("input rows", [("rows", counts["rows"], COLORS["none"])])]
+    stages.append(("judged", [("judged", counts["judged"], "#64b5cd")]))
     if config.policy == "paper":
-        branches = [(b, counts.branches[f"branch_{b}"]) for b in (1, 2, 3, 4)]
         stages.append(
-            ("branch", [(f"branch {b}", sum(outcomes.values()), COLORS[BRANCH_VIEW[b]]) for b, outcomes in branches])
+            ("branch", [(f"branch {b}", counts[f"branch_{b}"], COLORS[BRANCH_VIEW[b]]) for b in (1, 2, 3, 4)])
         )
         passed = [
-            (BRANCH_VIEW[b], outcomes[PASSED], COLORS[BRANCH_VIEW[b]]) for b, outcomes in branches if PASSED in outcomes
+            (BRANCH_VIEW[b], counts[f"branch_{b}/passed"], COLORS[BRANCH_VIEW[b]])
+            for b in (1, 2, 3, 4)
+            if f"branch_{b}/passed" in counts
         ]
     else:
-        passed = [("ori", counts.branches["ifd"][PASSED], COLORS["ori"])]
+        passed = [("ori", counts["ifd/passed"], COLORS["ori"])]
     stages.append(("passed thresholds", passed))
-    kept = [(v, counts.kept[v], COLORS[v]) for v in BRANCH_VIEW.values() if v in counts.kept]
+    kept = [(v, counts[f"kept/{v}"], COLORS[v]) for v in BRANCH_VIEW.values() if f"kept/{v}" in counts]
     stages.append(("kept (after budget)", kept))
     return stages
 
 
-def plot_funnel(counts: SelectionCounts, config: SelectionArguments, path: str | Path, title: str = "") -> Path:
+def plot_funnel(counts: Mapping[str, int], config: SelectionArguments, path: str | Path, title: str = "") -> Path:
     """Centered horizontal bars, one per step, split by branch / variant where the step has parts."""
     plt = pyplot()
 
     stages = funnel_stages(counts, config)
-    total = max(1, counts.rows)
+    total = max(1, counts["rows"])
     fig, ax = plt.subplots(figsize=(9, 0.8 + 0.75 * len(stages)))
     for y, (_, parts) in enumerate(stages):
         width = sum(n for _, n, _ in parts)
@@ -209,7 +213,7 @@ def data_card(
     lines = [
         f"# Data card: `{out}`",
         "",
-        f"{len(result.rows)} instruction-response pairs selected by the student from {result.counts.rows} "
+        f"{len(result.rows)} instruction-response pairs selected by the student from {result.counts['rows']} "
         f"source rows with the `{config.policy}` policy of `srt select` (srt_trainer {__version__}), "
         "Selective Reflection-Tuning (Li et al., ACL 2024 Findings).",
         "",
@@ -292,8 +296,9 @@ def data_card(
         "| step | rows |",
         "|---|---:|",
     ]
-    for key, n, part in result.counts.steps():
-        lines.append(f"| {'&nbsp;' * 4 * part}{key} | {n} |")
+    for key, n in result.counts.items():
+        nested = "/" in key and key.rsplit("/", 1)[0] in result.counts
+        lines.append(f"| {'&nbsp;' * 4 * nested}{key} | {n} |")
     if config.policy == "paper":
         lines += ["", "Branches: " + "; ".join(f"{b}: {t}" for b, t in BRANCH_TEXT.items()) + "."]
     lines += [
@@ -339,7 +344,7 @@ def write_selection(
     scored = {names.get(k.lower(), k): v for k, v in scored.items() if v is not None}
     files: dict[str, Path] = {"output": write_rows(result.rows, output)}
     report = {
-        "counts": result.counts.as_dict(),
+        "counts": result.counts,
         "inputs": input_summary(args, scored),
         "output": str(output),
         "kept": len(result.rows),
