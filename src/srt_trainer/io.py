@@ -231,15 +231,20 @@ def _read_text(path: Path) -> str:
     return data.removeprefix(BOM).decode("utf-8", errors="surrogateescape")
 
 
-def _is_surrogate(ch: str) -> bool:
-    return "\ud800" <= ch <= "\udfff"
+# A lone surrogate: in a file's text, a byte that is not UTF-8 (kept as U+DC80-U+DCFF by ``surrogateescape``); in a
+# parsed value, also a ``\ud800``-style escape. Found by the regular-expression engine, never by a loop in Python.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# the JSON escape of a surrogate code point: the only way a parsed value gets one from text that is valid UTF-8
+# (a pair of them is one character and fine; ``_first_surrogate`` tells which)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 
 def _first_surrogate(value: Any, where: str = "") -> tuple[str, str] | None:
     """(field path, character) of the first surrogate code point in a parsed value, keys included."""
     if isinstance(value, str):
-        bad = next((ch for ch in value if _is_surrogate(ch)), None)
-        return (where, bad) if bad is not None else None
+        found = _SURROGATE.search(value)
+        return (where, found.group()) if found is not None else None
     if isinstance(value, Mapping):
         for k, v in value.items():
             name = f"{where}.{k}" if where else str(k)
@@ -254,38 +259,53 @@ def _first_surrogate(value: Any, where: str = "") -> tuple[str, str] | None:
     return None
 
 
-def _unicode_error(value: Any, source: str) -> tuple[str | None, str] | None:
+def _unicode_error(value: Any, source: str, start: int = 0, end: int | None = None) -> tuple[str | None, str] | None:
     """(field, reason) when a parsed row holds text that is not valid Unicode: bytes that are not UTF-8 in the file
-    (``source``, the row's text as decoded with surrogate escapes) or a lone surrogate escape such as ``\\ud800``."""
-    raw = next((ch for ch in source if _is_surrogate(ch)), None)
+    (``source[start:end]``, the row's text as decoded with surrogate escapes) or a lone surrogate escape such as
+    ``\\ud800``."""
+    end = len(source) if end is None else end
+    raw = _SURROGATE.search(source, start, end)
     if raw is not None:
-        return None, f"not UTF-8 text: byte 0x{ord(raw) - 0xDC00:02x} (column {source.index(raw) + 1})"
+        byte = ord(raw.group()) - 0xDC00
+        return None, f"not UTF-8 text: byte 0x{byte:02x} (column {raw.start() - start + 1})"
     found = _first_surrogate(value)
     if found is None:
         return None
     field, ch = found
-    if not source and "\udc80" <= ch <= "\udcff":
+    if start == end and "\udc80" <= ch <= "\udcff":
         byte = ord(ch) - 0xDC00
         return field or None, f"not UTF-8 text: byte 0x{byte:02x} (or a lone surrogate escape \\u{ord(ch):04x})"
     return field or None, f"invalid Unicode: a lone surrogate escape \\u{ord(ch):04x} cannot be encoded as UTF-8"
 
 
-def _decoded_row(row: int, value: Any, source: str, line: int | None) -> RawRow:
-    bad = _unicode_error(value, source)
+def _decoded_row(
+    row: int, value: Any, source: str, line: int | None, start: int = 0, end: int | None = None, check: bool = True
+) -> RawRow:
+    """The row parsed from ``source[start:end]``; ``check=False`` when the caller knows that span holds neither a
+    surrogate nor a surrogate escape (then the value cannot hold one either)."""
+    bad = _unicode_error(value, source, start, end) if check else None
     if bad is None:
         return RawRow(row=row, value=value, line=line)
     field, reason = bad
-    return RawRow(row=row, value=None, line=line, text=_printable(source), error=reason, field=field)
+    text = source[start:end] if (start, end) != (0, None) else source
+    return RawRow(row=row, value=None, line=line, text=_printable(text), error=reason, field=field)
 
 
 def _printable(text: str) -> str:
     """A row's text for a rejects file: undecodable bytes shown as U+FFFD, lone surrogates as their escapes."""
-    text = "".join("\ufffd" if "\udc80" <= ch <= "\udcff" else ch for ch in text)
+    text = _UNDECODABLE.sub("\ufffd", text)
     return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
 
 
 def _line_of(text: str, pos: int) -> int:
     return text.count("\n", 0, pos) + 1
+
+
+def _may_hold_surrogates(text: str, start: int = 0, end: int | None = None) -> bool:
+    """Whether ``text[start:end]`` holds a surrogate or a surrogate escape: where it holds neither, no value parsed
+    from it can, and the rows need no check of their own."""
+    end = len(text) if end is None else end
+    return _SURROGATE.search(text, start, end) is not None or _SURROGATE_ESCAPE.search(text, start, end) is not None
 
 
 def _read_json(path: Path) -> Iterator[RawRow]:
@@ -302,16 +322,21 @@ def _read_json(path: Path) -> Iterator[RawRow]:
         data = data["data"]
     if not isinstance(data, list):
         raise DataLoadError(f"{path}: expected a JSON list of rows (or an object with a 'data' list)")
+    check = _may_hold_surrogates(text)
+    del text
     for i, value in enumerate(data):
-        yield _decoded_row(i, value, "", None)  # bytes that are not UTF-8 show as surrogates in the value
+        # bytes that are not UTF-8 show as surrogates in the value
+        yield _decoded_row(i, value, "", None, check=check)
 
 
 _WS = re.compile(r"[ \t\n\r]*")
 
 
 def _read_json_list(path: Path, text: str, pos: int) -> Iterator[RawRow]:
-    """The elements of a JSON list one by one, each with the line it starts on."""
+    """The elements of a JSON list one by one, each with the line it starts on (counted on from the previous row's,
+    so the whole file is counted once)."""
     decoder = json.JSONDecoder()
+    check = _may_hold_surrogates(text)  # once for the file; then only the rows of a file that has one
     pos = _WS.match(text, pos).end()
     if text[pos : pos + 1] == "]":
         tail = _WS.match(text, pos + 1).end()
@@ -319,12 +344,15 @@ def _read_json_list(path: Path, text: str, pos: int) -> Iterator[RawRow]:
             raise DataLoadError(f"{path}: not valid JSON (line {_line_of(text, tail)}: extra data after the list)")
         return
     row = 0
+    line, counted = 1, 0  # the line of text[counted]
     while True:
         try:
             value, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
             raise DataLoadError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
-        yield _decoded_row(row, value, text[pos:end], _line_of(text, pos))
+        line += text.count("\n", counted, pos)
+        counted = pos
+        yield _decoded_row(row, value, text, line, pos, end, check=check and _may_hold_surrogates(text, pos, end))
         row += 1
         pos = _WS.match(text, end).end()
         sep = text[pos : pos + 1]
@@ -338,6 +366,16 @@ def _read_json_list(path: Path, text: str, pos: int) -> Iterator[RawRow]:
         pos = _WS.match(text, pos + 1).end()
 
 
+def _decode_line(data: bytes) -> tuple[str, bool]:
+    """A line's text and whether it may hold a surrogate: text that is valid UTF-8 holds none unless it escapes one
+    (``\\ud800``); other bytes are kept as surrogate escapes, for ``_unicode_error`` to name."""
+    try:
+        line = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("utf-8", errors="surrogateescape"), True
+    return line, "\\u" in line and _SURROGATE_ESCAPE.search(line) is not None
+
+
 def _read_jsonl(path: Path) -> Iterator[RawRow]:
     try:
         f = path.open("rb")
@@ -349,31 +387,46 @@ def _read_jsonl(path: Path) -> Iterator[RawRow]:
         for line_no, data in enumerate(f, start=1):
             if line_no == 1:
                 data = data.removeprefix(BOM)
-            line = data.decode("utf-8", errors="surrogateescape").rstrip("\r\n")
-            if not line.strip():
+            line, check = _decode_line(data)
+            line = line.rstrip("\r\n")
+            if not line or line.isspace():
                 continue
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as e:
                 value, error = None, f"invalid JSON: {e.msg} (column {e.colno})"
-                bad = _unicode_error(None, line)
+                bad = _unicode_error(None, line) if check else None
                 if bad is not None:
                     error = bad[1]
                 yield RawRow(row=row, value=value, line=line_no, text=_printable(line), error=error)
             else:
-                yield _decoded_row(row, value, line, line_no)
+                yield _decoded_row(row, value, line, line_no, check=check)
             row += 1
 
 
+PARQUET_BATCH_ROWS = 8192
+
+
 def _read_parquet(path: Path) -> Iterator[RawRow]:
+    """Rows batch by batch: the file's rows never all live as Python objects at once."""
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        file = pq.ParquetFile(path)
+        batches = file.iter_batches(batch_size=PARQUET_BATCH_ROWS)
+        first = next(batches, None)
     except Exception as e:  # pyarrow raises several unrelated types for unreadable files
         raise DataLoadError(f"{path}: not a readable Parquet file: {e}") from e
-    for i, value in enumerate(table.to_pylist()):
-        yield RawRow(row=i, value=value)
+    i = 0
+    batch = first
+    while batch is not None:
+        for value in batch.to_pylist():
+            yield RawRow(row=i, value=value)
+            i += 1
+        try:
+            batch = next(batches, None)
+        except Exception as e:
+            raise DataLoadError(f"{path}: not a readable Parquet file: {e}") from e
 
 
 _READERS = {"json": _read_json, "jsonl": _read_jsonl, "parquet": _read_parquet}
