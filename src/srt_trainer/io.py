@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import math
@@ -208,7 +209,7 @@ def sniff_format(path: str | Path) -> str:
 BOM = b"\xef\xbb\xbf"
 
 
-@dataclass
+@dataclass(slots=True)
 class RawRow:
     """One row as read: its 0-based position, its value, and where the file has lines its 1-based line; a row that
     cannot be used has ``error`` set (and ``field`` where one field is at fault) and its raw ``text``."""
@@ -219,6 +220,21 @@ class RawRow:
     text: str | None = None
     error: str | None = None
     field: str | None = None
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while rows are built by the hundred thousand: it would walk every row
+    built so far again and again and find no garbage (rows hold no cycles); measured, that doubled the time of
+    loading a file. Reference counting still frees everything at once. Nested uses keep it paused to the end of the
+    outermost."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _read_text(path: Path) -> str:
@@ -480,10 +496,11 @@ def read_rows(path: str | Path, format: str | None = None) -> list[Any]:
     """Every row's value of a row file (see ``iter_raw_rows``); a row that does not parse raises ``DataLoadError``
     naming the file, row and line."""
     rows = []
-    for raw in iter_raw_rows(path, format):
-        if raw.error is not None:
-            raise DataLoadError(f"{path}: {describe_row(raw)}: {raw.error}")
-        rows.append(raw.value)
+    with gc_paused():
+        for raw in iter_raw_rows(path, format):
+            if raw.error is not None:
+                raise DataLoadError(f"{path}: {describe_row(raw)}: {raw.error}")
+            rows.append(raw.value)
     return rows
 
 

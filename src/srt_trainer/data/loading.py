@@ -25,7 +25,7 @@ import datasets
 from srt_trainer.data.formats import FORMATS, NORMALIZED_COLUMNS, detect_format, normalize_row
 from srt_trainer.data.rejects import Reject, RowError, summarize_rejects, write_rejects
 from srt_trainer.errors import SRTUserError
-from srt_trainer.io import DataLoadError, RawRow, format_of, no_rows_message, row_window
+from srt_trainer.io import DataLoadError, RawRow, format_of, gc_paused, no_rows_message, row_window
 from srt_trainer.io import iter_raw_rows as iter_file_rows
 
 logger = logging.getLogger(__name__)
@@ -134,20 +134,27 @@ def keep_source_columns(
     return renamed
 
 
-def _consumed(fmt: str, row: dict[str, Any]) -> set[str]:
-    """Source columns the format's normalizer reads (a ShareGPT ``conversations`` is also kept as it is)."""
-    if fmt == "alpaca":
-        return {"instruction", "input", "output", "system"}
-    return {"conversations"} if fmt == "sharegpt" else {"messages"}
+# Source columns each format's normalizer reads (a ShareGPT ``conversations`` is also kept as it is).
+_CONSUMED = {
+    "alpaca": frozenset({"instruction", "input", "output", "system"}),
+    "sharegpt": frozenset({"conversations"}),
+    "messages": frozenset({"messages"}),
+}
+# per format: the columns read into the normalized column of the same name (not kept as extras), and the names a
+# source column cannot keep (normalized columns the format does not read, and row_index)
+_READ_INTO = {fmt: consumed & frozenset(NORMALIZED_COLUMNS) for fmt, consumed in _CONSUMED.items()}
+_RESERVED = {fmt: (frozenset(NORMALIZED_COLUMNS) | {"row_index"}) - consumed for fmt, consumed in _CONSUMED.items()}
 
 
 def _extras(value: dict[str, Any], fmt: str, renamed: dict[str, str]) -> dict[str, Any]:
     """The source row's other columns, as read; one that a normalized column would overwrite gets its kept name."""
-    consumed = _consumed(fmt, value)
-    reserved = (set(NORMALIZED_COLUMNS) | {"row_index"}) - consumed
+    read_into = _READ_INTO[fmt]
+    if value.keys() <= read_into:  # the common row: nothing but the fields the format reads
+        return {}
+    reserved = _RESERVED[fmt]
     out = {}
     for k, v in value.items():
-        if k in consumed and k in NORMALIZED_COLUMNS:  # read into the normalized column of that name
+        if k in read_into:  # read into the normalized column of that name
             continue
         if k in reserved:
             new = renamed.get(k) or kept_name(k, value)
@@ -185,25 +192,26 @@ def load_instruction_data(
     renamed: dict[str, str] = {}
     fmt = None if format == "auto" else format
     num_read = 0
-    for raw in row_window(iter_raw_rows(source, split), offset, limit):
-        num_read += 1
-        if raw.error is not None:
-            rejects.append(Reject(label, raw.row, raw.field, raw.error, raw.text or "", raw.line))
-            continue
-        if fmt is None and isinstance(raw.value, dict):
-            fmt = detect_format(raw.value)
-            if fmt is None:
-                raise DataLoadError(
-                    f"{label}: cannot tell the data format from row {raw.row} (keys: {', '.join(raw.value)}); "
-                    f"expected Alpaca (instruction/input/output), ShareGPT (conversations) or chat messages; "
-                    f"set the format explicitly"
-                )
-        try:
-            normalized = normalize_row(raw.value, fmt or "alpaca", require_output)
-        except RowError as e:
-            rejects.append(Reject(label, raw.row, e.field, e.reason, _raw_text(raw.value), raw.line))
-            continue
-        rows.append({"row_index": raw.row, **normalized, **_extras(raw.value, fmt or "alpaca", renamed)})
+    with gc_paused():
+        for raw in row_window(iter_raw_rows(source, split), offset, limit):
+            num_read += 1
+            if raw.error is not None:
+                rejects.append(Reject(label, raw.row, raw.field, raw.error, raw.text or "", raw.line))
+                continue
+            if fmt is None and isinstance(raw.value, dict):
+                fmt = detect_format(raw.value)
+                if fmt is None:
+                    raise DataLoadError(
+                        f"{label}: cannot tell the data format from row {raw.row} (keys: {', '.join(raw.value)}); "
+                        f"expected Alpaca (instruction/input/output), ShareGPT (conversations) or chat messages; "
+                        f"set the format explicitly"
+                    )
+            try:
+                normalized = normalize_row(raw.value, fmt or "alpaca", require_output)
+            except RowError as e:
+                rejects.append(Reject(label, raw.row, e.field, e.reason, _raw_text(raw.value), raw.line))
+                continue
+            rows.append({"row_index": raw.row, **normalized, **_extras(raw.value, fmt or "alpaca", renamed)})
     if num_read == 0:
         raise DataLoadError(no_rows_message(label, offset))
     loaded = LoadedData(rows, rejects, fmt or "alpaca", label, num_read, renamed)
