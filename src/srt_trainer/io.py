@@ -522,13 +522,17 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _json_line(row: Mapping[str, Any]) -> str:
-    line = json.dumps(row, ensure_ascii=False)
+def _json_line(row: Mapping[str, Any]) -> bytes:
+    """One row as UTF-8 JSON: NaN / infinity (a missing statistic) as null, a lone surrogate as its JSON escape so
+    the file stays UTF-8. The common row is dumped and encoded once."""
     try:
-        line.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate: kept as its JSON escape, so the file stays UTF-8
-        line = json.dumps(row, ensure_ascii=True)
-    return line
+        line = json.dumps(row, ensure_ascii=False, allow_nan=False)
+    except ValueError:  # a non-finite float: JSON has no NaN
+        line = json.dumps({k: _clean(v) for k, v in row.items()}, ensure_ascii=False)
+    try:
+        return line.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: kept as its JSON escape
+        return json.dumps({k: _clean(v) for k, v in row.items()}, ensure_ascii=True).encode("ascii")
 
 
 def _temp_beside(path: Path, suffix: str = ".tmp") -> Path:
@@ -594,20 +598,26 @@ def write_rows(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
     if fmt is None:
         raise OutputPathError(f"{path}: a row file must end in .jsonl, .json or .parquet")
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = [{k: _clean(v) for k, v in r.items()} for r in rows]
     tmp = _temp_beside(path)
     try:
         if fmt == "parquet":
             import datasets
 
-            datasets.Dataset.from_list(_arrow_rows(rows)).to_parquet(str(tmp))
+            cleaned = [{k: _clean(v) for k, v in r.items()} for r in rows]
+            datasets.Dataset.from_list(_arrow_rows(cleaned)).to_parquet(str(tmp))
         else:
-            with tmp.open("w", encoding="utf-8", newline="\n") as f:
+            # row by row, never the whole file in memory: a stage may write a million rows
+            with tmp.open("wb") as f:
+                first = True
+                for r in rows:
+                    if fmt == "json":
+                        f.write(b"[\n" if first else b",\n")
+                        f.write(_json_line(r))
+                    else:
+                        f.write(_json_line(r) + b"\n")
+                    first = False
                 if fmt == "json":
-                    f.write("[\n" + ",\n".join(_json_line(r) for r in rows) + "\n]" if rows else "[]")
-                else:
-                    for r in rows:
-                        f.write(_json_line(r) + "\n")
+                    f.write(b"[]" if first else b"\n]")
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
