@@ -83,7 +83,8 @@ class OutputLockedError(SRTUserError, RuntimeError):
     """Another run holds the lock of a stage's output."""
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: the same path once links and ``..`` are resolved, or hard links."""
     if os.path.realpath(a) == os.path.realpath(b):
         return True
     try:
@@ -100,14 +101,14 @@ def check_distinct_paths(inputs: Mapping[str, str | Path | None], outputs: Mappi
     named_out = [(k, Path(v)) for k, v in outputs.items() if v is not None and str(v)]
     for out_name, out in named_out:
         for in_name, src in named_in:
-            if _same_file(out, src):
+            if same_file(out, src):
                 raise OutputPathError(
                     f"{out}: {out_name} is the same file as {in_name} {src}; writing it would destroy the input, "
                     f"choose another {out_name}"
                 )
     for i, (name_a, a) in enumerate(named_out):
         for name_b, b in named_out[i + 1 :]:
-            if _same_file(a, b):
+            if same_file(a, b):
                 raise OutputPathError(f"{a}: {name_a} and {name_b} are the same file; choose different names")
 
 
@@ -212,7 +213,9 @@ BOM = b"\xef\xbb\xbf"
 @dataclass(slots=True)
 class RawRow:
     """One row as read: its 0-based position, its value, and where the file has lines its 1-based line; a row that
-    cannot be used has ``error`` set (and ``field`` where one field is at fault) and its raw ``text``."""
+    cannot be used has ``error`` set (and ``field`` where one field is at fault) and its raw ``text``. ``offset``
+    says where the row is in its file (a byte offset in JSONL, a character offset in a JSON list, a row number in
+    Parquet), so that ``read_rows_at`` can read it again without the rest of the file."""
 
     row: int
     value: Any
@@ -220,6 +223,7 @@ class RawRow:
     text: str | None = None
     error: str | None = None
     field: str | None = None
+    offset: int | None = None  # where the row starts, for ``read_rows_at``
 
 
 @contextlib.contextmanager
@@ -342,7 +346,9 @@ def _read_json(path: Path) -> Iterator[RawRow]:
     del text
     for i, value in enumerate(data):
         # bytes that are not UTF-8 show as surrogates in the value
-        yield _decoded_row(i, value, "", None, check=check)
+        raw = _decoded_row(i, value, "", None, check=check)
+        raw.offset = i
+        yield raw
 
 
 _WS = re.compile(r"[ \t\n\r]*")
@@ -368,7 +374,9 @@ def _read_json_list(path: Path, text: str, pos: int) -> Iterator[RawRow]:
             raise DataLoadError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
         line += text.count("\n", counted, pos)
         counted = pos
-        yield _decoded_row(row, value, text, line, pos, end, check=check and _may_hold_surrogates(text, pos, end))
+        raw = _decoded_row(row, value, text, line, pos, end, check=check and _may_hold_surrogates(text, pos, end))
+        raw.offset = pos
+        yield raw
         row += 1
         pos = _WS.match(text, end).end()
         sep = text[pos : pos + 1]
@@ -399,8 +407,10 @@ def _read_jsonl(path: Path) -> Iterator[RawRow]:
         raise DataLoadError(f"{path}: cannot be read: {e.strerror or e}") from e
     with f:
         row = 0
+        start = 0  # the byte offset of the line
         # binary lines: split on b"\n" only, never on the line separators (U+2028, U+0085, ...) of a row's text
         for line_no, data in enumerate(f, start=1):
+            offset, start = start, start + len(data)
             if line_no == 1:
                 data = data.removeprefix(BOM)
             line, check = _decode_line(data)
@@ -414,9 +424,11 @@ def _read_jsonl(path: Path) -> Iterator[RawRow]:
                 bad = _unicode_error(None, line) if check else None
                 if bad is not None:
                     error = bad[1]
-                yield RawRow(row=row, value=value, line=line_no, text=_printable(line), error=error)
+                yield RawRow(row=row, value=value, line=line_no, text=_printable(line), error=error, offset=offset)
             else:
-                yield _decoded_row(row, value, line, line_no, check=check)
+                raw = _decoded_row(row, value, line, line_no, check=check)
+                raw.offset = offset
+                yield raw
             row += 1
 
 
@@ -437,7 +449,7 @@ def _read_parquet(path: Path) -> Iterator[RawRow]:
     batch = first
     while batch is not None:
         for value in batch.to_pylist():
-            yield RawRow(row=i, value=value)
+            yield RawRow(row=i, value=value, offset=i)
             i += 1
         try:
             batch = next(batches, None)
@@ -458,6 +470,55 @@ def iter_raw_rows(path: str | Path, format: str | None = None) -> Iterator[RawRo
     if fmt not in _READERS:
         raise DataLoadError(f"{path}: unknown file type (expected .json, .jsonl or .parquet)")
     return _READERS[fmt](path)
+
+
+def read_rows_at(path: str | Path, offsets: Iterable[int], format: str | None = None) -> list[Any]:
+    """The values of the rows of ``path`` that start at ``offsets`` (``RawRow.offset`` of an earlier read), in the
+    order given: a stage that keeps only where its rows are can read back the few it needs. The rows were read
+    once without error; a file changed since gives other rows."""
+    path = Path(path)
+    fmt = format or format_of(path)
+    wanted = list(offsets)
+    order = sorted(set(wanted))
+    found: dict[int, Any] = {}
+    if fmt == "jsonl":
+        with path.open("rb") as f:
+            for offset in order:
+                f.seek(offset)
+                data = f.readline()
+                line, _ = _decode_line(data.removeprefix(BOM) if offset == 0 else data)
+                found[offset] = json.loads(line.rstrip("\r\n"))
+    elif fmt == "json":
+        text = _read_text(path)
+        start = len(text) - len(text.lstrip())
+        if text[start : start + 1] == "[":
+            decoder = json.JSONDecoder()
+            found = {offset: decoder.raw_decode(text, offset)[0] for offset in order}
+        else:
+            data = json.loads(text)
+            data = data["data"] if isinstance(data, dict) else data
+            found = {offset: data[offset] for offset in order}
+    elif fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        first = 0
+        k = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH_ROWS):
+            end = first + batch.num_rows
+            local = []
+            while k < len(order) and order[k] < end:
+                local.append(order[k] - first)
+                k += 1
+            if local:
+                for j, value in zip(local, batch.take(pa.array(local)).to_pylist(), strict=True):
+                    found[first + j] = value
+            first = end
+            if k == len(order):
+                break
+    else:
+        raise DataLoadError(f"{path}: unknown file type (expected .json, .jsonl or .parquet)")
+    return [found[offset] for offset in wanted]
 
 
 def offset_field() -> Any:
