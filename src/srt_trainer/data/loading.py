@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,6 +172,7 @@ def load_instruction_data(
     rejects_path: str | Path | None = None,
     require_output: bool = True,
     offset: int = 0,
+    row_check: Callable[[dict[str, Any]], None] | None = None,
 ) -> LoadedData:
     """Load and normalize instruction data.
 
@@ -183,6 +184,8 @@ def load_instruction_data(
         offset: skip the first ``offset`` rows; ``row_index`` stays the row's index in the source.
         rejects_path: where to write the rejected rows (JSONL); not written when None.
         require_output: False for prompt-only data (held-out or test instructions without responses).
+        row_check: a stage's own test of a normalized row, raising ``RowError`` for one it cannot use (training: an
+            empty response); such a row is rejected like any other, with its row and line in the file.
     """
     if format != "auto" and format not in FORMATS:
         raise ValueError(f"unknown data format {format!r}; choose auto, {', '.join(FORMATS)}")
@@ -208,6 +211,8 @@ def load_instruction_data(
                     )
             try:
                 normalized = normalize_row(raw.value, fmt or "alpaca", require_output)
+                if row_check is not None:
+                    row_check(normalized)
             except RowError as e:
                 rejects.append(Reject(label, raw.row, e.field, e.reason, _raw_text(raw.value), raw.line))
                 continue
@@ -233,15 +238,22 @@ class NoUsableRowsError(SRTUserError, ValueError):
     """Every row of a stage's input was rejected: nothing to do."""
 
 
-def require_rows(loaded: LoadedData, rejects_path: str | Path | None = None, what: str = "usable") -> None:
-    """Stop a stage whose input has no usable row, saying why (the most common reasons and where the rejects are)."""
-    if loaded.rows:
-        return
+def rejects_reasons(loaded: LoadedData, rejects_path: str | Path | None = None) -> str:
+    """Why rows were rejected, for a message: the most common reasons with their counts, the first reject in full
+    and where the rejects file is."""
     reasons = Counter(r.reason for r in loaded.rejects).most_common(3)
     why = "; ".join(f"{n}x {reason}" for reason, n in reasons)
     where = f" (see {rejects_path})" if rejects_path is not None else ""
     first = f"; first: {loaded.rejects[0].describe()}" if loaded.rejects else ""
-    raise NoUsableRowsError(f"{loaded.source}: none of its {loaded.num_rows_read} rows is {what}: {why}{first}{where}")
+    return f"{why}{first}{where}"
+
+
+def require_rows(loaded: LoadedData, rejects_path: str | Path | None = None, what: str = "usable") -> None:
+    """Stop a stage whose input has no usable row, saying why (the most common reasons and where the rejects are)."""
+    if loaded.rows:
+        return
+    why = rejects_reasons(loaded, rejects_path)
+    raise NoUsableRowsError(f"{loaded.source}: none of its {loaded.num_rows_read} rows is {what}: {why}")
 
 
 def _to_dataset(rows: list[dict[str, Any]]) -> datasets.Dataset:
