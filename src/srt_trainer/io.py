@@ -405,6 +405,7 @@ def _read_jsonl(path: Path) -> Iterator[RawRow]:
         f = path.open("rb")
     except OSError as e:
         raise DataLoadError(f"{path}: cannot be read: {e.strerror or e}") from e
+    loads = json.loads
     with f:
         row = 0
         start = 0  # the byte offset of the line
@@ -414,21 +415,29 @@ def _read_jsonl(path: Path) -> Iterator[RawRow]:
             if line_no == 1:
                 data = data.removeprefix(BOM)
             line, check = _decode_line(data)
-            line = line.rstrip("\r\n")
-            if not line or line.isspace():
+            if line.isspace() or not line:
                 continue
             try:
-                value = json.loads(line)
-            except json.JSONDecodeError as e:
-                value, error = None, f"invalid JSON: {e.msg} (column {e.colno})"
+                value = loads(line)  # the line feed (and a carriage return) is whitespace to JSON
+            except json.JSONDecodeError:
+                line = line.rstrip("\r\n")
+                try:  # the error as the line alone gives it (past its end, a line feed would be line 2)
+                    loads(line)
+                    error = "invalid JSON"
+                except json.JSONDecodeError as e:
+                    error = f"invalid JSON: {e.msg} (column {e.colno})"
+                value = None
                 bad = _unicode_error(None, line) if check else None
                 if bad is not None:
                     error = bad[1]
                 yield RawRow(row=row, value=value, line=line_no, text=_printable(line), error=error, offset=offset)
             else:
-                raw = _decoded_row(row, value, line, line_no, check=check)
-                raw.offset = offset
-                yield raw
+                if check:
+                    raw = _decoded_row(row, value, line.rstrip("\r\n"), line_no)
+                    raw.offset = offset
+                    yield raw
+                else:
+                    yield RawRow(row=row, value=value, line=line_no, offset=offset)
             row += 1
 
 
@@ -583,17 +592,23 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+# built once: ``json.dumps`` with any non-default option builds a new encoder for every call
+_STRICT = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+_TEXT = json.JSONEncoder(ensure_ascii=False)
+_ASCII = json.JSONEncoder(ensure_ascii=True)
+
+
 def _json_line(row: Mapping[str, Any]) -> bytes:
     """One row as UTF-8 JSON: NaN / infinity (a missing statistic) as null, a lone surrogate as its JSON escape so
     the file stays UTF-8. The common row is dumped and encoded once."""
     try:
-        line = json.dumps(row, ensure_ascii=False, allow_nan=False)
+        line = _STRICT.encode(row)
     except ValueError:  # a non-finite float: JSON has no NaN
-        line = json.dumps({k: _clean(v) for k, v in row.items()}, ensure_ascii=False)
+        line = _TEXT.encode({k: _clean(v) for k, v in row.items()})
     try:
         return line.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate: kept as its JSON escape
-        return json.dumps({k: _clean(v) for k, v in row.items()}, ensure_ascii=True).encode("ascii")
+        return _ASCII.encode({k: _clean(v) for k, v in row.items()}).encode("ascii")
 
 
 def _temp_beside(path: Path, suffix: str = ".tmp") -> Path:

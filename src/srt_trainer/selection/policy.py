@@ -86,6 +86,8 @@ SHARED_INSTRUCTION = (("A", "ori"), ("QA", "Q"))
 def _stat(row: Mapping[str, Any], key: str) -> float | None:
     """A checked statistic (see ``check_alignment``), None when missing (null or NaN)."""
     value = row.get(key)
+    if type(value) is float:  # the common case first: this runs for every statistic of every row
+        return value if value == value else None
     if value is None:
         return None
     value = float(value)
@@ -102,7 +104,15 @@ def cherry_ifd(row: Mapping[str, Any]) -> float | None:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", str(text).lower()).strip("_") or "unknown"
+    slug = _SLUGS.get(text) if isinstance(text, str) else None
+    if slug is None:
+        slug = re.sub(r"[^a-z0-9]+", "_", str(text).lower()).strip("_") or "unknown"
+        if isinstance(text, str) and len(_SLUGS) < 1024:
+            _SLUGS[text] = slug
+    return slug
+
+
+_SLUGS: dict[str, str] = {}  # a file holds a handful of distinct statuses, each seen on many rows
 
 
 def _index_key(row: Mapping[str, Any]) -> tuple[str, Any] | None:
@@ -153,8 +163,12 @@ def _row_problem(row: Any, policy: str) -> str | None:
     lacking = _required(policy, row)
     if lacking:
         return f"no field {lacking}; is it an `srt score` output?"
+    get = row.get
     for col in STAT_FIELDS:
-        bad = _bad_value(row.get(col), col)
+        value = get(col)
+        if value is None or (type(value) is float and 0 < value < math.inf):  # the common values, checked inline
+            continue
+        bad = _bad_value(value, col)
         if bad:
             return f"field {col!r} {bad}"
     return None
@@ -188,14 +202,18 @@ class ViewSummary:
     reflection_status: dict[str, int] = field(default_factory=dict)
     teacher: list[str] = field(default_factory=list)
 
-    def add(self, row: Mapping[str, Any]) -> None:
-        status = row.get("reflection_status")
+    def add(self, row: Mapping[str, Any]) -> Any:
+        """Count one row; returns its reflection status (None where it has none)."""
+        get = row.get
+        status = get("reflection_status")
         if status is not None:
-            self.reflection_status[str(status)] = self.reflection_status.get(str(status), 0) + 1
+            key = status if type(status) is str else str(status)
+            self.reflection_status[key] = self.reflection_status.get(key, 0) + 1
         for name in ("teacher_model", "teacher"):
-            value = row.get(name)
-            if value and str(value) not in self.teacher:
+            value = get(name)
+            if value and value not in self.teacher and str(value) not in self.teacher:
                 self.teacher.append(str(value))
+        return status
 
 
 class DecisionTable:
@@ -461,7 +479,12 @@ def unchanged(rewrite: Mapping[str, Any], source: Mapping[str, Any]) -> bool:
     """A rewrite that is its source again: the teacher fell back to the original text."""
     if rewrite.get("reflection_status") == "fallback":
         return True
-    return all((rewrite.get(k) or "") == (source.get(k) or "") for k in ("instruction", "input", "output"))
+    get, source_get = rewrite.get, source.get
+    return (
+        (get("output") or "") == (source_get("output") or "")
+        and (get("instruction") or "") == (source_get("instruction") or "")
+        and (get("input") or "") == (source_get("input") or "")
+    )
 
 
 def _compare(r: Mapping[str, Mapping[str, Any]], key: str, nulls: list[str]) -> bool:
@@ -638,8 +661,7 @@ def select_from(
         key = _index_key(ori_row)
         source_index = key[1] if key else i
         for name, row in r.items():  # teacher fallbacks / failures, where the reflect columns came through
-            summaries[name].add(row)
-            status = row.get("reflection_status")
+            status = summaries[name].add(row)
             if status is not None:
                 statuses[name][_slug(status)] += 1
         nulls: list[str] = []
