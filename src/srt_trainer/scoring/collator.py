@@ -126,14 +126,19 @@ class DataCollatorForIFD:
         return self.tokenizer(texts, add_special_tokens=True)["input_ids"]
 
     def _truncate(self, texts: list[str], ids: list[list[int]], limits: list[int]) -> list[list[int]]:
-        # Re-tokenize with the tokenizer's own truncation only where needed: it keeps special tokens right.
-        out = []
-        for text, t, limit in zip(texts, ids, limits, strict=True):
-            # a limit of 0 or less (the context alone fills max_length) cuts nothing, as in the release, whose
-            # slow tokenizer refuses to truncate below zero; the statistic needs the conditioned view, which is empty
+        # Re-tokenize with the tokenizer's own truncation only where needed: it keeps special tokens right. A limit of
+        # 0 or less (the context alone fills max_length) cuts nothing, as in the release, whose slow tokenizer refuses
+        # to truncate below zero; the statistic needs the conditioned view, which is empty. The texts to cut are
+        # re-tokenized in one call per limit, not one call each: with a short max_length that is most of them.
+        out = list(ids)
+        by_limit: dict[int, list[int]] = {}
+        for i, (t, limit) in enumerate(zip(ids, limits, strict=True)):
             if len(t) > limit > 0:
-                t = self.tokenizer(text, truncation=True, max_length=limit)["input_ids"]
-            out.append(t)
+                by_limit.setdefault(limit, []).append(i)
+        for limit, positions in by_limit.items():
+            cut = self.tokenizer([texts[i] for i in positions], truncation=True, max_length=limit)["input_ids"]
+            for i, t in zip(positions, cut, strict=True):
+                out[i] = t
         return out
 
     def views(self, samples: Sequence[Mapping[str, Any]]) -> list[SampleViews]:

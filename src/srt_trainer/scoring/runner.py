@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -61,17 +62,26 @@ def data_fingerprint(rows: Sequence[Mapping[str, Any]]) -> str:
     return h.hexdigest()
 
 
-def estimate_tokens(rows: Sequence[Mapping[str, Any]], tokenizer: Any) -> list[int]:
-    """Approximate tokens of a row's four views: response and instruction each appear in three of them."""
+def estimate_tokens(rows: Sequence[Mapping[str, Any]], tokenizer: Any, sample: int = 512) -> list[int]:
+    """Approximate tokens of a row's four views: response and instruction each appear in three of them. A row's
+    tokens are its characters times the tokens per character of an evenly spaced sample of ``sample`` rows:
+    tokenizing every row here would cost a third of what scoring itself spends tokenizing."""
     if not rows:
         return []
     texts = [(r.get("instruction") or "") + (r.get("input") or "") for r in rows]
     outs = [r.get("output") or "" for r in rows]
-    n_x = [len(t) for t in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    n_y = [len(t) for t in tokenizer(outs, add_special_tokens=False)["input_ids"]]
+    step = max(1, len(rows) // sample)
+    ratios = []
+    for column in (texts, outs):
+        picked = column[::step]
+        chars = sum(map(len, picked))
+        tokens = sum(map(len, tokenizer(picked, add_special_tokens=False)["input_ids"]))
+        ratios.append(tokens / chars if chars else 0.0)
     # conversations: scale by turns, roughly
     turns = [max(1, int(r.get("num_turns") or 1)) for r in rows]
-    return [3 * (x + y) * k + 100 for x, y, k in zip(n_x, n_y, turns, strict=True)]
+    return [
+        3 * round(len(x) * ratios[0] + len(y) * ratios[1]) * k + 100 for x, y, k in zip(texts, outs, turns, strict=True)
+    ]
 
 
 def assign_shards(work: Sequence[int], world_size: int) -> list[list[int]]:
@@ -92,10 +102,13 @@ def score_dataset(
     shard_size: int = 256,
     settings: Mapping[str, Any] | None = None,
     progress: bool = True,
+    timings: dict[str, float] | None = None,
 ) -> list[dict[str, Any]] | None:
     """Statistics of every row (see ``IFDScorer.score``) on the main process, in input order; None elsewhere.
 
     ``settings`` (model, dtype, template, ...) go into the work directory's fingerprint with the data.
+    ``timings``, when given, gets ``student`` added: the seconds this process spent in ``IFDScorer.score``
+    (tokenizing, planning and the forwards), the rest being the stage's own work.
     """
     from accelerate.utils import gather_object
 
@@ -146,7 +159,10 @@ def score_dataset(
         def advance(n: int, stop: int = shard_end) -> None:
             bar.update(max(0, min(n, stop - bar.n)))
 
+        started = time.perf_counter()
         stats = scorer.score(rows[start:end], progress=advance)
+        if timings is not None:
+            timings["student"] = timings.get("student", 0.0) + time.perf_counter() - started
         bar.update(shard_end - bar.n)
         store.write(k, stats)
         new.append((k, stats))
@@ -250,6 +266,15 @@ def _run_score(
         store.clear()
     state.wait_for_everyone()
 
+    clock = time.perf_counter()
+    seconds: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[name] = seconds.get(name, 0.0) + now - clock
+        clock = now
+
     loaded = load_instruction_data(
         args.data,
         format=args.data_format,
@@ -270,6 +295,7 @@ def _run_score(
             summarize_rejects(loaded.rejects),
         )
 
+    lap("load")
     device = loading.device or (str(state.device) if state.num_processes > 1 else None)
     if state.num_processes > 1 and (device or "cpu").startswith("cpu") and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // state.num_processes))
@@ -281,6 +307,7 @@ def _run_score(
         with zero3_init(model_args.dtype):
             model = load_configured_student(model_args, device=device, trust_remote_code=loading.trust_remote_code)
     scorer = IFDScorer(model, tokenizer, model_args.template, **scoring.scorer_options())
+    lap("load_student")
     try:
         stats = score_dataset(
             rows,
@@ -289,41 +316,49 @@ def _run_score(
             shard_size=scoring.shard_size,
             settings=fingerprint_settings(scoring, model_args),
             progress=state.is_local_main_process,
+            timings=seconds,
         )
     finally:
         scorer.close()
+    lap("score")  # the student's own share (``student``) counted within
     if stats is None:
         return None
 
     multi_turn = any(s["num_turns"] > 1 for s in stats)
     columns = output_columns(rows)
-    extra_stats = ["num_turns", "ifd_turns", "rifd_turns"] if multi_turn else []
-    out_rows = [
-        {**{c: r[c] for c in columns if c in r}, **{c: s.get(c) for c in (*STAT_COLUMNS, *ERROR_COLUMNS, *extra_stats)}}
-        for r, s in zip(rows, stats, strict=True)
-    ]
+    stat_columns = (*STAT_COLUMNS, *ERROR_COLUMNS, *(["num_turns", "ifd_turns", "rifd_turns"] if multi_turn else []))
+    out_rows = []
+    for k, r in enumerate(rows):
+        s, stats[k] = stats[k], None  # each row's statistics freed as its output row takes them
+        out_rows.append({**{c: r[c] for c in columns if c in r}, **{c: s.get(c) for c in stat_columns}})
+    del stats
+    source, rejected = loaded.source, len(loaded.rejects)
+    loaded.rows = rows = []  # the normalized rows (conversations and all) are not needed any more
     write_rows(out_rows, output)
+    lap("write")
     summary = summarize(out_rows)
     summary.update(
-        data=loaded.source,
-        rejected_rows=len(loaded.rejects),
+        data=source,
+        rejected_rows=rejected,
         renamed_columns={**loaded.renamed, **renamed},
         output=str(output),
         config={"score": asdict(args), "scoring": asdict(scoring), "student": asdict(model_args)},
         scorer={"fast_path": scorer.fast_path, "engine": scorer.engine, "token_budget": scorer.token_budget},
     )
+    histogram = None
+    if args.plot and summary["scored"]:
+        student = public_model_name(model_args.model_name_or_path)
+        histogram = plot_histograms(
+            out_rows,
+            sidecar_path(output, "hist.png"),
+            title=f"{Path(source).name}: {student} ({model_args.template}, {model_args.dtype})",
+        )
+    lap("report")
+    summary["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
     write_text_atomic(json.dumps(summary, indent=2), sidecar_path(output, "summary.json"))
     if not summary["scored"]:
         raise NoStatisticsError(
             f"{output}: none of its {len(out_rows)} rows could be scored ({summary['errors']}); "
             f"each row's reason is in its score_error column"
-        )
-    histogram = None
-    if args.plot:
-        student = public_model_name(model_args.model_name_or_path)
-        histogram = plot_histograms(
-            out_rows,
-            sidecar_path(output, "hist.png"),
-            title=f"{Path(loaded.source).name}: {student} ({model_args.template}, {model_args.dtype})",
         )
     return ScoreRun(rows=out_rows, summary=summary, output=output, histogram=histogram)

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from srt_trainer.io import check_output_path, sidecar_path, write_rows
+from srt_trainer.io import check_output_path, sidecar_path, write_rows, write_text_atomic
 from srt_trainer.plotting import pyplot, save_figure
 from srt_trainer.selection.config import VARIANTS, SelectArguments, SelectionArguments
-from srt_trainer.selection.policy import SelectionResult
+from srt_trainer.selection.policy import SelectionResult, ViewSummary
 
 BRANCH_TEXT = {
     1: "new instruction and new response accepted → QA",
@@ -92,22 +92,37 @@ def _present(value: Any) -> bool:
     return value is not None and not math.isnan(value)
 
 
+def view_statistics(
+    result: SelectionResult, scored: Mapping[str, Sequence[Mapping[str, Any]]] | None = None
+) -> dict[tuple[str, str], np.ndarray]:
+    """IFD and r-IFD of every row of each view, NaN where missing: from the result's decisions, or from ``scored``
+    (the views by name) for a result built by hand."""
+    if result.table is not None:
+        return {(v, k): result.table.values(v, k) for v in result.table.views for k in ("ifd", "rifd")}
+    scored = scored or {}
+    return {
+        (v, k): np.array([r.get(k) if _present(r.get(k)) else math.nan for r in scored[v]], dtype=float)
+        for v in VARIANTS
+        if scored.get(v)
+        for k in ("ifd", "rifd")
+    }
+
+
 def plot_histograms(
-    scored: Mapping[str, Sequence[Mapping[str, Any]]],
     result: SelectionResult,
     config: SelectionArguments,
     path: str | Path,
+    scored: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
 ) -> Path | None:
     """IFD (top) and r-IFD (bottom) of each view, one column per view, with the rows kept from it overlaid."""
-    views = [v for v in VARIANTS if scored.get(v)]
-    values = {
-        (v, k): np.array([x for r in scored[v] if _present(x := r.get(k))]) for v in views for k in ("ifd", "rifd")
-    }
-    if not any(len(x) for x in values.values()):
+    stats = view_statistics(result, scored)
+    views = [v for v in VARIANTS if (v, "ifd") in stats and len(stats[(v, "ifd")])]
+    values = {key: column[~np.isnan(column)] for key, column in stats.items()}
+    if not any(len(values[(v, k)]) for v in views for k in ("ifd", "rifd")):
         return None
     plt = pyplot()
 
-    kept_index = {v: {i for i, d in enumerate(result.decisions) if d["variant"] == v} for v in views}
+    kept_index = {v: np.array(result.kept_positions(v), dtype=np.int64) for v in views}
     fig, axes = plt.subplots(2, len(views), figsize=(3.2 * len(views), 5.4), squeeze=False)
     for row, (key, label, threshold) in enumerate(
         (("ifd", "IFD", config.ifd_threshold), ("rifd", "r-IFD", config.rifd_threshold))
@@ -118,8 +133,9 @@ def plot_histograms(
         for col, v in enumerate(views):
             ax = axes[row][col]
             ax.hist(np.clip(values[(v, key)], bins[0], bins[-1]), bins=bins, color=COLORS["none"], label="scored")
-            kept = [x for i in sorted(kept_index[v]) if _present(x := scored[v][i].get(key))]
-            if kept:
+            kept = stats[(v, key)][kept_index[v]]
+            kept = kept[~np.isnan(kept)]
+            if len(kept):
                 ax.hist(np.clip(kept, bins[0], bins[-1]), bins=bins, color=COLORS[v], label="kept")
             ax.axvline(threshold, color="#c44e52", linestyle="--", linewidth=1)
             ax.set_title(f"{v}: {label} (n={len(values[(v, key)])})", fontsize=9)
@@ -143,38 +159,53 @@ def _score_summary(file: str | None) -> dict[str, Any]:
         return {}
 
 
-def _column_values(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[str]:
-    found = []
-    for r in rows:
-        for n in names:
-            if r.get(n) and str(r[n]) not in found:
-                found.append(str(r[n]))
-    return found
-
-
-def input_summary(args: SelectArguments, scored: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
-    """Per view: file, rows, rows with statistics, reflection statuses, student and teacher where recorded."""
+def _view_summaries(
+    result: SelectionResult, scored: Mapping[str, Sequence[Mapping[str, Any]]] | None
+) -> dict[str, ViewSummary]:
+    """What each view held, as the selection counted it while reading; from ``scored`` for a result built by
+    hand."""
+    if result.views:
+        return dict(result.views)
     out = {}
     for view in VARIANTS:
-        rows = scored.get(view)
+        rows = (scored or {}).get(view)
         if rows is None:
             continue
+        summary = ViewSummary(rows=len(rows))
+        for r in rows:
+            summary.add(r)
+            has_ifd, has_rifd = _present(r.get("ifd")), _present(r.get("rifd"))
+            summary.with_ifd += has_ifd
+            summary.with_rifd += has_rifd
+            summary.with_statistics += has_ifd and has_rifd
+        out[view] = summary
+    return out
+
+
+def input_summary(
+    args: SelectArguments,
+    scored: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    result: SelectionResult | None = None,
+) -> dict[str, Any]:
+    """Per view: file, rows, rows with statistics, reflection statuses, student and teacher where recorded (from
+    ``result``'s view summaries, else from the ``scored`` rows)."""
+    views = (
+        _view_summaries(result, scored) if result is not None else _view_summaries(SelectionResult([], [], {}), scored)
+    )
+    out = {}
+    for view, s in views.items():
         summary = _score_summary(args.files()[view])
         settings = summary.get("config", {})
         student = {**settings.get("student", {}), **settings.get("scoring", {})}
-        statuses: dict[str, int] = {}
-        for r in rows:
-            if r.get("reflection_status") is not None:
-                statuses[str(r["reflection_status"])] = statuses.get(str(r["reflection_status"]), 0) + 1
         out[view] = {
             "file": args.files()[view],
-            "rows": len(rows),
-            "with_statistics": sum(1 for r in rows if _present(r.get("ifd")) and _present(r.get("rifd"))),
-            "with_ifd": sum(1 for r in rows if _present(r.get("ifd"))),
-            "with_rifd": sum(1 for r in rows if _present(r.get("rifd"))),
-            "reflection_status": statuses,
+            "rows": s.rows,
+            "with_statistics": s.with_statistics,
+            "with_ifd": s.with_ifd,
+            "with_rifd": s.with_rifd,
+            "reflection_status": dict(s.reflection_status),
             "student": {name: student[k] for name, k in STUDENT_KEYS.items() if k in student},
-            "teacher": _column_values(rows, ("teacher_model", "teacher")),
+            "teacher": list(s.teacher),
         }
     return out
 
@@ -202,13 +233,15 @@ def data_card(
     result: SelectionResult,
     args: SelectArguments,
     config: SelectionArguments,
-    scored: Mapping[str, Sequence[Mapping[str, Any]]],
-    files: Mapping[str, Path],
+    scored: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    files: Mapping[str, Path] | None = None,
 ) -> str:
-    """Markdown: what went in, which models, the rule, the counts, the budgets, where the plots are."""
+    """Markdown: what went in, which models, the rule, the counts, the budgets, where the plots are. ``scored`` is
+    read only for a result built by hand (one of ``select_rows`` carries what it read)."""
     from srt_trainer import __version__
 
-    inputs = input_summary(args, scored)
+    files = files or {}
+    inputs = input_summary(args, _normalized_views(scored), result)
     out = Path(args.output).name
     lines = [
         f"# Data card: `{out}`",
@@ -328,31 +361,37 @@ def data_card(
     return "\n".join(lines)
 
 
+def _normalized_views(
+    scored: Mapping[str, Sequence[Mapping[str, Any]] | None] | None,
+) -> dict[str, Sequence[Mapping[str, Any]]]:
+    names = {v.lower(): v for v in VARIANTS}
+    return {names.get(k.lower(), k): v for k, v in (scored or {}).items() if v is not None}
+
+
 def write_selection(
     result: SelectionResult,
     args: SelectArguments,
     config: SelectionArguments,
-    scored: Mapping[str, Sequence[Mapping[str, Any]]],
+    scored: Mapping[str, Sequence[Mapping[str, Any]] | None] | None = None,
 ) -> dict[str, Path]:
     """Write the kept rows to ``args.output`` and the report beside it; returns the paths by kind.
 
-    ``scored``: the scored views by name (``ori``, ``Q``, ``A``, ``QA``; lower case accepted), for the histograms
-    and the data card.
+    ``scored``: the scored views by name (``ori``, ``Q``, ``A``, ``QA``; lower case accepted), needed only for a
+    result built by hand; one of ``select_rows`` / ``select_from`` carries what the report needs.
     """
     output = check_output_path(args.output)
-    names = {v.lower(): v for v in VARIANTS}
-    scored = {names.get(k.lower(), k): v for k, v in scored.items() if v is not None}
+    scored = _normalized_views(scored)
     files: dict[str, Path] = {"output": write_rows(result.rows, output)}
     report = {
         "counts": result.counts,
-        "inputs": input_summary(args, scored),
+        "inputs": input_summary(args, scored, result),
         "output": str(output),
         "kept": len(result.rows),
         "config": {"select": asdict(args), "selection": asdict(config)},
     }
     files["selection"] = sidecar_path(output, "selection.json")
-    files["selection"].write_text(json.dumps(report, indent=2, ensure_ascii=False))
-    files["decisions"] = write_rows(result.decisions, sidecar_path(output, "decisions.jsonl"))
+    write_text_atomic(json.dumps(report, indent=2, ensure_ascii=False), files["selection"])
+    files["decisions"] = write_rows(result.iter_decisions(), sidecar_path(output, "decisions.jsonl"))
     if args.plot:
         files["funnel"] = plot_funnel(
             result.counts,
@@ -360,10 +399,10 @@ def write_selection(
             sidecar_path(output, "funnel.png"),
             title=f"{output.name}: selection funnel ({config.policy} policy)",
         )
-        hist = plot_histograms(scored, result, config, sidecar_path(output, "hist.png"))
+        hist = plot_histograms(result, config, sidecar_path(output, "hist.png"), scored)
         if hist:
             files["hist"] = hist
     if args.data_card:
         files["card"] = sidecar_path(output, "card.md")
-        files["card"].write_text(data_card(result, args, config, scored, files), encoding="utf-8")
+        write_text_atomic(data_card(result, args, config, scored, files), files["card"])
     return files

@@ -1,36 +1,57 @@
-"""The selection stage behind ``srt select``: read the four score outputs, select, write the output and its report."""
+"""The selection stage behind ``srt select``: read the four score outputs side by side, select, write the output
+and its report."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from srt_trainer.io import DataLoadError, check_output_path, guard_outputs, iter_raw_rows, sidecar_path
+from srt_trainer.io import (
+    DataLoadError,
+    check_output_path,
+    guard_outputs,
+    iter_raw_rows,
+    read_rows_at,
+    same_file,
+    sidecar_path,
+)
 from srt_trainer.selection.config import SelectArguments, SelectionArguments, SelectionInputError
-from srt_trainer.selection.policy import SelectionResult, select_rows
+from srt_trainer.selection.policy import SelectionResult, ViewSource, copy_message, select_from
 from srt_trainer.selection.report import write_selection
 
 
-def read_scored(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a score output: JSONL, JSON (a list, or an object with a ``data`` list) or Parquet."""
+def iter_scored(path: str | Path) -> Iterator[tuple[dict[str, Any], int | None]]:
+    """Rows of a score output (JSONL, JSON, a list or an object with a ``data`` list, or Parquet), each with its
+    offset in the file; a row that cannot be read, or is not an object, raises ``SelectionInputError`` naming the
+    file, row and line."""
     path = Path(path)
     if not path.is_file():
         raise SelectionInputError(f"{path}: no such file")
-    rows = []
     try:
         for raw in iter_raw_rows(path):
             if raw.error or not isinstance(raw.value, dict):
                 where = f"row {raw.row}" + (f" (line {raw.line})" if raw.line else "")
                 raise SelectionInputError(f"{path} {where}: {raw.error or 'not an object'}")
-            rows.append(raw.value)
+            yield raw.value, raw.offset
     except DataLoadError as e:
         raise SelectionInputError(str(e)) from e
-    return rows
+
+
+def read_scored(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a score output (see ``iter_scored``)."""
+    return [row for row, _ in iter_scored(path)]
+
+
+def scored_source(path: str | Path) -> ViewSource:
+    """A score output read row by row, whose kept rows are read back by their offsets."""
+    return ViewSource(iter_scored(path), lambda offsets: read_rows_at(path, offsets))
 
 
 def run_select(args: SelectArguments, selection: SelectionArguments) -> SelectionResult:
     """Read the score outputs ``args`` names (those ``selection.policy`` needs), select, and write the output and
-    its report; the result's ``files`` name what was written."""
+    its report; the result's ``files`` name what was written. An A or QA that is ori's file itself (a link
+    included) is refused before anything is read."""
     needed = selection.needed_views()
     files = args.files()
     missing = [f"--{v.lower()}" for v in needed if not files[v]]
@@ -41,7 +62,9 @@ def run_select(args: SelectArguments, selection: SelectionArguments) -> Selectio
     inputs = {f"--{view.lower()}": file for view, file in files.items()}
     sidecars = {f"the report {name}": sidecar_path(output, name) for name in written}
     with guard_outputs(inputs, output, sidecars, "selection"):
-        scored = {v: read_scored(files[v]) for v in needed}
-        result = select_rows(scored["ori"], scored.get("Q"), scored.get("A"), scored.get("QA"), selection, files)
-        result.files = write_selection(result, args, selection, scored)
+        for view in ("A", "QA"):
+            if view in needed and same_file(Path(files[view]), Path(files["ori"])):
+                raise SelectionInputError(copy_message(view, files, same_file=True))
+        result = select_from({v: scored_source(files[v]) for v in needed}, selection, files)
+        result.files = write_selection(result, args, selection)
     return result

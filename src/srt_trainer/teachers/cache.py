@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +37,25 @@ def cache_key(
     identity: Mapping[str, Any], messages: Sequence[Mapping[str, str]], sampling: SamplingConfig, ask: int = 0
 ) -> str:
     """sha256 of everything that decides an answer; ``ask`` > 0 names a re-ask, a distinct request."""
-    payload = {
-        "identity": dict(identity),
-        "messages": [dict(m) for m in messages],
-        "sampling": sampling.as_dict(),
-        "ask": ask,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    return cache_keys(identity, [messages], sampling, ask)[0]
+
+
+_KEY_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False)
+
+
+def cache_keys(
+    identity: Mapping[str, Any],
+    conversations: Iterable[Sequence[Mapping[str, str]]],
+    sampling: SamplingConfig,
+    ask: int = 0,
+) -> list[str]:
+    """``cache_key`` of each conversation, the settings they share turned into JSON once, not once per row."""
+    identity, settings = dict(identity), sampling.as_dict()
+    keys = []
+    for messages in conversations:
+        payload = {"identity": identity, "messages": [dict(m) for m in messages], "sampling": settings, "ask": ask}
+        keys.append(hashlib.sha256(_KEY_ENCODER.encode(payload).encode()).hexdigest())
+    return keys
 
 
 def conversation_hash(messages: Sequence[Mapping[str, str]]) -> str:
@@ -227,6 +239,7 @@ __all__ = [
     "ResponseCache",
     "TeacherCacheError",
     "cache_key",
+    "cache_keys",
     "check_cache_writable",
     "conversation_hash",
     "load_cache_entries",

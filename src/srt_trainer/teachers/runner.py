@@ -11,7 +11,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from srt_trainer.teachers.base import Answer, ChatResult, Conversation, RunCounts, SamplingConfig, Teacher
-from srt_trainer.teachers.cache import ResponseCache, cache_key
+from srt_trainer.teachers.cache import ResponseCache, cache_keys
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def complete_all(
     try:
         for ask in range(max_reasks + 1):
             samp = reask_sampling(sampling, ask, reask_temperature)
-            keys = {i: cache_key(identity, conversations[i], samp, ask) for i in pending}
+            keys = dict(zip(pending, cache_keys(identity, (conversations[i] for i in pending), samp, ask), strict=True))
             waiting: dict[str, list[int]] = {}  # key -> positions; a prompt asked twice in one run is sent once
             for i in pending:
                 hit = cache.get(keys[i])

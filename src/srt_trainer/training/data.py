@@ -18,6 +18,8 @@ from typing import Any
 import datasets
 
 from srt_trainer.data import load_instruction_data, summarize_rejects
+from srt_trainer.data.loading import rejects_reasons
+from srt_trainer.data.rejects import RowError
 from srt_trainer.errors import SRTUserError
 from srt_trainer.io import check_distinct_paths
 from srt_trainer.templates import PromptTemplate, get_template
@@ -68,29 +70,55 @@ def build_sft_dataset(
     template = get_template(template_name, tokenizer)
     sep = response_separator(template_name, separator)
     eos = getattr(tokenizer, "eos_token", None) or "</s>"
-    examples = []
+    prompts: list[str] = []
+    completions: list[str] = []
     for i, row in enumerate(rows):
+        where = f"{source}: row {row.get('row_index', i)}"  # the row's own index in its file, where it has one
         for name in ("instruction", "output"):
             if not isinstance(row.get(name), str):
-                raise TrainingDataError(f"{source}: row {i}, field '{name}': expected text, got {row.get(name)!r}")
-        if not row["output"].strip():
-            raise TrainingDataError(f"{source}: row {i}, field 'output': empty response, nothing to train on")
-        examples.append(to_prompt_completion(row, template, sep, eos))
-    if not examples:
+                raise TrainingDataError(f"{where}, field '{name}': expected text, got {row.get(name)!r}")
+        try:
+            check_training_row(row)
+        except RowError as e:
+            raise TrainingDataError(f"{where}, field '{e.field}': {e.reason}") from None
+        example = to_prompt_completion(row, template, sep, eos)
+        prompts.append(example["prompt"])
+        completions.append(example["completion"])
+    if not prompts:
         raise TrainingDataError(f"{source}: no rows to train on")
-    return datasets.Dataset.from_list(examples)
+    # columns, not a list of dicts: Arrow takes each as one array
+    return datasets.Dataset.from_dict({"prompt": prompts, "completion": completions})
+
+
+EMPTY_RESPONSE = "empty response, nothing to train on"
+
+
+def check_training_row(row: Mapping[str, Any]) -> None:
+    """Raise ``RowError`` for a normalized row that has nothing to train on: the response it would train on (the
+    last assistant turn of a conversation) is empty or blank."""
+    messages = row.get("messages") or []
+    if row.get("num_turns", 1) > 1 and messages:
+        if not str(messages[-1].get("content") or "").strip():
+            raise RowError("messages", f"the last response is empty: {EMPTY_RESPONSE}")
+    elif not (row.get("output") or "").strip():
+        raise RowError("output", EMPTY_RESPONSE)
 
 
 def load_training_rows(
     path: str | Path, rejects_path: str | Path | None, data_format: str = "auto"
 ) -> list[dict[str, Any]]:
-    """Rows of a training file, normalized; unusable rows go to ``rejects_path`` with file, row, field and reason
-    (``None``: not written, e.g. on the processes other than the main one)."""
+    """Rows of a training file, normalized; unusable rows (an empty response among them) go to ``rejects_path``
+    with file, row, line, field and reason (``None``: not written, e.g. on the processes other than the main one),
+    and training goes on with the others. A file without a usable row raises ``TrainingDataError`` with the
+    reasons, grouped."""
     check_distinct_paths({"--dataset": path}, {"the rejects file": rejects_path})
-    loaded = load_instruction_data(path, format=data_format, rejects_path=rejects_path)
+    loaded = load_instruction_data(path, format=data_format, rejects_path=rejects_path, row_check=check_training_row)
     if loaded.rejects and rejects_path is not None:
         logger.warning("%s: %s (see %s)", loaded.source, summarize_rejects(loaded.rejects), rejects_path)
     rows = loaded.rows
     if not rows:
-        raise TrainingDataError(f"{path}: no usable rows to train on (rejects in {rejects_path})")
+        raise TrainingDataError(
+            f"{path}: no usable rows to train on among its {loaded.num_rows_read}: "
+            f"{rejects_reasons(loaded, rejects_path)}"
+        )
     return rows
