@@ -4,10 +4,10 @@ Under ``accelerate launch`` with a ZeRO-3 config (``zero3_init_flag``), every pa
 processes when the student is loaded; each process holds a slice, and a forward first needs the full tensors.
 ``ParameterFetcher`` gets them with DeepSpeed's own ``GatheredParameters``, one unit at a time (a decoder layer,
 or a module outside the layers that owns parameters) around that unit's forward, so a process holds at most about
-one decoder layer's full parameters above its slice; ``whole=True`` gathers the whole model once instead (faster
-when it fits). Gathering is collective, so with per-unit gathering every process must run the same sequence of
-forwards: ``Lockstep`` has a process that ran out of work join the others' forwards with an empty one until all
-are done.
+one decoder layer's full parameters above its slice; ``whole=True`` gathers the whole model once instead (no
+gathering per forward, where a full copy fits). Gathering is collective, so with per-unit gathering every process
+must run the same sequence of forwards: ``Lockstep`` has a process that ran out of work join the others' forwards
+with an empty one until all are done.
 """
 
 from __future__ import annotations
@@ -66,7 +66,6 @@ class ParameterFetcher:
         self.whole = whole
         self.total_numel = sum(p.ds_numel for p in _zero_params(model, recurse=True))
         self.peak_numel = 0  # the most gathered parameter elements held at once (per-unit gathering)
-        self._held_numel = 0
         if whole:
             self._enter(model, _zero_params(model, recurse=True), by_hook=False)
             return
@@ -79,15 +78,12 @@ class ParameterFetcher:
             return False
         context = self._gathered(params, modifier_rank=None)
         context.__enter__()
-        numel = sum(p.ds_numel for p in params)
-        self._open[id(unit)] = (context, numel, by_hook)
-        self._held_numel += numel
-        self.peak_numel = max(self.peak_numel, self._held_numel)
+        self._open[id(unit)] = (context, sum(p.ds_numel for p in params), by_hook)
+        self.peak_numel = max(self.peak_numel, sum(numel for _, numel, _ in self._open.values()))
         return True
 
     def _exit(self, key: int) -> None:
-        context, numel, _ = self._open.pop(key)
-        self._held_numel -= numel
+        context, _, _ = self._open.pop(key)
         context.__exit__(None, None, None)
 
     def _pre_hook(self, unit: torch.nn.Module, args: Any) -> None:
@@ -134,7 +130,6 @@ class Lockstep:
         # gloo reduces CPU tensors; NCCL and the other accelerator backends reduce on the device
         backend = dist.get_backend() if dist.is_initialized() else "gloo"
         self._device = torch.device("cpu") if backend == "gloo" else device
-        self.empty_forwards = 0
 
     def any_working(self, working: bool) -> bool:
         """Whether any process has a real forward to run now (every process must call this before each forward)."""

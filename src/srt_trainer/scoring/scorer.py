@@ -350,7 +350,8 @@ class IFDScorer:
         zero3_gather: for a student that DeepSpeed ZeRO-3 partitioned (``zero3.ParameterFetcher``): ``layer``
             gathers one decoder layer at a time around its forward (every process then runs the same number of
             forwards: call ``finish`` when done, so a process out of work joins the others' forwards), ``model``
-            gathers the whole model once (faster where it fits). ``close`` gives the parameters back.
+            gathers the whole model once (no gathering per forward, where a full copy fits). ``close`` gives the
+            parameters back.
     """
 
     def __init__(
@@ -530,15 +531,20 @@ class IFDScorer:
 
         self._begin_forward(True)
         ids = torch.tensor([list(prefix)], device=self.device)
-        target = self._decoder if self.fast_path else self.model
-        out = target(input_ids=ids, use_cache=True, **{self._cache_kw: DynamicCache()})
-        if self.fast_path:
-            # the output layer is gathered after every decoder forward, so that each forward of each process
-            # gathers the same units in the same order (see ``finish``)
-            with self._held_head():
-                pass
+        out = self._forward_without_loss(input_ids=ids, use_cache=True, **{self._cache_kw: DynamicCache()})
         cache = out["cache"] if "cache" in out else out["past_key_values"]
         return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _forward_without_loss(self, **kwargs: Any) -> Any:
+        """The decoder's forward (the model's off the fast path) where no loss is taken. Under ZeRO-3 the output
+        layer is still gathered after it, so that every forward of every process gathers the same units in the same
+        order as a scoring forward does (see ``finish``)."""
+        if not self.fast_path:
+            return self.model(**kwargs)
+        out = self._decoder(**kwargs)
+        with self._held_head():
+            pass
+        return out
 
     def _held_head(self) -> Any:
         return self._fetch.held([self._head]) if self._fetch is not None else contextlib.nullcontext()
@@ -553,17 +559,15 @@ class IFDScorer:
         is collective, so a process whose shards are done must still take part (a no-op without ZeRO-3)."""
         if self._lockstep is None:
             return
+        empty = 0
         with torch.no_grad(), float32_products_for(self.model):
             while self._begin_forward(False):
-                self._lockstep.empty_forwards += 1
-                target = self._decoder if self.fast_path else self.model
-                target(input_ids=torch.zeros(1, 1, dtype=torch.long, device=self.device), use_cache=False)
-                if self.fast_path:
-                    with self._held_head():
-                        pass
-        if self._lockstep.empty_forwards:
-            logger.info("joined the other processes' scoring with %d empty forwards", self._lockstep.empty_forwards)
-        self._lockstep.empty_forwards = 0
+                empty += 1
+                self._forward_without_loss(
+                    input_ids=torch.zeros(1, 1, dtype=torch.long, device=self.device), use_cache=False
+                )
+        if empty:
+            logger.info("joined the other processes' scoring with %d empty forwards", empty)
 
     def close(self) -> None:
         """Give a ZeRO-3 student's gathered parameters back and remove the scorer's hooks, leaving the model as it
