@@ -122,6 +122,37 @@ def test_paper_rule_reaches_every_branch_and_cut():
     assert (d[0]["ifd_Q"], d[0]["rifd_QA"]) == (0.7, 0.5)
 
 
+def test_counts_say_which_steps_removed_rows():
+    c = select(make_views()).counts
+    # rows 1, 2 (branch 1 cuts), 5, 6 (branch 3 cuts), 3, 9 (branch 2) and 7, 8, 10 (branch 4): 9 of 13 removed
+    assert c.removals() == {
+        "branch_4/not_kept": 3,
+        "branch_2/not_kept": 2,
+        "branch_1/cut_rifd": 1,
+        "branch_1/cut_ifd": 1,
+        "branch_3/cut_rifd": 1,
+        "branch_3/cut_ifd": 1,
+    }
+    assert sum(c.removals().values()) + c["kept"] == c["rows"] and c.missing_statistic_cuts() == 0
+    top = select(make_views(), top_k=1).counts
+    assert top.removals()["budget_cut"] == 3 and "budget_cut/top_k" not in top.removals()
+    # with the winners of branches 2 and 4 judged, row 9's Q and row 10's ori are cut for a missing statistic
+    switched = select(make_views(), keep_unaccepted_winners=True).counts
+    assert switched.missing_statistic_cuts() == switched["branch_4/cut_rifd_null"] + switched["branch_4/cut_ifd_null"]
+    assert switched.missing_statistic_cuts() >= 1
+    assert json.loads(json.dumps(c)) == dict(c)  # the summary's JSON is the counts as they are
+
+
+def test_nothing_selected_names_the_removing_steps(tmp_path: Path):
+    from srt_trainer.training.trainer import nothing_selected
+
+    counts = select(make_views(), rifd_threshold=0.1).counts
+    assert counts["kept"] == 0
+    message = nothing_selected(counts, tmp_path / "selected.jsonl")
+    assert message.startswith("the selection kept none of the 13 source rows (branch_1/cut_rifd 4, branch_3/cut_rifd 4,")
+    assert "missing statistic" not in message and str(tmp_path / "selected.jsonl") in message
+
+
 def test_switch_keeps_branch_2_and_4_winners():
     res = select(make_views(), keep_unaccepted_winners=True)
     c = res.counts

@@ -1,6 +1,7 @@
 """Student selection: the released Selective Reflection-Tuning rule, thresholds and budgets, and its report."""
 
 from srt_trainer.selection.config import POLICIES, VARIANTS, SelectArguments, SelectionArguments, SelectionInputError
+from srt_trainer.selection.counts import SelectionCounts
 from srt_trainer.selection.policy import SelectionResult, check_alignment, select_rows
 from srt_trainer.selection.report import format_counts, write_selection
 from srt_trainer.selection.runner import read_scored, run_select
@@ -10,6 +11,7 @@ __all__ = [
     "VARIANTS",
     "SelectArguments",
     "SelectionArguments",
+    "SelectionCounts",
     "SelectionInputError",
     "SelectionResult",
     "check_alignment",

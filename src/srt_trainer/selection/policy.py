@@ -51,6 +51,7 @@ import numpy as np
 
 from srt_trainer.io import gc_paused, no_rows_message
 from srt_trainer.selection.config import SelectionArguments, SelectionInputError
+from srt_trainer.selection.counts import NOT_KEPT, SelectionCounts
 
 logger = logging.getLogger(__name__)
 
@@ -277,7 +278,7 @@ class SelectionResult:
         self,
         rows: list[dict[str, Any]],
         decisions: DecisionTable | list[dict[str, Any]],
-        counts: dict[str, int],
+        counts: SelectionCounts,
         files: dict[str, Path] | None = None,
         views: dict[str, ViewSummary] | None = None,
     ) -> None:
@@ -574,31 +575,6 @@ def _budget_limits(passed: int, total: int, config: SelectionArguments) -> dict[
     return limits
 
 
-def initial_counts(config: SelectionArguments) -> dict[str, int]:
-    """Every count the policy can produce, at zero, so runs log the same keys."""
-    counts = {"rows": 0}
-    if config.policy == "paper":  # teacher fallbacks: rewrites that are their source again (not accepted)
-        counts.update({"unchanged_rewrites": 0, **{f"unchanged_rewrites/{v}": 0 for v in ("Q", "A", "QA")}})
-        # comparisons with a missing statistic, read as false as NaN is in the release
-        counts.update({"null_comparisons": 0, **{f"null_comparisons/{k}": 0 for k in COMPARISONS}})
-    counts["judged"] = 0
-    cuts = ("cut_rifd", "cut_rifd_null", "cut_ifd", "cut_ifd_null", "passed")
-    if config.policy == "paper":
-        for b in (1, 2, 3, 4):
-            counts[f"branch_{b}"] = 0
-            if b in (1, 3) or config.keep_unaccepted_winners:
-                counts.update({f"branch_{b}/{cut}": 0 for cut in cuts})
-            else:
-                counts[f"branch_{b}/not_kept"] = 0
-        kept = ["QA", "A", *(["Q", "ori"] if config.keep_unaccepted_winners else [])]
-    else:
-        counts.update({"ifd": 0, "ifd/cut_ifd": 0, "ifd/cut_ifd_null": 0, "ifd/passed": 0})
-        kept = ["ori"]
-    counts.update({"passed_thresholds": 0, "budget_cut": 0, "kept": 0})
-    counts.update({f"kept/{v}": 0 for v in kept})
-    return counts
-
-
 def _ranking_key(row: Mapping[str, Any], config: SelectionArguments) -> float:
     value = cherry_ifd(row) if config.policy == "ifd" else _stat(row, "ifd")
     assert value is not None  # a candidate passed its IFD threshold
@@ -645,7 +621,7 @@ def select_from(
     sources = {v: sources[v] for v in config.needed_views()}
     names = list(sources)
     table = DecisionTable(names, config.policy)
-    counts = Counter(initial_counts(config))
+    counts = SelectionCounts.zero(config.policy, config.keep_unaccepted_winners, COMPARISONS)
     statuses: dict[str, Counter[str]] = {name: Counter() for name in names}
     summaries = {name: ViewSummary() for name in names}
     cut_text = {**CUT_TEXT, **(IFD_POLICY_CUT_TEXT if config.policy == "ifd" else {})}
@@ -669,8 +645,7 @@ def select_from(
             same = {name: unchanged(r[name], r[source]) for name, source in (("Q", "ori"), ("A", "ori"), ("QA", "Q"))}
             for name, is_same in same.items():
                 if is_same:
-                    counts["unchanged_rewrites"] += 1
-                    counts[f"unchanged_rewrites/{name}"] += 1
+                    counts.add("unchanged_rewrites", name)
             branch, view, nulls = _judge_paper(r, config, same)
         else:
             branch, view = "ifd", "ori"
@@ -686,22 +661,19 @@ def select_from(
         if nulls:
             table.null_comparisons[i] = [_null_text(r, k) for k in nulls]
             for k in nulls:
-                counts["null_comparisons"] += 1
-                counts[f"null_comparisons/{k}"] += 1
-        counts["judged"] += 1
+                counts.add("null_comparisons", k)
+        counts.add("judged")
         prefix = f"branch_{branch}" if branch != "ifd" else "ifd"
-        counts[prefix] += 1
-        cut = "not_kept" if view is None else _candidate(r[view], config)
+        cut = NOT_KEPT if view is None else _candidate(r[view], config)
+        counts.add(prefix, cut or "passed")
         if cut is None:
-            counts[f"{prefix}/passed"] += 1
-            counts["passed_thresholds"] += 1
+            counts.add("passed_thresholds")
             table.variant.append(view)
             table.cut.append(None)
             candidates.append(i)
             keys.append(_ranking_key(r[view], config))
             places.append(got[view][1])
             return
-        counts[f"{prefix}/{cut}"] += 1
         if cut.endswith("_null"):
             stat = "rifd" if "rifd" in cut else "ifd"
             text = f"{cut_text[cut]} ({view}: {_why_missing(r[view], stat)})"
@@ -715,7 +687,7 @@ def select_from(
     counts["rows"] = n
     for name in names:
         for status, k in statuses[name].items():
-            counts[f"reflection_status/{name}/{status}"] += k
+            counts.add(f"reflection_status/{name}/{status}", n=k)
         stats = summaries[name]
         ifd, rifd = ~np.isnan(table.values(name, "ifd")), ~np.isnan(table.values(name, "rifd"))
         stats.rows, stats.with_ifd, stats.with_rifd = n, int(ifd.sum()), int(rifd.sum())
@@ -727,7 +699,7 @@ def select_from(
         if limit == 0 and candidates:  # a fraction of a few rows rounds down to nothing: say so, do not guess
             logger.warning("%s=%s of %d rows keeps none (the count rounds down to 0)", name, getattr(config, name), n)
     for name in limits:
-        counts[f"budget_cut/{name}"] = 0
+        counts.setdefault(f"budget_cut/{name}", 0)
     ranked = np.argsort(-np.frombuffer(keys, dtype=np.float64), kind="stable") if candidates else []
     binding = sorted(limits.items(), key=lambda kv: kv[1])  # the budget that binds first, for each rank
     for rank, c in enumerate(ranked.tolist() if len(ranked) else []):
@@ -738,8 +710,7 @@ def select_from(
             name = over[0]
             table.cut[i] = f"budget: {name}={getattr(config, name)} (IFD rank {rank})"
             table.variant[i] = None
-            counts["budget_cut"] += 1
-            counts[f"budget_cut/{name}"] += 1
+            counts.add("budget_cut", name)
 
     kept = [(i, place) for i, place in zip(candidates, places, strict=True) if table.variant[i] is not None]
     fetched = {
@@ -761,14 +732,13 @@ def select_from(
                 config.policy,
             )
         )
-        counts["kept"] += 1
-        counts[f"kept/{variant}"] += 1
+        counts.add("kept", variant)
     # one schema for all kept rows (Parquet takes its columns from the first row)
     columns = tuple(dict.fromkeys(k for row in kept_rows for k in row))
     for j, row in enumerate(kept_rows):
         if tuple(row) != columns:
             kept_rows[j] = {k: row.get(k) for k in columns}
-    return SelectionResult(kept_rows, table, _ordered(counts), views=summaries)
+    return SelectionResult(kept_rows, table, counts.ordered(), views=summaries)
 
 
 def _fetch_in_chunks(source: ViewSource, places: list[Any]) -> Iterator[Any]:
@@ -784,13 +754,3 @@ def _null_text(r: Mapping[str, Mapping[str, Any]], key: str) -> str:
     missing = [v for v in (first, second) if _stat(r[v], stat) is None]
     why = "; ".join(f"{v} has no {label} ({_why_missing(r[v], stat)})" for v in missing)
     return f"{label}({first}) {op} {label}({second}) read as false: {why}"
-
-
-def _ordered(counts: Mapping[str, int]) -> dict[str, int]:
-    """Each count followed by its parts (``key/...``), in funnel order; teacher statuses last."""
-    out: dict[str, int] = {}
-    for key in [k for k in counts if "/" not in k]:
-        out[key] = counts[key]
-        out.update({k: n for k, n in counts.items() if k.startswith(key + "/") and k not in out})
-    out.update({k: n for k, n in counts.items() if k not in out})
-    return out

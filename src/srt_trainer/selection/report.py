@@ -15,6 +15,7 @@ import numpy as np
 from srt_trainer.io import check_output_path, sidecar_path, write_rows, write_text_atomic
 from srt_trainer.plotting import pyplot, save_figure
 from srt_trainer.selection.config import VARIANTS, SelectArguments, SelectionArguments
+from srt_trainer.selection.counts import SelectionCounts
 from srt_trainer.selection.policy import SelectionResult, ViewSummary
 
 BRANCH_TEXT = {
@@ -189,9 +190,8 @@ def input_summary(
 ) -> dict[str, Any]:
     """Per view: file, rows, rows with statistics, reflection statuses, student and teacher where recorded (from
     ``result``'s view summaries, else from the ``scored`` rows)."""
-    views = (
-        _view_summaries(result, scored) if result is not None else _view_summaries(SelectionResult([], [], {}), scored)
-    )
+    result = result if result is not None else SelectionResult([], [], SelectionCounts())
+    views = _view_summaries(result, scored)
     out = {}
     for view, s in views.items():
         summary = _score_summary(args.files()[view])

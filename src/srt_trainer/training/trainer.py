@@ -27,7 +27,7 @@ from srt_trainer.models.loading import load_configured_student
 from srt_trainer.resources import resolve_data
 from srt_trainer.scoring import ScoreArguments, ScoringArguments, run_score
 from srt_trainer.scoring.report import format_summary
-from srt_trainer.selection import SelectArguments, SelectionArguments, format_counts, run_select
+from srt_trainer.selection import SelectArguments, SelectionArguments, SelectionCounts, format_counts, run_select
 from srt_trainer.training.callbacks import REPORT_DIR, SelectionReport, SelectionStatsCallback
 from srt_trainer.training.config import SRTScriptArguments, SRTSFTConfig, TrainingInputError
 from srt_trainer.training.data import TrainingDataError, build_sft_dataset, load_training_rows
@@ -277,15 +277,13 @@ def select(
     return output
 
 
-def nothing_selected(counts: dict[str, int], output: Path) -> str:
+def nothing_selected(counts: SelectionCounts, output: Path) -> str:
     """Why a selection left nothing to train on: the steps that removed rows, largest first."""
-    cut = {k: n for k, n in counts.items() if n and ("/cut_" in k or k.endswith("not_kept") or k == "budget_cut")}
-    reasons = ", ".join(f"{k} {n}" for k, n in sorted(cut.items(), key=lambda kv: -kv[1])[:4])
-    nulls = sum(n for k, n in cut.items() if k.endswith("_null"))
+    reasons = ", ".join(f"{k} {n}" for k, n in list(counts.removals().items())[:4])
     hint = (
         "; a missing statistic fails its threshold: the score files' ifd_error / rifd_error say why it is missing "
         "(for example a score_max_length too short for the reverse prompt)"
-        if nulls
+        if counts.missing_statistic_cuts()
         else ""
     )
     return (
