@@ -24,8 +24,8 @@ import torch
 from srt_trainer.data import load_instruction_data
 from srt_trainer.models import load_student, load_tokenizer
 from srt_trainer.models.precision import float32_products, needs_float32_products
+from srt_trainer.scoring import LOSS_COLUMNS, IFDScorer, stats_from_losses
 from srt_trainer.scoring.collator import DataCollatorForIFD
-from srt_trainer.scoring.scorer import LOSS_COLUMNS, IFDScorer, stats_from_losses
 from srt_trainer.templates import get_template
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cherry_alpaca_5_percent.json"

@@ -14,8 +14,9 @@ from srt_trainer.models import load_student, load_tokenizer
 from srt_trainer.models.config import SRTModelConfig
 from srt_trainer.models.loading import load_configured_student
 from srt_trainer.scoring import STAT_COLUMNS, IFDScorer
+from srt_trainer.scoring.loss import tiled_nll
+from srt_trainer.scoring.planning import common_prefix_length, pack_by_token_budget
 from srt_trainer.scoring.runner import assign_shards
-from srt_trainer.scoring.scorer import common_prefix_length, pack_by_token_budget, tiled_nll
 from srt_trainer.templates import get_template
 from tests.reference_scorer import reference_sample
 
@@ -141,7 +142,7 @@ def test_lora_adapter_on_its_base(targets, tiny_models, alpaca_rows, tmp_path):
     t = get_template("vicuna")
     rows = alpaca_rows[:8]
     scorer = IFDScorer(adapted, tok, t)
-    assert scorer.fast_path and scorer._tiled == ("lm_head" not in targets)
+    assert scorer.fast_path and scorer.forwards.tiled == ("lm_head" not in targets)
     got = scorer.score(rows)
     for g, r in zip(got, rows, strict=True):
         assert_close_rel(g, reference_sample(merged, tok, t, r), rel=1e-4)

@@ -12,13 +12,13 @@ import torch
 from srt_trainer.io import read_rows
 from srt_trainer.models import load_student, load_tokenizer
 from srt_trainer.scoring import IFDScorer
-from srt_trainer.scoring import scorer as scorer_module
+from srt_trainer.scoring import engine as engine_module
 from srt_trainer.scoring.collator import View
-from srt_trainer.scoring.scorer import (
+from srt_trainer.scoring.engine import block_causal_mask
+from srt_trainer.scoring.planning import (
     MAX_TOKEN_BUDGET,
     activation_bytes_per_token,
     attention_weight,
-    block_causal_mask,
     device_token_budget,
     pack_rows,
 )
@@ -161,8 +161,8 @@ def test_auto_engine_choice(tiny_models, alpaca_rows, monkeypatch, caplog):
     def plain_causal(view_index: torch.Tensor, prefix_len: int = 0) -> torch.Tensor:  # a mask that lets views leak
         return block_causal_mask(torch.zeros_like(view_index), prefix_len)
 
-    monkeypatch.setattr(scorer_module, "block_causal_mask", plain_causal)
-    with caplog.at_level(logging.WARNING, logger="srt_trainer.scoring.scorer"):
+    monkeypatch.setattr(engine_module, "block_causal_mask", plain_causal)
+    with caplog.at_level(logging.WARNING, logger="srt_trainer.scoring"):
         assert IFDScorer(sdpa, tok, t).engine == "padded"
     assert "does not honour an explicit attention mask" in caplog.text
 
@@ -242,7 +242,7 @@ def test_out_of_memory_halves_the_budget_and_repacks(engine, tiny_models, alpaca
     want = IFDScorer(model, tok, t, token_budget=1024, engine=engine).score(rows)
 
     scorer = IFDScorer(model, tok, t, token_budget=1024, engine=engine)
-    forward, calls = scorer._forward_nll, []
+    forward, calls = scorer.forwards.forward_nll, []
 
     def once(*args, **kwargs):  # the second forward runs out of memory, once
         calls.append(1)
@@ -250,8 +250,8 @@ def test_out_of_memory_halves_the_budget_and_repacks(engine, tiny_models, alpaca
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
         return forward(*args, **kwargs)
 
-    monkeypatch.setattr(scorer, "_forward_nll", once)
-    with caplog.at_level(logging.WARNING, logger="srt_trainer.scoring.scorer"):
+    monkeypatch.setattr(scorer.forwards, "forward_nll", once)
+    with caplog.at_level(logging.WARNING, logger="srt_trainer.scoring"):
         got = scorer.score(rows)
     assert scorer.token_budget == 512 and "token budget halved to 512" in caplog.text
     assert_rows_close(got, want, rel=1e-5)
@@ -259,7 +259,7 @@ def test_out_of_memory_halves_the_budget_and_repacks(engine, tiny_models, alpaca
     def never(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
 
-    monkeypatch.setattr(scorer, "_forward_nll", never)
+    monkeypatch.setattr(scorer.forwards, "forward_nll", never)
     with pytest.raises(RuntimeError, match="out of memory even at a token budget of 256"):
         scorer.score(rows[:2])
 

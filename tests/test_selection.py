@@ -149,7 +149,7 @@ def test_nothing_selected_names_the_removing_steps(tmp_path: Path):
     counts = select(make_views(), rifd_threshold=0.1).counts
     assert counts["kept"] == 0
     message = nothing_selected(counts, tmp_path / "selected.jsonl")
-    assert message.startswith("the selection kept none of the 13 source rows (branch_1/cut_rifd 4, branch_3/cut_rifd 4,")
+    assert message.startswith("the selection kept none of the 13 source rows (branch_1/cut_rifd 4, branch_3/cut_rifd 4")
     assert "missing statistic" not in message and str(tmp_path / "selected.jsonl") in message
 
 

@@ -26,6 +26,9 @@ STAGES: dict[str, Stage] = {
     "score": Stage("score rows with the student's IFD / r-IFD statistics", "srt_trainer.scoring.cli:main"),
     "reflect": Stage("rewrite instructions or responses with a teacher LLM", "srt_trainer.reflection.cli:main"),
     "select": Stage("keep the rewrites the student accepts", "srt_trainer.selection.cli:main"),
+    "agree": Stage(
+        "how far two students' (or precisions') scores and selections agree", "srt_trainer.agreement.cli:main"
+    ),
     "train": Stage("fine-tune the student on the selected data with TRL's SFTTrainer", "srt_trainer.training.cli:main"),
     "run": Stage(
         "the main job: reflect, score, select and train end to end from one config", "srt_trainer.run.cli:main"

@@ -40,7 +40,8 @@ from srt_trainer.io import (
 from srt_trainer.models.config import LoadingArguments, SRTModelConfig
 from srt_trainer.models.embedded import public_model_name
 from srt_trainer.scoring.config import ScoreArguments, ScoringArguments, fingerprint_settings
-from srt_trainer.scoring.scorer import ERROR_COLUMNS, STAT_COLUMNS, IFDScorer
+from srt_trainer.scoring.loss import ERROR_COLUMNS, STAT_COLUMNS
+from srt_trainer.scoring.scorer import IFDScorer
 
 logger = logging.getLogger(__name__)
 
