@@ -44,7 +44,9 @@ def test_no_option_is_declared_by_two_concerns():
     assert shadowing == set()
 
 
-@pytest.mark.parametrize("stage", ["score", "reflect", "select", "train", "run", "eval generate", "eval judge"])
+@pytest.mark.parametrize(
+    "stage", ["score", "reflect", "select", "agree", "train", "run", "eval generate", "eval judge"]
+)
 def test_every_stage_parser_builds(stage, capsys):
     """Building a stage's parser fails on two dataclasses declaring one flag; --help builds it."""
     with pytest.raises(SystemExit) as exit_:

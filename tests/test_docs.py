@@ -77,6 +77,7 @@ JOBS = {
     "score": ("srt_trainer.scoring.runner", "run_score"),
     "reflect": ("srt_trainer.reflection.runner", "run_reflect"),
     "select": ("srt_trainer.selection.runner", "run_select"),
+    "agree": ("srt_trainer.agreement.measure", "measure_agreement"),
     "train": ("srt_trainer.training.trainer", "train"),
     "run": ("srt_trainer.run.job", "run"),
     "eval generate": ("srt_trainer.evaluation.generate", "run_generate"),

@@ -287,10 +287,10 @@ def test_release_answer_budget_per_request(alpaca_rows):
     budgets = []
     for row in rows:
         messages = [{"role": "system", "content": "s"}, {"role": "user", "content": row["output"]}]
-        budgets.append(teacher._request_kwargs(messages, small)["max_tokens"])
+        budgets.append(teacher.request_kwargs(messages, small)["max_tokens"])
         assert budgets[-1] == max(1, min(2048, 1024 - approx_conversation_tokens(messages)))
     assert budgets[0] > budgets[1]  # each request its own budget
-    assert teacher._request_kwargs(messages, SamplingConfig(max_tokens=9))["max_tokens"] == 9
+    assert teacher.request_kwargs(messages, SamplingConfig(max_tokens=9))["max_tokens"] == 9
 
 
 def test_local_teacher_counts_exactly_and_groups_by_budget(embedded_tokenizer, alpaca_rows, monkeypatch):

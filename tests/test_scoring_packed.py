@@ -122,7 +122,7 @@ def test_packed_equals_padded_on_tiny_models(arch, attn, tiny_models, alpaca_row
     assert IFDScorer(model, tok, t).engine == "packed"
     # in a 32-wide model attention outweighs the linear layers, so the plan would give most views a row of their
     # own; plan as for a wide model, so rows hold several views
-    packed._attention_weight = 0.0
+    packed.planner.attention_weight = 0.0
     seen = spy_forwards(monkeypatch, packed)
     got = packed.score(rows)
     assert any(len(per_row) > 1 and max(per_row) > 1 for _, per_row in seen)

@@ -24,10 +24,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from srt_trainer.reflection.config import ReflectArguments, ReflectionArguments
         from srt_trainer.reflection.runner import run_reflect
         from srt_trainer.teachers.config import TeacherArguments
+        from srt_trainer.teachers.offline import RequestsExported
 
         parser = StageParser((ReflectArguments, ReflectionArguments, TeacherArguments), PROG)
         args, reflection, teacher_args = parser.parse_args_and_config(argv)
-        run = run_reflect(args, teacher_args, reflection)
+        try:
+            run = run_reflect(args, teacher_args, reflection)
+        except RequestsExported as done:  # the next step is the user's: not an error
+            print(done)
+            return
         result = run.result
         print(result.format())
         if result.statuses["failed"]:

@@ -68,6 +68,13 @@ def build_teacher_from_args(args: TeacherArguments, **options: Any) -> Teacher:
         }
     else:
         base = {"trust_remote_code": args.teacher_trust_remote_code}
+    if args.offline():  # nothing is sent, so no key is needed (nor read)
+        from srt_trainer.teachers.offline import OfflineTeacher
+
+        online = build_teacher(
+            "openai", model=args.teacher_model, base_url=args.base_url, **{**base, "api_key": "offline", **options}
+        )
+        return OfflineTeacher(online, args.import_results, args.export_requests)
     return build_teacher(args.teacher, model=args.teacher_model, base_url=args.base_url, **{**base, **options})
 
 

@@ -112,6 +112,25 @@ class TeacherArguments:
         },
     )
 
+    export_requests: str | None = field(
+        default=None,
+        metadata={
+            "help": "openai: send nothing; write the requests the cache does not hold to this OpenAI batch input file "
+            "(JSONL; what `vllm run-batch` and providers' batch APIs read) and stop."
+        },
+    )
+    import_results: str | None = field(
+        default=None,
+        metadata={
+            "help": "openai: take the answers from this batch output file (JSONL, as `vllm run-batch` and batch APIs "
+            "write it) instead of asking; with --export_requests, requests it lacks are exported and the run stops."
+        },
+    )
+
+    def offline(self) -> bool:
+        """Whether the teacher is answered through batch files rather than requests."""
+        return self.export_requests is not None or self.import_results is not None
+
     def __post_init__(self) -> None:
         if self.teacher not in TEACHER_KINDS:
             raise TeacherConfigError(f"unknown teacher {self.teacher!r}; choose one of {', '.join(TEACHER_KINDS)}")
@@ -119,6 +138,10 @@ class TeacherArguments:
             raise TeacherConfigError(f"--base_url is for the openai teacher, not {self.teacher!r}")
         if self.teacher == "openai" and not self.teacher_model:
             raise TeacherConfigError("--teacher_model is required with the openai teacher: the served model's name")
+        if self.offline() and self.teacher != "openai":
+            raise TeacherConfigError(
+                f"--export_requests / --import_results are for the openai teacher, not {self.teacher!r}"
+            )
         if self.teacher_context_length < 1:
             raise TeacherConfigError(f"--teacher_context_length must be positive, not {self.teacher_context_length}")
         if self.teacher_max_tokens is not None and self.teacher_max_tokens < 1:

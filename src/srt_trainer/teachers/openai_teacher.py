@@ -254,7 +254,8 @@ class OpenAITeacher(Teacher):
         finally:
             await client.close()
 
-    def _request_kwargs(self, messages: Conversation, sampling: SamplingConfig) -> dict[str, Any]:
+    def request_kwargs(self, messages: Conversation, sampling: SamplingConfig) -> dict[str, Any]:
+        """The keyword arguments of ``chat.completions.create`` for one conversation."""
         kwargs: dict[str, Any] = {
             "model": self.model_name,
             "messages": messages,
@@ -276,7 +277,7 @@ class OpenAITeacher(Teacher):
         Returns the answer and, for a refusal that retrying cannot fix (a 4xx not retried), its status."""
         import openai
 
-        kwargs = self._request_kwargs(messages, sampling)
+        kwargs = self.request_kwargs(messages, sampling)
         budget = self.max_retries + 1
         sent = timeouts = 0
         timeout = self.timeout
