@@ -148,7 +148,9 @@ class ForwardEngine:
         return None
 
     @torch.no_grad()
-    def packed_agrees(self, pack: Callable[[Sequence[Sequence[View]], int], Mapping[str, torch.Tensor]], share: bool):
+    def packed_agrees(
+        self, pack: Callable[[Sequence[Sequence[View]], int], Mapping[str, torch.Tensor]], share: bool
+    ) -> bool:
         """Whether a text packed after another in one row (behind a cached prefix when ``share``) gets the final
         hidden states it gets alone rather than those it gets after the other, as a model that ignored or misread
         the mask would give: its distance to the former must be under a tenth of the distance between the two (a

@@ -20,7 +20,7 @@ from typing import Any
 
 from srt_trainer.errors import SRTUserError
 from srt_trainer.io import iter_raw_rows, write_text_atomic
-from srt_trainer.teachers.base import Answer, Conversation, SamplingConfig, Teacher, TeacherError
+from srt_trainer.teachers.base import Answer, Conversation, OnAnswer, SamplingConfig, Teacher, TeacherError
 from srt_trainer.teachers.openai_teacher import OpenAITeacher
 
 logger = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class OfflineTeacher(Teacher):
     def __repr__(self) -> str:
         return f"OfflineTeacher({self.teacher!r}, results={self.results_path}, export={self.export_path})"
 
-    def generate(self, conversations: Sequence[Conversation], sampling: SamplingConfig, on_answer: Any) -> None:
+    def generate(self, conversations: Sequence[Conversation], sampling: SamplingConfig, on_answer: OnAnswer) -> None:
         missing: list[tuple[str, dict[str, Any]]] = []
         for j, messages in enumerate(conversations):
             body = request_body(self.teacher, messages, sampling)
