@@ -39,6 +39,16 @@ def alpaca_rows(data_dir: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="session")
+def short_rows(alpaca_rows: list[dict]) -> list[dict]:
+    """The real Alpaca rows short enough to score in moments (instruction, input and output only)."""
+    return [
+        {k: r[k] for k in ("instruction", "input", "output")}
+        for r in alpaca_rows
+        if 25 <= len(r["output"].strip()) <= 120 and len(r["instruction"]) + len(r["input"]) <= 90
+    ]
+
+
+@pytest.fixture(scope="session")
 def embedded_dir() -> Path:
     from srt_trainer.models import ensure_embedded_model
 

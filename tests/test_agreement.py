@@ -50,7 +50,7 @@ def test_files_of_different_rows_are_refused(tmp_path: Path):
 
 
 @pytest.fixture(scope="module")
-def two_precisions(alpaca_rows, embedded_dir, embedded_tokenizer, tmp_path_factory) -> dict[str, dict[str, Path]]:
+def two_precisions(short_rows, embedded_dir, embedded_tokenizer, tmp_path_factory) -> dict[str, dict[str, Path]]:
     """The four views of 8 short real rows (Q: other rows, A and QA: other responses), each scored by the embedded
     student in fp32 and in bf16."""
     from srt_trainer.models import load_student
@@ -58,12 +58,7 @@ def two_precisions(alpaca_rows, embedded_dir, embedded_tokenizer, tmp_path_facto
     from srt_trainer.scoring import ScoreArguments, ScoringArguments, run_score
 
     d = tmp_path_factory.mktemp("agree")
-    short = [
-        {k: r[k] for k in ("instruction", "input", "output")}
-        for r in alpaca_rows
-        if 25 <= len(r["output"].strip()) <= 120 and len(r["instruction"]) + len(r["input"]) <= 90
-    ]
-    base, other = short[:N], short[N : 2 * N]
+    base, other = short_rows[:N], short_rows[N : 2 * N]
     views = {
         "ori": base,
         "q": [{**o, "source_index": i} for i, o in enumerate(other)],

@@ -20,16 +20,6 @@ from tests.processes import lock_held_elsewhere
 from tests.serving import SlowTeacher
 
 
-@pytest.fixture(scope="module")
-def short_rows(alpaca_rows) -> list[dict]:
-    """Real Alpaca rows short enough to score in moments."""
-    return [
-        {k: r[k] for k in ("instruction", "input", "output")}
-        for r in alpaca_rows
-        if 25 <= len(r["output"].strip()) <= 120 and len(r["instruction"]) + len(r["input"]) <= 90
-    ][:20]
-
-
 def _jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path

@@ -23,7 +23,7 @@ def _restate(instruction: str, output: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def scored_files(alpaca_rows, embedded_dir, embedded_tokenizer, tmp_path_factory) -> dict[str, Path]:
+def scored_files(short_rows, embedded_dir, embedded_tokenizer, tmp_path_factory) -> dict[str, Path]:
     """ori = 8 real rows; Q = 8 other real rows (row 7 a teacher fallback, i.e. ori again); A = ori with restated or
     swapped responses; QA = Q with restated or lightly edited responses, one empty (no statistics).
 
@@ -33,12 +33,7 @@ def scored_files(alpaca_rows, embedded_dir, embedded_tokenizer, tmp_path_factory
     from srt_trainer.scoring import ScoreArguments, ScoringArguments, run_score
 
     d = tmp_path_factory.mktemp("select")
-    short = [
-        {k: r[k] for k in ("instruction", "input", "output")}
-        for r in alpaca_rows
-        if 25 <= len(r["output"].strip()) <= 120 and len(r["instruction"]) + len(r["input"]) <= 90
-    ]
-    base, other = short[:N], short[N : 2 * N]
+    base, other = short_rows[:N], short_rows[N : 2 * N]
     q = [{**o, "source_index": i, "reflection_status": "ok"} for i, o in enumerate(other)]
     q[7] = {**base[7], "source_index": 7, "reflection_status": "fallback"}
     a = [
