@@ -405,40 +405,51 @@ def _read_jsonl(path: Path) -> Iterator[RawRow]:
         f = path.open("rb")
     except OSError as e:
         raise DataLoadError(f"{path}: cannot be read: {e.strerror or e}") from e
-    loads = json.loads
+    loads, escape = json.loads, _SURROGATE_ESCAPE.search
     with f:
         row = 0
         start = 0  # the byte offset of the line
         # binary lines: split on b"\n" only, never on the line separators (U+2028, U+0085, ...) of a row's text
         for line_no, data in enumerate(f, start=1):
             offset, start = start, start + len(data)
-            if line_no == 1:
+            if offset == 0:
                 data = data.removeprefix(BOM)
-            line, check = _decode_line(data)
-            if line.isspace() or not line:
+            # the common line, inline (this loop runs once per row of every stage): valid UTF-8, no surrogate
+            # escape, so no surrogate can be in its value
+            try:
+                line = data.decode("utf-8")
+            except UnicodeDecodeError:
+                line, check = _decode_line(data)
+            else:
+                check = "\\u" in line and escape(line) is not None
+            if not line or line.isspace():
                 continue
             try:
                 value = loads(line)  # the line feed (and a carriage return) is whitespace to JSON
             except json.JSONDecodeError:
-                line = line.rstrip("\r\n")
-                try:  # the error as the line alone gives it (past its end, a line feed would be line 2)
-                    loads(line)
-                    error = "invalid JSON"
-                except json.JSONDecodeError as e:
-                    error = f"invalid JSON: {e.msg} (column {e.colno})"
-                value = None
-                bad = _unicode_error(None, line) if check else None
-                if bad is not None:
-                    error = bad[1]
-                yield RawRow(row=row, value=value, line=line_no, text=_printable(line), error=error, offset=offset)
+                yield _bad_jsonl_line(row, line, line_no, offset, check)
             else:
                 if check:
                     raw = _decoded_row(row, value, line.rstrip("\r\n"), line_no)
                     raw.offset = offset
                     yield raw
                 else:
-                    yield RawRow(row=row, value=value, line=line_no, offset=offset)
+                    yield RawRow(row, value, line_no, None, None, None, offset)
             row += 1
+
+
+def _bad_jsonl_line(row: int, line: str, line_no: int, offset: int, check: bool) -> RawRow:
+    """The rejected row of a JSONL line that does not parse, with the parser's reason for the line alone."""
+    line = line.rstrip("\r\n")
+    try:  # the error as the line alone gives it (past its end, a line feed would be line 2)
+        json.loads(line)
+        error = "invalid JSON"
+    except json.JSONDecodeError as e:
+        error = f"invalid JSON: {e.msg} (column {e.colno})"
+    bad = _unicode_error(None, line) if check else None
+    if bad is not None:
+        error = bad[1]
+    return RawRow(row=row, value=None, line=line_no, text=_printable(line), error=error, offset=offset)
 
 
 PARQUET_BATCH_ROWS = 8192

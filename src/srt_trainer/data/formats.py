@@ -58,20 +58,23 @@ def _text(row: Mapping[str, Any], field: str, *, required: bool, label: str | No
     return value
 
 
-def _field(row: Mapping[str, Any], field: str, *, required: bool) -> str:
-    """``_text`` with the common case (the field is text) first: this runs for every row of every stage."""
-    value = row.get(field)
-    return value if type(value) is str else _text(row, field, required=required)
-
-
 def normalize_alpaca(row: Mapping[str, Any], require_output: bool = True) -> dict[str, Any]:
-    instruction = _field(row, "instruction", required=True)
-    input_ = _field(row, "input", required=False)
+    # the common row (every field text, no system prompt) checked inline: this runs for every row of every stage
+    get = row.get
+    instruction, input_, output, system = get("instruction"), get("input"), get("output"), get("system")
+    if type(instruction) is not str:
+        instruction = _text(row, "instruction", required=True)
+    if type(input_) is not str:
+        input_ = _text(row, "input", required=False)
     # A row with only an input is usable: the statistics' instruction text is instruction + input.
     if (not instruction or instruction.isspace()) and (not input_ or input_.isspace()):
         raise RowError("instruction", "empty instruction")
-    output = _field(row, "output", required=require_output)
-    system = _field(row, "system", required=False)
+    if type(output) is not str:
+        output = _text(row, "output", required=require_output)
+    if system is None:
+        system = ""
+    elif type(system) is not str:
+        system = _text(row, "system", required=False)
     user = f"{instruction}\n{input_}" if input_ else instruction
     return {
         "instruction": instruction,

@@ -196,7 +196,10 @@ def load_instruction_data(
     fmt = None if format == "auto" else format
     num_read = 0
     with gc_paused():
-        for raw in row_window(iter_raw_rows(source, split), offset, limit):
+        raws = iter_raw_rows(source, split)
+        if offset or limit is not None:  # islice costs a little per row; most runs read the whole source
+            raws = row_window(raws, offset, limit)
+        for raw in raws:
             num_read += 1
             if raw.error is not None:
                 rejects.append(Reject(label, raw.row, raw.field, raw.error, raw.text or "", raw.line))
