@@ -325,3 +325,157 @@ class SlowTeacher:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def _completion(model: str, text: str) -> dict:
+    message = {"role": "assistant", "content": text}
+    return {
+        "id": "x",
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+    }
+
+
+class BatchService:
+    """The files and batches endpoints of the OpenAI protocol on loopback, plus chat completions answered at once:
+    no batch service runs offline, so this one stands in for a provider's.
+
+    A batch stays ``in_progress`` until ``release`` is set; the next look at it then answers every request with
+    ``reply(user message)``, except that ``fail(k, n)`` fails the k-th request of the n-th batch (0-based k, 1-based
+    n) with a per-item error, and a batch whose number is in ``expire`` expires after answering its first half. It
+    records every upload, batch and chat request it gets."""
+
+    def __init__(
+        self,
+        reply: Callable[[str], str],
+        fail: Callable[[int, int], bool] = lambda k, n: False,
+        expire: frozenset[int] = frozenset(),
+    ) -> None:
+        import email.parser
+
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict] = {}
+        self.chats: list[str] = []
+        self.uploaded: list[str] = []  # the files clients uploaded (not the output files the service made)
+        self.release = threading.Event()
+        self.release.set()
+        self._lock = threading.Lock()
+        service = self
+
+        def process(batch: dict) -> None:
+            n = list(service.batches).index(batch["id"]) + 1
+            lines = [json.loads(x) for x in service.files[batch["input_file_id"]].decode().splitlines()]
+            answered = len(lines) // 2 if n in expire else len(lines)
+            out, errors = [], []
+            for k, line in enumerate(lines[:answered]):
+                if fail(k, n):
+                    err = {"code": "server_error", "message": "the model failed on this request"}
+                    errors.append({"id": f"r{k}", "custom_id": line["custom_id"], "response": None, "error": err})
+                    continue
+                body = _completion(line["body"]["model"], reply(line["body"]["messages"][-1]["content"]))
+                response = {"status_code": 200, "request_id": f"q{k}", "body": body}
+                out.append({"id": f"r{k}", "custom_id": line["custom_id"], "response": response, "error": None})
+            for key, items in (("output_file_id", out), ("error_file_id", errors)):
+                if items:
+                    file_id = f"file-{len(service.files) + 1}"
+                    service.files[file_id] = "".join(json.dumps(x) + "\n" for x in items).encode()
+                    batch[key] = file_id
+            batch["status"] = "expired" if n in expire else "completed"
+            batch["request_counts"] = {"total": len(lines), "completed": len(out), "failed": len(errors)}
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _json(self, status: int, payload: object) -> None:
+                self._send(status, json.dumps(payload).encode(), "application/json")
+
+            def _send(self, status: int, data: bytes, kind: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _body(self) -> bytes:
+                return self.rfile.read(int(self.headers["Content-Length"]))
+
+            def do_POST(self) -> None:
+                path = self.path.split("?")[0]
+                with service._lock:
+                    if path == "/v1/chat/completions":
+                        body = json.loads(self._body())
+                        service.chats.append(body["messages"][-1]["content"])
+                        return self._json(200, _completion(body["model"], reply(body["messages"][-1]["content"])))
+                    if path == "/v1/files":
+                        head = f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode()
+                        form = email.parser.BytesParser().parsebytes(head + self._body())
+                        parts = {p.get_param("name", header="content-disposition"): p for p in form.get_payload()}
+                        assert parts["purpose"].get_payload(decode=True) == b"batch"
+                        file_id = f"file-{len(service.files) + 1}"
+                        data = parts["file"].get_payload(decode=True)
+                        service.files[file_id] = data
+                        service.uploaded.append(file_id)
+                        name = parts["file"].get_filename()
+                        return self._json(200, _file_object(file_id, name, len(data)))
+                    if path == "/v1/batches":
+                        req = json.loads(self._body())
+                        assert req["endpoint"] == "/v1/chat/completions" and req["completion_window"] == "24h"
+                        assert req["input_file_id"] in service.files
+                        batch_id = f"batch_{len(service.batches) + 1}"
+                        n = len(service.files[req["input_file_id"]].splitlines())
+                        service.batches[batch_id] = {
+                            "id": batch_id,
+                            "object": "batch",
+                            "endpoint": req["endpoint"],
+                            "input_file_id": req["input_file_id"],
+                            "completion_window": "24h",
+                            "status": "in_progress",
+                            "created_at": 0,
+                            "metadata": req.get("metadata"),
+                            "request_counts": {"total": n, "completed": 0, "failed": 0},
+                        }
+                        return self._json(200, service.batches[batch_id])
+                return self._json(404, {"error": {"message": f"no route {path}"}})
+
+            def do_GET(self) -> None:
+                path = self.path.split("?")[0]
+                with service._lock:
+                    if path == "/v1/batches":
+                        data = list(reversed(service.batches.values()))  # newest first, as the API lists them
+                        return self._json(200, {"object": "list", "data": data, "has_more": False})
+                    if path.startswith("/v1/batches/"):
+                        batch = service.batches[path.rsplit("/", 1)[1]]
+                        if batch["status"] == "in_progress" and service.release.is_set():
+                            process(batch)
+                        return self._json(200, batch)
+                    if path.startswith("/v1/files/") and path.endswith("/content"):
+                        return self._send(200, service.files[path.split("/")[3]], "application/octet-stream")
+                return self._json(404, {"error": {"message": f"no route {path}"}})
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def requests_of(self, batch_id: str) -> int:
+        return len(self.files[self.batches[batch_id]["input_file_id"]].splitlines())
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _file_object(file_id: str, name: str | None, size: int) -> dict:
+    return {
+        "id": file_id,
+        "object": "file",
+        "bytes": size,
+        "created_at": 0,
+        "filename": name or "input.jsonl",
+        "purpose": "batch",
+        "status": "processed",
+    }

@@ -46,7 +46,7 @@ from srt_trainer.teachers import (
     complete_all,
 )
 from srt_trainer.teachers.base import TeacherError
-from srt_trainer.teachers.cache import check_cache_writable
+from srt_trainer.teachers.cache import batch_state_path, check_cache_writable
 
 logger = logging.getLogger(__name__)
 
@@ -450,7 +450,7 @@ def run_reflect(
             rejects_path=rejects_path_for(output),
         )
         require_rows(loaded, rejects_path_for(output), "usable for reflection")
-        teacher = teacher or build_teacher_from_args(teacher_args)
+        teacher = teacher or build_teacher_from_args(teacher_args, batch_state_path(cache), args.progress)
         rows = loaded.rows
         logger.info(
             "%s: %d rows read (%s), %d to reflect; %s",

@@ -73,7 +73,7 @@ def _reflect_all(
             tokenizer=tokenizer,
         )
     else:
-        teacher = build_teacher_from_args(teacher_args)
+        teacher = build_teacher_from_args(teacher_args, folder / "teacher.batches.json")
     summaries = {}
     was_training = model.training
     model.eval()

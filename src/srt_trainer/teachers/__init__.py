@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from srt_trainer.teachers.base import (
@@ -51,8 +52,13 @@ def build_teacher(kind: str, model: str | None = None, base_url: str | None = No
     raise TeacherConfigError(f"unknown teacher {kind!r}; choose one of {', '.join(TEACHER_KINDS)}")
 
 
-def build_teacher_from_args(args: TeacherArguments, **options: Any) -> Teacher:
-    """The teacher ``args`` describe (``options`` add to or replace its class's keyword arguments)."""
+def build_teacher_from_args(
+    args: TeacherArguments, batch_state: str | Path | None = None, progress: bool = True, **options: Any
+) -> Teacher:
+    """The teacher ``args`` describe (``options`` add to or replace its class's keyword arguments).
+
+    ``batch_state``: with ``--teacher_batch``, the file that records the submitted batches (required then:
+    ``batch_state_path`` of the teacher cache); ``progress``: a progress bar while batches run."""
     if args.teacher == "openai":
         base = {
             "concurrency": args.teacher_concurrency,
@@ -75,7 +81,22 @@ def build_teacher_from_args(args: TeacherArguments, **options: Any) -> Teacher:
             "openai", model=args.teacher_model, base_url=args.base_url, **{**base, "api_key": "offline", **options}
         )
         return OfflineTeacher(online, args.import_results, args.export_requests)
-    return build_teacher(args.teacher, model=args.teacher_model, base_url=args.base_url, **{**base, **options})
+    teacher = build_teacher(args.teacher, model=args.teacher_model, base_url=args.base_url, **{**base, **options})
+    if args.teacher_batch:
+        from srt_trainer.teachers.batch import BatchTeacher
+
+        if batch_state is None:
+            raise ValueError("--teacher_batch needs the file that records the batches (batch_state)")
+        return BatchTeacher(
+            teacher,
+            batch_state,
+            poll_seconds=args.teacher_batch_poll,
+            max_requests=args.teacher_batch_max_requests,
+            max_bytes=int(args.teacher_batch_max_mb * 1e6),
+            resubmits=args.teacher_batch_resubmits,
+            progress=progress,
+        )
+    return teacher
 
 
 __all__ = [

@@ -212,6 +212,12 @@ class ResponseCache:
         self.close()
 
 
+def batch_state_path(cache: str | Path) -> Path:
+    """Where the batches of the teacher cache ``cache`` are recorded (``--teacher_batch``): beside it."""
+    cache = Path(cache)
+    return cache.with_name(cache.name.removesuffix(".jsonl") + ".batches.json")
+
+
 class TeacherCacheError(SRTUserError, OSError):
     """The teacher cache cannot be written (a read-only file or folder, a path under a file)."""
 

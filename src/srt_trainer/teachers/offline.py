@@ -63,11 +63,13 @@ def read_results(path: str | Path) -> dict[str, Answer]:
         where = f"{path} line {raw.line or raw.row + 1}"
         if raw.error or not isinstance(raw.value, dict) or not raw.value.get("custom_id"):
             raise TeacherError(f"{where}: {raw.error or 'not a batch result (no custom_id)'}")
-        answers[raw.value["custom_id"]] = _answer(raw.value, where)
+        answers[raw.value["custom_id"]] = result_answer(raw.value, where)
     return answers
 
 
-def _answer(item: dict[str, Any], where: str) -> Answer:
+def result_answer(item: dict[str, Any], where: str) -> Answer:
+    """The answer of one batch output item; a failed item (its error, or a status other than 200) is an answer
+    without text and with the reason."""
     response, error = item.get("response") or {}, item.get("error")
     status, body = response.get("status_code"), response.get("body") or {}
     if error or status != 200:

@@ -198,6 +198,15 @@ class OpenAITeacher(Teacher):
     def __repr__(self) -> str:  # never shows the key
         return f"OpenAITeacher(model={self.model_name!r}, base_url={self.base_url!r})"
 
+    def sync_client(self) -> Any:
+        """A blocking ``openai.OpenAI`` client of this endpoint and key, for its files and batches APIs (which
+        retry on their own, ``max_retries`` times)."""
+        import openai
+
+        return openai.OpenAI(
+            api_key=self._api_key, base_url=self.base_url, max_retries=self.max_retries, timeout=REMOTE_TIMEOUT
+        )
+
     def scrub(self, text: str) -> str:
         """An error message safe to print or save: the key, if a server echoed it, is masked."""
         if self._api_key and self._api_key != "EMPTY" and len(self._api_key) >= 4:
