@@ -37,7 +37,12 @@ class TeacherArguments:
     )
     base_url: str | None = field(
         default=None,
-        metadata={"help": "openai: the endpoint, e.g. http://127.0.0.1:8000/v1 (default: api.openai.com)."},
+        metadata={
+            "help": "openai: the endpoint, e.g. http://127.0.0.1:8000/v1 (default: api.openai.com); several, separated "
+            "by commas, are replicas of one teacher (vLLM, TGI, transformers serve): each request goes to the least "
+            "loaded, a failing one rests while the others take its requests, and the cache does not depend on "
+            "which one answered."
+        },
     )
     teacher_max_tokens: int | None = field(
         default=None,
@@ -170,6 +175,8 @@ class TeacherArguments:
             )
         if self.teacher_batch and self.teacher != "openai":
             raise TeacherConfigError(f"--teacher_batch is for the openai teacher, not {self.teacher!r}")
+        if self.teacher_batch and self.base_url and "," in self.base_url:
+            raise TeacherConfigError("--teacher_batch sends to one provider: give --base_url a single endpoint")
         if self.teacher_batch and self.offline():
             raise TeacherConfigError(
                 "--teacher_batch submits the requests itself: drop --export_requests / --import_results"

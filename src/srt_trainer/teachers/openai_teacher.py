@@ -23,6 +23,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 from collections.abc import Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -139,6 +140,69 @@ class InFlight:
         return self.limit
 
 
+REST_SECONDS = 5.0  # a failed replica's first rest; doubled per failure in a row, up to MAX_REST_SECONDS
+MAX_REST_SECONDS = 300.0
+
+
+def split_urls(base_url: str | None) -> list[str | None]:
+    """The endpoints of ``--base_url``: one URL, or several separated by commas (replicas of one teacher)."""
+    if not base_url:
+        return [None]
+    urls = [u.strip() for u in base_url.split(",") if u.strip()]
+    if len(set(urls)) != len(urls):
+        raise TeacherError(f"--base_url names an endpoint twice: {base_url}")
+    return list(urls) or [None]
+
+
+class Replica:
+    """One endpoint of the teacher: its client, the requests in flight to it, and its rest after failures."""
+
+    def __init__(self, url: str | None, client: Any) -> None:
+        self.url, self.client = url, client
+        self.active = 0
+        self.failures = 0  # in a row
+        self.rest_until = 0.0
+        self.answered = 0
+
+
+class Replicas:
+    """Data-parallel copies of one teacher: each request goes to the replica with the fewest requests in flight
+    among those not resting. A replica that fails (dropped connection, 5xx, time-out) rests, 5 s doubling per
+    failure in a row up to 5 minutes, and the requests go to the others; when every replica rests, the one whose
+    rest ends first is tried."""
+
+    def __init__(self, replicas: Sequence[Replica]) -> None:
+        self.replicas = list(replicas)
+
+    def pick(self) -> Replica:
+        now = time.monotonic()
+        ready = [r for r in self.replicas if r.rest_until <= now]
+        if not ready:
+            return min(self.replicas, key=lambda r: r.rest_until)
+        return min(ready, key=lambda r: r.active)
+
+    def any_ready(self) -> bool:
+        now = time.monotonic()
+        return any(r.rest_until <= now for r in self.replicas)
+
+    def failed(self, replica: Replica, error: str) -> None:
+        if len(self.replicas) == 1:
+            return  # nothing to send to instead: the retry's back-off is the rest
+        replica.failures += 1
+        seconds = min(REST_SECONDS * 2 ** (replica.failures - 1), MAX_REST_SECONDS)
+        replica.rest_until = time.monotonic() + seconds
+        logger.warning(
+            "teacher replica %s failed (%s): resting it %g s, its requests go to the others",
+            replica.url,
+            error,
+            seconds,
+        )
+
+    def answered(self, replica: Replica) -> None:
+        replica.failures = 0
+        replica.answered += 1
+
+
 class OpenAITeacher(Teacher):
     """An OpenAI-compatible chat endpoint.
 
@@ -175,23 +239,28 @@ class OpenAITeacher(Teacher):
             raise TeacherError("the openai teacher needs a model name (--teacher-model): the name the endpoint serves")
         self.model_name = model
         self.base_url = base_url
+        self.base_urls = split_urls(base_url)
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
         if not key and base_url is None:
             raise TeacherError(f"set {API_KEY_ENV} to use api.openai.com (or pass --base-url for a local server)")
         self._api_key = key or "EMPTY"  # local servers accept anything; never stored or logged
         self.concurrency = max(1, int(concurrency))
         self.max_retries = max(0, int(max_retries))
-        self.timeout = float(timeout) if timeout else default_timeout(base_url)
+        local = all(is_local_url(u) for u in self.base_urls)
+        self.timeout = float(timeout) if timeout else (LOCAL_TIMEOUT if local else REMOTE_TIMEOUT)
         self.timeout_retries = max(0, int(timeout_retries))
         self.timeouts = 0  # requests that timed out, over the teacher's life
         self.extra_body = dict(extra_body or {})
         self.fatal_after = fatal_after
 
     def identity(self) -> dict[str, Any]:
+        # replicas serve the same answers: with several, which one answered (or how many there are) is no part of
+        # the cache key, so a run resumes from the cache whatever replicas it has
+        where = {"base_url": self.base_url} if len(self.base_urls) == 1 else {}
         return {
             "teacher": self.kind,
             "model": self.model_name,
-            "base_url": self.base_url,
+            **where,
             **({"extra_body": self.extra_body} if self.extra_body else {}),
         }
 
@@ -203,6 +272,8 @@ class OpenAITeacher(Teacher):
         retry on their own, ``max_retries`` times)."""
         import openai
 
+        if len(self.base_urls) > 1:
+            raise TeacherError("the Batch API is one provider's: give --base_url one endpoint with --teacher_batch")
         return openai.OpenAI(
             api_key=self._api_key, base_url=self.base_url, max_retries=self.max_retries, timeout=REMOTE_TIMEOUT
         )
@@ -225,20 +296,27 @@ class OpenAITeacher(Teacher):
         limits = type(openai.DEFAULT_CONNECTION_LIMITS)(
             max_connections=self.concurrency, max_keepalive_connections=self.concurrency
         )
-        http_client = openai.DefaultAsyncHttpxClient(limits=limits, timeout=self.timeout)
-        client = openai.AsyncOpenAI(
-            base_url=self.base_url,
-            api_key=self._api_key,
-            max_retries=0,  # retried here, each fault as it needs (see the module's docstring)
-            timeout=self.timeout,
-            http_client=http_client,
+        replicas = Replicas(
+            [
+                Replica(
+                    url,
+                    openai.AsyncOpenAI(
+                        base_url=url,
+                        api_key=self._api_key,
+                        max_retries=0,  # retried here, each fault as it needs (see the module's docstring)
+                        timeout=self.timeout,
+                        http_client=openai.DefaultAsyncHttpxClient(limits=limits, timeout=self.timeout),
+                    ),
+                )
+                for url in self.base_urls
+            ]
         )
         in_flight = InFlight(self.concurrency)
         refusals = {"streak": 0, "status": None, "ok": 0}
 
         async def one(j: int) -> None:
             async with in_flight:
-                answer, status = await self._ask(client, conversations[j], sampling, in_flight)
+                answer, status = await self._ask(replicas, conversations[j], sampling, in_flight)
             if answer.text is not None:
                 refusals["ok"] += 1
             elif status is not None:
@@ -261,7 +339,10 @@ class OpenAITeacher(Teacher):
                 await asyncio.gather(*tasks, return_exceptions=True)
                 raise
         finally:
-            await client.close()
+            for replica in replicas.replicas:
+                await replica.client.close()
+            if len(replicas.replicas) > 1:
+                logger.info("answers per replica: %s", ", ".join(f"{r.url} {r.answered}" for r in replicas.replicas))
 
     def request_kwargs(self, messages: Conversation, sampling: SamplingConfig) -> dict[str, Any]:
         """The keyword arguments of ``chat.completions.create`` for one conversation."""
@@ -280,7 +361,7 @@ class OpenAITeacher(Teacher):
         return kwargs
 
     async def _ask(
-        self, client: Any, messages: Conversation, sampling: SamplingConfig, in_flight: InFlight | None = None
+        self, replicas: Replicas, messages: Conversation, sampling: SamplingConfig, in_flight: InFlight | None = None
     ) -> tuple[Answer, int | None]:
         """One conversation, with the retries of the module's docstring, within ``max_retries + 1`` requests.
         Returns the answer and, for a refusal that retrying cannot fix (a 4xx not retried), its status."""
@@ -296,20 +377,26 @@ class OpenAITeacher(Teacher):
             if delay > 0:
                 await asyncio.sleep(delay)
             sent += 1
+            replica = replicas.pick()
+            replica.active += 1
             try:
-                raw = await client.with_options(timeout=timeout).chat.completions.with_raw_response.create(**kwargs)
+                create = replica.client.with_options(timeout=timeout).chat.completions.with_raw_response.create
+                raw = await create(**kwargs)
             except openai.APIStatusError as e:
                 error = self.scrub(f"HTTP {e.status_code}: {_status_message(e)}")
                 if e.status_code in FATAL_STATUSES:
-                    raise TeacherError(f"{self.base_url or 'api.openai.com'} refused the request: {error}") from None
+                    raise TeacherError(f"{replica.url or 'api.openai.com'} refused the request: {error}") from None
                 if e.status_code < 500 and e.status_code not in CLIENT_RETRIED:
                     return Answer(text=None, error=error, attempts=sent, timeouts=timeouts), e.status_code
+                if e.status_code >= 500:
+                    replicas.failed(replica, error)
                 delay = backoff_seconds(sent, getattr(e.response, "headers", None))
                 continue
             except openai.APITimeoutError:
                 timeouts += 1
                 error = f"timed out after {timeout:g} s"
                 self._timed_out(timeout, in_flight)
+                replicas.failed(replica, error)
                 if timeouts > self.timeout_retries:
                     break
                 timeout *= 2  # the server is slow: give the same request more time, not a twin
@@ -317,8 +404,12 @@ class OpenAITeacher(Teacher):
                 continue
             except openai.APIConnectionError as e:
                 error = self.scrub(f"connection error: {e.__cause__ or e}")
-                delay = backoff_seconds(sent)
+                replicas.failed(replica, error)
+                # another replica takes it at once; a lone endpoint gets the back-off
+                delay = 0.0 if replicas.any_ready() and len(replicas.replicas) > 1 else backoff_seconds(sent)
                 continue
+            finally:
+                replica.active -= 1
             try:
                 response = raw.parse()
                 text = _completion_text(response)
@@ -327,6 +418,7 @@ class OpenAITeacher(Teacher):
                 logger.debug("request %d: %s; sending it again", sent, error)
                 delay = 0.0
                 continue
+            replicas.answered(replica)
             usage = getattr(response, "usage", None)
             answer = Answer(
                 text=text,
