@@ -126,3 +126,25 @@ def test_srt_agree_below_the_threshold_exits_2(two_precisions, tmp_path: Path, c
     err = capsys.readouterr().err
     assert "below --min_spearman 0.95" in err and "score the rest with the real student" in err
     assert json.loads((tmp_path / "r.json").read_text())["passed"] is False
+
+
+def test_a_selection_by_a_proxy_states_the_agreement_in_its_card(two_precisions, tmp_path: Path, capsys):
+    """The proxy workflow: bf16 stands in for fp32 once `srt agree` passes; `srt select` on the proxy's files with
+    --agreement says so in the data card, numbers included; a file that is not a report is refused first."""
+    real, proxy = two_precisions["float32"], two_precisions["bfloat16"]
+    report = tmp_path / "agreement.json"
+    argv = ["agree", "--a", str(real["ori"]), "--b", str(proxy["ori"]), "--output", str(report), "--plot", "false"]
+    assert srt([*argv, "--min_spearman", "0.9"]) == 0
+    measured = {s["statistic"]: s for s in json.loads(report.read_text())["statistics"]}
+    out = tmp_path / "selected.jsonl"
+    views = [x for v in ("ori", "q", "a", "qa") for x in (f"--{v}", str(proxy[v]))]
+    assert srt(["select", "--output", str(out), "--plot", "false", "--agreement", str(report), *views]) == 0
+    card = (tmp_path / "selected.card.md").read_text()
+    assert f"stands in for the one that scored `{real['ori'].name}`" in card
+    assert f"measured on {N} rows" in card and f"IFD Spearman {measured['ifd']['spearman']:.3f}" in card
+    assert "Proxy agreement threshold 0.9: passed." in card
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"rows": 3}')
+    other = tmp_path / "other.jsonl"
+    assert srt(["select", "--output", str(other), "--agreement", str(bad), *views]) == 2
+    assert f"--agreement {bad}: not an `srt agree` report" in capsys.readouterr().err and not other.exists()

@@ -98,6 +98,13 @@ class SelectArguments:
     )
     plot: bool = field(default=True, metadata={"help": "Write the funnel and IFD / r-IFD histogram PNGs."})
     data_card: bool = field(default=True, metadata={"help": "Write a markdown data card beside the output."})
+    agreement: str | None = field(
+        default=None,
+        metadata={
+            "help": "The `srt agree` report (JSON) of the student that scored these files against the one it stands "
+            "in for: the data card states that a proxy selected the rows, and the agreement measured."
+        },
+    )
 
     def files(self) -> dict[str, str | None]:
         """The input file of each view."""

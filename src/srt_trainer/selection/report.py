@@ -14,7 +14,7 @@ import numpy as np
 
 from srt_trainer.io import check_output_path, sidecar_path, write_rows, write_text_atomic
 from srt_trainer.plotting import pyplot, save_figure
-from srt_trainer.selection.config import VARIANTS, SelectArguments, SelectionArguments
+from srt_trainer.selection.config import VARIANTS, SelectArguments, SelectionArguments, SelectionInputError
 from srt_trainer.selection.counts import SelectionCounts
 from srt_trainer.selection.policy import SelectionResult, ViewSummary
 
@@ -229,6 +229,55 @@ else:
     else: {b4:<50}(branch 4)"""
 
 
+def read_agreement(path: str | Path) -> dict[str, Any]:
+    """An ``srt agree`` report, checked to be one."""
+    try:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(report, dict):
+            raise ValueError("not an object")
+        missing = [k for k in ("files", "rows", "statistics") if k not in report]
+        if missing or not {"a", "b"} <= set(report["files"]):
+            raise KeyError(", ".join(missing) or "files a and b")
+        stats = {s["statistic"]: s for s in report["statistics"]}
+    except OSError as e:
+        raise SelectionInputError(f"--agreement {path}: cannot be read: {e.strerror or e}") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise SelectionInputError(f"--agreement {path}: not an `srt agree` report ({type(e).__name__}: {e})") from None
+    return {**report, "by_statistic": stats}
+
+
+def proxy_lines(report: Mapping[str, Any], path: str | Path) -> list[str]:
+    """The data card's lines on the proxy student: whose scores it stands in for and how well they agreed."""
+
+    def fmt(x: Any) -> str:
+        return "none" if x is None else f"{x:.3f}"
+
+    stats = report["by_statistic"]
+    parts = [
+        f"{name} Spearman {fmt(stats[k].get('spearman'))}, Kendall {fmt(stats[k].get('kendall'))}, top "
+        f"{stats[k].get('top_p', 0):.0%} overlap {fmt(stats[k].get('top_overlap'))}"
+        for k, name in (("ifd", "IFD"), ("rifd", "r-IFD"))
+        if k in stats
+    ]
+    lines = [
+        f"- Proxy: the student above stands in for the one that scored `{Path(report['files']['a']).name}`; "
+        f"`srt agree` (`{Path(path).name}`) measured on {report['rows']} rows of `{Path(report['files']['b']).name}`: "
+        + "; ".join(parts)
+        + "."
+    ]
+    d = report.get("decisions")
+    if d:
+        lines.append(
+            f"- Proxy decisions (the paper's rule on both students' scores): same branch on "
+            f"{fmt(d.get('same_branch'))} of {d.get('rows')} rows, same kept variant (or none) on "
+            f"{fmt(d.get('same_kept_variant'))}."
+        )
+    if report.get("passed") is not None:
+        verdict = "passed" if report["passed"] else "failed: " + "; ".join(report.get("failures") or [])
+        lines.append(f"- Proxy agreement threshold {report.get('min_spearman')}: {verdict}.")
+    return lines
+
+
 def data_card(
     result: SelectionResult,
     args: SelectArguments,
@@ -276,6 +325,8 @@ def data_card(
         if teachers
         else "- Teacher: not recorded in the inputs' columns."
     )
+    if args.agreement:
+        lines += proxy_lines(read_agreement(args.agreement), args.agreement)
     fallbacks = {v: s["reflection_status"] for v, s in inputs.items() if set(s["reflection_status"]) - {"ok"}}
     if fallbacks:
         text = "; ".join(

@@ -18,7 +18,7 @@ from srt_trainer.io import (
 )
 from srt_trainer.selection.config import SelectArguments, SelectionArguments, SelectionInputError
 from srt_trainer.selection.policy import SelectionResult, ViewSource, copy_message, select_from
-from srt_trainer.selection.report import write_selection
+from srt_trainer.selection.report import read_agreement, write_selection
 
 
 def iter_scored(path: str | Path) -> Iterator[tuple[dict[str, Any], int | None]]:
@@ -65,6 +65,8 @@ def run_select(args: SelectArguments, selection: SelectionArguments) -> Selectio
         for view in ("A", "QA"):
             if view in needed and same_file(Path(files[view]), Path(files["ori"])):
                 raise SelectionInputError(copy_message(view, files, same_file=True))
+        if args.agreement:
+            read_agreement(args.agreement)  # a bad report refused before the work, not after it
         result = select_from({v: scored_source(files[v]) for v in needed}, selection, files)
         result.files = write_selection(result, args, selection)
     return result
