@@ -202,8 +202,10 @@ class BatchTeacher(Teacher):
                 batch = SubmittedBatch(group, submission=submission)
                 self._submit(batch, lines, state)
                 mine.append(batch)
-            for name in {n for b in mine for n in b.custom_ids if n in tries}:
-                tries[name] = max(tries[name], next(b.submission for b in mine if name in b.custom_ids))
+            for b in mine:  # a request's tries: the submission that carries it
+                for name in b.custom_ids:
+                    if name in tries:
+                        tries[name] = max(tries[name], b.submission)
             for batch, answers, why in self._wait(mine, state):
                 for name in batch.custom_ids:
                     if name not in lines:
