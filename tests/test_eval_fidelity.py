@@ -150,7 +150,7 @@ def test_srt_eval_judge_exits_2_when_no_item_gets_readable_scores(sinstruct_answ
     the items as draws. The request counts tell a first run from a rerun served by the cache."""
     a, b, items = sinstruct_answers
     judge = ScriptedJudge(lambda user: "I would rather not give scores.")
-    monkeypatch.setattr("srt_trainer.evaluation.judge.build_teacher_from_args", lambda args: judge)
+    monkeypatch.setattr("srt_trainer.evaluation.judge.build_teacher_from_args", lambda args, *_, **__: judge)
     out = tmp_path / "reviews.jsonl"
     assert srt_main(_cli_judge(a, b, out, "--max_reasks", "1")) == 2
     printed = capsys.readouterr()
