@@ -14,7 +14,7 @@ from srt_trainer.models import load_student, load_tokenizer
 from srt_trainer.scoring import IFDScorer
 from srt_trainer.scoring import engine as engine_module
 from srt_trainer.scoring.collator import View
-from srt_trainer.scoring.engine import block_causal_mask
+from srt_trainer.scoring.engine import block_causal_block_mask, block_causal_mask
 from srt_trainer.scoring.planning import (
     MAX_TOKEN_BUDGET,
     activation_bytes_per_token,
@@ -79,6 +79,16 @@ def test_packed_equals_padded_and_golden_fp32(embedded_model, embedded_tokenizer
     assert any(plen == 0 and max(per_row) > 1 for plen, per_row in seen)
     assert_rows_close(got, want, rel=1e-4)
     assert_rows_close(got, golden[: len(rows)], rel=1e-4, keys=LOSSES)
+
+
+def test_packed_flex_attention_equals_golden_fp32(embedded_dir, embedded_tokenizer, alpaca_rows, data_dir):
+    """The real student under flex attention: packed rows under a BlockMask (behind the shared prefix and without
+    one) give the one-sample-at-a-time golden losses to 1e-4, as the padded engine does."""
+    golden = read_rows(data_dir / "golden_smollm2_vicuna_64.jsonl")
+    model = load_student(embedded_dir, dtype="float32", device="cpu", attn_implementation="flex_attention")
+    scorer = IFDScorer(model, embedded_tokenizer, "vicuna")
+    assert scorer.engine == "packed"
+    assert_rows_close(scorer.score(alpaca_rows[:4]), golden[:4], rel=1e-4, keys=LOSSES)
 
 
 def test_packed_conversation_and_unscorable_rows_match_padded(embedded_model, embedded_tokenizer, alpaca_rows):
@@ -198,6 +208,27 @@ def test_block_causal_mask_and_packed_layout(embedded_tokenizer):
     # targets: a from its 4th token; b from its 3rd, which is its first after the prefix: no state of its own
     # predicts it (the padded engine drops it the same way); c from its 5th
     assert batch["labels"].tolist() == [[-100, 11, 12, -100, 21], [-100, -100, 32, 33, -100]]
+
+
+def test_block_mask_sees_what_the_boolean_mask_sees():
+    """flex attention's BlockMask of packed rows gives every query the keys of the boolean mask (with and without a
+    shared prefix, views across 128-token tiles, a tail), and the tiles between views are skipped, not computed."""
+    from torch.nn.attention.flex_attention import create_mask
+
+    mixed = torch.tensor([[0] * 100 + [1] * 200 + [2] * 30 + [-1] * 54])
+    for view_index in (mixed, torch.tensor([[3] * 384])):
+        for prefix_len in (0, 5):
+            block = block_causal_block_mask(view_index, prefix_len)
+            dense = create_mask(block.mask_mod, 1, 1, 384, prefix_len + 384, device="cpu")
+            assert torch.equal(dense, block_causal_mask(view_index, prefix_len))
+
+    def tiles_read(view_index: torch.Tensor) -> list[int]:
+        block = block_causal_block_mask(view_index)
+        return (block.kv_num_blocks + block.full_kv_num_blocks)[0, 0].tolist()
+
+    # three views of one tile each: every query tile reads its own tile only; one view: the causal triangle
+    assert tiles_read(torch.tensor([[0] * 128 + [1] * 128 + [2] * 128])) == [1, 1, 1]
+    assert tiles_read(torch.tensor([[3] * 384])) == [1, 2, 3]
 
 
 def test_pack_rows_plans():

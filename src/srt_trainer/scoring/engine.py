@@ -27,8 +27,11 @@ logger = logging.getLogger(__name__)
 
 # Attention implementations that use an explicit 4D mask as given: transformers' mask builders return a 4D
 # ``attention_mask`` untouched (masking_utils._preprocess_mask_arguments), sdpa takes it as a boolean or additive
-# mask, eager adds it to the scores. Flash kernels take no mask; flex wants a BlockMask.
+# mask, eager adds it to the scores. Flash kernels take no mask.
 MASKED_ATTENTION = frozenset({"sdpa", "eager"})
+# flex attention takes a BlockMask instead: a mask function plus, per 128 x 128 tile, whether the tile is empty,
+# full or partial, so the kernel skips the tiles between packed views rather than computing and masking them.
+BLOCK_MASK_ATTENTION = frozenset({"flex_attention"})
 
 
 def block_causal_mask(view_index: torch.Tensor, prefix_len: int = 0) -> torch.Tensor:
@@ -41,6 +44,21 @@ def block_causal_mask(view_index: torch.Tensor, prefix_len: int = 0) -> torch.Te
     if prefix_len:
         mask = torch.cat([mask.new_ones(rows, width, prefix_len), mask], dim=-1)
     return mask[:, None]
+
+
+def block_causal_block_mask(view_index: torch.Tensor, prefix_len: int = 0) -> Any:
+    """``block_causal_mask`` as flex attention's ``BlockMask``: the same visibility, given as a mask function, so
+    the empty tiles between the views of a row are skipped rather than computed."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    rows, width = view_index.shape
+
+    def visible(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        k = kv - prefix_len
+        own = (k >= 0) & (q >= k) & (view_index[b, q] == view_index[b, k.clamp(min=0)])
+        return (kv < prefix_len) | own
+
+    return create_block_mask(visible, rows, None, width, prefix_len + width, device=view_index.device)
 
 
 def unwrap(model: Any) -> Any:
@@ -136,7 +154,7 @@ class ForwardEngine:
 
     def packed_refusal(self, max_length: int) -> str | None:
         """Why packed rows under an explicit mask cannot be scored with this model, or None when they can."""
-        if self.attn not in MASKED_ATTENTION:
+        if self.attn not in MASKED_ATTENTION | BLOCK_MASK_ATTENTION:
             return f"attention implementation {self.attn!r} takes no explicit 4D mask"
         other = set(getattr(self.config, "layer_types", None) or ()) - {"full_attention", "sliding_attention"}
         if other:
@@ -225,9 +243,11 @@ class ForwardEngine:
         whether any has (always True elsewhere)."""
         return self._lockstep.any_working(working) if self._lockstep is not None else working
 
-    def _attention_mask(self, view_index: torch.Tensor, prefix_len: int) -> torch.Tensor:
+    def _attention_mask(self, view_index: torch.Tensor, prefix_len: int) -> Any:
         """The packed rows' mask as the attention takes it: sdpa a boolean one (True: attend), eager an additive
-        one, since it adds the mask to the scores."""
+        one, since it adds the mask to the scores, flex a ``BlockMask``."""
+        if self.attn in BLOCK_MASK_ATTENTION:
+            return block_causal_block_mask(view_index, prefix_len)
         mask = block_causal_mask(view_index, prefix_len)
         if self.attn == "eager":
             return torch.zeros(mask.shape, dtype=self.dtype, device=mask.device).masked_fill_(
