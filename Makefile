@@ -6,7 +6,8 @@ STAMP := $(VENV)/.srt-installed
 EXTRAS ?= dev,serve
 WITH_DEEPSPEED ?= 1
 DEMO_CONFIG ?= recipes/smollm2-135m/run/config_cpu.yaml
-PYTEST_ARGS ?=
+# two workers, one test module each at a time (module fixtures are built once); PYTEST_ARGS="-n 0" runs serially
+PYTEST_ARGS ?= -n 2 --dist loadscope
 
 .PHONY: setup demo test lint format bench clean
 

@@ -44,27 +44,28 @@ def test_golden_fp32(fp32_scores_64, data_dir):
 
 
 def test_bf16_ranks_agree_with_fp32(fp32_scores_64, data_dir, embedded_dir, embedded_tokenizer, alpaca_rows):
-    """The fp32 side is this scorer's fp32 IFD of the 200 rows as tests/data carries it (scoring them again in fp32
-    took most of this module's time); its first 64 rows must equal the live fp32 run, so it cannot go stale unseen."""
+    """bf16 against fp32 on 64 real rows other than the golden ones. The fp32 side is this scorer's fp32 IFD as
+    tests/data carries it (scoring them again in fp32 took most of this module's time); its first 64 rows must
+    equal the live fp32 run of the golden rows, so it cannot go stale unseen."""
     fp32 = read_rows(data_dir / "fp32_ifd_smollm2_vicuna_200.jsonl")
     assert [r["index"] for r in fp32] == list(range(200))
     for got, want in zip(fp32_scores_64, fp32[:64], strict=True):
         assert got["ifd"] == pytest.approx(want["ifd"], rel=1e-4)
         assert got["rifd"] == pytest.approx(want["rifd"], rel=1e-4)
     model = load_student(embedded_dir, dtype="bfloat16", device="cpu")
-    bf16 = IFDScorer(model, embedded_tokenizer, "vicuna").score(alpaca_rows[:200])
-    a = np.array([r["ifd"] for r in fp32])
+    bf16 = IFDScorer(model, embedded_tokenizer, "vicuna").score(alpaca_rows[64:128])
+    a = np.array([r["ifd"] for r in fp32[64:128]])
     b = np.array([r["ifd"] for r in bf16])
     ranks = lambda x: np.argsort(np.argsort(x))  # noqa: E731
     rho = np.corrcoef(ranks(a), ranks(b))[0, 1]
-    print(f"Spearman(IFD fp32, bf16) over 200 real samples = {rho:.4f}")
-    assert rho >= 0.99
+    print(f"Spearman(IFD fp32, bf16) over 64 real samples = {rho:.4f}")
+    assert rho >= 0.99  # measured 0.996 (0.998 over 300 rows in benchmarks/RESULTS.md)
 
 
 @pytest.mark.parametrize("template", ["alpaca", "wizardlm", "chat"])
 def test_embedded_other_templates_match_reference(template, embedded_model, embedded_tokenizer, alpaca_rows):
     t = get_template(template, embedded_tokenizer)
-    rows = alpaca_rows[176:182]  # other data than the golden rows; 176, 177, 179 and 181 have an input
+    rows = alpaca_rows[176:180]  # other data than the golden rows; 176, 177 and 179 have an input
     got = IFDScorer(embedded_model, embedded_tokenizer, t).score(rows)
     for g, r in zip(got, rows, strict=True):
         assert_close_rel(g, reference_sample(embedded_model, embedded_tokenizer, t, r), rel=1e-4)
@@ -115,7 +116,7 @@ def test_multi_turn_per_turn_and_mean(embedded_model, embedded_tokenizer, alpaca
 
 
 def test_shared_prefix_is_exact(embedded_model, embedded_tokenizer, alpaca_rows):
-    rows = alpaca_rows[40:52]
+    rows = alpaca_rows[40:46]
     shared = IFDScorer(embedded_model, embedded_tokenizer, "vicuna")
     plain = IFDScorer(embedded_model, embedded_tokenizer, "vicuna", share_prefix=False)
     views = [v for sv in shared.collator.views(rows) for v in sv.views]
