@@ -93,8 +93,11 @@ def no_jobs(monkeypatch):
     def parsed(*args, **kwargs):
         raise Parsed(args)
 
-    for module, name in JOBS.values():
-        monkeypatch.setattr(importlib.import_module(module), name, parsed)
+    # every module first, then the patches: a module imported after a patch (``run.job`` imports ``train`` by
+    # name) would keep the stand-in after the test, for the next test in this process
+    modules = [(importlib.import_module(module), name) for module, name in JOBS.values()]
+    for module, name in modules:
+        monkeypatch.setattr(module, name, parsed)
 
 
 def _commands(page: Path) -> list[list[str]]:
