@@ -241,26 +241,24 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes without a byte order mark."""
+    try:
+        return path.read_bytes().removeprefix(BOM)
+    except OSError as e:
+        raise DataLoadError(f"{path}: cannot be read: {e.strerror or e}") from e
+
+
 def _read_text(path: Path) -> str:
     """The file's text; bytes that are not UTF-8 are kept as surrogate escapes (U+DC80-U+DCFF), so that one bad row
     never costs the others (each row is checked by ``_unicode_error``); a byte order mark is dropped."""
-    return _read_text_checked(path)[0]
+    return _read_bytes(path).decode("utf-8", errors="surrogateescape")
 
 
 def _read_text_checked(path: Path) -> tuple[str, bool]:
-    """``_read_text`` and whether the text may hold a surrogate: text that decodes as UTF-8 holds none unless it
-    escapes one (``\\ud800``), which a search for ``\\u`` rules out for most files at the speed of ``str.find``
-    (a regular expression over a whole file cost a third of loading it)."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise DataLoadError(f"{path}: cannot be read: {e.strerror or e}") from e
-    data = data.removeprefix(BOM)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("utf-8", errors="surrogateescape"), True
-    return text, "\\u" in text and _SURROGATE_ESCAPE.search(text) is not None
+    """``_read_text`` and whether the text may hold a surrogate, decided for the whole file as ``_decode_line``
+    decides for a line (a regular expression over a whole file's characters cost a third of loading it)."""
+    return _decode_line(_read_bytes(path))
 
 
 # A lone surrogate: in a file's text, a byte that is not UTF-8 (kept as U+DC80-U+DCFF by ``surrogateescape``); in a
@@ -402,8 +400,9 @@ def _read_json_list(path: Path, text: str, pos: int, check: bool) -> Iterator[Ra
 
 
 def _decode_line(data: bytes) -> tuple[str, bool]:
-    """A line's text and whether it may hold a surrogate: text that is valid UTF-8 holds none unless it escapes one
-    (``\\ud800``); other bytes are kept as surrogate escapes, for ``_unicode_error`` to name."""
+    """The text of a line (or of a whole file) and whether it may hold a surrogate: text that is valid UTF-8 holds
+    none unless it escapes one (``\\ud800``); other bytes are kept as surrogate escapes, for ``_unicode_error`` to
+    name."""
     try:
         line = data.decode("utf-8")
     except UnicodeDecodeError:
