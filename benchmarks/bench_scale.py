@@ -528,7 +528,7 @@ def main() -> None:
                     continue
                 prepare(stage, folder, rows, env)
                 commands = stage_commands(stage, folder, student)
-                best: dict[int, dict[str, Any]] = {}
+                runs: list[list[dict[str, Any]]] = [[] for _ in commands]
                 for _ in range(max(1, args.repeat)):
                     for k, (name, what, command, ours) in enumerate(commands):
                         warm_inputs(command)
@@ -537,9 +537,10 @@ def main() -> None:
                             got.update(score_split(folder / "score" / "scores.summary.json", got["wall"]))
                         got.update(size=n, measurement=name, what=what, ours=ours)
                         print(json.dumps(got), flush=True)
-                        if k not in best or _seconds(got, False) < _seconds(best[k], False):
-                            best[k] = got
-                results += [best[k] for k in range(len(commands))]
+                        runs[k].append(got)
+                # the fastest try of each, timed as ``table`` times it: whole processes where ours is a whole process
+                whole = {c[0]: "seconds" not in runs[k][0] for k, c in enumerate(commands) if c[3]}
+                results += [min(t, key=lambda r: _seconds(r, whole[r["measurement"]])) for t in runs]
             del rows
     finally:
         if args.json:
