@@ -118,6 +118,10 @@ def test_dry_run_scoring(dry_run):
     big = report["steps"]["scoring_7b"]
     assert big["engines"]["packed"]["flops"] > 0 and scoring["matmul_peak_tflops"] > 0
     assert scoring["mfu_7b"] == big["engines"]["packed"]["mfu"] > 0
+    # and the packed engine under flex attention ran (its BlockMask path) on the first of the same rows
+    flex = big["engines"]["packed_flex"]
+    assert flex["engine"] == "packed" and flex["samples"] == DRY.flex_rows_7b and flex["flops"] > 0
+    assert scoring["mfu_7b_flex"] == flex["mfu"] > 0 and scoring["flex_vs_sdpa_packed"] > 0
 
 
 def test_dry_run_zero3_scores_selects_trains_and_resumes(dry_run):

@@ -26,6 +26,8 @@ HEADLINE: Mapping[str, Mapping[str, tuple[str, str]]] = MappingProxyType(
             "packed_vs_padded_fp32_max_rel": ("scoring_small", "packed_vs_padded_fp32_max_rel"),
             "spearman_fp32_bf16": ("scoring_small", "spearman_fp32_bf16"),
             "mfu_7b": ("scoring_7b", "mfu_7b"),
+            "mfu_7b_flex": ("scoring_7b", "mfu_7b_flex"),
+            "flex_vs_sdpa_packed": ("scoring_7b", "flex_vs_sdpa_packed"),
             "tokens_per_s_7b": ("scoring_7b", "tokens_per_s"),
             "peak_memory_gib_7b": ("scoring_7b", "peak_memory_gib"),
             "matmul_peak_tflops": ("scoring_7b", "matmul_peak_tflops"),
