@@ -68,7 +68,7 @@ def test_main_job_on_the_recipe_config(tmp_path, embedded_dir, capsys):
         "--limit",
         "6",
         "--teacher_max_tokens",
-        "48",
+        "32",
         "--held_out_max_new_tokens",
         "12",
         "--num_train_epochs",

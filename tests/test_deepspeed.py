@@ -106,7 +106,7 @@ def gpu_path(project, tiny_models, embedded_dir) -> dict:
     from srt_trainer.cli import main as srt
 
     student = tiny_models["llama"]
-    teacher = ["--teacher", "transformers", "--teacher_model", str(embedded_dir), "--teacher_max_tokens", "48"]
+    teacher = ["--teacher", "transformers", "--teacher_model", str(embedded_dir), "--teacher_max_tokens", "32"]
     logs = {}
     cwd = os.getcwd()
     os.chdir(project)  # the commands' relative paths are the user's folder's

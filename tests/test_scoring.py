@@ -44,7 +44,7 @@ def test_golden_fp32(fp32_scores_64, data_dir):
 
 
 def test_bf16_ranks_agree_with_fp32(fp32_scores_64, data_dir, embedded_dir, embedded_tokenizer, alpaca_rows):
-    """bf16 against fp32 on 64 real rows other than the golden ones. The fp32 side is this scorer's fp32 IFD as
+    """bf16 against fp32 on 32 real rows other than the golden ones. The fp32 side is this scorer's fp32 IFD as
     tests/data carries it (scoring them again in fp32 took most of this module's time); its first 64 rows must
     equal the live fp32 run of the golden rows, so it cannot go stale unseen."""
     fp32 = read_rows(data_dir / "fp32_ifd_smollm2_vicuna_200.jsonl")
@@ -53,19 +53,19 @@ def test_bf16_ranks_agree_with_fp32(fp32_scores_64, data_dir, embedded_dir, embe
         assert got["ifd"] == pytest.approx(want["ifd"], rel=1e-4)
         assert got["rifd"] == pytest.approx(want["rifd"], rel=1e-4)
     model = load_student(embedded_dir, dtype="bfloat16", device="cpu")
-    bf16 = IFDScorer(model, embedded_tokenizer, "vicuna").score(alpaca_rows[64:128])
-    a = np.array([r["ifd"] for r in fp32[64:128]])
+    bf16 = IFDScorer(model, embedded_tokenizer, "vicuna").score(alpaca_rows[64:96])
+    a = np.array([r["ifd"] for r in fp32[64:96]])
     b = np.array([r["ifd"] for r in bf16])
     ranks = lambda x: np.argsort(np.argsort(x))  # noqa: E731
     rho = np.corrcoef(ranks(a), ranks(b))[0, 1]
-    print(f"Spearman(IFD fp32, bf16) over 64 real samples = {rho:.4f}")
-    assert rho >= 0.99  # measured 0.996 (0.998 over 300 rows in benchmarks/RESULTS.md)
+    print(f"Spearman(IFD fp32, bf16) over 32 real samples = {rho:.4f}")
+    assert rho >= 0.99  # measured 0.9952 here, 0.9955 over these 64 rows (0.998 over 300 in benchmarks/RESULTS.md)
 
 
 @pytest.mark.parametrize("template", ["alpaca", "wizardlm", "chat"])
 def test_embedded_other_templates_match_reference(template, embedded_model, embedded_tokenizer, alpaca_rows):
     t = get_template(template, embedded_tokenizer)
-    rows = alpaca_rows[176:180]  # other data than the golden rows; 176, 177 and 179 have an input
+    rows = alpaca_rows[177:179]  # other data than the golden rows; 177 has an input, 178 none
     got = IFDScorer(embedded_model, embedded_tokenizer, t).score(rows)
     for g, r in zip(got, rows, strict=True):
         assert_close_rel(g, reference_sample(embedded_model, embedded_tokenizer, t, r), rel=1e-4)

@@ -95,8 +95,8 @@ def test_packed_conversation_and_unscorable_rows_match_padded(embedded_model, em
     """A two-turn conversation (per-turn views of several lengths, the longest cut at max_length) packed with rows
     of which one has no r-IFD at this max_length (its reverse prompt fills it): it is marked and keeps its IFD, the
     rest match."""
-    # rows 135-145: 143 is the one whose reverse prompt fills max_length 320; 140 and 141 have an input
-    rows = [conversation(alpaca_rows[5], alpaca_rows[6]), *alpaca_rows[135:146]]
+    # rows 140-143: 143 is the one whose reverse prompt fills max_length 320; 140 and 141 have an input
+    rows = [conversation(alpaca_rows[5], alpaca_rows[6]), *alpaca_rows[140:144]]
     kw = {"max_length": 320, "token_budget": 1024}
     got = IFDScorer(embedded_model, embedded_tokenizer, "vicuna", engine="packed", **kw).score(rows)
     want = IFDScorer(embedded_model, embedded_tokenizer, "vicuna", engine="padded", **kw).score(rows)
