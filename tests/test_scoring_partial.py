@@ -103,23 +103,37 @@ def test_a_response_that_fills_the_reverse_context_keeps_its_ifd(engine, embedde
     assert got[1]["loss_ins_alone"] is None and got[0]["loss_ins_alone"] > 0
 
 
-@pytest.mark.parametrize("engine", ["packed", "padded"])
-def test_rifd_target_start_release(engine, embedded_model, embedded_tokenizer, alpaca_rows):
-    """--rifd_target_start release: the r-IFD target starts at the instruction's last occurrence in the reverse
-    text, as the release finds it. On real rows with an input: unchanged where the instruction occurs once; none
-    (NaN in the release) where the instruction is empty; inside the input where the input repeats it."""
-    t, tok = get_template("vicuna"), embedded_tokenizer
+@pytest.fixture(scope="module")
+def quoting_rows(embedded_model, embedded_tokenizer, alpaca_rows) -> tuple[list[dict], list[tuple[dict, dict]]]:
+    """A real row with an input, the same with no instruction, and with an input that quotes the instruction; and
+    the release's losses of each (its own target start, then the release's text search), computed once for both
+    engines."""
+    t = get_template("vicuna")
     real = next(r for r in alpaca_rows if r["input"] and 30 <= len(r["output"]) <= 300)
     rows = [
         real,
         {**real, "instruction": ""},  # only an input
         {**real, "input": real["instruction"] + "\n" + real["input"]},  # the input quotes the instruction
     ]
+    refs = [
+        tuple(release_losses(embedded_model, embedded_tokenizer, t, r, 2048, rfind=rfind) for rfind in (False, True))
+        for r in rows
+    ]
+    return rows, refs
+
+
+@pytest.mark.parametrize("engine", ["packed", "padded"])
+def test_rifd_target_start_release(engine, embedded_model, embedded_tokenizer, quoting_rows):
+    """--rifd_target_start release: the r-IFD target starts at the instruction's last occurrence in the reverse
+    text, as the release finds it. On real rows with an input: unchanged where the instruction occurs once; none
+    (NaN in the release) where the instruction is empty; inside the input where the input repeats it."""
+    t, tok = get_template("vicuna"), embedded_tokenizer
+    rows, refs = quoting_rows
     ours = IFDScorer(embedded_model, tok, t, engine=engine).score(rows)
     release = IFDScorer(embedded_model, tok, t, engine=engine, rifd_target_start="release").score(rows)
-    for o, g, r in zip(ours, release, rows, strict=True):
-        assert_like_release(o, release_losses(embedded_model, tok, t, r, 2048))
-        assert_like_release(g, release_losses(embedded_model, tok, t, r, 2048, rfind=True))
+    for o, g, (want_ours, want_release) in zip(ours, release, refs, strict=True):
+        assert_like_release(o, want_ours)
+        assert_like_release(g, want_release)
         assert g["ifd"] == pytest.approx(o["ifd"], rel=1e-5) and g["loss_ins_alone"] == o["loss_ins_alone"]
     assert release[0]["rifd"] == pytest.approx(ours[0]["rifd"], rel=1e-5)
     assert ours[1]["rifd"] > 0 and release[1]["rifd"] is None and release[1]["loss_ins_cond"] is None
