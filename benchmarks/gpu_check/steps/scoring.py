@@ -124,12 +124,7 @@ def step_scoring_7b(ctx: StepContext) -> dict[str, Any]:
             model, tokenizer, template, rows[:n], sub_views, MAX_LENGTH, on, engine, None, s.warmup_rows
         )
         r.pop("scores")
-        out["engines"][engine] = {
-            **r,
-            "samples_per_s": r["samples"] / r["seconds"],
-            "tokens_per_s": r["tokens"] / r["seconds"],
-            "mfu": r["flops"] / r["seconds"] / peak,
-        }
+        out["engines"][engine] = _rates(r, peak)
         if engine == engines[0]:
             out["mfu_7b"] = out["engines"][engine]["mfu"]
             out["tokens_per_s"] = out["engines"][engine]["tokens_per_s"]
@@ -140,18 +135,32 @@ def step_scoring_7b(ctx: StepContext) -> dict[str, Any]:
     # last, since its first forwards compile: the packed engine under flex attention, whose BlockMask skips the
     # tiles between packed views that sdpa computes and masks
     try:
-        out.update(_packed_flex(ctx, model, tokenizer, template, rows, views, peak, out["engines"]))
+        flex = out["engines"]["packed_flex"] = _packed_flex(ctx, model, tokenizer, template, rows, views, peak)
     except Exception as e:  # the sdpa numbers above stand; the report says why flex has none
         out["mfu_7b_flex_reason"] = f"packed under flex attention failed: {type(e).__name__}: {e}"[:300]
+    else:
+        out["mfu_7b_flex"] = flex["mfu"]
+        if "packed" in out["engines"]:
+            out["flex_vs_sdpa_packed"] = flex["tokens_per_s"] / out["engines"]["packed"]["tokens_per_s"]
     ctx.record(**out)
     return out
 
 
+def _rates(r: dict[str, Any], peak: float) -> dict[str, Any]:
+    """A ``measure_scorer`` result with its samples/s, tokens/s and model-FLOPs utilization against ``peak``."""
+    return {
+        **r,
+        "samples_per_s": r["samples"] / r["seconds"],
+        "tokens_per_s": r["tokens"] / r["seconds"],
+        "mfu": r["flops"] / r["seconds"] / peak,
+    }
+
+
 def _packed_flex(
-    ctx: StepContext, model: Any, tokenizer: Any, template: Any, rows: list, views: list, peak: float, engines: dict
+    ctx: StepContext, model: Any, tokenizer: Any, template: Any, rows: list, views: list, peak: float
 ) -> dict[str, Any]:
-    """The packed engine under flex attention on the first ``flex_rows_7b`` rows (warm-up first: it compiles):
-    its MFU, and its speed against the packed engine under sdpa (tokens/s of each)."""
+    """The packed engine under flex attention on the first ``flex_rows_7b`` rows (warm-up first: it compiles), as
+    the other engines are reported, with its time including the warm-up and the graphs compiled."""
     import bench_scoring as bench
     import torch._dynamo
     from torch._dynamo.utils import counters
@@ -167,19 +176,9 @@ def _packed_flex(
         r = bench.measure_scorer(
             model, tokenizer, template, rows[:n], sub_views, MAX_LENGTH, on, "packed", None, max(1, s.warmup_rows)
         )
-    total = time.perf_counter() - start
     r.pop("scores")
-    model.set_attn_implementation("sdpa")
-    flex = {
-        **r,
-        "seconds_with_warmup": total,
+    return {
+        **_rates(r, peak),
+        "seconds_with_warmup": time.perf_counter() - start,
         "compiled_graphs": counters["stats"]["unique_graphs"] - compiles,
-        "samples_per_s": r["samples"] / r["seconds"],
-        "tokens_per_s": r["tokens"] / r["seconds"],
-        "mfu": r["flops"] / r["seconds"] / peak,
     }
-    engines["packed_flex"] = flex
-    out: dict[str, Any] = {"engines": engines, "mfu_7b_flex": flex["mfu"]}
-    if "packed" in engines:
-        out["flex_vs_sdpa_packed"] = flex["tokens_per_s"] / engines["packed"]["tokens_per_s"]
-    return out
