@@ -132,15 +132,13 @@ def check_writable(path: str | Path) -> Path:
 def output_lock(output: str | Path, what: str = "output") -> Iterator[Path]:
     """Hold the advisory lock of ``output`` (``<stem>.lock`` beside it) for the duration: a second run on the same
     output stops at once with ``OutputLockedError`` instead of racing this one over its files. The lock is the
-    operating system's (``flock``): a killed run never leaves it held, so the next run can always resume."""
-    from filelock import FileLock, Timeout
-
+    operating system's (``flock``): a killed run never leaves it held, so the next run can always resume. A run that
+    ends with an error (a refused input) removes the lock file it created, leaving the folder as it found it."""
     lock_path = sidecar_path(output, "lock")
     try:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(lock_path), timeout=0)
-        lock.acquire()
-    except Timeout:
+        fd, created = _take_lock(lock_path)
+    except BlockingIOError:
         raise OutputLockedError(
             f"{output}: another run is writing this {what} (it holds {lock_path}); wait for it to finish or choose "
             f"another output"
@@ -149,8 +147,39 @@ def output_lock(output: str | Path, what: str = "output") -> Iterator[Path]:
         raise OutputPathError(f"{lock_path}: cannot be created: {e.strerror or e}") from e
     try:
         yield lock_path
+    except BaseException:
+        if created:  # removed while still held: a run that opens it now finds another file (see ``_take_lock``)
+            lock_path.unlink(missing_ok=True)
+        raise
     finally:
-        lock.release()
+        os.close(fd)  # releases the lock
+
+
+def _take_lock(path: Path) -> tuple[int, bool]:
+    """The descriptor of ``path`` with its ``flock`` held, and whether this call created the file; raises
+    ``BlockingIOError`` when another process holds it. filelock keeps a lock file for good (its waiters share the
+    inode); a lock file that may be removed needs the check below: the file locked must still be the one at
+    ``path``, or a run that removed it since was its holder, and the lock is taken again on the new file."""
+    import fcntl
+
+    while True:
+        try:
+            fd, created = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), True
+        except FileExistsError:
+            try:
+                fd, created = os.open(path, os.O_RDWR), False
+            except FileNotFoundError:  # removed between the two opens
+                continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                return fd, created
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the file was removed by the run that held it: lock the one there now
 
 
 @contextlib.contextmanager
@@ -720,6 +749,17 @@ def write_rows(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
         raise
     _replace(tmp, path)
     return path
+
+
+def write_json(value: Any, path: str | Path, default: Any = None) -> Path:
+    """A JSON file (a summary, a manifest) written as ``write_text_atomic`` writes text: indented, UTF-8 (a lone
+    surrogate, as in a path of bytes that are not UTF-8, kept as its escape); ``default`` as ``json.dumps`` takes it."""
+    try:
+        text = json.dumps(value, indent=2, ensure_ascii=False, default=default)
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(value, indent=2, default=default)
+    return write_text_atomic(text, path)
 
 
 def write_text_atomic(text: str, path: str | Path) -> Path:
