@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.srt-installed
-EXTRAS ?= dev,serve
+EXTRAS ?= dev,serve,eval
 WITH_DEEPSPEED ?= 1
 DEMO_CONFIG ?= recipes/smollm2-135m/run/config_cpu.yaml
 # two workers, one test module each at a time (module fixtures are built once); PYTEST_ARGS="-n 0" runs serially

@@ -3,6 +3,10 @@
 srt eval generate --test_sets tests/data/eval --output answers.jsonl [--model PATH] [--adapter DIR]
 srt eval judge --answers_a a.jsonl --answers_b b.jsonl --output reviews.jsonl --base_url URL --judge_model NAME
 srt eval aggregate --reviews reviews.jsonl [--json] [--output_dir DIR]
+srt eval alpacaeval --model_outputs m.alpaca_eval.json --reference_outputs r.alpaca_eval.json --output ae.jsonl
+    --base_url URL --judge_model NAME
+srt eval harness --model PATH [--adapter DIR] --tasks leaderboard_v1 --output harness.jsonl
+srt eval report --pairwise r.aggregate.json --alpacaeval ae.jsonl --harness harness.jsonl --output report.md
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ COMMANDS = {
     "generate": "answers of a model (base, base + adapter, or merged) to test sets",
     "judge": "two answer files judged pairwise, in both orders, by an OpenAI-compatible judge",
     "aggregate": "win / tie / lose per test set, the winning score, a chart and a markdown summary",
+    "alpacaeval": "AlpacaEval's own package judges a model's outputs against reference outputs (win rate)",
+    "harness": "lm-evaluation-harness tasks (leaderboard_v1: the Open LLM Leaderboard of the paper's tables)",
+    "report": "every evaluation of every model in one markdown table and one JSON, with how each was obtained",
 }
 
 
@@ -91,7 +98,28 @@ def aggregate(argv: Sequence[str], prog: str) -> None:
         )
 
 
-HANDLERS = {"generate": generate, "judge": judge, "aggregate": aggregate}
+def alpacaeval(argv: Sequence[str], prog: str) -> None:
+    from srt_trainer.data import summarize_rejects
+    from srt_trainer.evaluation.alpaca import run_alpaca_eval
+    from srt_trainer.evaluation.config import AlpacaEvalArguments
+    from srt_trainer.options import StageParser
+
+    (config,) = StageParser(AlpacaEvalArguments, prog).parse_args_and_config(argv)
+    run = run_alpaca_eval(config)
+    s = run.summary
+    if run.rejects:
+        print(summarize_rejects(run.rejects))
+    lc = s["length_controlled_winrate"]
+    print(
+        f"{s['generator']} vs {s['reference']}: win rate {s['win_rate']:.2f}% (± {s['standard_error']:.2f})"
+        + (f", length-controlled {lc:.2f}%" if lc is not None else "")
+        + f" over {s['judged']} items ({s['failed']} without a readable judgment, {s['chunks_judged_now']} chunks "
+        f"judged now; alpaca_eval {s['alpaca_eval_version']})"
+    )
+    print(f"wrote {run.output}; " + ", ".join(run.files.values()))
+
+
+HANDLERS = {"generate": generate, "judge": judge, "aggregate": aggregate, "alpacaeval": alpacaeval}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         asked_for_help = bool(argv) and argv[0] in ("-h", "--help")
         lines = [f"  {name:<10} {text}" for name, text in COMMANDS.items()]
         print(
-            "usage: srt eval {generate,judge,aggregate} [options]\n\ncommands:\n"
+            f"usage: srt eval {{{','.join(COMMANDS)}}} [options]\n\ncommands:\n"
             + "\n".join(lines)
             + "\n\nRun `srt eval COMMAND --help` for a command's options.",
             file=sys.stdout if asked_for_help else sys.stderr,

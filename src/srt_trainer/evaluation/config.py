@@ -144,3 +144,170 @@ class AggregateArguments:
     )
     plot: bool = field(default=True, metadata={"help": "Write the stacked win / tie / lose bar chart (PNG)."})
     unscored: str = unscored_field()
+
+
+# What AlpacaEval's package can turn preferences into: the plain win rate, and the length-controlled one (its GLM
+# needs a file from the hub, so it works only online).
+ALPACA_METRICS = ("get_winrate", "get_length_controlled_winrate")
+
+
+class EvalConfigError(SRTUserError, ValueError):
+    """An option of ``srt eval alpacaeval``, ``harness`` or ``report`` that cannot work as given."""
+
+
+@dataclass
+class AlpacaEvalArguments:
+    """What ``srt eval alpacaeval`` judges with AlpacaEval's own package (YAML via ``--config``; every field also a
+    flag). The judge is any OpenAI-compatible endpoint; its API key is read from ``OPENAI_API_KEY``, never from a
+    flag or a file."""
+
+    model_outputs: str = field(
+        metadata={
+            "help": "The model's outputs: the <stem>.alpaca_eval.json that `srt eval generate` writes, or any JSON / "
+            "JSONL list of {instruction, output, generator}."
+        }
+    )
+    reference_outputs: str = field(
+        metadata={"help": "The reference outputs to the same instructions (AlpacaEval's baseline), same format."}
+    )
+    output: str = field(
+        metadata={
+            "help": "Annotations file (.jsonl or .parquet), one AlpacaEval annotation per judged item; the win rate "
+            "goes to <stem>.summary.json and <stem>.leaderboard.csv, how it was obtained to <stem>.manifest.json."
+        }
+    )
+    judge_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "The judge's model name as its endpoint serves it (required with the shipped annotator).",
+            "aliases": ["--teacher_model"],
+        },
+    )
+    base_url: str | None = field(
+        default=None,
+        metadata={"help": "The judge's OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (default: OpenAI)."},
+    )
+    annotators_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "An AlpacaEval annotator: a folder with configs.yaml, or the name of one the package ships "
+            "(alpaca_eval_gpt4). Default: srt_trainer's own chat-judge annotator (one label, anchored patterns), "
+            "set up with --judge_model."
+        },
+    )
+    judge_max_tokens: int = field(default=16, metadata={"help": "Longest judge reply (shipped annotator)."})
+    judge_concurrency: int = field(default=4, metadata={"help": "Judge requests in flight (shipped annotator)."})
+    fn_metric: str = field(
+        default="get_winrate",
+        metadata={
+            "help": "AlpacaEval's metric: get_winrate, or get_length_controlled_winrate (adds the length-controlled "
+            "win rate; its model needs a file from the hub, so only online).",
+            "choices": list(ALPACA_METRICS),
+        },
+    )
+    name: str | None = field(
+        default=None, metadata={"help": "The model's name in the results (default: its outputs' generator)."}
+    )
+    seed: int = field(default=0, metadata={"help": "AlpacaEval's annotator seed (which output is shown first)."})
+    limit: int | None = field(default=None, metadata={"help": "Judge only the first N matched items."})
+    chunk_size: int = field(
+        default=64,
+        metadata={"help": "Items per run of the package; finished chunks are kept and never judged again (resume)."},
+    )
+    python: str | None = field(
+        default=None,
+        metadata={
+            "help": "The Python that has alpaca_eval installed (default: this one; `make` installs it in the "
+            "project's environment)."
+        },
+    )
+    overwrite: bool = field(default=False, metadata={"help": "Discard the finished chunks of an earlier run."})
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 1:
+            raise EvalConfigError(f"--chunk_size must be positive, not {self.chunk_size}")
+        if self.judge_concurrency < 1:
+            raise EvalConfigError(f"--judge_concurrency must be positive, not {self.judge_concurrency}")
+        if self.annotators_config is None and not self.judge_model:
+            raise EvalConfigError("--judge_model is required with the shipped annotator (or give --annotators_config)")
+
+
+@dataclass
+class HarnessArguments:
+    """What ``srt eval harness`` runs with lm-evaluation-harness (YAML via ``--config``; every field also a flag)."""
+
+    model: str = field(metadata={"help": "The model: a folder or hub id, or 'embedded' (the embedded student)."})
+    tasks: list[str] = field(
+        metadata={
+            "help": "lm_eval task or group names (several, or separated by commas), or leaderboard_v1: the Open LLM "
+            "Leaderboard (v1) of the paper's tables, each task at its own shot count, with their average."
+        }
+    )
+    output: str = field(
+        metadata={
+            "help": "Results file (.jsonl or .parquet), one row per task with its main metric; lm_eval's full "
+            "results go to <stem>.results.json, the average to <stem>.summary.json."
+        }
+    )
+    adapter: str | None = field(default=None, metadata={"help": "A trained PEFT (LoRA) adapter folder on --model."})
+    num_fewshot: int | None = field(
+        default=None, metadata={"help": "Shots of every task (default: each task's own); refused with a preset."}
+    )
+    include_path: str | None = field(
+        default=None, metadata={"help": "A folder of task YAML files of your own (lm_eval --include_path)."}
+    )
+    batch_size: int = field(default=8, metadata={"help": "Requests per forward pass."})
+    limit: int | None = field(default=None, metadata={"help": "Only the first N documents of each task (a check)."})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda or cuda:N (default: cuda if present)."})
+    dtype: str = field(default="auto", metadata={"help": "auto (the model's own), float32, bfloat16 or float16."})
+    seed: int = field(
+        default=0,
+        metadata={
+            "help": "lm_eval's random seed (its numpy, torch and few-shot seeds stay "
+            "at its defaults, 1234, as the lm_eval command has them)."
+        },
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run code shipped with the model (off)."})
+    overwrite: bool = field(default=False, metadata={"help": "Discard the finished tasks of an earlier run."})
+
+    def __post_init__(self) -> None:
+        self.tasks = [t.strip() for item in self.tasks for t in str(item).split(",") if t.strip()]
+        if not self.tasks:
+            raise EvalConfigError("--tasks names no task")
+        if self.batch_size < 1:
+            raise EvalConfigError(f"--batch_size must be positive, not {self.batch_size}")
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            raise EvalConfigError(f"--num_fewshot must be 0 or more, not {self.num_fewshot}")
+
+
+@dataclass
+class ReportArguments:
+    """What ``srt eval report`` gathers into one table (YAML via ``--config``; every field also a flag)."""
+
+    output: str = field(metadata={"help": "The markdown report (.md); the same in JSON goes beside it (.json)."})
+    pairwise: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Pairwise results: the <stem>.aggregate.json of `srt eval judge` or `srt eval aggregate`."},
+    )
+    mtbench: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "MT-Bench single-grade judgments in FastChat's format (model_judgment/<judge>_single.jsonl)."
+        },
+    )
+    alpacaeval: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "AlpacaEval results: the output of `srt eval alpacaeval` or a leaderboard.csv of the package."
+        },
+    )
+    harness: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Harness results: the output of `srt eval harness` or an lm_eval results_*.json."},
+    )
+
+    def __post_init__(self) -> None:
+        if not (self.pairwise or self.mtbench or self.alpacaeval or self.harness):
+            raise EvalConfigError("nothing to report: give --pairwise, --mtbench, --alpacaeval or --harness files")
+        if not self.output.endswith(".md"):
+            raise EvalConfigError(f"--output must be a markdown file (.md), not {self.output}")

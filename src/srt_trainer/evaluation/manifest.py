@@ -1,0 +1,94 @@
+"""How a number was obtained, written beside it: ``<stem>.manifest.json``.
+
+Published evaluation numbers are hard to reproduce when the script, the shot count, the judge or a package version
+is unknown. Every evaluation runner here writes a small manifest next to its result (the package versions, the
+judge's model and endpoint host, sha256 of the prompt and question files, seeds, shots, the date), and
+``srt eval report`` gathers them. A manifest never holds an API key or a full endpoint URL: only its host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import sys
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from srt_trainer.io import sidecar_path, write_json
+
+MANIFEST = "manifest.json"
+# what every manifest names; a runner adds the packages it ran (lm-eval, alpaca-eval)
+BASE_PACKAGES = ("srt-trainer", "torch", "transformers", "peft", "datasets", "openai")
+
+
+def manifest_path(result: str | Path) -> Path:
+    """``<stem>.manifest.json`` beside a result file."""
+    return sidecar_path(result, MANIFEST)
+
+
+def package_versions(names: Iterable[str]) -> dict[str, str | None]:
+    """Installed version of each distribution (None when it is not installed)."""
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_entry(path: str | Path | None) -> dict[str, Any] | None:
+    """A file as a manifest names it: its path and sha256 (None for no file; a folder is named without a hash)."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.is_file():
+        return {"path": str(path), "sha256": file_sha256(p)}
+    return {"path": str(path), "sha256": None}
+
+
+def endpoint_host(url: str | None) -> str | None:
+    """``host[:port]`` of an endpoint URL, never its credentials, path or query (None for no URL); several URLs
+    separated by commas (replicas) give their hosts the same way."""
+    if not url:
+        return None
+    hosts = []
+    for part in url.split(","):
+        parsed = urlparse(part.strip())
+        host = parsed.hostname or ""
+        hosts.append(f"{host}:{parsed.port}" if parsed.port else host)
+    return ",".join(hosts)
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def build_manifest(kind: str, packages: Iterable[str] = (), **fields: Any) -> dict[str, Any]:
+    """The manifest of one evaluation: its kind (``alpacaeval``, ``harness``...), the date, the Python and the
+    package versions, then the runner's own ``fields`` (settings, judge, files with their sha256)."""
+    return {
+        "kind": kind,
+        "date": utc_now(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": package_versions([*BASE_PACKAGES, *packages]),
+        **fields,
+    }
+
+
+def write_manifest(result: str | Path, manifest: Mapping[str, Any]) -> Path:
+    """Write ``manifest`` beside ``result``; returns its path."""
+    return write_json(dict(manifest), manifest_path(result), default=str)
