@@ -119,7 +119,30 @@ def alpacaeval(argv: Sequence[str], prog: str) -> None:
     print(f"wrote {run.output}; " + ", ".join(run.files.values()))
 
 
-HANDLERS = {"generate": generate, "judge": judge, "aggregate": aggregate, "alpacaeval": alpacaeval}
+def harness(argv: Sequence[str], prog: str) -> None:
+    from srt_trainer.evaluation.config import HarnessArguments
+    from srt_trainer.evaluation.harness import run_harness
+    from srt_trainer.options import StageParser
+
+    (config,) = StageParser(HarnessArguments, prog).parse_args_and_config(argv)
+    run = run_harness(config)
+    for r in run.rows:
+        value = "n/a" if r["value"] is None else f"{r['value']:.4f}"
+        stderr = "" if r["stderr"] is None else f" ± {r['stderr']:.4f}"
+        print(f"{r['task']:<24} {r['num_fewshot']!s:>4}-shot  {r['metric']:<26} {value}{stderr}")
+    average = run.summary["average"]
+    if average is not None and len(run.rows) > 1:
+        print(f"{'average':<24} {'':>10}  {'':<26} {average:.4f}")
+    print(f"wrote {run.output} ({run.summary['tasks_run_now']} tasks run now); " + ", ".join(run.files.values()))
+
+
+HANDLERS = {
+    "generate": generate,
+    "judge": judge,
+    "aggregate": aggregate,
+    "alpacaeval": alpacaeval,
+    "harness": harness,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
