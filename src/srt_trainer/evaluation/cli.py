@@ -136,12 +136,27 @@ def harness(argv: Sequence[str], prog: str) -> None:
     print(f"wrote {run.output} ({run.summary['tasks_run_now']} tasks run now); " + ", ".join(run.files.values()))
 
 
+def report(argv: Sequence[str], prog: str) -> None:
+    from srt_trainer.evaluation.config import ReportArguments
+    from srt_trainer.evaluation.report import run_report
+    from srt_trainer.options import StageParser
+
+    (config,) = StageParser(ReportArguments, prog).parse_args_and_config(argv)
+    run = run_report(config)
+    missing = [s.path for s in run.report.sources if s.manifest is None]
+    print(run.markdown.read_text().split("\n## ")[0].rstrip())
+    if missing:
+        print(f"no manifest beside {', '.join(missing)}: how those numbers were obtained is unknown")
+    print(f"wrote {run.markdown}, {run.json}")
+
+
 HANDLERS = {
     "generate": generate,
     "judge": judge,
     "aggregate": aggregate,
     "alpacaeval": alpacaeval,
     "harness": harness,
+    "report": report,
 }
 
 
