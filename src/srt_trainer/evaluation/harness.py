@@ -222,29 +222,34 @@ def run_harness(config: HarnessArguments) -> HarnessRun:
 
 
 def _run(config: HarnessArguments, stage: Stage) -> HarnessRun:
-    from lm_eval import simple_evaluate
-    from lm_eval.utils import handle_non_serializable
-
     from srt_trainer.models.loading import resolve_model_path
 
     plan = plan_tasks(config.tasks, config.num_fewshot)
-    manager = task_manager(config.include_path)
-    check_tasks(plan, manager, config.include_path)
     model_path = resolve_model_path(config.model)
     if config.adapter:
         check_adapter_base(model_path, config.adapter)
-
     store = stage.shards("harness")
     if config.overwrite:
         store.clear()
     own = ("adapter", "include_path", "batch_size", "limit", "dtype", "seed", "trust_remote_code")
     settings = {k: getattr(config, k) for k in own} | {"model": config.model, **LM_EVAL_SEEDS}
-    store.check_manifest({"settings": settings, "tasks": [asdict(t) for t in plan]})
+    manifest = {"settings": settings, "tasks": [asdict(t) for t in plan]}
+    # lm_eval's registry takes seconds to build: a run whose every task is kept needs neither it nor lm_eval
+    previous = store.work_dir / store.MANIFEST
+    finished = previous.is_file() and json.loads(previous.read_text()) == manifest
+    manager = None
+    if not finished or len(store.done(len(plan))) < len(plan):
+        manager = task_manager(config.include_path)
+        check_tasks(plan, manager, config.include_path)  # before the manifest: a typo must not pin the folder
+    store.check_manifest(manifest)
     done = set(store.done(len(plan)))
     if done:
         logger.info("resuming: %d of %d tasks already run in %s", len(done), len(plan), store.work_dir)
 
     lm = None
+    if len(done) < len(plan):
+        from lm_eval import simple_evaluate
+        from lm_eval.utils import handle_non_serializable
     start = time.perf_counter()
     bar = tqdm(total=len(plan), desc="lm_eval tasks", unit="task")
     for k, task in enumerate(plan):
@@ -295,7 +300,7 @@ def _run(config: HarnessArguments, stage: Stage) -> HarnessRun:
     values = [r["value"] for r in rows if r["value"] is not None]
     preset = next((p for p in PRESETS if p in config.tasks), None)
     stage.write(rows)
-    write_json(results, stage.path(RESULTS), default=handle_non_serializable)
+    write_json(results, stage.path(RESULTS), default=str)
     summary = stage.write_summary(
         {
             "model": name,
