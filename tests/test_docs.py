@@ -83,6 +83,9 @@ JOBS = {
     "eval generate": ("srt_trainer.evaluation.generate", "run_generate"),
     "eval judge": ("srt_trainer.evaluation.judge", "run_judge"),
     "eval aggregate": ("srt_trainer.evaluation.aggregate", "check_report_paths"),
+    "eval alpacaeval": ("srt_trainer.evaluation.alpaca", "run_alpaca_eval"),
+    "eval harness": ("srt_trainer.evaluation.harness", "run_harness"),
+    "eval report": ("srt_trainer.evaluation.report", "run_report"),
 }
 
 
