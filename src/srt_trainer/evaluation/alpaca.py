@@ -20,6 +20,7 @@ neither output is dropped by the package; it is listed in ``<stem>.failures.json
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -100,7 +101,7 @@ def judge_environment(base_url: str | None) -> dict[str, str]:
     env = dict(os.environ)
     if base_url:
         env["OPENAI_BASE_URL"] = env["OPENAI_API_BASE"] = base_url
-        env.setdefault(API_KEY_ENV, "EMPTY")
+        env[API_KEY_ENV] = env.get(API_KEY_ENV) or "EMPTY"
     elif not env.get(API_KEY_ENV):
         raise AlpacaEvalError(f"the judge needs an API key: set {API_KEY_ENV} (or give --base_url of a local judge)")
     return env
@@ -217,8 +218,11 @@ def _run(config: AlpacaEvalArguments, stage: Stage) -> AlpacaEvalRun:
     # what changes the judgments (the endpoint by its host only: a URL may carry credentials)
     own = ("judge_model", "annotators_config", "judge_max_tokens", "seed", "chunk_size")
     settings = {k: getattr(config, k) for k in own} | {"judge_host": endpoint_host(config.base_url)}
-    items_key = [[m["instruction"], m["output"], r["output"], m["generator"], r["generator"]] for m, r in items]
-    store.check_manifest({"settings": settings, "items": items_key})
+    items_key = hashlib.sha256()
+    for m, r in items:
+        key = [m["instruction"], m["output"], r["output"], m["generator"], r["generator"]]
+        items_key.update(json.dumps(key).encode())
+    store.check_manifest({"settings": settings, "items": items_key.hexdigest(), "num_items": len(items)})
     bounds = shard_bounds(len(items), config.chunk_size)
     done = set(store.done(len(bounds)))
     if done:
