@@ -113,9 +113,10 @@ def _scrub(text: str, env: dict[str, str]) -> str:
     return text.replace(key, "***") if len(key) >= 4 else text
 
 
-def _tail(text: str, lines: int = 6) -> str:
-    kept = [line for line in text.splitlines() if line.strip()]
-    return " | ".join(kept[-lines:])
+def _last_error(text: str) -> str:
+    """The line that says what went wrong: the last one the package wrote (a traceback's exception line)."""
+    kept = [line.strip() for line in text.splitlines() if line.strip()]
+    return kept[-1] if kept else "no output"
 
 
 def run_package(python: str, args: list[str], env: dict[str, str], log: Path, code: str = _RUN_PACKAGE) -> str:
@@ -130,7 +131,7 @@ def run_package(python: str, args: list[str], env: dict[str, str], log: Path, co
                 f"{python} has no alpaca_eval: pip install 'srt-trainer[eval]' (or give --python of an environment "
                 "that has it)"
             )
-        raise AlpacaEvalError(f"alpaca_eval exited with {proc.returncode} (log: {log}): {_scrub(_tail(text), env)}")
+        raise AlpacaEvalError(f"alpaca_eval exited with {proc.returncode} (log: {log}): {_scrub(_last_error(text), env)}")
     return proc.stdout
 
 
