@@ -131,7 +131,8 @@ def run_package(python: str, args: list[str], env: dict[str, str], log: Path, co
                 f"{python} has no alpaca_eval: pip install 'srt-trainer[eval]' (or give --python of an environment "
                 "that has it)"
             )
-        raise AlpacaEvalError(f"alpaca_eval exited with {proc.returncode} (log: {log}): {_scrub(_last_error(text), env)}")
+        error = _scrub(_last_error(text), env)
+        raise AlpacaEvalError(f"alpaca_eval exited with {proc.returncode} (log: {log}): {error}")
     return proc.stdout
 
 
