@@ -11,7 +11,14 @@ from srt_trainer.evaluation.aggregate import (
     load_review_records,
     outcome_from_scores,
 )
-from srt_trainer.evaluation.config import AggregateArguments, GenerateArguments, JudgeArguments
+from srt_trainer.evaluation.config import (
+    AggregateArguments,
+    AlpacaEvalArguments,
+    GenerateArguments,
+    HarnessArguments,
+    JudgeArguments,
+    ReportArguments,
+)
 from srt_trainer.evaluation.judge import review_messages
 from srt_trainer.evaluation.scores import parse_scores
 from srt_trainer.evaluation.test_sets import TestSet, read_test_set, read_test_sets
@@ -20,9 +27,12 @@ __all__ = [
     "Aggregate",
     "AggregateArguments",
     "AggregateRun",
+    "AlpacaEvalArguments",
     "GenerateArguments",
+    "HarnessArguments",
     "ItemOutcome",
     "JudgeArguments",
+    "ReportArguments",
     "Tally",
     "TestSet",
     "aggregate_file",
