@@ -18,7 +18,8 @@ in one place and does what every stage does around its own work, so that a runne
 
 - ``side``: the suffixes of the files the stage writes beside its output; each is refused, before any work, when it
   is one of the inputs (``SIDE_LABELS`` says how messages name it), and ``stage.path(suffix)`` is its path.
-  ``extra``: other outputs the user named by option (``{"--teacher_cache": path}``), checked the same way.
+  ``extra``: other outputs the user named by option (``{"--teacher_cache": path}``), and ``reports``: the suffixes
+  of report files (``aggregate.md``), checked the same way.
 - ``guard()``: the checks before any work and the output's lock (``io.output_lock``), on the main process only.
 - ``load()``: instruction data with its rejects written beside the output; an input with no usable row is refused
   naming the file. ``reject()`` does the same for a stage that reads its items its own way; ``nonempty()`` refuses a
@@ -78,8 +79,8 @@ SIDE_LABELS = {
 
 
 def side_label(suffix: str) -> str:
-    """``the summary`` for ``summary.json``; ``the report <suffix>`` for a report file."""
-    return SIDE_LABELS.get(suffix, f"the report {suffix}")
+    """How messages name a side file: ``the summary`` for ``summary.json``."""
+    return SIDE_LABELS.get(suffix, f"the file {suffix}")
 
 
 class Stage:
@@ -91,6 +92,7 @@ class Stage:
         inputs: the files the stage reads, by the option that named them (``{"--data": path}``); None is skipped.
         side: the suffixes of the files written beside the output (``summary.json``, ``hist.png``).
         extra: other outputs, by the option that named them (``{"--teacher_cache": path}``).
+        reports: the suffixes of report files written beside the output (``aggregate.md``): ``the report <suffix>``.
         is_main: False on the other processes of a launch: they check and lock nothing, and write no rejects.
     """
 
@@ -101,6 +103,7 @@ class Stage:
         inputs: Mapping[str, str | Path | None],
         side: Sequence[str] = (REJECTS, SUMMARY),
         extra: Mapping[str, str | Path | None] | None = None,
+        reports: Sequence[str] = (),
         is_main: bool = True,
     ) -> None:
         self.output = check_output_path(output)
@@ -108,6 +111,7 @@ class Stage:
         self.inputs = dict(inputs)
         self.side = tuple(side)
         self.extra = dict(extra or {})
+        self.reports = tuple(reports)
         self.is_main = is_main
 
     def path(self, suffix: str) -> Path:
@@ -127,9 +131,11 @@ class Stage:
         return self.path(LOCK)
 
     def outputs(self) -> dict[str, Path | str | None]:
-        """Every file the stage writes, by how messages name it: the output, the side files, ``extra``, the lock."""
+        """Every file the stage writes, by how messages name it: the output, the side files, ``extra``, the reports
+        and the lock."""
         side = {side_label(s): self.path(s) for s in self.side}
-        return {"--output": self.output, **side, **self.extra, "the lock file": self.lock}
+        reports = {f"the report {s}": self.path(s) for s in self.reports}
+        return {"--output": self.output, **side, **self.extra, **reports, "the lock file": self.lock}
 
     @contextlib.contextmanager
     def guard(self) -> Iterator[Stage]:
