@@ -41,7 +41,7 @@ from srt_trainer.errors import SRTUserError
 from srt_trainer.evaluation.config import AlpacaEvalArguments
 from srt_trainer.evaluation.judge import match_answers, read_answers
 from srt_trainer.evaluation.manifest import build_manifest, endpoint_host, file_entry, write_manifest
-from srt_trainer.io import DataLoadError, no_rows_message, shard_bounds, write_json
+from srt_trainer.io import DataLoadError, no_rows_message, write_json
 from srt_trainer.stage import REJECTS, SUMMARY, Stage
 
 logger = logging.getLogger(__name__)
@@ -224,25 +224,22 @@ def _run(config: AlpacaEvalArguments, stage: Stage) -> AlpacaEvalRun:
     for m, r in items:
         key = [m["instruction"], m["output"], r["output"], m["generator"], r["generator"]]
         items_key.update(json.dumps(key).encode())
-    store.check_manifest({"settings": settings, "items": items_key.hexdigest(), "num_items": len(items)})
-    bounds = shard_bounds(len(items), config.chunk_size)
-    done = set(store.done(len(bounds)))
-    if done:
-        logger.info("resuming: %d of %d chunks already judged in %s", len(done), len(bounds), store.work_dir)
+    manifest = {"settings": settings, "items": items_key.hexdigest(), "num_items": len(items)}
+    plan = store.resume(manifest, len(items), config.chunk_size, "judged")
 
     start = time.perf_counter()
-    bar = tqdm(total=len(items), desc=f"AlpacaEval ({name})", unit="item")
-    for k, (s, e) in enumerate(bounds):
-        if k not in done:
-            store.write(k, _judge_chunk(items[s:e], store.work_dir / f"chunk-{k:06d}", annotator, config, python, env))
+    bar = tqdm(total=len(items), initial=plan.rows_done, desc=f"AlpacaEval ({name})", unit="item")
+
+    def judge(k: int, s: int, e: int) -> list[dict[str, Any]]:
+        rows = _judge_chunk(items[s:e], store.work_dir / f"chunk-{k:06d}", annotator, config, python, env)
         bar.update(e - s)
+        return rows
+
+    judged = store.collect(plan, store.run(plan, plan.todo, judge), "judged")
     bar.close()
     seconds = time.perf_counter() - start
 
-    by_instruction: dict[str, dict[str, Any]] = {}
-    for k in range(len(bounds)):
-        for a in store.read(k):
-            by_instruction[a["instruction"]] = a
+    by_instruction = {a["instruction"]: a for a in judged}
     annotations, failures = [], []
     for i, (m, _) in enumerate(items):
         a = by_instruction.get(m["instruction"])
@@ -284,7 +281,7 @@ def _run(config: AlpacaEvalArguments, stage: Stage) -> AlpacaEvalRun:
         "judged": len(annotations),
         "failed": len(failures),
         "rejected_rows": len(rejects),
-        "chunks_judged_now": len(bounds) - len(done),
+        "chunks_judged_now": len(plan.todo),
         "seconds": round(seconds, 3),
         "judge_model": config.judge_model,
         "judge_host": endpoint_host(config.base_url),

@@ -241,45 +241,45 @@ def _run(config: HarnessArguments, stage: Stage) -> HarnessRun:
     if not finished or len(store.done(len(plan))) < len(plan):
         manager = task_manager(config.include_path)
         check_tasks(plan, manager, config.include_path)  # before the manifest: a typo must not pin the folder
-    store.check_manifest(manifest)
-    done = set(store.done(len(plan)))
-    if done:
-        logger.info("resuming: %d of %d tasks already run in %s", len(done), len(plan), store.work_dir)
+    shards = store.resume(manifest, len(plan), 1, "run")  # one task a shard
 
     lm = None
-    if len(done) < len(plan):
+    if shards.todo:
         from lm_eval import simple_evaluate
         from lm_eval.utils import handle_non_serializable
     start = time.perf_counter()
-    bar = tqdm(total=len(plan), desc="lm_eval tasks", unit="task")
-    for k, task in enumerate(plan):
-        if k not in done:
-            lm = lm or build_lm(config, model_path)
-            bar.set_postfix_str(task.name)
-            try:
-                result = simple_evaluate(
-                    model=lm,
-                    tasks=[task.name],
-                    num_fewshot=task.num_fewshot,
-                    limit=config.limit,
-                    task_manager=manager,
-                    log_samples=False,
-                    random_seed=config.seed,
-                    **LM_EVAL_SEEDS,
-                )
-            except ConnectionError as e:  # datasets cannot reach the hub for the task's data
-                raise TaskDataError(
-                    f"--tasks {task.name}: its data could not be loaded ({e}); the leaderboard tasks read theirs from "
-                    "the hub: run once online (or with the datasets cache filled) or give a local task by "
-                    "--include_path"
-                ) from e
-            text = json.dumps(result, default=handle_non_serializable)
-            store.write(k, [{"task": task.name, "num_fewshot": task.num_fewshot, "result": text}])
+    bar = tqdm(total=len(plan), initial=len(shards.done), desc="lm_eval tasks", unit="task")
+
+    def evaluate(k: int, _start: int, _end: int) -> list[dict[str, Any]]:
+        nonlocal lm
+        task = plan[k]
+        lm = lm or build_lm(config, model_path)
+        bar.set_postfix_str(task.name)
+        try:
+            result = simple_evaluate(
+                model=lm,
+                tasks=[task.name],
+                num_fewshot=task.num_fewshot,
+                limit=config.limit,
+                task_manager=manager,
+                log_samples=False,
+                random_seed=config.seed,
+                **LM_EVAL_SEEDS,
+            )
+        except ConnectionError as e:  # datasets cannot reach the hub for the task's data
+            raise TaskDataError(
+                f"--tasks {task.name}: its data could not be loaded ({e}); the leaderboard tasks read theirs from "
+                "the hub: run once online (or with the datasets cache filled) or give a local task by --include_path"
+            ) from e
         bar.update(1)
+        text = json.dumps(result, default=handle_non_serializable)
+        return [{"task": task.name, "num_fewshot": task.num_fewshot, "result": text}]
+
+    stored = store.collect(shards, store.run(shards, shards.todo, evaluate), "run")
     bar.close()
     seconds = time.perf_counter() - start
 
-    parts = [json.loads(store.read(k)[0]["result"]) for k in range(len(plan))]
+    parts = [json.loads(row["result"]) for row in stored]
     results = merge_results(parts)
     name = default_generator_name(config.model, config.adapter)
     rows = []
@@ -309,7 +309,7 @@ def _run(config: HarnessArguments, stage: Stage) -> HarnessRun:
             "preset": preset,
             "tasks": {r["task"]: {k: r[k] for k in ("metric", "value", "stderr", "num_fewshot")} for r in rows},
             "average": sum(values) / len(values) if len(values) == len(rows) else None,
-            "tasks_run_now": len(plan) - len(done),
+            "tasks_run_now": len(shards.todo),
             "seconds": round(seconds, 3),
             "lm_eval_version": _version("lm-eval"),
             "config": asdict(config),
