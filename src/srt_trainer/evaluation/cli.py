@@ -3,6 +3,8 @@
 srt eval generate --test_sets tests/data/eval --output answers.jsonl [--model PATH] [--adapter DIR]
 srt eval judge --answers_a a.jsonl --answers_b b.jsonl --output reviews.jsonl --base_url URL --judge_model NAME
 srt eval aggregate --reviews reviews.jsonl [--json] [--output_dir DIR]
+srt eval mtbench --questions question.jsonl --judge_prompts judge_prompts.jsonl --reference_answers gpt-4.jsonl
+    --output_dir DIR [--model PATH] [--adapter DIR] [--answers_b FILE] --teacher openai --teacher_model NAME
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ COMMANDS = {
     "generate": "answers of a model (base, base + adapter, or merged) to test sets",
     "judge": "two answer files judged pairwise, in both orders, by an OpenAI-compatible judge",
     "aggregate": "win / tie / lose per test set, the winning score, a chart and a markdown summary",
+    "mtbench": "MT-Bench: both turns answered, graded by an OpenAI-compatible judge in FastChat's formats",
 }
 
 
@@ -91,7 +94,44 @@ def aggregate(argv: Sequence[str], prog: str) -> None:
         )
 
 
-HANDLERS = {"generate": generate, "judge": judge, "aggregate": aggregate}
+def mtbench(argv: Sequence[str], prog: str) -> None:
+    from srt_trainer.data import summarize_rejects
+    from srt_trainer.evaluation.config import MTBenchArguments
+    from srt_trainer.evaluation.mtbench import MTBenchNoScoresError, run_mtbench
+    from srt_trainer.models.config import LoadingArguments, SRTModelConfig
+    from srt_trainer.options import StageParser
+    from srt_trainer.teachers.config import TeacherArguments
+
+    parser = StageParser((MTBenchArguments, SRTModelConfig, LoadingArguments, TeacherArguments), prog)
+    config, model_args, loading, judge_args = parser.parse_args_and_config(argv)
+    try:
+        run = run_mtbench(config, model_args, loading, judge_args)
+    except MTBenchNoScoresError as e:
+        for kind, counts in e.run.counts.items():
+            print(f"judge ({kind}): {counts.format()}")
+        raise
+    summary = run.summary
+    if run.rejects:
+        print(summarize_rejects(run.rejects))
+    generation = summary["generation"]
+    done = f" ({generation['generated_now']} answered now in {generation['seconds']:.1f} s)" if generation else ""
+    print(f"answers: {summary['files']['answers']}: {summary['questions']} questions{done}")
+    for kind, counts in run.counts.items():
+        print(f"judge ({kind}): {counts.format()}")
+    single = summary["single"]
+    if single:
+        overall = "-" if single["overall"] is None else f"{single['overall']:.2f}"
+        print(
+            f"MT-Bench {summary['model_id']} by {summary['judge']}: {overall} "
+            f"({single['scored']} of {single['judgments']} judgments scored)"
+        )
+    if config.grade:
+        print(run.report())
+        print(f"{summary['failures']} failures (never scored), in {summary['files']['failures']}")
+    print("wrote " + ", ".join(str(p) for p in (run.paths.summary, *summary["files"].values())))
+
+
+HANDLERS = {"generate": generate, "judge": judge, "aggregate": aggregate, "mtbench": mtbench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         asked_for_help = bool(argv) and argv[0] in ("-h", "--help")
         lines = [f"  {name:<10} {text}" for name, text in COMMANDS.items()]
         print(
-            "usage: srt eval {generate,judge,aggregate} [options]\n\ncommands:\n"
+            "usage: srt eval {generate,judge,aggregate,mtbench} [options]\n\ncommands:\n"
             + "\n".join(lines)
             + "\n\nRun `srt eval COMMAND --help` for a command's options.",
             file=sys.stdout if asked_for_help else sys.stderr,
