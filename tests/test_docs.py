@@ -83,6 +83,7 @@ JOBS = {
     "eval generate": ("srt_trainer.evaluation.generate", "run_generate"),
     "eval judge": ("srt_trainer.evaluation.judge", "run_judge"),
     "eval aggregate": ("srt_trainer.evaluation.aggregate", "check_report_paths"),
+    "eval mtbench": ("srt_trainer.evaluation.mtbench", "run_mtbench"),
 }
 
 

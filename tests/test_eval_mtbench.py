@@ -42,6 +42,7 @@ def _mtbench(out: Path, *extra: str, questions: Path = QUESTIONS) -> list[str]:
 
 
 def _graded(out: Path, judge: str, *extra: str, questions: Path = QUESTIONS) -> list[str]:
+    """Grading by ``judge`` (an endpoint), with our judge prompts and reference answers."""
     return _mtbench(
         out,
         "--judge_prompts",
@@ -59,17 +60,24 @@ def _graded(out: Path, judge: str, *extra: str, questions: Path = QUESTIONS) -> 
     )
 
 
-def _generated(out: Path, *extra: str) -> list[str]:
-    return _mtbench(out, "--grade", "false", "--max_new_tokens", "6", "--shard_size", "1", *extra)
-
-
 # --- answering -------------------------------------------------------------------------------------------------
+def _answer(out: Path, model, tokenizer, questions: Path = QUESTIONS) -> dict:
+    """Answers only (no grading), three questions one per shard (each generated alone, without padding), with the
+    session's embedded model (the command's own loading is exercised by the real-judge test)."""
+    from srt_trainer.evaluation.config import MTBenchArguments
+    from srt_trainer.evaluation.mtbench import run_mtbench
+
+    config = MTBenchArguments(
+        questions=str(questions), output_dir=str(out), grade=False, max_new_tokens=6, shard_size=1
+    )
+    return run_mtbench(config, model=model, tokenizer=tokenizer).summary
+
+
 @pytest.fixture(scope="module")
-def answered(embedded_dir, tmp_path_factory) -> Path:
-    """An uninterrupted run: the three questions, one per shard (so each is generated alone, without padding)."""
+def answered(embedded_model, embedded_tokenizer, tmp_path_factory) -> Path:
+    """An uninterrupted run."""
     out = tmp_path_factory.mktemp("mtbench")
-    rc, _, err = _srt(_generated(out))
-    assert rc == 0, err
+    _answer(out, embedded_model, embedded_tokenizer)
     return out
 
 
@@ -100,17 +108,19 @@ def test_both_turns_answered_in_fastchat_format(answered, embedded_model, embedd
     assert summary["generation"]["generated_now"] == 3 and summary["single"] is None and summary["pair"] is None
 
 
-def test_stopped_run_resumes_and_a_changed_question_alone_is_answered_again(answered, tmp_path, caplog):
+def test_stopped_run_resumes_and_a_changed_question_alone_is_answered_again(
+    answered, embedded_model, embedded_tokenizer, tmp_path, caplog
+):
     out = tmp_path / "run"
     with interrupted_after_shards(1):
-        _srt(_generated(out))
+        _answer(out, embedded_model, embedded_tokenizer)
     shards = out / "SmolLM2-135M-Instruct.mtbench.answer-shards"
     first = shards / "shard-000000.jsonl"
     stamp = first.stat().st_mtime_ns
     with caplog.at_level(logging.INFO, logger="srt_trainer"):
-        rc, _, _ = _srt(_generated(out))
-    assert rc == 0 and "resuming: 1 of 3 questions already answered" in caplog.text
-    assert first.stat().st_mtime_ns == stamp  # not answered again
+        summary = _answer(out, embedded_model, embedded_tokenizer)
+    assert "resuming: 1 of 3 questions already answered" in caplog.text
+    assert first.stat().st_mtime_ns == stamp and summary["generation"]["generated_now"] == 2  # not answered again
     name = "model_answer/SmolLM2-135M-Instruct.jsonl"
     turns = [r["choices"][0]["turns"] for r in read_rows(out / name)]
     assert turns == [r["choices"][0]["turns"] for r in read_rows(answered / name)]
@@ -121,13 +131,9 @@ def test_stopped_run_resumes_and_a_changed_question_alone_is_answered_again(answ
     row = json.loads(lines[2]) | {"turns": ["Name one reason people keep a diary.", "Say it in five words."]}
     changed.write_text("\n".join([*lines[:2], json.dumps(row)]) + "\n")
     stamps = {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*.jsonl")}
-    rc, _, _ = _srt(_mtbench(out, "--grade", "false", "--max_new_tokens", "6", "--shard_size", "1", questions=changed))
-    assert rc == 0
-    assert {p.name for p in shards.glob("shard-*.jsonl") if p.stat().st_mtime_ns != stamps[p.name]} == {
-        "shard-000002.jsonl"
-    }
-    summary = json.loads((out / "SmolLM2-135M-Instruct.mtbench.json").read_text())
-    assert summary["generation"]["generated_now"] == 1
+    summary = _answer(out, embedded_model, embedded_tokenizer, questions=changed)
+    changed_shards = {p.name for p in shards.glob("shard-*.jsonl") if p.stat().st_mtime_ns != stamps[p.name]}
+    assert changed_shards == {"shard-000002.jsonl"} and summary["generation"]["generated_now"] == 1
 
 
 # --- grading, with a scripted judge -----------------------------------------------------------------------------
@@ -299,14 +305,14 @@ def test_single_and_pairwise_grading_read_back_as_fastchat_does(judge, tmp_path)
 
     # run again: nothing is asked twice (re-asks included), the numbers are the same
     sent = sum(judge.asked.values())
-    rc, stdout, err = _srt(args)
+    rc, stdout, err = _srt([*args, "--no_plot"])
     assert rc == 0, err
     assert sum(judge.asked.values()) == sent and "asked 0, cached 8" in stdout and "asked 0, cached 14" in stdout
     again = json.loads((out / "tuned.mtbench.json").read_text())
     assert again["single"]["overall"] == 7.6 and again["pair"]["win"] == 2
 
     # another model graded into the same folder: both models in the judgments file, as FastChat keeps them
-    rc, _, err = _srt(_graded(out, judge.server.base_url, "--answers", str(base)))
+    rc, _, err = _srt(_graded(out, judge.server.base_url, "--answers", str(base), "--no_plot"))
     assert rc == 0, err
     per_turn, overall = _show_result_single(single_file)
     assert overall == {"tuned": 7.6, "base": 4.0} and per_turn[("base", 2)] == 4.0
@@ -325,7 +331,7 @@ def test_bad_inputs_are_named_and_nothing_graded_is_lost(judge, tmp_path):
         "\n".join([lines[0], json.dumps({"question_id": 7, "category": "stem"}), lines[2], '{"question_id": 8, '
         '"category": "stem", "turns": [3]}']) + "\n"
     )  # fmt: skip
-    rc, stdout, err = _srt(_graded(tmp_path / "a", url, "--answers", str(tuned), questions=bad))
+    rc, stdout, err = _srt(_graded(tmp_path / "a", url, "--answers", str(tuned), "--no_plot", questions=bad))
     assert rc == 0, err
     rejects = read_rows(tmp_path / "a" / "tuned.mtbench.rejects.jsonl")
     assert [(r["file"], r["line"], r["field"], r["reason"]) for r in rejects] == [
@@ -339,7 +345,9 @@ def test_bad_inputs_are_named_and_nothing_graded_is_lost(judge, tmp_path):
     refs = tmp_path / "reference.jsonl"
     refs.write_text(json.dumps({"question_id": 99, "model_id": "r", "choices": [{"turns": ["x", "y"]}]}) + "\n")
     before = Counter(judge.asked)
-    args = _graded(tmp_path / "b", url, "--answers", str(tuned), "--reference_answers", str(refs), "--limit", "2")
+    args = _graded(
+        tmp_path / "b", url, "--answers", str(tuned), "--reference_answers", str(refs), "--limit", "2", "--no_plot"
+    )
     rc, stdout, err = _srt(args)
     assert rc == 0, err
     sent = list(judge.asked - before)
@@ -380,7 +388,7 @@ def test_adapter_of_another_base_model_is_refused(embedded_dir, tmp_path):
     transformers.AutoModelForCausalLM.from_config(config).save_pretrained(other)
     model = transformers.AutoModelForCausalLM.from_pretrained(other)
     get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path / "lora")
-    rc, _, err = _srt(_generated(tmp_path / "out", "--adapter", str(tmp_path / "lora")))
+    rc, _, err = _srt(_mtbench(tmp_path / "out", "--grade", "false", "--adapter", str(tmp_path / "lora")))
     assert rc == 2
     assert f"{tmp_path / 'lora' / 'adapter_config.json'}, field 'base_model_name_or_path'" in err
     assert f"trained on {other}" in err and "give its base model as --model" in err
