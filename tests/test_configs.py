@@ -45,7 +45,7 @@ def test_no_option_is_declared_by_two_concerns():
 
 
 @pytest.mark.parametrize(
-    "stage", ["score", "reflect", "select", "agree", "train", "run", "eval generate", "eval judge"]
+    "stage", ["score", "reflect", "select", "agree", "train", "run", "eval generate", "eval judge", "eval mtbench"]
 )
 def test_every_stage_parser_builds(stage, capsys):
     """Building a stage's parser fails on two dataclasses declaring one flag; --help builds it."""

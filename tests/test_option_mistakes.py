@@ -100,7 +100,7 @@ def test_yaml_keys_may_be_any_spelling_of_their_flag(tmp_path: Path):
 
 
 @pytest.mark.parametrize(
-    "stage", ["score", "reflect", "select", "agree", "train", "run", "eval generate", "eval judge"]
+    "stage", ["score", "reflect", "select", "agree", "train", "run", "eval generate", "eval judge", "eval mtbench"]
 )
 def test_help_names_the_config_file_and_negations_say_what_they_turn_off(stage, capsys):
     with pytest.raises(SystemExit) as exit_:
