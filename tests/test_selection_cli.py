@@ -236,6 +236,19 @@ def test_srt_select_stops_on_an_empty_input(tmp_path, capsys):
     out = tmp_path / "selected.jsonl"
     assert main(_select_argv(files, out)) == 2
     assert "ori.jsonl: contains no rows" in capsys.readouterr().err and not out.exists()
+    assert not (tmp_path / "selected.lock").exists()  # a refused run leaves no lock file behind
     files["ori"].write_text('{"row_index": 0, "instruction": "x", "output": "y", "ifd": 0.5, "rifd": 0.5}\n')
     assert main(_select_argv(files, out)) == 2  # the others are still empty: not the same rows
     assert "q.jsonl (Q): 0 rows, but" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "ori.jsonl", "q.jsonl", "qa.jsonl"]
+
+
+def test_srt_select_ifd_policy_stops_on_an_empty_ori(tmp_path, capsys):
+    """The ifd policy reads ori alone; an empty one is refused as the paper policy refuses it: exit 2 naming the
+    file, no output, no report and no lock file left behind."""
+    ori = tmp_path / "ori.jsonl"
+    ori.write_text("")
+    out = tmp_path / "selected.jsonl"
+    assert main(["select", "--policy", "ifd", "--ori", str(ori), "--output", str(out)]) == 2
+    assert f"{ori}: contains no rows" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["ori.jsonl"]

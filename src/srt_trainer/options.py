@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterable
+from dataclasses import field
 from typing import Any
 
 from trl import TrlParser
@@ -23,6 +24,17 @@ CONFIG_HELP = (
     "dashes (output: x.jsonl, plot: false); flags on the command line override the file."
 )
 _HELP = ("-h", "--help")
+
+
+def offset_field() -> Any:
+    """``--offset``, declared once for every reader that also takes ``--limit``."""
+    return field(
+        default=0,
+        metadata={
+            "help": "Skip the first N rows of the file (with --limit, the release's start / end indices, to split "
+            "work by hand); row indices in the outputs stay those of the file."
+        },
+    )
 
 
 class StageParser(TrlParser):

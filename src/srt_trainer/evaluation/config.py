@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from srt_trainer.errors import SRTUserError
-from srt_trainer.io import offset_field
 from srt_trainer.models.config import student_settings
+from srt_trainer.options import offset_field
 
 # What ``--unscored`` may say of a review order whose scores cannot be read.
 UNSCORED_CHOICES = ("fail", "tie")

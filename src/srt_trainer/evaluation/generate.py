@@ -27,27 +27,20 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from srt_trainer.data import NoUsableRowsError, Reject, rejects_path_for, summarize_rejects, write_rejects
+from srt_trainer.data import Reject, summarize_rejects
 from srt_trainer.evaluation.config import GenerateArguments
 from srt_trainer.evaluation.test_sets import TestSet, expand_test_set_paths, read_test_sets
 from srt_trainer.generation import generate_answers
-from srt_trainer.io import (
-    ShardStore,
-    check_output_path,
-    guard_outputs,
-    shard_bounds,
-    sidecar_path,
-    write_rows,
-    write_text_atomic,
-)
 from srt_trainer.models import load_tokenizer
 from srt_trainer.models.config import LoadingArguments, SRTModelConfig
 from srt_trainer.models.embedded import EMBEDDED_MODEL, EMBEDDED_NAME
 from srt_trainer.models.loading import load_configured_student
+from srt_trainer.stage import REJECTS, SUMMARY, Stage
 from srt_trainer.templates import get_template
 
 logger = logging.getLogger(__name__)
 
+ALPACA_EVAL = "alpaca_eval.json"  # the answers as the alpaca_eval tool reads them, beside the output
 ANSWER_COLUMNS = ("id", "test_set", "instruction", "input", "output", "generator")
 
 
@@ -202,34 +195,28 @@ def run_generate(
     the outputs (answers, AlpacaEval file, summary, rejects), resuming from the finished shards of an earlier run
     with the same settings."""
     loading = loading or LoadingArguments()
-    output = check_output_path(config.output)
-    sidecars = {
-        "the rejects file": rejects_path_for(output),
-        "the summary": sidecar_path(output, "summary.json"),
-        "the AlpacaEval file": sidecar_path(output, "alpaca_eval.json"),
-    }
-    inputs = {f"--test_sets {p}": p for p in expand_test_set_paths(config.test_sets)}
-    with guard_outputs(inputs, output, sidecars, "answers file"):
-        return _run_generate(config, model_args, loading, output, model, tokenizer)
+    stage = Stage(
+        config.output,
+        "answers file",
+        inputs={f"--test_sets {p}": p for p in expand_test_set_paths(config.test_sets)},
+        side=(REJECTS, SUMMARY, ALPACA_EVAL),
+    )
+    with stage.guard():
+        return _run_generate(config, model_args, loading, stage, model, tokenizer)
 
 
 def _run_generate(
     config: GenerateArguments,
     model_args: SRTModelConfig,
     loading: LoadingArguments,
-    output: Path,
+    stage: Stage,
     model: Any,
     tokenizer: Any,
 ) -> GenerateRun:
     sets = read_test_sets(config.test_sets, limit=config.limit, offset=config.offset)
     items = [it for s in sets for it in s.items]
     rejects = [r for s in sets for r in s.rejects]
-    write_rejects(rejects, rejects_path_for(output))
-    if not items:
-        raise NoUsableRowsError(
-            f"{', '.join(s.source for s in sets)}: no usable test item; {summarize_rejects(rejects).splitlines()[0]} "
-            f"(see {rejects_path_for(output)})"
-        )
+    stage.reject(rejects, len(items), ", ".join(s.source for s in sets), "no usable test item")
     for s in sets:
         logger.info("%s: %d rows, %d items (%s)", s.source, s.num_rows_read, len(s.items), s.name)
     if rejects:
@@ -247,7 +234,7 @@ def _run_generate(
         logger.debug("template %s; first prompt:\n%s", model_args.template, prompts[0])
     # Longest prompts first: shards (and the batches inside) hold similar lengths; fixed, so a resume matches.
     order = sorted(range(len(items)), key=lambda i: (-len(prompts[i]), i))
-    store = ShardStore(sidecar_path(output, "gen-shards"))
+    store = stage.shards("gen")
     if config.overwrite:
         store.clear()
     manifest = {
@@ -256,36 +243,32 @@ def _run_generate(
         "num_items": len(items),
         "items": _items_fingerprint(items, prompts),
     }
-    store.check_manifest(manifest)
-    bounds = shard_bounds(len(order), config.shard_size)
-    done = store.done(len(bounds))
-    if done:
-        logger.info("resuming: %d of %d shards already generated in %s", len(done), len(bounds), store.work_dir)
-    outputs: dict[int, str] = {}
-    for k in done:
-        outputs.update((r["index"], r["output"]) for r in store.read(k))
-    start = time.perf_counter()
-    bar = tqdm(total=len(items), initial=len(outputs), desc=f"Answering ({generator})", unit="item")
-    for k, (s, e) in enumerate(bounds):
-        if k in done:
-            continue
+    plan = store.resume(manifest, len(order), config.shard_size, "generated")
+
+    def answer(k: int, s: int, e: int) -> list[dict[str, Any]]:
         idx = order[s:e]
         texts = engine.generate([prompts[i] for i in idx], seed=config.seed + k)
         if config.stop_at_turns:
             texts = [cut_at_turns(t, markers) for t in texts]
-        store.write(k, [{"index": i, "output": t} for i, t in zip(idx, texts, strict=True)])
-        outputs.update(zip(idx, texts, strict=True))
-        bar.update(len(idx))
+        return [{"index": i, "output": t} for i, t in zip(idx, texts, strict=True)]
+
+    start = time.perf_counter()
+    bar = tqdm(total=len(items), initial=plan.rows_done, desc=f"Answering ({generator})", unit="item")
+    new = []
+    for k, answered in store.run(plan, plan.todo, answer):
+        new.append((k, answered))
+        bar.update(len(answered))
     bar.close()
     seconds = time.perf_counter() - start
+    outputs = {r["index"]: r["output"] for r in store.collect(plan, new, "generated")}
 
     rows = [
         {**{c: it[c] for c in ANSWER_COLUMNS[:4]}, "output": outputs[i], "generator": generator}
         for i, it in enumerate(items)
     ]
-    write_rows(rows, output)
+    output = stage.write(rows)
     if config.alpaca_eval:
-        write_rows(alpaca_eval_records(rows), sidecar_path(output, "alpaca_eval.json"))
+        stage.write_side(ALPACA_EVAL, alpaca_eval_records(rows))
     per_set = Counter(r["test_set"] for r in rows)
     summary = {
         "generator": generator,
@@ -293,9 +276,9 @@ def _run_generate(
         "per_test_set": {s.name: per_set.get(s.name, 0) for s in sets},
         "rejected_rows": len(rejects),
         "empty_outputs": sum(1 for r in rows if not r["output"]),
-        "generated_now": len(items) - sum(e - s for k, (s, e) in enumerate(bounds) if k in done),
+        "generated_now": len(items) - plan.rows_done,
         "seconds": round(seconds, 3),
         "config": {"generate": asdict(config), "student": asdict(model_args)},
     }
-    write_text_atomic(json.dumps(summary, indent=2), sidecar_path(output, "summary.json"))
+    stage.write_summary(summary)
     return GenerateRun(rows, sets, rejects, summary, output, prompts[0] if prompts else None)

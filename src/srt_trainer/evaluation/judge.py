@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from srt_trainer.data import NoUsableRowsError, Reject, rejects_path_for, summarize_rejects, write_rejects
+from srt_trainer.data import Reject, summarize_rejects
 from srt_trainer.evaluation.aggregate import (
     REPORT_SUFFIXES,
     Aggregate,
@@ -28,19 +28,14 @@ from srt_trainer.evaluation.aggregate import (
 )
 from srt_trainer.evaluation.config import JudgeArguments
 from srt_trainer.evaluation.scores import has_scores
-from srt_trainer.io import (
-    DataLoadError,
-    check_output_path,
-    guard_outputs,
-    iter_raw_rows,
-    row_window,
-    sidecar_path,
-    write_rows,
-)
+from srt_trainer.io import DataLoadError, iter_raw_rows, row_window, sidecar_path
+from srt_trainer.stage import REJECTS, Stage
 from srt_trainer.teachers import RunCounts, TeacherArguments, build_teacher_from_args, complete_all
 from srt_trainer.teachers.cache import batch_state_path, check_cache_writable
 
 logger = logging.getLogger(__name__)
+
+FAILURES = "failures.jsonl"  # the items without a readable review in both orders, beside the output
 
 JUDGE_SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
 JUDGE_INSTRUCTION = (
@@ -223,21 +218,21 @@ def run_judge(config: JudgeArguments, judge: TeacherArguments, teacher: Any = No
     """Judge every matched item in both orders with the teacher ``judge`` names (or ``teacher``, already built);
     write the reviews, failures, rejects and the aggregate reports."""
     check_unscored(config.unscored)  # before any request
-    output = check_output_path(config.output)
-    cache = judge.cache_path(sidecar_path(output, "cache.jsonl"))
-    sidecars = {
-        "the rejects file": rejects_path_for(output),
-        "the failures file": sidecar_path(output, "failures.jsonl"),
-        "--teacher_cache": cache,
-        **{f"the report {suffix}": sidecar_path(output, suffix) for suffix in REPORT_SUFFIXES},
-    }
-    inputs = {"--answers_a": config.answers_a, "--answers_b": config.answers_b}
-    with guard_outputs(inputs, output, sidecars, "reviews file"):
+    cache = judge.cache_path(sidecar_path(config.output, "cache.jsonl"))
+    stage = Stage(
+        config.output,
+        "reviews file",
+        inputs={"--answers_a": config.answers_a, "--answers_b": config.answers_b},
+        side=(REJECTS, FAILURES),
+        extra={"--teacher_cache": cache},
+        reports=REPORT_SUFFIXES,
+    )
+    with stage.guard():
         check_cache_writable(cache)
-        return _run_judge(config, judge, output, cache, teacher)
+        return _run_judge(config, judge, stage, cache, teacher)
 
 
-def _run_judge(config: JudgeArguments, judge: TeacherArguments, output: Path, cache: Path, teacher: Any) -> JudgeRun:
+def _run_judge(config: JudgeArguments, judge: TeacherArguments, stage: Stage, cache: Path, teacher: Any) -> JudgeRun:
     file_a, file_b = read_answers(config.answers_a), read_answers(config.answers_b)
     pairs, unmatched = match_answers(file_a, file_b)
     if config.offset or config.limit is not None:
@@ -245,13 +240,9 @@ def _run_judge(config: JudgeArguments, judge: TeacherArguments, output: Path, ca
             raise DataLoadError(f"--offset {config.offset}: past the last of the {len(pairs)} matched items")
         pairs = list(row_window(pairs, config.offset, config.limit))
     rejects = [*file_a.rejects, *file_b.rejects, *unmatched]
-    write_rejects(rejects, rejects_path_for(output))
     logger.info("%d items to judge in both orders; %s", len(pairs), summarize_rejects(rejects))
-    if not pairs:
-        raise NoUsableRowsError(
-            f"{config.answers_a}, {config.answers_b}: no item has a usable answer in both files; "
-            f"{summarize_rejects(rejects, reasons=2).splitlines()[0]} (see {rejects_path_for(output)})"
-        )
+    source = f"{config.answers_a}, {config.answers_b}"
+    stage.reject(rejects, len(pairs), source, "no item has a usable answer in both files", reasons=2)
 
     own_teacher = teacher is None
     if teacher is None:
@@ -279,8 +270,8 @@ def _run_judge(config: JudgeArguments, judge: TeacherArguments, output: Path, ca
         _record(a, b, str(judge_name), results[2 * i], results[2 * i + 1], config.unscored)
         for i, (a, b) in enumerate(pairs)
     ]
-    write_rows(records, output)
-    failures = write_rows([r for r in records if r["status"] != "ok"], sidecar_path(output, "failures.jsonl"))
+    output = stage.write(records)
+    failures = stage.write_side(FAILURES, [r for r in records if r["status"] != "ok"])
     agg = aggregate_records(records, unscored=config.unscored)
     reports = write_reports(agg, output, source=str(output), plot=config.plot)
     logger.debug("judge config: %s; judge: %s", asdict(config), asdict(judge))

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from srt_trainer.errors import SRTUserError
-from srt_trainer.io import offset_field, sidecar_path
+from srt_trainer.io import sidecar_path
+from srt_trainer.options import offset_field
 from srt_trainer.reflection.parsers import REJECTION_RULES
 from srt_trainer.teachers.config import TeacherArguments
 

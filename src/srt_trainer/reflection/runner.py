@@ -17,7 +17,6 @@ into the instruction in instruction mode, an over-long answer cut (see ``teacher
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -25,10 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from srt_trainer.data import load_instruction_data, rejects_path_for, require_rows, summarize_rejects
 from srt_trainer.data.loading import RESERVED_PREFIX, kept_name
 from srt_trainer.errors import SRTUserError
-from srt_trainer.io import check_output_path, guard_outputs, sidecar_path, write_rows, write_text_atomic
 from srt_trainer.reflection.config import TEACHER_VIEWS, ReflectArguments, ReflectionArguments
 from srt_trainer.reflection.parsers import (
     InstructionFields,
@@ -36,6 +33,7 @@ from srt_trainer.reflection.parsers import (
     inspect_tagged,
 )
 from srt_trainer.reflection.prompts import ReflectionPrompt, load_prompt
+from srt_trainer.stage import REJECTS, SUMMARY, Stage
 from srt_trainer.teachers import (
     ChatResult,
     Conversation,
@@ -50,6 +48,7 @@ from srt_trainer.teachers.cache import batch_state_path, check_cache_writable
 
 logger = logging.getLogger(__name__)
 
+RAW = "raw.jsonl"  # the teacher's raw texts, beside the output
 STATUSES = ("ok", "fallback", "failed")
 REFLECTION_COLUMNS = (
     "instruction",
@@ -430,38 +429,28 @@ def run_reflect(
     beside it, rewriting as ``reflection`` says (default: as released). ``teacher``: one already built (default: the
     one ``teacher_args`` names)."""
     reflection = reflection or ReflectionArguments()
-    output = check_output_path(args.output)
     cache = args.cache_path(teacher_args)
-    inputs = {"--data": args.data, "--prompt_template": args.prompt_template}
-    sidecars = {
-        "the rejects file": rejects_path_for(output),
-        "the raw texts": sidecar_path(output, "raw.jsonl"),
-        "the summary": sidecar_path(output, "summary.json"),
-        "--teacher_cache": cache,
-    }
-    with guard_outputs(inputs, output, sidecars, "reflection output"):
+    stage = Stage(
+        args.output,
+        "reflection output",
+        inputs={"--data": args.data, "--prompt_template": args.prompt_template},
+        side=(REJECTS, RAW, SUMMARY),
+        extra={"--teacher_cache": cache},
+    )
+    with stage.guard():
         check_cache_writable(cache)  # before the teacher is built or paid
         prompt = load_prompt(args.mode, args.prompt_template, needs_input=reflection.prompt_needs_input(args.mode))
-        loaded = load_instruction_data(
+        loaded = stage.load(
             args.data,
+            usable_for="reflection",
+            to="reflect",
             format=args.data_format,
             limit=args.limit,
             offset=args.offset,
-            rejects_path=rejects_path_for(output),
         )
-        require_rows(loaded, rejects_path_for(output), "usable for reflection")
         teacher = teacher or build_teacher_from_args(teacher_args, batch_state_path(cache), args.progress)
-        rows = loaded.rows
-        logger.info(
-            "%s: %d rows read (%s), %d to reflect; %s",
-            loaded.source,
-            loaded.num_rows_read,
-            loaded.format,
-            len(rows),
-            summarize_rejects(loaded.rejects),
-        )
         result = reflect(
-            rows,
+            loaded.rows,
             args.mode,
             teacher,
             teacher_args,
@@ -471,26 +460,27 @@ def run_reflect(
             variant=args.variant,
             progress=args.progress,
         )
-        write_rows(result.rows, output)
-        write_rows(result.raw, sidecar_path(output, "raw.jsonl"))
-        summary = {
-            "mode": args.mode,
-            "variant": result.variant,
-            "rows": len(result.rows),
-            **result.statuses,
-            "fallbacks": result.fallbacks,
-            "rejected": result.rejected,
-            "teacher_view": result.view,
-            "counts": result.counts.as_dict(),
-            "teacher": teacher.identity(),
-            "prompt": prompt.source,
-            "data": loaded.source,
-            "rejected_rows": len(loaded.rejects),
-            "output": str(output),
-            "cache": str(cache),
-            "config": {"reflect": asdict(args), "teacher": asdict(teacher_args)},
-        }
-        write_text_atomic(json.dumps(summary, indent=2, ensure_ascii=False), sidecar_path(output, "summary.json"))
+        output = stage.write(result.rows)
+        stage.write_side(RAW, result.raw)
+        summary = stage.write_summary(
+            {
+                "mode": args.mode,
+                "variant": result.variant,
+                "rows": len(result.rows),
+                **result.statuses,
+                "fallbacks": result.fallbacks,
+                "rejected": result.rejected,
+                "teacher_view": result.view,
+                "counts": result.counts.as_dict(),
+                "teacher": teacher.identity(),
+                "prompt": prompt.source,
+                "data": loaded.source,
+                "rejected_rows": len(loaded.rejects),
+                "output": str(output),
+                "cache": str(cache),
+                "config": {"reflect": asdict(args), "teacher": asdict(teacher_args)},
+            }
+        )
         if result.rows and result.statuses["failed"] == len(result.rows):
             first = result.rows[0]["reflection_error"]
             raise TeacherError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from srt_trainer.io import offset_field
+from srt_trainer.options import offset_field
 
 
 @dataclass

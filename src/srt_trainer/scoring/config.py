@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from srt_trainer.io import offset_field
 from srt_trainer.models.config import student_settings
+from srt_trainer.options import offset_field
 
 
 @dataclass

@@ -28,22 +28,17 @@ from tqdm.auto import tqdm
 
 from srt_trainer.distributed import get_state, zero3_init
 from srt_trainer.errors import SRTUserError
-from srt_trainer.io import (
-    ShardStore,
-    check_output_path,
-    guard_outputs,
-    shard_bounds,
-    sidecar_path,
-    write_rows,
-    write_text_atomic,
-)
+from srt_trainer.io import ShardStore
 from srt_trainer.models.config import LoadingArguments, SRTModelConfig
 from srt_trainer.models.embedded import public_model_name
 from srt_trainer.scoring.config import ScoreArguments, ScoringArguments, fingerprint_settings
 from srt_trainer.scoring.loss import ERROR_COLUMNS, STAT_COLUMNS
 from srt_trainer.scoring.scorer import IFDScorer
+from srt_trainer.stage import REJECTS, SUMMARY, Stage
 
 logger = logging.getLogger(__name__)
+
+HISTOGRAM = "hist.png"  # the IFD / r-IFD histograms, beside the output
 
 
 class NoStatisticsError(SRTUserError, ValueError):
@@ -121,21 +116,14 @@ def score_dataset(
         "num_rows": len(rows),
         "data": data_fingerprint(rows),
     }
-    if state.is_main_process:
-        store.check_manifest(manifest, is_main=True)
-    state.wait_for_everyone()
-    if not state.is_main_process:
-        store.check_manifest(manifest, is_main=False)
-
-    bounds = shard_bounds(len(rows), shard_size)
-    done = set(store.done(len(bounds)))
-    todo = [k for k in range(len(bounds)) if k not in done]
+    plan = store.resume(
+        manifest, len(rows), shard_size, "scored", is_main=state.is_main_process, wait=state.wait_for_everyone
+    )
+    todo = plan.todo
     work = estimate_tokens(rows, scorer.tokenizer) if todo else []
-    shard_work = [sum(work[s:e]) for s, e in bounds] if todo else []
+    shard_work = [sum(work[s:e]) for s, e in plan.bounds] if todo else []
     mine = assign_shards([shard_work[k] for k in todo], state.num_processes)[state.process_index]
     mine = [todo[i] for i in mine]
-    if state.is_main_process and done:
-        logger.info("resuming: %d of %d shards already scored in %s", len(done), len(bounds), work_dir)
     if state.num_processes > 1:
         logger.info(
             "rank %d of %d: %d shards, ~%d tokens",
@@ -152,21 +140,21 @@ def score_dataset(
         disable=not progress,
         desc=f"Scoring (rank {state.process_index})" if state.num_processes > 1 else "Scoring",
     )
-    new: list[tuple[int, list[dict[str, Any]]]] = []
-    for k in mine:
-        start, end = bounds[k]
+
+    def score_shard(k: int, start: int, end: int) -> list[dict[str, Any]]:
         shard_end = bar.n + shard_work[k]  # the bar follows real tokens but never runs past the shard's estimate
 
-        def advance(n: int, stop: int = shard_end) -> None:
-            bar.update(max(0, min(n, stop - bar.n)))
+        def advance(n: int) -> None:
+            bar.update(max(0, min(n, shard_end - bar.n)))
 
         started = time.perf_counter()
         stats = scorer.score(rows[start:end], progress=advance)
         if timings is not None:
             timings["student"] = timings.get("student", 0.0) + time.perf_counter() - started
         bar.update(shard_end - bar.n)
-        store.write(k, stats)
-        new.append((k, stats))
+        return stats
+
+    new = list(store.run(plan, mine, score_shard))
     bar.close()
     scorer.finish()  # under ZeRO-3, join the forwards of the processes still scoring
 
@@ -174,13 +162,7 @@ def score_dataset(
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
-    by_shard = dict(gathered)
-    for k in done:
-        by_shard[k] = store.read(k)
-    missing = [k for k in range(len(bounds)) if k not in by_shard]
-    if missing:
-        raise RuntimeError(f"shards {missing} were not scored by any rank")
-    out = [r for k in range(len(bounds)) for r in by_shard[k]]
+    out = store.collect(plan, gathered, "scored")
     assert len(out) == len(rows)
     return out
 
@@ -228,16 +210,15 @@ def run_score(
     input (or a file beside the output that is) is refused, and the output's lock is held until the end (a second
     run on the same output stops with a message).
     """
-    from srt_trainer.data import rejects_path_for
-
-    output = check_output_path(args.output)
-    sidecars = {
-        "the rejects file": rejects_path_for(output),
-        "the summary": sidecar_path(output, "summary.json"),
-        "the histogram": sidecar_path(output, "hist.png"),
-    }
-    with guard_outputs({"--data": args.data}, output, sidecars, "score output", get_state().is_main_process):
-        return _run_score(args, scoring, model_args, loading or LoadingArguments(), output, model, tokenizer)
+    stage = Stage(
+        args.output,
+        "score output",
+        inputs={"--data": args.data},
+        side=(REJECTS, SUMMARY, HISTOGRAM),
+        is_main=get_state().is_main_process,
+    )
+    with stage.guard():
+        return _run_score(args, scoring, model_args, loading or LoadingArguments(), stage, model, tokenizer)
 
 
 def _run_score(
@@ -245,24 +226,18 @@ def _run_score(
     scoring: ScoringArguments,
     model_args: SRTModelConfig,
     loading: LoadingArguments,
-    output: Path,
+    stage: Stage,
     model: Any,
     tokenizer: Any,
 ) -> ScoreRun | None:
     import torch
 
-    from srt_trainer.data import (
-        keep_source_columns,
-        load_instruction_data,
-        rejects_path_for,
-        require_rows,
-        summarize_rejects,
-    )
+    from srt_trainer.data import keep_source_columns
     from srt_trainer.models.loading import load_configured_student, load_tokenizer
     from srt_trainer.scoring.report import plot_histograms, summarize
 
     state = get_state()
-    store = ShardStore(sidecar_path(output, "score-shards"))
+    store = stage.shards("score")
     if args.overwrite and state.is_main_process:
         store.clear()
     state.wait_for_everyone()
@@ -276,25 +251,11 @@ def _run_score(
         seconds[name] = seconds.get(name, 0.0) + now - clock
         clock = now
 
-    loaded = load_instruction_data(
-        args.data,
-        format=args.data_format,
-        limit=args.limit,
-        offset=args.offset,
-        rejects_path=rejects_path_for(output) if state.is_main_process else None,
+    loaded = stage.load(
+        args.data, usable_for="scoring", to="score", format=args.data_format, limit=args.limit, offset=args.offset
     )
-    require_rows(loaded, rejects_path_for(output), "usable for scoring")
     rows = loaded.rows
     renamed = keep_source_columns(rows, WRITTEN_COLUMNS, what=f"{loaded.source} (srt score writes them)")
-    if state.is_main_process:
-        logger.info(
-            "%s: %d rows read (%s), %d to score; %s",
-            loaded.source,
-            loaded.num_rows_read,
-            loaded.format,
-            len(rows),
-            summarize_rejects(loaded.rejects),
-        )
 
     lap("load")
     device = loading.device or (str(state.device) if state.num_processes > 1 else None)
@@ -335,7 +296,7 @@ def _run_score(
     del stats
     source, rejected = loaded.source, len(loaded.rejects)
     loaded.rows = rows = []  # the normalized rows (conversations and all) are not needed any more
-    write_rows(out_rows, output)
+    output = stage.write(out_rows)
     lap("write")
     summary = summarize(out_rows)
     summary.update(
@@ -351,12 +312,12 @@ def _run_score(
         student = public_model_name(model_args.model_name_or_path)
         histogram = plot_histograms(
             out_rows,
-            sidecar_path(output, "hist.png"),
+            stage.path(HISTOGRAM),
             title=f"{Path(source).name}: {student} ({model_args.template}, {model_args.dtype})",
         )
     lap("report")
     summary["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
-    write_text_atomic(json.dumps(summary, indent=2), sidecar_path(output, "summary.json"))
+    stage.write_summary(summary)
     if not summary["scored"]:
         raise NoStatisticsError(
             f"{output}: none of its {len(out_rows)} rows could be scored ({summary['errors']}); "

@@ -7,18 +7,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from srt_trainer.io import (
-    DataLoadError,
-    check_output_path,
-    guard_outputs,
-    iter_raw_rows,
-    read_rows_at,
-    same_file,
-    sidecar_path,
-)
+from srt_trainer.io import DataLoadError, iter_raw_rows, read_rows_at, same_file
 from srt_trainer.selection.config import SelectArguments, SelectionArguments, SelectionInputError
 from srt_trainer.selection.policy import SelectionResult, ViewSource, copy_message, select_from
 from srt_trainer.selection.report import read_agreement, write_selection
+from srt_trainer.stage import Stage
+
+# what ``write_selection`` writes beside the output
+REPORTS = ("selection.json", "decisions.jsonl", "funnel.png", "hist.png", "card.md")
 
 
 def iter_scored(path: str | Path) -> Iterator[tuple[dict[str, Any], int | None]]:
@@ -43,9 +39,11 @@ def read_scored(path: str | Path) -> list[dict[str, Any]]:
     return [row for row, _ in iter_scored(path)]
 
 
-def scored_source(path: str | Path) -> ViewSource:
-    """A score output read row by row, whose kept rows are read back by their offsets."""
-    return ViewSource(iter_scored(path), lambda offsets: read_rows_at(path, offsets))
+def scored_source(path: str | Path, nonempty: bool = False) -> ViewSource:
+    """A score output read row by row, whose kept rows are read back by their offsets; ``nonempty``: a file without
+    rows is refused now (``<file>: contains no rows``)."""
+    rows = iter_scored(path)
+    return ViewSource(Stage.nonempty(rows, path) if nonempty else rows, lambda offsets: read_rows_at(path, offsets))
 
 
 def run_select(args: SelectArguments, selection: SelectionArguments) -> SelectionResult:
@@ -57,16 +55,21 @@ def run_select(args: SelectArguments, selection: SelectionArguments) -> Selectio
     missing = [f"--{v.lower()}" for v in needed if not files[v]]
     if missing:
         raise SelectionInputError(f"{', '.join(missing)} required (the {selection.policy!r} policy)")
-    output = check_output_path(args.output)
-    written = ("selection.json", "decisions.jsonl", "funnel.png", "hist.png", "card.md")
-    inputs = {f"--{view.lower()}": file for view, file in files.items()}
-    sidecars = {f"the report {name}": sidecar_path(output, name) for name in written}
-    with guard_outputs(inputs, output, sidecars, "selection"):
+    stage = Stage(
+        args.output,
+        "selection",
+        inputs={f"--{view.lower()}": file for view, file in files.items()},
+        side=(),
+        reports=REPORTS,
+    )
+    with stage.guard():
         for view in ("A", "QA"):
             if view in needed and same_file(Path(files[view]), Path(files["ori"])):
                 raise SelectionInputError(copy_message(view, files, same_file=True))
         if args.agreement:
             read_agreement(args.agreement)  # a bad report refused before the work, not after it
-        result = select_from({v: scored_source(files[v]) for v in needed}, selection, files)
+        # an ori without rows stops every policy before any work, as an empty input stops every stage
+        sources = {v: scored_source(files[v], nonempty=v == "ori") for v in needed}
+        result = select_from(sources, selection, files)
         result.files = write_selection(result, args, selection)
     return result

@@ -8,7 +8,6 @@ with the student that scored (LoRA / QLoRA wrapping happens after scoring, insid
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
@@ -20,6 +19,7 @@ from trl import SFTTrainer, get_peft_config
 
 from srt_trainer.distributed import get_state
 from srt_trainer.errors import SRTUserError
+from srt_trainer.io import write_json
 from srt_trainer.models import load_tokenizer, resolve_model_path
 from srt_trainer.models.config import SRTModelConfig
 from srt_trainer.models.embedded import public_model_name
@@ -391,7 +391,7 @@ def train(
             "script_args": asdict(script_args),
             **({"selection_args": asdict(selection)} if mode != "dataset" else {}),
         }
-        (out / "srt_train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        write_json(summary, out / "srt_train_summary.json", default=str)
     state.wait_for_everyone()
     if hasattr(trainer, "end"):  # transformers ≥ 5.18
         trainer.end()  # finish the trackers and the process group

@@ -1,0 +1,65 @@
+"""Row files: where a stage writes (``paths``), how row files are read (``readers``) and written (``writers``), and
+the store of a resumable stage's shards (``shards``). The names other modules use are here."""
+
+from srt_trainer.io.paths import (
+    JSONL_SUFFIXES,
+    OUTPUT_SUFFIXES,
+    OutputLockedError,
+    OutputPathError,
+    check_distinct_paths,
+    check_output_path,
+    check_writable,
+    format_of,
+    output_lock,
+    same_file,
+    sidecar_path,
+)
+from srt_trainer.io.readers import (
+    FORMATS,
+    DataLoadError,
+    RawRow,
+    RowFormat,
+    describe_row,
+    gc_paused,
+    iter_raw_rows,
+    no_rows_message,
+    read_rows,
+    read_rows_at,
+    row_window,
+    sniff_format,
+)
+from srt_trainer.io.shards import ResumeMismatchError, ShardPlan, ShardStore, shard_bounds
+from srt_trainer.io.writers import write_json, write_rows, write_text_atomic
+
+__all__ = [
+    "FORMATS",
+    "JSONL_SUFFIXES",
+    "OUTPUT_SUFFIXES",
+    "DataLoadError",
+    "OutputLockedError",
+    "OutputPathError",
+    "RawRow",
+    "ResumeMismatchError",
+    "RowFormat",
+    "ShardPlan",
+    "ShardStore",
+    "check_distinct_paths",
+    "check_output_path",
+    "check_writable",
+    "describe_row",
+    "format_of",
+    "gc_paused",
+    "iter_raw_rows",
+    "no_rows_message",
+    "output_lock",
+    "read_rows",
+    "read_rows_at",
+    "row_window",
+    "same_file",
+    "shard_bounds",
+    "sidecar_path",
+    "sniff_format",
+    "write_json",
+    "write_rows",
+    "write_text_atomic",
+]
