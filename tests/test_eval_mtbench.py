@@ -104,7 +104,7 @@ def test_both_turns_answered_in_fastchat_format(answered, embedded_model, embedd
             **ids, max_new_tokens=6, do_sample=False, pad_token_id=embedded_tokenizer.pad_token_id
         )
     assert a2 == embedded_tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
-    summary = json.loads((answered / "SmolLM2-135M-Instruct.mtbench.json").read_text())
+    summary = json.loads((answered / "SmolLM2-135M-Instruct.mtbench.summary.json").read_text())
     assert summary["generation"]["generated_now"] == 3 and summary["single"] is None and summary["pair"] is None
 
 
@@ -246,7 +246,7 @@ def test_single_and_pairwise_grading_read_back_as_fastchat_does(judge, tmp_path)
         out / "model_judgment" / "judge-model_single.jsonl",
         out / "model_judgment" / "judge-model_pair.jsonl",
     )
-    summary = json.loads((out / "tuned.mtbench.json").read_text())
+    summary = json.loads((out / "tuned.mtbench.summary.json").read_text())
 
     # single: 6 judgments, one without a rating (score -1, a failure), one rated only when asked again
     rows = read_rows(single_file)
@@ -296,10 +296,17 @@ def test_single_and_pairwise_grading_read_back_as_fastchat_does(judge, tmp_path)
     )
     assert pair["win_rate_adjusted"] == pytest.approx(0.6)
 
+    # the run's own output: every graded turn with its score and outcome, or why it has none
+    turns = read_rows(out / "tuned.mtbench.jsonl")
+    assert [(r["question_id"], r["category"], r["turn"], r["score"], r["pair_result"]) for r in turns] == [
+        (1, "writing", 1, 7, "win"), (1, "writing", 2, 8, "win"), (2, "math", 1, 9, "tie"), (2, "math", 2, 6, "tie"),
+        (3, "humanities", 1, 8, "loss"), (3, "humanities", 2, None, None),
+    ]  # fmt: skip
+    assert turns[5]["failure"] == "no readable [[rating]] after 2 asks" and "verdict" in turns[5]["pair_failure"]
     failures = read_rows(out / "tuned.mtbench.failures.jsonl")
     assert [(f["kind"], f["question_id"], f["turn"]) for f in failures] == [("single", 3, 2), ("pair", 3, 2)]
     assert failures[0]["reason"] == "no readable [[rating]] after 2 asks"
-    assert summary["failures"] == 2 and (out / "tuned.mtbench.png").stat().st_size > 0
+    assert summary["failures"] == 2 and (out / "tuned.mtbench.chart.png").stat().st_size > 0
     assert "MT-Bench tuned by judge-model: 7.60 (5 of 6 judgments scored)" in stdout
     assert "against base: win 2 tie 2 loss 1 of 5" in stdout
 
@@ -308,7 +315,7 @@ def test_single_and_pairwise_grading_read_back_as_fastchat_does(judge, tmp_path)
     rc, stdout, err = _srt([*args, "--no_plot"])
     assert rc == 0, err
     assert sum(judge.asked.values()) == sent and "asked 0, cached 8" in stdout and "asked 0, cached 14" in stdout
-    again = json.loads((out / "tuned.mtbench.json").read_text())
+    again = json.loads((out / "tuned.mtbench.summary.json").read_text())
     assert again["single"]["overall"] == 7.6 and again["pair"]["win"] == 2
 
     # another model graded into the same folder: both models in the judgments file, as FastChat keeps them
@@ -339,7 +346,7 @@ def test_bad_inputs_are_named_and_nothing_graded_is_lost(judge, tmp_path):
         (str(bad), 4, "turns", "turn 1 is not a text (got int)"),
     ]
     assert "2 rejected row(s)" in stdout
-    assert json.loads((tmp_path / "a" / "tuned.mtbench.json").read_text())["questions"] == 2
+    assert json.loads((tmp_path / "a" / "tuned.mtbench.summary.json").read_text())["questions"] == 2
 
     # a math question whose reference answer is missing: a counted failure naming the file; the judge not asked
     refs = tmp_path / "reference.jsonl"
@@ -407,7 +414,7 @@ def test_end_to_end_with_a_real_judge(teacher_server, embedded_dir, tmp_path, mo
         *("--teacher_max_tokens", "16", "--max_reasks", "0", "--request_timeout", "300"),
     ]
     rc, stdout, err = _srt(args)
-    summary = json.loads((out / "SmolLM2-135M-Instruct.mtbench.json").read_text())
+    summary = json.loads((out / "SmolLM2-135M-Instruct.mtbench.summary.json").read_text())
     rows = read_rows(out / "model_judgment" / f"{embedded_dir.name}_single.jsonl")
     assert [(r["question_id"], r["turn"]) for r in rows] == [(1, 1), (1, 2), (2, 1), (2, 2)]
     for r in rows:

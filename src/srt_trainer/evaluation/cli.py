@@ -128,7 +128,7 @@ def mtbench(argv: Sequence[str], prog: str) -> None:
     if config.grade:
         print(run.report())
         print(f"{summary['failures']} failures (never scored), in {summary['files']['failures']}")
-    print("wrote " + ", ".join(str(p) for p in (run.paths.summary, *summary["files"].values())))
+    print("wrote " + ", ".join(str(p) for p in (run.stage.summary, *summary["files"].values())))
 
 
 HANDLERS = {"generate": generate, "judge": judge, "aggregate": aggregate, "mtbench": mtbench}

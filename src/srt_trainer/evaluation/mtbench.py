@@ -13,14 +13,14 @@ A judgment without a readable verdict is asked again, then written as FastChat w
 ``error``), which its ``show_result`` leaves out, and counted as a failure, never as a score.
 
 Writes, under ``--output_dir``: ``model_answer/<model_id>.jsonl`` and ``model_judgment/<judge>_single.jsonl`` /
-``_pair.jsonl`` (FastChat's files; other models' rows in them are kept), and ``<model_id>.mtbench.json`` (the
-summary), ``.png`` (chart), ``.failures.jsonl``, ``.rejects.jsonl``, ``.judge-cache.jsonl`` and
-``.answer-shards/``.
+``_pair.jsonl`` (FastChat's files; other models' rows in them are kept); and, as every stage writes its output and
+side files (``Stage``), ``<model_id>.mtbench.jsonl`` (one row per graded turn: its score, its outcome against model
+B, or why there is none) with ``.summary.json``, ``.chart.png``, ``.failures.jsonl``, ``.rejects.jsonl``,
+``.judge-cache.jsonl`` and ``.answer-shards/`` beside it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from srt_trainer.data import NoUsableRowsError, Reject, summarize_rejects, write_rejects
+from srt_trainer.data import Reject, summarize_rejects
 from srt_trainer.errors import SRTUserError
 from srt_trainer.evaluation.config import MTBenchArguments
 from srt_trainer.evaluation.generate import TURN_MARKERS, cut_at_turns, default_generator_name
@@ -56,8 +56,9 @@ from srt_trainer.evaluation.mtbench_formats import (
 )
 from srt_trainer.evaluation.mtbench_report import format_report, pair_tally, plot_mtbench, single_scores
 from srt_trainer.generation import generate_answers
-from srt_trainer.io import ShardStore, guard_outputs, sidecar_path, write_rows, write_text_atomic
+from srt_trainer.io import ShardPlan, ShardStore, shard_bounds, sidecar_path, write_rows
 from srt_trainer.models.config import LoadingArguments, SRTModelConfig
+from srt_trainer.stage import REJECTS, SUMMARY, Stage
 from srt_trainer.teachers import RunCounts, TeacherArguments, build_teacher_from_args, complete_all
 from srt_trainer.teachers.cache import batch_state_path, check_cache_writable
 
@@ -67,9 +68,15 @@ logger = logging.getLogger(__name__)
 GREEDY_BELOW = 1e-4
 
 
+FAILURES = "failures.jsonl"
+CHART = "chart.png"
+CACHE = "judge-cache.jsonl"
+
+
 @dataclass
 class MTBenchPaths:
-    """Where one model's run writes: FastChat's folders, and this run's own files beside them."""
+    """Where one model's run writes: FastChat's folders, and this run's own files (``<model_id>.mtbench.jsonl``, the
+    score of each question's turn, with its side files named by ``Stage``)."""
 
     output_dir: Path
     model_id: str
@@ -83,23 +90,21 @@ class MTBenchPaths:
         return self.output_dir / "model_judgment" / f"{self.judge_name}_{kind}.jsonl"
 
     @property
-    def summary(self) -> Path:
-        return self.output_dir / f"{self.model_id}.mtbench.json"
-
-    def side(self, suffix: str) -> Path:
-        """``<model_id>.mtbench.<suffix>``."""
-        return sidecar_path(self.summary, suffix)
+    def output(self) -> Path:
+        return self.output_dir / f"{self.model_id}.mtbench.jsonl"
 
 
 @dataclass
 class MTBenchRun:
-    """What ``run_mtbench`` wrote: the summary (the JSON's content), the files, the failures and rejects, and what
-    the judge's requests cost per grading."""
+    """What ``run_mtbench`` wrote: the per-turn rows (the output), the summary, the stage (its files), the failures
+    and rejects, and what the judge's requests cost per grading."""
 
+    rows: list[dict[str, Any]]
     summary: dict[str, Any]
     paths: MTBenchPaths
-    failures: list[dict[str, Any]]
-    rejects: list[Reject]
+    stage: Stage
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
     counts: dict[str, RunCounts] = field(default_factory=dict)
 
     def report(self) -> str:
@@ -192,51 +197,54 @@ def answer_questions(
     model_args: SRTModelConfig,
     loading: LoadingArguments,
     questions: Sequence[Question],
-    paths: MTBenchPaths,
+    store: ShardStore,
+    model_id: str,
     model: Any = None,
     tokenizer: Any = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The answer rows of ``questions`` (in their order), from the finished shards of an earlier run with the same
-    settings where their questions are unchanged, generated otherwise; and what was done."""
-    store = ShardStore(paths.side("answer-shards"))
+    """The answer rows of ``questions`` (in their order) and what was done. Shards are cut over the rows of the
+    questions file; a shard an earlier run with the same settings finished is read back when its questions are
+    unchanged (row and content), and answered again otherwise: a question fixed in the file costs its shard alone."""
     if config.overwrite:
         store.clear()
     settings = config.fingerprint_settings(model_args)
     store.check_manifest({"settings": settings, "shard_size": config.shard_size})
-    shards: dict[int, list[Question]] = {}
-    for q in questions:
-        shards.setdefault(q.row // config.shard_size, []).append(q)
-    done: dict[int, list[dict[str, Any]]] = {}
-    for k, qs in shards.items():
+    bounds = shard_bounds(max(q.row for q in questions) + 1, config.shard_size)
+    members = [[q for q in questions if s <= q.row < e] for s, e in bounds]
+    done = []
+    for k, qs in enumerate(members):
         if store.path(k).exists():
-            rows = store.read(k)
-            if [(r["row"], r["key"]) for r in rows] == [(q.row, q.key) for q in qs]:
-                done[k] = rows
+            if [(r["row"], r["key"]) for r in store.read(k)] == [(q.row, q.key) for q in qs]:
+                done.append(k)
             else:
                 logger.info("shard %d: its questions changed since it was answered; answering them again", k)
-    reused = sum(len(rows) for rows in done.values())
+    plan = ShardPlan(bounds, done)
+    reused = sum(len(members[k]) for k in done)
     if done:
         logger.info("resuming: %d of %d questions already answered in %s", reused, len(questions), store.work_dir)
-    start = time.perf_counter()
-    answerer = None
-    bar = tqdm(total=len(questions), initial=reused, desc=f"Answering ({paths.model_id})", unit="question")
-    for k, qs in sorted(shards.items()):
-        if k in done:
-            continue
-        answerer = answerer or MultiTurnAnswerer(config, model_args, loading, model, tokenizer)  # only when needed
+    answerer: list[MultiTurnAnswerer] = []  # loaded for the first shard to answer, never when all are done
+
+    def answer(k: int, start: int, end: int) -> list[dict[str, Any]]:
+        if not members[k]:
+            return []
+        if not answerer:
+            answerer.append(MultiTurnAnswerer(config, model_args, loading, model, tokenizer))
         now = time.time()
-        turns = answerer.answer(qs, seed=config.seed + k)
-        done[k] = [
+        turns = answerer[0].answer(members[k], seed=config.seed + k)
+        return [
             {"row": q.row, "key": q.key, "question_id": q.question_id, "turns": t, "tstamp": now}
-            for q, t in zip(qs, turns, strict=True)
+            for q, t in zip(members[k], turns, strict=True)
         ]
-        store.write(k, done[k])
-        bar.update(len(qs))
+
+    start = time.perf_counter()
+    bar = tqdm(total=len(questions), initial=reused, desc=f"Answering ({model_id})", unit="question")
+    new = []
+    for k, rows in store.run(plan, plan.todo, answer):
+        new.append((k, rows))
+        bar.update(len(rows))
     bar.close()
-    by_row = {r["row"]: r for rows in done.values() for r in rows}
-    rows = [
-        answer_row(q.question_id, paths.model_id, by_row[q.row]["turns"], by_row[q.row]["tstamp"]) for q in questions
-    ]
+    by_row = {r["row"]: r for r in store.collect(plan, new, "answered")}
+    rows = [answer_row(q.question_id, model_id, by_row[q.row]["turns"], by_row[q.row]["tstamp"]) for q in questions]
     generation = {
         "generated_now": len(questions) - reused,
         "seconds": round(time.perf_counter() - start, 3),
@@ -464,6 +472,45 @@ def _judge_name(config: MTBenchArguments, judge: TeacherArguments) -> str:
     return config.judge_name or Path(str(judge.teacher_model or "embedded").rstrip("/")).name
 
 
+def turn_rows(
+    questions: Sequence[Question],
+    model_id: str,
+    single: Sequence[Mapping[str, Any]],
+    pairs: Sequence[Mapping[str, Any]],
+    failures: Sequence[Mapping[str, Any]],
+) -> list[dict[str, Any]]:
+    """The run's output: one row per graded turn of every question, with its score (single grading) and its outcome
+    against model B (pairwise, FastChat's rule: a win needs both orders), or why there is none."""
+    scores = {(str(r["question_id"]), r["turn"]): r["score"] for r in single}
+    outcomes = {}
+    for r in pairs:
+        if "error" in (r["g1_winner"], r["g2_winner"]):
+            continue
+        tie = r["g1_winner"] == "tie" or r["g1_winner"] != r["g2_winner"]
+        outcomes[(str(r["question_id"]), r["turn"])] = (
+            "tie" if tie else "win" if r["g1_winner"] == "model_1" else "loss"
+        )
+    why = {(f["kind"], str(f["question_id"]), f["turn"]): f["reason"] for f in failures}
+    rows = []
+    for q in questions:
+        for turn in GRADED_TURNS[: len(q.turns)]:
+            key = (str(q.question_id), turn)
+            score = scores.get(key)
+            rows.append(
+                {
+                    "question_id": q.question_id,
+                    "category": q.category,
+                    "turn": turn,
+                    "model": model_id,
+                    "score": None if score in (None, -1) else score,
+                    "failure": why.get(("single", *key)),
+                    "pair_result": outcomes.get(key),
+                    "pair_failure": why.get(("pair", *key)),
+                }
+            )
+    return rows
+
+
 def run_mtbench(
     config: MTBenchArguments,
     model_args: SRTModelConfig | None = None,
@@ -474,8 +521,8 @@ def run_mtbench(
     teacher: Any = None,
 ) -> MTBenchRun:
     """Answer MT-Bench's questions with the model ``model_args`` describes (or ``model``), or take ``config.answers``;
-    grade them with the judge ``judge`` describes (or ``teacher``); write FastChat's files, the summary and chart.
-    Every input is read and checked before the first answer is generated."""
+    grade them with the judge ``judge`` describes (or ``teacher``); write FastChat's files, the per-turn rows, the
+    summary and the chart. Every input is read and checked before the first answer is generated."""
     model_args = model_args or SRTModelConfig()
     loading = loading or LoadingArguments()
     judge = judge or TeacherArguments()
@@ -486,14 +533,12 @@ def run_mtbench(
         raise MTBenchInputError("--judge_prompts (MT-Bench's judge_prompts.jsonl) is needed to grade, or --grade false")
     prompts = read_judge_prompts(config.judge_prompts, kinds) if config.grade else {}
     questions, rejects = read_questions(config.questions, config.limit)
-    if not questions:
-        first = summarize_rejects(rejects).splitlines()[0]
-        raise NoUsableRowsError(f"{config.questions}: no usable question; {first}")
-    needing = [q for q in questions if q.needs_reference]
+    needing = sorted({q.category for q in questions if q.needs_reference})
     if config.grade and needing and config.reference_answers is None:
+        count = sum(q.needs_reference for q in questions)
         raise MTBenchInputError(
-            f"--reference_answers is needed: {len(needing)} question(s) of {config.questions} "
-            f"({', '.join(sorted({q.category for q in needing}))}) are graded against a reference answer"
+            f"--reference_answers is needed: {count} question(s) of {config.questions} ({', '.join(needing)}) are "
+            "graded against a reference answer"
         )
     refs = read_answer_file(config.reference_answers) if config.grade and config.reference_answers else None
     given = read_answer_file(config.answers) if config.answers else None
@@ -502,40 +547,41 @@ def run_mtbench(
         rejects += extra.rejects if extra else []
 
     if given is not None:
-        model_id = config.model_id or given.model_id or Path(config.answers).stem
+        model_id = config.model_id or given.model_id or Path(str(config.answers)).stem
     else:
         model_id = config.model_id or default_generator_name(model_args.model_name_or_path, model_args.adapter)
-        if model_args.adapter and model is None:
+        if model_args.adapter and model is None:  # before the first answer, not when the model is loaded
             from srt_trainer.models.loading import check_adapter_base, resolve_model_path
 
             check_adapter_base(resolve_model_path(model_args.model_name_or_path), model_args.adapter)
     model_b = None
     if answers_b is not None:
-        model_b = answers_b.model_id or Path(config.answers_b).stem
+        model_b = answers_b.model_id or Path(str(config.answers_b)).stem
         if model_b == model_id:
             raise MTBenchInputError(
                 f"--answers_b {config.answers_b}: answers of {model_id}, the model graded; give another model's"
             )
     paths = MTBenchPaths(Path(config.output_dir), model_id, _judge_name(config, judge) if config.grade else None)
-    cache = judge.cache_path(paths.side("judge-cache.jsonl"))
-    inputs = {
-        "--questions": config.questions,
-        "--judge_prompts": config.judge_prompts,
-        "--reference_answers": config.reference_answers,
-        "--answers": config.answers,
-        "--answers_b": config.answers_b,
-    }
-    outputs = {
-        "the answers file": None if given else paths.answers,
-        "the single judgments": paths.judgments("single") if "single" in kinds and config.grade else None,
-        "the pairwise judgments": paths.judgments("pair") if "pair" in kinds and config.grade else None,
-        "the chart": paths.side("png"),
-        "the failures file": paths.side("failures.jsonl"),
-        "the rejects file": paths.side("rejects.jsonl"),
-        "--teacher_cache": cache if config.grade else None,
-    }
-    with guard_outputs(inputs, paths.summary, outputs, "MT-Bench run"):
-        write_rejects(rejects, paths.side("rejects.jsonl"))
+    stage = Stage(
+        paths.output,
+        "MT-Bench run",
+        inputs={
+            "--questions": config.questions,
+            "--judge_prompts": config.judge_prompts,
+            "--reference_answers": config.reference_answers,
+            "--answers": config.answers,
+            "--answers_b": config.answers_b,
+        },
+        side=(REJECTS, SUMMARY, FAILURES, CHART),
+        extra={
+            "the answers file": None if given else paths.answers,
+            "the single judgments": paths.judgments("single") if config.grade and "single" in kinds else None,
+            "the pairwise judgments": paths.judgments("pair") if config.grade and "pair" in kinds else None,
+            "--teacher_cache": judge.cache_path(sidecar_path(paths.output, CACHE)) if config.grade else None,
+        },
+    )
+    with stage.guard():
+        stage.reject(rejects, len(questions), str(config.questions), "no usable question")
         if rejects:
             logger.warning(summarize_rejects(rejects))
         summary: dict[str, Any] = {
@@ -550,22 +596,32 @@ def run_mtbench(
             "failures": 0,
         }
         if given is None:
-            rows, generation = answer_questions(config, model_args, loading, questions, paths, model, tokenizer)
+            store = stage.shards("answer")
+            rows, summary["generation"] = answer_questions(
+                config, model_args, loading, questions, store, model_id, model, tokenizer
+            )
             write_rows(rows, paths.answers)
             answers: AnswerFile | dict[str, list[str]] = {str(r["question_id"]): r["choices"][0]["turns"] for r in rows}
             answers_name = str(paths.answers)
-            summary["generation"] = generation
         else:
             answers, answers_name = given, str(config.answers)
-        summary["files"] = {
-            "answers": answers_name,
-            "rejects": str(paths.side("rejects.jsonl")),
-        }
-        run = MTBenchRun(summary, paths, [], rejects)
+        summary["files"] = {"answers": answers_name, "output": str(stage.output), "rejects": str(stage.rejects)}
+        run = MTBenchRun([], summary, paths, stage, rejects=rejects)
+        judged: dict[str, list[dict[str, Any]]] = {"single": [], "pair": []}
         if config.grade:
             graded = (answers, answers_name, refs, answers_b, model_b)
-            _grade(config, judge, teacher, questions, graded, prompts, run, cache)
-        write_text_atomic(json.dumps(summary, indent=2, ensure_ascii=False), paths.summary)
+            judged = _grade(config, judge, teacher, questions, graded, prompts, run)
+        run.rows = turn_rows(questions, model_id, judged["single"], judged["pair"], run.failures)
+        stage.write(run.rows)
+        stage.write_summary(summary)
+    scored = (summary["single"] or {}).get("scored", 0) + (summary["pair"] or {}).get("n", 0)
+    if config.grade and scored == 0:  # every file is written: the rows and the failures say why, turn by turn
+        first = run.failures[0]["reason"] if run.failures else "nothing to grade"
+        raise MTBenchNoScoresError(
+            f"{paths.output_dir}: none of the judge's answers had a readable verdict (first: {first}); "
+            f"see {summary['files']['failures']}",
+            run,
+        )
     return run
 
 
@@ -577,11 +633,12 @@ def _grade(
     graded: tuple[Any, str, AnswerFile | None, AnswerFile | None, str | None],
     prompts: Mapping[str, JudgePrompt],
     run: MTBenchRun,
-    cache: Path,
-) -> None:
-    """Plan, ask and write each grading; then the failures, the chart and, when nothing was scored, the error."""
+) -> dict[str, list[dict[str, Any]]]:
+    """Plan, ask and write each grading; then the failures and the chart. Returns the judgment rows of each
+    grading."""
     answers, answers_name, refs, answers_b, model_b = graded
-    paths, summary = run.paths, run.summary
+    paths, summary, stage = run.paths, run.summary, run.stage
+    cache = judge.cache_path(stage.path(CACHE))
     gradings = []
     if config.single:
         gradings.append(plan_single(questions, answers, answers_name, refs, prompts, paths.model_id))
@@ -592,17 +649,18 @@ def _grade(
     if teacher is None:
         teacher = build_teacher_from_args(judge, batch_state_path(cache))
     categories = {str(q.question_id): q.category for q in questions}
+    judged: dict[str, list[dict[str, Any]]] = {"single": [], "pair": []}
     try:
         for grading in gradings:
             results, counts = _ask(teacher, judge, grading, cache)
             run.counts[grading.kind] = counts
             path = paths.judgments(grading.kind)
             if grading.kind == "single":
-                rows = single_rows(grading, results, str(paths.judge_name))
+                rows = judged["single"] = single_rows(grading, results, str(paths.judge_name))
                 merge_rows(path, rows, lambda r: r.get("model") == paths.model_id)
                 summary["single"] = {"file": str(path), **single_scores(rows, categories)}
             else:
-                rows = pair_rows(grading, results, str(paths.judge_name))
+                rows = judged["pair"] = pair_rows(grading, results, str(paths.judge_name))
                 pair = (paths.model_id, model_b)
                 merge_rows(path, rows, lambda r, pair=pair: (r.get("model_1"), r.get("model_2")) == pair)
                 summary["pair"] = {"file": str(path), "model_b": model_b, **pair_tally(rows)}
@@ -612,16 +670,9 @@ def _grade(
     finally:
         if own_teacher:
             teacher.close()
-    failures = write_rows(run.failures, paths.side("failures.jsonl"))
+    failures = stage.write_side(FAILURES, run.failures)
     summary["failures"] = len(run.failures)
     summary["files"]["failures"] = str(failures)
     if config.plot:
-        summary["files"]["chart"] = str(plot_mtbench(summary, paths.side("png")))
-    scored = (summary["single"] or {}).get("scored", 0) + (summary["pair"] or {}).get("n", 0)
-    if scored == 0:
-        write_text_atomic(json.dumps(summary, indent=2, ensure_ascii=False), paths.summary)
-        raise MTBenchNoScoresError(
-            f"{paths.output_dir}: none of the judge's answers had a readable verdict "
-            f"(first: {run.failures[0]['reason'] if run.failures else 'nothing to grade'}); see {failures}",
-            run,
-        )
+        summary["files"]["chart"] = str(plot_mtbench(summary, stage.path(CHART)))
+    return judged
