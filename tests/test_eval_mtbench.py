@@ -432,3 +432,28 @@ def test_end_to_end_with_a_real_judge(teacher_server, embedded_dir, tmp_path, mo
     else:  # nothing to score is an error, said after every file is written
         assert rc == 2 and "none of the judge's answers had a readable verdict" in err
         assert "judge (single): 4 conversations: asked 4" in stdout
+
+
+def test_verdicts_are_read_as_fastchat_reads_them_and_no_further():
+    from srt_trainer.evaluation.mtbench_formats import parse_verdict
+
+    # the first [[N]], else the first [N]; a number FastChat would take but that is no 1-10 rating is no rating
+    readings = {"Rating: [[7]]": 7, "[[7.5]] or [[3]]": 7.5, "[[07]]": 7, "see [2], so [8]": 2, "[[0]]": None}
+    readings |= {"[[11]]": None, "Rating: 7": None, "": None}
+    assert {text: parse_rating(text) for text in readings} == readings
+    # one verdict, or none: a judgment naming two (an echo of the instructions) is unreadable, not A's
+    verdicts = {"[[A]]": "A", "so [[B]]. [[B]]": "B", "[[C]]": "tie", "[[A]] if A, [[B]] if B": None, "A": None}
+    assert {text: parse_verdict(text) for text in verdicts} == verdicts
+
+
+def test_category_temperatures_are_fastchats(embedded_tokenizer):
+    from srt_trainer.evaluation.config import MTBenchArguments
+    from srt_trainer.evaluation.mtbench import MultiTurnAnswerer
+    from srt_trainer.models.config import LoadingArguments, SRTModelConfig
+
+    questions, _ = read_questions(QUESTIONS)
+    config = MTBenchArguments(questions=str(QUESTIONS), output_dir="x", category_temperatures=True)
+    answerer = MultiTurnAnswerer(config, SRTModelConfig(), LoadingArguments(), object(), embedded_tokenizer)
+    assert [answerer.temperature(q) for q in questions] == [0.7, 0.0, 0.1]  # writing, math, humanities
+    answerer.config = MTBenchArguments(questions=str(QUESTIONS), output_dir="x")
+    assert {answerer.temperature(q) for q in questions} == {0.0}  # greedy unless asked

@@ -12,7 +12,6 @@ them unchanged (it keeps ``score != -1`` and averages per model and turn; pairs 
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import re
@@ -280,7 +279,8 @@ def parse_rating(judgment: str | None) -> int | float | None:
     match = _RATING.search(judgment) or _RATING_BACKUP.search(judgment)
     if match is None:
         return None
-    rating = ast.literal_eval(match.group(1))  # "7", "7.5" or "7."
+    text = match.group(1)  # "7", "7.5" or "7." (as FastChat reads them: 7, 7.5, 7.0)
+    rating = int(text) if text.isdigit() else float(text)
     return rating if 1 <= rating <= 10 else None
 
 
