@@ -128,7 +128,8 @@ def mtbench(argv: Sequence[str], prog: str) -> None:
     if config.grade:
         print(run.report())
         print(f"{summary['failures']} failures (never scored), in {summary['files']['failures']}")
-    print("wrote " + ", ".join(str(p) for p in (run.stage.summary, *summary["files"].values())))
+    written = {k: v for k, v in summary["files"].items() if not (k == "answers" and config.answers)}
+    print("wrote " + ", ".join(str(p) for p in (run.stage.summary, *written.values())))
 
 
 HANDLERS = {"generate": generate, "judge": judge, "aggregate": aggregate, "mtbench": mtbench}
