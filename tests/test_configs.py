@@ -58,6 +58,7 @@ def test_no_option_is_declared_by_two_concerns():
         "eval alpacaeval",
         "eval harness",
         "eval report",
+        "eval mtbench",
     ],
 )
 def test_every_stage_parser_builds(stage, capsys):

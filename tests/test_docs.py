@@ -86,6 +86,7 @@ JOBS = {
     "eval alpacaeval": ("srt_trainer.evaluation.alpaca", "run_alpaca_eval"),
     "eval harness": ("srt_trainer.evaluation.harness", "run_harness"),
     "eval report": ("srt_trainer.evaluation.report", "run_report"),
+    "eval mtbench": ("srt_trainer.evaluation.mtbench", "run_mtbench"),
 }
 
 

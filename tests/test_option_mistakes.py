@@ -113,6 +113,7 @@ def test_yaml_keys_may_be_any_spelling_of_their_flag(tmp_path: Path):
         "eval alpacaeval",
         "eval harness",
         "eval report",
+        "eval mtbench",
     ],
 )
 def test_help_names_the_config_file_and_negations_say_what_they_turn_off(stage, capsys):

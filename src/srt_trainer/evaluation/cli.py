@@ -7,6 +7,8 @@ srt eval alpacaeval --model_outputs m.alpaca_eval.json --reference_outputs r.alp
     --base_url URL --judge_model NAME
 srt eval harness --model PATH [--adapter DIR] --tasks leaderboard_v1 --output harness.jsonl
 srt eval report --pairwise r.aggregate.json --alpacaeval ae.jsonl --harness harness.jsonl --output report.md
+srt eval mtbench --questions question.jsonl --judge_prompts judge_prompts.jsonl --reference_answers gpt-4.jsonl
+    --output_dir DIR [--model PATH] [--adapter DIR] [--answers_b FILE] --teacher openai --teacher_model NAME
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ COMMANDS = {
     "alpacaeval": "AlpacaEval's own package judges a model's outputs against reference outputs (win rate)",
     "harness": "lm-evaluation-harness tasks (leaderboard_v1: the Open LLM Leaderboard of the paper's tables)",
     "report": "every evaluation of every model in one markdown table and one JSON, with how each was obtained",
+    "mtbench": "MT-Bench: both turns answered, graded by an OpenAI-compatible judge in FastChat's formats",
 }
 
 
@@ -150,6 +153,44 @@ def report(argv: Sequence[str], prog: str) -> None:
     print(f"wrote {run.markdown}, {run.json}")
 
 
+def mtbench(argv: Sequence[str], prog: str) -> None:
+    from srt_trainer.data import summarize_rejects
+    from srt_trainer.evaluation.config import MTBenchArguments
+    from srt_trainer.evaluation.mtbench import MTBenchNoScoresError, run_mtbench
+    from srt_trainer.models.config import LoadingArguments, SRTModelConfig
+    from srt_trainer.options import StageParser
+    from srt_trainer.teachers.config import TeacherArguments
+
+    parser = StageParser((MTBenchArguments, SRTModelConfig, LoadingArguments, TeacherArguments), prog)
+    config, model_args, loading, judge_args = parser.parse_args_and_config(argv)
+    try:
+        run = run_mtbench(config, model_args, loading, judge_args)
+    except MTBenchNoScoresError as e:
+        for kind, counts in e.run.counts.items():
+            print(f"judge ({kind}): {counts.format()}")
+        raise
+    summary = run.summary
+    if run.rejects:
+        print(summarize_rejects(run.rejects))
+    generation = summary["generation"]
+    done = f" ({generation['generated_now']} answered now in {generation['seconds']:.1f} s)" if generation else ""
+    print(f"answers: {summary['files']['answers']}: {summary['questions']} questions{done}")
+    for kind, counts in run.counts.items():
+        print(f"judge ({kind}): {counts.format()}")
+    single = summary["single"]
+    if single:
+        overall = "-" if single["overall"] is None else f"{single['overall']:.2f}"
+        print(
+            f"MT-Bench {summary['model_id']} by {summary['judge']}: {overall} "
+            f"({single['scored']} of {single['judgments']} judgments scored)"
+        )
+    if config.grade:
+        print(run.report())
+        print(f"{summary['failures']} failures (never scored), in {summary['files']['failures']}")
+    written = {k: v for k, v in summary["files"].items() if not (k == "answers" and config.answers)}
+    print("wrote " + ", ".join(str(p) for p in (run.stage.summary, *written.values())))
+
+
 HANDLERS = {
     "generate": generate,
     "judge": judge,
@@ -157,6 +198,7 @@ HANDLERS = {
     "alpacaeval": alpacaeval,
     "harness": harness,
     "report": report,
+    "mtbench": mtbench,
 }
 
 

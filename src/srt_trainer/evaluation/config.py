@@ -311,3 +311,99 @@ class ReportArguments:
             raise EvalConfigError("nothing to report: give --pairwise, --mtbench, --alpacaeval or --harness files")
         if not self.output.endswith(".md"):
             raise EvalConfigError(f"--output must be a markdown file (.md), not {self.output}")
+
+
+@dataclass
+class MTBenchArguments:
+    """What ``srt eval mtbench`` answers and grades, and where it writes (YAML via ``--config``; every field also a
+    flag). The model answering is ``SRTModelConfig`` (``--model``, ``--adapter``, ``--template``) on
+    ``LoadingArguments``; the judge is a teacher (``TeacherArguments``: ``--teacher openai --base_url URL
+    --teacher_model NAME``)."""
+
+    questions: str = field(metadata={"help": "MT-Bench's question.jsonl (question_id, category, turns)."})
+    output_dir: str = field(
+        metadata={
+            "help": "Where FastChat's folders go (model_answer/<model_id>.jsonl, model_judgment/<judge>_single.jsonl "
+            "and _pair.jsonl) and this run's <model_id>.mtbench.* files (summary JSON, chart, failures, rejects, "
+            "judge cache, answer shards). Several models may share it."
+        }
+    )
+    judge_prompts: str | None = field(
+        default=None,
+        metadata={"help": "MT-Bench's judge_prompts.jsonl (single-v1*, single-math-v1*, pair-v2*, pair-math-v1*)."},
+    )
+    reference_answers: str | None = field(
+        default=None,
+        metadata={
+            "help": "The reference answers (a model_answer file, e.g. reference_answer/gpt-4.jsonl) that the math, "
+            "reasoning and coding questions are graded against."
+        },
+    )
+    answers: str | None = field(
+        default=None,
+        metadata={"help": "Grade this model_answer file (e.g. written by FastChat) instead of answering with --model."},
+    )
+    answers_b: str | None = field(
+        default=None,
+        metadata={"help": "Another model's model_answer file: grade the two models' answers pairwise, in both orders."},
+    )
+    model_id: str | None = field(
+        default=None,
+        metadata={
+            "help": "Name of the model in the files (default: from --model and --adapter, or the --answers file)."
+        },
+    )
+    judge_name: str | None = field(
+        default=None,
+        metadata={"help": "The judge's name in the judgment files' names (default: the last part of --teacher_model)."},
+    )
+    grade: bool = field(default=True, metadata={"help": "Grade the answers; false: write the answers and stop."})
+    single: bool = field(
+        default=True,
+        metadata={"help": "Single-answer grading (1-10 per turn); false grades only pairwise (with --answers_b)."},
+    )
+    max_new_tokens: int = field(
+        default=1024, metadata={"help": "Longest answer to a turn, in tokens (FastChat's default, 1024)."}
+    )
+    temperature: float = field(default=0.0, metadata={"help": "0 is greedy (the default); above 0 samples."})
+    category_temperatures: bool = field(
+        default=False,
+        metadata={
+            "help": "Sample each category at FastChat's temperature (writing and roleplay 0.7, stem and humanities "
+            "0.1, extraction, math, coding and reasoning greedy) instead of --temperature."
+        },
+    )
+    stop_at_turns: bool = field(
+        default=True,
+        metadata={"help": "Cut an answer where the model writes its answer tag again, as srt eval generate does."},
+    )
+    batch_size: int = field(default=8, metadata={"help": "Conversations per generate call."})
+    shard_size: int = field(
+        default=16,
+        metadata={
+            "help": "Question-file rows per checkpointed shard (the unit of resume: both turns of a shard's questions "
+            "are written together)."
+        },
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of sampling."})
+    limit: int | None = field(default=None, metadata={"help": "Only the first N rows of the questions file."})
+    plot: bool = field(default=True, metadata={"help": "Write the chart (PNG)."})
+    overwrite: bool = field(default=False, metadata={"help": "Discard the answer shards of an earlier run."})
+
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "batch_size", "shard_size"):
+            if getattr(self, name) < 1:
+                raise GenerateConfigError(f"--{name} must be positive, not {getattr(self, name)}")
+        if self.temperature < 0:
+            raise GenerateConfigError(f"--temperature must be 0 or more, not {self.temperature}")
+        if self.limit is not None and self.limit < 1:
+            raise GenerateConfigError(f"--limit must be positive, not {self.limit}")
+        for name in ("model_id", "judge_name"):
+            value = getattr(self, name)
+            if value is not None and (not value or "/" in value or value.startswith(".")):
+                raise GenerateConfigError(f"--{name} {value!r}: a file name is made of it; no '/', no leading '.'")
+
+    def fingerprint_settings(self, model_args: Any) -> dict[str, Any]:
+        """What changes the answers: a resumed run must match these."""
+        own = ("max_new_tokens", "temperature", "category_temperatures", "stop_at_turns", "batch_size", "seed")
+        return {k: getattr(self, k) for k in own} | student_settings(model_args)

@@ -6,16 +6,22 @@ without resizing embeddings; ``trust_remote_code`` stays off unless asked for.
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from srt_trainer.errors import SRTUserError
 from srt_trainer.models.embedded import EMBEDDED_NAME, ensure_embedded_model
 from srt_trainer.models.precision import warn_if_slow_half
 
 if TYPE_CHECKING:
     from srt_trainer.models.config import SRTModelConfig
+
+logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -70,6 +76,59 @@ def load_tokenizer(
     return ensure_pad_token(tokenizer)
 
 
+class AdapterMismatchError(SRTUserError, ValueError):
+    """A PEFT adapter that cannot be applied on the model given (another architecture, or not an adapter)."""
+
+
+# What decides whether an adapter's weights fit a model: LoRA matrices are shaped by the hidden size, one per layer.
+_SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "n_embd", "n_layer")
+
+
+def _shape(model: str) -> dict[str, object] | None:
+    """The shape-deciding fields of a local model folder's config.json (None for a hub id or a folder without one)."""
+    config = Path(model) / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return {k: data[k] for k in _SHAPE_KEYS if k in data}
+
+
+def check_adapter_base(model: str, adapter: str | Path) -> None:
+    """Refuse an adapter trained on another base model than ``model`` (a resolved path or hub id), naming its
+    ``adapter_config.json`` and field: when both bases are folders here, their architectures must agree (otherwise
+    PEFT fails mid-load, or leaves layers without their LoRA); a differently named base that cannot be compared is
+    logged as a warning. A hub id is left to PEFT."""
+    config_file = Path(adapter) / "adapter_config.json"
+    if not Path(adapter).is_dir():
+        return  # a hub id: PEFT fetches and checks it
+    if not config_file.is_file():
+        raise AdapterMismatchError(f"{adapter}: not a PEFT adapter folder (no adapter_config.json)")
+    try:
+        base = json.loads(config_file.read_text()).get("base_model_name_or_path")
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise AdapterMismatchError(f"{config_file}: not a JSON object ({e})") from None
+    if not base or str(base) == str(model) or Path(str(base)).name == Path(str(model)).name:
+        return
+    if os.path.exists(base) and os.path.exists(model) and os.path.realpath(base) == os.path.realpath(model):
+        return
+    theirs, mine = _shape(str(base)), _shape(str(model))
+    if theirs is not None and mine is not None and theirs != mine:
+        raise AdapterMismatchError(
+            f"{config_file}, field 'base_model_name_or_path': the adapter was trained on {base} ({theirs}), not on "
+            f"the model given, {model} ({mine}); give its base model as --model"
+        )
+    logger.warning(
+        "%s: the adapter was trained on %s; applying it on %s (%s)",
+        config_file,
+        base,
+        model,
+        "same architecture" if theirs is not None and theirs == mine else "not compared: a base is not a folder here",
+    )
+
+
 def load_student(
     model_name_or_path: str | Path | None = None,
     dtype: str | torch.dtype | None = "float32",
@@ -94,6 +153,8 @@ def load_student(
     if quantization_config is not None:
         model_kwargs["quantization_config"] = quantization_config
     path = resolve_model_path(model_name_or_path)
+    if adapter:  # before the model is loaded: a mismatch is named at once
+        check_adapter_base(path, adapter)
     kwargs: dict[str, Any] = {"dtype": compute, "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
@@ -108,7 +169,12 @@ def load_student(
     if adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter))
+        try:
+            model = PeftModel.from_pretrained(model, str(adapter))
+        except RuntimeError as e:
+            if "size mismatch" not in str(e):
+                raise
+            raise AdapterMismatchError(f"{adapter}: does not fit the model {path}: {str(e).splitlines()[0]}") from e
     model.eval()
     warn_if_slow_half(model)
     return model
