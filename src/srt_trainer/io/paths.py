@@ -11,6 +11,8 @@ input, a folder that cannot be written, and the lock a stage holds on its output
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -18,7 +20,11 @@ from pathlib import Path
 
 from srt_trainer.errors import SRTUserError
 
+logger = logging.getLogger(__name__)
+
 OUTPUT_SUFFIXES = (".jsonl", ".parquet")
+# what ``flock`` raises on a file system without locks (some network mounts)
+_NO_FLOCK = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK}
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 
@@ -142,6 +148,12 @@ def _take_lock(path: Path) -> tuple[int, bool]:
                 return fd, created
         except FileNotFoundError:
             pass
+        except OSError as e:
+            if e.errno not in _NO_FLOCK:
+                os.close(fd)
+                raise
+            logger.warning("%s: this file system has no file locks; two runs on one output are not kept apart", path)
+            return fd, created
         except BaseException:
             os.close(fd)
             raise

@@ -7,12 +7,13 @@ and two runs never share a temporary file. ``write_text_atomic`` and ``write_jso
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,15 +56,16 @@ def _json_line(row: Mapping[str, Any]) -> bytes:
         return _ASCII.encode({k: _clean(v) for k, v in row.items()}).encode("ascii")
 
 
-def _temp_beside(path: Path, suffix: str = ".tmp") -> Path:
-    """A new, empty temporary file beside ``path`` whose name no other run can take."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+@contextlib.contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """A new temporary file beside ``path``, of a name no other run can take, for the body to write; then fsync'd
+    and renamed over ``path``, or removed when the body fails."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
-    return Path(tmp)
-
-
-def _replace(tmp: Path, path: Path) -> None:
+    tmp = Path(name)
     try:
+        yield tmp
         _fsync(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; a row file is as readable as any other
         os.replace(tmp, path)
@@ -117,9 +119,7 @@ def write_rows(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
     fmt = format_of(path)
     if fmt is None:
         raise OutputPathError(f"{path}: a row file must end in .jsonl, .json or .parquet")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_beside(path)
-    try:
+    with _atomic(path) as tmp:
         if fmt == "parquet":
             import datasets
 
@@ -138,10 +138,6 @@ def write_rows(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
                     first = False
                 if fmt == "json":
                     f.write(b"[]" if first else b"\n]")
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _replace(tmp, path)
     return path
 
 
@@ -159,12 +155,6 @@ def write_json(value: Any, path: str | Path, default: Any = None) -> Path:
 def write_text_atomic(text: str, path: str | Path) -> Path:
     """Write a text file (a summary, a manifest) as ``write_rows`` writes rows: whole or not at all."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_beside(path)
-    try:
+    with _atomic(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _replace(tmp, path)
     return path
