@@ -685,6 +685,18 @@ def _arrow_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """A failed write (a full disk, an I/O error) names the file it was writing: the system's error names none, or
+    the temporary file beside it."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno is None or e.filename == str(path):
+            raise
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+
+
 def write_rows(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
     """Write rows to ``path``: JSONL (``.jsonl``), Parquet (``.parquet``) or one JSON list (``.json``), through a
     temporary file of a unique name beside it that is fsync'd and then renamed over ``path``.
@@ -695,6 +707,12 @@ def write_rows(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
     if fmt is None:
         raise OutputPathError(f"{path}: a row file must end in .jsonl, .json or .parquet")
     path.parent.mkdir(parents=True, exist_ok=True)
+    with _naming(path):
+        _write_rows(rows, path, fmt)
+    return path
+
+
+def _write_rows(rows: Iterable[Mapping[str, Any]], path: Path, fmt: str) -> None:
     tmp = _temp_beside(path)
     try:
         if fmt == "parquet":
@@ -719,20 +737,20 @@ def write_rows(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     _replace(tmp, path)
-    return path
 
 
 def write_text_atomic(text: str, path: str | Path) -> Path:
     """Write a text file (a summary, a manifest) as ``write_rows`` writes rows: whole or not at all."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_beside(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _replace(tmp, path)
+    with _naming(path):
+        tmp = _temp_beside(path)
+        try:
+            tmp.write_text(text, encoding="utf-8")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _replace(tmp, path)
     return path
 
 

@@ -38,7 +38,7 @@ from srt_trainer.io import (
     write_rows,
 )
 from srt_trainer.teachers import RunCounts, TeacherArguments, build_teacher_from_args, complete_all
-from srt_trainer.teachers.cache import batch_state_path, check_cache_writable
+from srt_trainer.teachers.cache import check_cache_writable
 
 logger = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ def _run_judge(config: JudgeArguments, judge: TeacherArguments, output: Path, ca
 
     own_teacher = teacher is None
     if teacher is None:
-        teacher = build_teacher_from_args(judge, batch_state_path(cache))
+        teacher = build_teacher_from_args(judge, cache)
     judge_name = getattr(teacher, "model_name", None) or judge.teacher_model or judge.teacher
     conversations = []
     for a, b in pairs:
