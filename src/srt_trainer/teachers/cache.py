@@ -129,9 +129,10 @@ class ResponseCache:
         killed run never leaves it held."""
         assert self.path is not None and self._file is not None
         name = str(self.path.resolve())
-        if name in _OPEN:
+        holder = _OPEN.get(name)
+        if holder is not None and holder._thread == threading.get_ident():  # waiting for itself would never end
             self._file.close()
-            raise TeacherCacheError(f"{self.path}: this teacher cache is open already in this process")
+            raise TeacherCacheError(f"{self.path}: this teacher cache is open already (close it first)")
         try:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -144,6 +145,7 @@ class ResponseCache:
             logger.info("%s: the other run is done; going on", self.path)
         except OSError as e:  # a file system without locks: the run goes on unguarded
             logger.debug("%s: not locked (%s)", self.path, e)
+        self._thread = threading.get_ident()
         _OPEN[name] = self
 
     def _make_reserve(self) -> Path | None:
@@ -322,8 +324,8 @@ class ResponseCache:
                 raise self._error(self._sync_error, self._stopped())
         finally:
             self._release_reserve()
-            if self.path is not None:
-                _OPEN.pop(str(self.path.resolve()), None)
+            if self.path is not None and _OPEN.get(str(self.path.resolve())) is self:
+                del _OPEN[str(self.path.resolve())]
             self._closing = False
 
     def __enter__(self) -> ResponseCache:
