@@ -4,9 +4,11 @@ endpoints.
 The requests the cache lacks are written as batch input files (the format ``offline.py`` exports), uploaded with
 the ``openai`` client's files API and submitted as batches, split at the provider's per-batch limits. The
 submitted batches are recorded in a state file beside the teacher cache before anything waits on them, so a
-killed run started again with the same command picks them up instead of paying for them twice. Answers go through
-``on_answer`` into the same durable cache as online ones; items that failed, or that an expired or cancelled batch
-left unanswered, are submitted again (``resubmits`` times), then reported as failed requests.
+killed run started again with the same command picks them up instead of paying for them twice; should that record
+be lost, each batch's metadata carries a fingerprint of its requests, by which the provider's list of batches finds
+it again before anything is submitted. Answers go through ``on_answer`` into the same durable cache as online
+ones; items that failed, or that an expired or cancelled batch left unanswered, are submitted again (``resubmits``
+times), then reported as failed requests. The provider's refusals are one line without the key.
 """
 
 from __future__ import annotations
