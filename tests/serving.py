@@ -448,7 +448,9 @@ class BatchService:
                         data = list(reversed(service.batches.values()))  # newest first, as the API lists them
                         return self._json(200, {"object": "list", "data": data, "has_more": False})
                     if path.startswith("/v1/batches/"):
-                        batch = service.batches[path.rsplit("/", 1)[1]]
+                        batch = service.batches.get(path.rsplit("/", 1)[1])
+                        if batch is None:
+                            return self._json(404, {"error": {"message": f"No batch found with id {path}"}})
                         if batch["status"] == "in_progress" and service.release.is_set():
                             process(batch)
                         return self._json(200, batch)
@@ -479,3 +481,68 @@ def _file_object(file_id: str, name: str | None, size: int) -> dict:
         "purpose": "batch",
         "status": "processed",
     }
+
+
+class Misbehaving:
+    """An HTTP endpoint on loopback that is wrong in one way a real server cannot be made to be on demand, on every
+    route, counting the requests it gets:
+
+    - ``html``: HTTP 200 with an HTML page (a gateway's error page) instead of a JSON chat completion;
+    - ``hang``: accepts connections and reads the requests, and never answers anything;
+    - ``echo_key``: HTTP 401 whose message echoes the API key it was sent (some gateways do)."""
+
+    def __init__(self, mode: str) -> None:
+        assert mode in ("html", "hang", "echo_key")
+        self.mode = mode
+        self.requests = 0
+        self.paths: list[str] = []
+        self._hanging: list[threading.Event] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _answer(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                server.requests += 1
+                server.paths.append(self.path)
+                if server.mode == "hang":
+                    done = threading.Event()
+                    server._hanging.append(done)
+                    done.wait()  # until the server closes: the client sees an open connection and no byte
+                    self.close_connection = True
+                    return
+                if server.mode == "html":
+                    status, kind = 200, "text/html"
+                    data = b"<html><body><h1>502 Bad Gateway</h1><p>upstream unavailable</p></body></html>"
+                else:
+                    key = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                    status, kind = 401, "application/json"
+                    message = f"Incorrect API key provided: {key}. You can find your API key at the dashboard."
+                    data = json.dumps({"error": {"message": message, "type": "invalid_request_error"}}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _answer
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: object, client_address: object) -> None:
+                pass  # a client that gave up on a hanging request
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        for done in self._hanging:
+            done.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -148,3 +148,21 @@ def test_a_selection_by_a_proxy_states_the_agreement_in_its_card(two_precisions,
     other = tmp_path / "other.jsonl"
     assert srt(["select", "--output", str(other), "--agreement", str(bad), *views]) == 2
     assert f"--agreement {bad}: not an `srt agree` report" in capsys.readouterr().err and not other.exists()
+
+
+def test_files_without_scores_are_refused(tmp_path: Path, capsys):
+    """A file with no score columns, scores as text, or no score on any row is no score output: refused with the
+    file, row and field, not measured over zero rows."""
+    rows = [{"row_index": i, "instruction": f"q{i}", "input": "", "ifd": 0.5 + i / 10, "rifd": 0.9} for i in range(3)]
+    a = write_rows(rows, tmp_path / "a.jsonl")
+    cases = {
+        "plain": ([{k: r[k] for k in ("row_index", "instruction", "input")} for r in rows], "row 1: no field 'ifd'"),
+        "text": ([{**r, "rifd": str(r["rifd"])} for r in rows], "row 1, field 'rifd': is '0.9' (str), not a number"),
+        "nulls": ([{**r, "ifd": None, "rifd": None} for r in rows], "none of its 3 rows has a score"),
+    }
+    for name, (b_rows, message) in cases.items():
+        b = write_rows(b_rows, tmp_path / f"{name}.jsonl")
+        out = tmp_path / f"{name}.json"
+        assert srt(["agree", "--a", str(a), "--b", str(b), "--output", str(out), "--plot", "false"]) == 2
+        assert f"{b}" in (err := capsys.readouterr().err) and message in err, err
+        assert not out.exists()

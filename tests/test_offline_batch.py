@@ -136,3 +136,26 @@ def test_the_embedded_model_answers_the_exported_file(alpaca_rows, embedded_dir,
     assert sorted(rec["texts"][0] for rec in raw) == sorted(answers.values())  # the model's answers, as imported
     summary = json.loads((tmp_path / "a.summary.json").read_text())
     assert summary["counts"]["asked"] == 2
+
+
+def test_a_request_answered_twice_in_the_results(rows_file: Path, tmp_path: Path, capsys):
+    """Results files joined together: the same answer twice is one, a failure and then an answer is the answer, and
+    two different answers to one request are refused naming both lines (taking the last would be a guess)."""
+    requests, results = tmp_path / "requests.jsonl", tmp_path / "results.jsonl"
+    url = "http://127.0.0.1:9/v1"  # nothing listens: nothing may be sent
+    assert reflect(rows_file, tmp_path / "x.jsonl", url, "--export_requests", str(requests)) == 0
+    answer_file(requests, results, SlowTeacher.reflection_reply)
+    lines = results.read_text().splitlines()
+    failed = json.loads(lines[0]) | {"response": None, "error": {"message": "expired"}}
+    results.write_text("\n".join([json.dumps(failed), *lines, lines[1]]) + "\n")
+    out = tmp_path / "a.jsonl"
+    assert reflect(rows_file, out, url, "--import_results", str(results), "--max_reasks", "0") == 0
+    assert all(r["reflection_status"] == "ok" for r in read_rows(out))
+    other = json.loads(lines[2])
+    other["response"]["body"]["choices"][0]["message"]["content"] = "[Better Answer] Another answer. [End]"
+    results.write_text("\n".join([*lines, json.dumps(other)]) + "\n")
+    out = tmp_path / "b.jsonl"
+    assert reflect(rows_file, out, url, "--import_results", str(results)) == 2
+    err = capsys.readouterr().err
+    assert f"results.jsonl line 7: a second, different answer to request {other['custom_id']}" in err
+    assert "results.jsonl line 3)" in err and not out.exists()

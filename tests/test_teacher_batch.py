@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from srt_trainer.cli import main as srt
 from srt_trainer.io import read_rows, write_rows
+from srt_trainer.teachers import SamplingConfig, TeacherConfigError, TeacherError
 from srt_trainer.teachers.batch import BatchState, BatchTeacher, SubmittedBatch
 from srt_trainer.teachers.cache import batch_state_path
 from srt_trainer.teachers.openai_teacher import OpenAITeacher
 from tests.processes import kill_when
-from tests.serving import BatchService, SlowTeacher
+from tests.serving import BatchService, Misbehaving, SlowTeacher, free_port
 
 REPLY = SlowTeacher.reflection_reply
 
@@ -160,3 +162,119 @@ def test_the_judge_through_batches_equals_the_judge_online(tmp_path: Path):
         service.close()
     assert read_rows(batched) == read_rows(tmp_path / "online.jsonl")
     assert all(r["status"] == "ok" for r in read_rows(batched))
+
+
+def test_refusals_and_faults_of_the_batch_api_are_one_line_without_the_key(
+    rows_file: Path, tmp_path: Path, capsys, caplog, monkeypatch
+):
+    """An endpoint that answers 401 and echoes the key, in every mode (online, batches, export and import); a batch
+    endpoint that is down; a recorded batch the provider does not know: exit 2 with one line, the key nowhere (not
+    in the output, the logs, a traceback under --debug, or a file)."""
+    secret = f"sk-test-{time.time_ns()}"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    echo = Misbehaving("echo_key")
+    batch = ("--teacher_batch", "--teacher_batch_poll", "0.01")
+    try:
+        for k, extra in enumerate(((), batch, ("--debug", *batch))):
+            argv = reflect_argv(rows_file, tmp_path / f"o{k}.jsonl", echo.base_url, *extra)
+            if "--debug" in argv:
+                argv.remove("--debug")
+                argv.insert(0, "--debug")
+            assert srt(argv) == 2
+            err = capsys.readouterr().err
+            assert "HTTP 401" in err and "Incorrect API key provided: ***" in err
+            assert ("check OPENAI_API_KEY" in err) == bool(extra)
+            assert ("Traceback" in err) == ("--debug" in argv) and "openai.AuthenticationError" not in err
+        assert sum(p.startswith("/v1/batches") for p in echo.paths) == 2  # each batch run stopped at its first call
+        sent = echo.requests
+        requests, results = tmp_path / "requests.jsonl", tmp_path / "results.jsonl"
+        assert (
+            srt(reflect_argv(rows_file, tmp_path / "x.jsonl", echo.base_url, "--export_requests", str(requests))) == 0
+        )
+        results.write_text("")
+        argv = reflect_argv(rows_file, tmp_path / "y.jsonl", echo.base_url, "--import_results", str(results))
+        assert srt([*argv, "--max_reasks", "0"]) == 2  # no row is in the results: none answered, nothing sent
+        assert "not in the results file" in capsys.readouterr().err and echo.requests == sent
+    finally:
+        echo.close()
+    down = f"http://127.0.0.1:{free_port()}/v1"
+    assert srt(reflect_argv(rows_file, tmp_path / "d.jsonl", down, *batch)) == 2
+    err = capsys.readouterr().err
+    assert f"{down}: cannot reach the Batch API to list the batches" in err and "Traceback" not in err
+    service = BatchService(REPLY)
+    try:
+        state = batch_state_path(tmp_path / "u.teacher-cache.jsonl")
+        state.write_text(json.dumps({"version": 1, "batches": [{"custom_ids": ["srt-x"], "batch_id": "batch_gone"}]}))
+        online = OpenAITeacher("m", base_url=service.base_url)
+        teacher = BatchTeacher(online, state, poll_seconds=0.01, progress=False)
+        from srt_trainer.teachers.offline import custom_id, request_body
+
+        conversation = [{"role": "user", "content": "question"}]
+        name = custom_id(request_body(online, conversation, SamplingConfig()))
+        state.write_text(json.dumps({"version": 1, "batches": [{"custom_ids": [name], "batch_id": "batch_gone"}]}))
+        with pytest.raises(TeacherError, match=r"does not know batch batch_gone, which .*u.teacher-cache.batches.json"):
+            teacher.generate([conversation], SamplingConfig(), lambda j, a: None)
+        assert service.batches == {}  # nothing submitted in its place
+    finally:
+        service.close()
+    logged = caplog.text + capsys.readouterr().out
+    assert secret not in logged and [str(p) for p in tmp_path.rglob("*") if secret.encode() in p.read_bytes()] == []
+
+
+class Killed(BaseException):
+    """The process dies (here: at its first look at the batches it waits for)."""
+
+
+@pytest.mark.parametrize("state_left", ["removed", "corrupt"])
+def test_a_lost_batch_record_does_not_submit_again(rows_file: Path, tmp_path: Path, monkeypatch, state_left: str):
+    """Killed while its batch runs, its record removed (or broken): the same command finds the batch at the provider
+    by its requests' fingerprint and waits for it, instead of paying for a second one."""
+    service = BatchService(REPLY)
+    try:
+        online = online_outputs(rows_file, tmp_path, service)
+        service.release.clear()
+        out = tmp_path / "batch" / "a.jsonl"
+        state = batch_state_path(tmp_path / "batch" / "a.teacher-cache.jsonl")
+        argv = reflect_argv(rows_file, out, service.base_url, "--teacher_batch", "--teacher_batch_poll", "0.01")
+
+        def die(_: float) -> None:
+            raise Killed
+
+        class DiesWaiting(BatchTeacher):
+            def __init__(self, *args, **kwargs) -> None:
+                super().__init__(*args, **{**kwargs, "sleep": die})
+
+        with monkeypatch.context() as m:
+            m.setattr("srt_trainer.teachers.batch.BatchTeacher", DiesWaiting)
+            with pytest.raises(Killed):
+                srt(argv)
+        assert list(service.batches) == ["batch_1"] and state.is_file()
+        if state_left == "removed":
+            state.unlink()
+        else:
+            state.write_text('{"version": 1, "batches": [{"custom_')
+        service.release.set()
+        assert srt(argv) == 0  # the same command again
+        assert list(service.batches) == ["batch_1"] and len(service.uploaded) == 1  # not submitted, nor paid, twice
+    finally:
+        service.close()
+    assert read_rows(out) == online
+    assert not state.exists()
+    assert (state.with_name(state.name + ".corrupt").is_file()) == (state_left == "corrupt")
+
+
+def test_a_run_of_an_older_version_resumes_from_its_shared_batch_record(tmp_path: Path):
+    """`srt run` recorded its batches in one `teacher.batches.json` for its three reflections: read while it is
+    there, so such a run resumes; each cache has its own record otherwise."""
+    from srt_trainer.teachers import TeacherArguments, TeacherFactory
+
+    args = TeacherArguments(teacher="openai", teacher_model="m", base_url="http://127.0.0.1:9/v1", teacher_batch=True)
+    cache = tmp_path / "reflect" / "q.teacher-cache.jsonl"
+    teacher = TeacherFactory(args).build(cache)
+    assert teacher.state_path == tmp_path / "reflect" / "q.teacher-cache.batches.json"
+    legacy = tmp_path / "reflect" / "teacher.batches.json"
+    legacy.parent.mkdir()
+    legacy.write_text('{"version": 1, "batches": [{"custom_ids": ["srt-x"], "batch_id": "batch_1"}]}')
+    assert TeacherFactory(args).build(cache).state_path == legacy
+    with pytest.raises(TeacherConfigError, match="--teacher_batch records its batches beside the teacher cache"):
+        TeacherFactory(args).build(None)

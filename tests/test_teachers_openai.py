@@ -4,10 +4,17 @@ proxy that injects 429 + Retry-After, 500, stalls, dropped connections and trunc
 from __future__ import annotations
 
 import email.utils
+import json
+import os
+import shutil
+import subprocess
+import threading
 import time
 
 import pytest
 
+from srt_trainer.cli import main as srt
+from srt_trainer.io import read_rows, write_rows
 from srt_trainer.reflection import load_prompt, parse_instruction_reflection, parse_response_reflection, reflect
 from srt_trainer.teachers import (
     SamplingConfig,
@@ -17,7 +24,7 @@ from srt_trainer.teachers import (
     complete_all,
     load_cache_entries,
 )
-from tests.serving import FaultPlan, FaultProxy, prompt_hash
+from tests.serving import FaultPlan, FaultProxy, SlowTeacher, prompt_hash
 
 TIMEOUT = 8.0  # per request; a real answer of a few tokens takes about a second here
 
@@ -176,3 +183,100 @@ def test_reflection_end_to_end_with_the_real_server(teacher_server, embedded_dir
             progress=False,
         )
         assert sum(proxy.counts().values()) == sent and again.counts.asked == 0 and again.rows == qa.rows
+
+
+def _reflect_argv(data, out, base_url: str, *extra: str) -> list[str]:
+    argv = ["reflect", "--mode", "response", "--data", str(data), "--output", str(out), "--teacher", "openai"]
+    return [*argv, "--teacher_model", "m", "--base_url", base_url, "--no_progress", "--max_reasks", "0", *extra]
+
+
+def test_two_runs_sharing_a_cache_pay_once(short_rows, tmp_path, caplog):
+    """The second run on a teacher cache in use waits for the first, then takes its answers: each prompt is paid
+    for once, and both outputs are the same."""
+    server = SlowTeacher(0.2, SlowTeacher.reflection_reply)
+    data = tmp_path / "rows.jsonl"
+    write_rows(short_rows[:6], data)
+    cache = tmp_path / "shared.teacher-cache.jsonl"
+    extra = ("--teacher_cache", str(cache), "--teacher_concurrency", "1")
+    codes: list[int] = []
+    first = threading.Thread(
+        target=lambda: codes.append(srt(_reflect_argv(data, tmp_path / "a.jsonl", server.base_url, *extra)))
+    )
+    try:
+        first.start()
+        while not (cache.is_file() and cache.read_text()) and first.is_alive():  # the first run holds the cache
+            time.sleep(0.02)
+        with caplog.at_level("INFO", logger="srt_trainer.teachers.cache"):
+            assert srt(_reflect_argv(data, tmp_path / "b.jsonl", server.base_url, *extra)) == 0
+        first.join()
+    finally:
+        server.close()
+    assert codes == [0] and len(server.requests) == 6  # not 12
+    assert "another run is using this teacher cache; waiting for it" in caplog.text
+    assert json.loads((tmp_path / "b.summary.json").read_text())["counts"]["asked"] == 0
+    assert read_rows(tmp_path / "a.jsonl") == read_rows(tmp_path / "b.jsonl")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1 MiB file system (tmpfs), so that a disk fills up for real; the test is skipped where it cannot be
+    mounted (not root)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(disk, leave: int):
+    """A file that leaves ``leave`` bytes of ``disk`` free."""
+    filler = disk / "filler"
+    filler.write_bytes(b"")
+    filler.write_bytes(b"x" * (shutil.disk_usage(disk).free - leave))
+    return filler
+
+
+def test_a_full_disk_names_the_file_and_nothing_is_paid_twice(short_rows, small_disk, tmp_path, capsys):
+    """The cache's disk fills up mid-run: the run stops naming the cache, every answer received is in it (the
+    answers on their way go into the reserve beside it), and the rerun asks only for the rest. The output's disk
+    full (the cache elsewhere): the output is named, and the rerun asks nothing."""
+
+    def long_reply(prompt: str) -> str:  # about 4 kB a cache line: the disk fills up after a few answers
+        return f"[Better Answer] {'A long and careful answer. ' * 150}{SlowTeacher.reflection_reply(prompt)[16:]}"
+
+    server = SlowTeacher(0.0, long_reply)
+    data = tmp_path / "rows.jsonl"
+    rows = (short_rows * 3)[:30]
+    write_rows([{**r, "instruction": f"{r['instruction']} ({i})"} for i, r in enumerate(rows)], data)
+    cache = small_disk / "a.teacher-cache.jsonl"
+    argv = _reflect_argv(data, tmp_path / "a.jsonl", server.base_url, "--teacher_cache", str(cache))
+    argv += ["--teacher_concurrency", "2"]
+    try:
+        filler = _fill(small_disk, 100_000)
+        assert srt(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{cache}: the teacher cache cannot be written: No space left on device" in err
+        assert "run the same command again" in err and not (tmp_path / "a.jsonl").exists()
+        kept = load_cache_entries(cache)
+        assert 10 < len(kept) < 30 and len(server.requests) == len(kept)  # every answer paid for is kept
+        filler.unlink()
+        assert srt(argv) == 0
+        assert len(server.requests) == 30 and sorted(server.requests) == sorted(set(server.requests))  # each once
+
+        out = small_disk / "b.jsonl"
+        argv = _reflect_argv(data, out, server.base_url, "--teacher_cache", str(cache))
+        filler = _fill(small_disk, 0)
+        assert srt(argv) == 2
+        assert f"{out}: No space left on device" in capsys.readouterr().err
+        filler.unlink()
+        assert srt(argv) == 0 and len(server.requests) == 30  # the answers were all in the cache
+    finally:
+        server.close()
+    assert read_rows(tmp_path / "a.jsonl") == read_rows(small_disk / "b.jsonl")
+    assert not list(small_disk.glob("*.reserve"))

@@ -65,19 +65,33 @@ def read_statistics(a: str | Path, b: str | Path) -> dict[str, np.ndarray]:
                 raise SelectionInputError(
                     f"{b} row {n}, field {key!r}: differs from {a} row {n}: score the same rows, in the same order"
                 )
-        for side, row in (("a", row_a), ("b", row_b)):
+        for side, row, path in (("a", row_a, a), ("b", row_b, b)):
             for k in STATISTICS:
-                values[f"{side}_{k}"].append(_number(row.get(k)))
+                values[f"{side}_{k}"].append(_number(row, k, f"{path} row {n}"))
     if next(rows_b, None) is not None:
         raise SelectionInputError(f"{b} has more rows than the {n} of {a}: score the same rows with both students")
     if n == 0:
         raise SelectionInputError(f"{a}: no rows to compare")
+    for side, path in (("a", a), ("b", b)):
+        if all(np.isnan(values[f"{side}_{k}"]).all() for k in STATISTICS):
+            raise SelectionInputError(
+                f"{path}: none of its {n} rows has a score ({' or '.join(map(repr, STATISTICS))}): nothing to compare"
+            )
     return {k: np.asarray(v, dtype=np.float64) for k, v in values.items()}
 
 
-def _number(value: Any) -> float:
-    """A statistic as a float; NaN where it is missing (None, a string or a bool, which ``srt select`` refuses)."""
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+def _number(row: Mapping[str, Any], key: str, where: str) -> float:
+    """The statistic ``key`` of a score row as a float; NaN where it is null (a row the student could not score).
+    A row without the field, or with a value that is no number (a string, a bool), is refused, as ``srt select``
+    refuses it: it is not a score output."""
+    if key not in row:
+        raise SelectionInputError(f"{where}: no field {key!r}; is it an `srt score` output?")
+    value = row[key]
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SelectionInputError(f"{where}, field {key!r}: is {value!r:.60} ({type(value).__name__}), not a number")
+    return float(value)
 
 
 def statistic_agreement(a: np.ndarray, b: np.ndarray, statistic: str, top_p: float) -> StatisticAgreement:

@@ -31,7 +31,7 @@ from srt_trainer.evaluation.scores import has_scores
 from srt_trainer.io import DataLoadError, iter_raw_rows, row_window, sidecar_path
 from srt_trainer.stage import REJECTS, Stage
 from srt_trainer.teachers import RunCounts, TeacherArguments, build_teacher_from_args, complete_all
-from srt_trainer.teachers.cache import batch_state_path, check_cache_writable
+from srt_trainer.teachers.cache import check_cache_writable
 
 logger = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ def _run_judge(config: JudgeArguments, judge: TeacherArguments, stage: Stage, ca
 
     own_teacher = teacher is None
     if teacher is None:
-        teacher = build_teacher_from_args(judge, batch_state_path(cache))
+        teacher = build_teacher_from_args(judge, cache)
     judge_name = getattr(teacher, "model_name", None) or judge.teacher_model or judge.teacher
     conversations = []
     for a, b in pairs:

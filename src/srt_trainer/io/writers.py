@@ -61,16 +61,21 @@ def _atomic(path: Path) -> Iterator[Path]:
     """A new temporary file beside ``path``, of a name no other run can take, for the body to write; then fsync'd
     and renamed over ``path``, or removed when the body fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
+    tmp: Path | None = None
     try:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(name)
         yield tmp
         _fsync(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; a row file is as readable as any other
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno is not None and e.filename != str(path):
+            # a full disk or an I/O error names no file, or the temporary one: name the file being written
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
 
 

@@ -40,11 +40,11 @@ from srt_trainer.teachers import (
     RunCounts,
     Teacher,
     TeacherArguments,
-    build_teacher_from_args,
+    TeacherFactory,
     complete_all,
 )
 from srt_trainer.teachers.base import TeacherError
-from srt_trainer.teachers.cache import batch_state_path, check_cache_writable
+from srt_trainer.teachers.cache import check_cache_writable
 
 logger = logging.getLogger(__name__)
 
@@ -423,11 +423,11 @@ def run_reflect(
     args: ReflectArguments,
     teacher_args: TeacherArguments,
     reflection: ReflectionArguments | None = None,
-    teacher: Teacher | None = None,
+    teacher: Teacher | TeacherFactory | None = None,
 ) -> ReflectRun:
     """Reflect ``args.data`` into ``args.output``, with ``<stem>.raw.jsonl``, ``<stem>.summary.json`` and the rejects
-    beside it, rewriting as ``reflection`` says (default: as released). ``teacher``: one already built (default: the
-    one ``teacher_args`` names)."""
+    beside it, rewriting as ``reflection`` says (default: as released). ``teacher``: one already built, or the
+    factory of a run's teachers (default: the one ``teacher_args`` names)."""
     reflection = reflection or ReflectionArguments()
     cache = args.cache_path(teacher_args)
     stage = Stage(
@@ -448,7 +448,7 @@ def run_reflect(
             limit=args.limit,
             offset=args.offset,
         )
-        teacher = teacher or build_teacher_from_args(teacher_args, batch_state_path(cache), args.progress)
+        teacher = TeacherFactory.of(teacher, teacher_args, args.progress).build(cache)
         result = reflect(
             loaded.rows,
             args.mode,

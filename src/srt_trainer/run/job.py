@@ -34,8 +34,7 @@ from srt_trainer.resources import resolve_data
 from srt_trainer.run.config import RunArguments
 from srt_trainer.scoring.config import ScoringArguments
 from srt_trainer.selection.config import SelectionArguments
-from srt_trainer.teachers import TeacherArguments, build_teacher_from_args
-from srt_trainer.teachers.local import TransformersTeacher
+from srt_trainer.teachers import Student, TeacherArguments, TeacherFactory
 from srt_trainer.templates import get_template
 from srt_trainer.training.config import SRTScriptArguments, SRTSFTConfig
 from srt_trainer.training.trainer import load_model_for_training, train
@@ -64,16 +63,8 @@ def _reflect_all(
         "A": ReflectArguments(mode="response", data=ori, output=str(folder / VARIANT_FILES["A"])),
         "QA": ReflectArguments(mode="response", data=q_file, output=str(folder / VARIANT_FILES["QA"])),
     }
-    same_model = teacher_args.teacher_model in (None, model_args.model_name_or_path)
-    if teacher_args.teacher == "transformers" and same_model:
-        teacher = TransformersTeacher(
-            model=model_args.model_name_or_path,
-            batch_size=teacher_args.teacher_batch_size,
-            model_obj=model,
-            tokenizer=tokenizer,
-        )
-    else:
-        teacher = build_teacher_from_args(teacher_args, folder / "teacher.batches.json")
+    # one factory for the three: a local teacher is loaded once, the student teaches itself when no other is named
+    teacher = TeacherFactory(teacher_args, student=Student(model_args.model_name_or_path, model, tokenizer))
     summaries = {}
     was_training = model.training
     model.eval()

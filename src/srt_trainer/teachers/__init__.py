@@ -3,14 +3,13 @@
 - ``build_teacher("openai", model=..., base_url=...)``: any OpenAI-compatible endpoint (key from ``OPENAI_API_KEY``).
 - ``build_teacher("transformers")``: a local model (the embedded student by default; offline).
 - ``build_teacher("vllm", model=...)``: vLLM's offline engine, when installed.
+- ``TeacherFactory(args, student=...)``: the teacher ``TeacherArguments`` describe, for each teacher cache it answers
+  into (``--teacher_batch`` records its batches beside it); the student itself when it teaches.
 - ``complete_all(teacher, conversations, sampling, cache_path, validate=...)``: answers in input order, durably
   cached per answer, re-asked when ``validate`` rejects them; returns the results and the run's counts.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
-from typing import Any
 
 from srt_trainer.teachers.base import (
     Answer,
@@ -24,80 +23,8 @@ from srt_trainer.teachers.base import (
 )
 from srt_trainer.teachers.cache import ResponseCache, cache_key, load_cache_entries
 from srt_trainer.teachers.config import TEACHER_KINDS, TeacherArguments
+from srt_trainer.teachers.factory import Student, TeacherFactory, build_teacher, build_teacher_from_args
 from srt_trainer.teachers.runner import complete_all
-
-
-def build_teacher(kind: str, model: str | None = None, base_url: str | None = None, **options: Any) -> Teacher:
-    """A teacher of ``kind`` ("openai" | "transformers" | "vllm").
-
-    ``model``: the served model name (openai), or a folder / hub id / "embedded" (transformers, vllm; None means
-    the embedded student). ``options`` go to the teacher's class: ``OpenAITeacher`` (concurrency, max_retries,
-    timeout, ...), ``TransformersTeacher`` (dtype, device, batch_size, model_obj, tokenizer) or ``VLLMTeacher``
-    (engine options).
-    """
-    if kind == "openai":
-        from srt_trainer.teachers.openai_teacher import OpenAITeacher
-
-        return OpenAITeacher(model=model or "", base_url=base_url, **options)
-    if base_url:
-        raise TeacherConfigError(f"--base-url is for the openai teacher, not {kind!r}")
-    if kind == "transformers":
-        from srt_trainer.teachers.local import TransformersTeacher
-
-        return TransformersTeacher(model=model, **options)
-    if kind == "vllm":
-        from srt_trainer.teachers.vllm_teacher import VLLMTeacher
-
-        return VLLMTeacher(model=model, **options)
-    raise TeacherConfigError(f"unknown teacher {kind!r}; choose one of {', '.join(TEACHER_KINDS)}")
-
-
-def build_teacher_from_args(
-    args: TeacherArguments, batch_state: str | Path | None = None, progress: bool = True, **options: Any
-) -> Teacher:
-    """The teacher ``args`` describe (``options`` add to or replace its class's keyword arguments).
-
-    ``batch_state``: with ``--teacher_batch``, the file that records the submitted batches (required then:
-    ``batch_state_path`` of the teacher cache); ``progress``: a progress bar while batches run."""
-    if args.teacher == "openai":
-        base = {
-            "concurrency": args.teacher_concurrency,
-            "max_retries": args.max_retries,
-            "timeout": args.request_timeout,
-        }
-    elif args.teacher == "transformers":
-        base = {
-            "dtype": args.teacher_dtype,
-            "device": args.teacher_device,
-            "batch_size": args.teacher_batch_size,
-            "trust_remote_code": args.teacher_trust_remote_code,
-        }
-    else:
-        base = {"trust_remote_code": args.teacher_trust_remote_code}
-    if args.offline():  # nothing is sent, so no key is needed (nor read)
-        from srt_trainer.teachers.offline import OfflineTeacher
-
-        online = build_teacher(
-            "openai", model=args.teacher_model, base_url=args.base_url, **{**base, "api_key": "offline", **options}
-        )
-        return OfflineTeacher(online, args.import_results, args.export_requests)
-    teacher = build_teacher(args.teacher, model=args.teacher_model, base_url=args.base_url, **{**base, **options})
-    if args.teacher_batch:
-        from srt_trainer.teachers.batch import BatchTeacher
-
-        if batch_state is None:
-            raise ValueError("--teacher_batch needs the file that records the batches (batch_state)")
-        return BatchTeacher(
-            teacher,
-            batch_state,
-            poll_seconds=args.teacher_batch_poll,
-            max_requests=args.teacher_batch_max_requests,
-            max_bytes=int(args.teacher_batch_max_mb * 1e6),
-            resubmits=args.teacher_batch_resubmits,
-            progress=progress,
-        )
-    return teacher
-
 
 __all__ = [
     "TEACHER_KINDS",
@@ -107,10 +34,12 @@ __all__ = [
     "ResponseCache",
     "RunCounts",
     "SamplingConfig",
+    "Student",
     "Teacher",
     "TeacherArguments",
     "TeacherConfigError",
     "TeacherError",
+    "TeacherFactory",
     "build_teacher",
     "build_teacher_from_args",
     "cache_key",

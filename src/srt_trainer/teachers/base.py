@@ -170,6 +170,36 @@ class Teacher(abc.ABC):
         return f"{type(self).__name__}({self.model_name!r})"
 
 
+class DelegatingTeacher(Teacher):
+    """A teacher answered another way than by ``teacher``'s own requests (batch files, a provider's Batch API): for
+    everything that decides an answer (its identity, token counts, the request bodies) it is ``teacher``, so cache
+    keys, outputs and resumes are those of a run that asked ``teacher`` directly. Subclasses write ``generate``."""
+
+    def __init__(self, teacher: Teacher) -> None:
+        self.teacher = teacher
+        self.kind, self.model_name = teacher.kind, teacher.model_name
+
+    def identity(self) -> dict[str, Any]:
+        return self.teacher.identity()
+
+    def count_text_tokens(self, text: str) -> int:
+        return self.teacher.count_text_tokens(text)
+
+    def count_prompt_tokens(self, conversation: Conversation) -> int:
+        return self.teacher.count_prompt_tokens(conversation)
+
+    def close(self) -> None:
+        self.teacher.close()
+
+    def describe(self) -> str:
+        """What the wrapper adds, for ``repr`` (its files)."""
+        return ""
+
+    def __repr__(self) -> str:  # the inner teacher's repr never shows a key
+        extra = self.describe()
+        return f"{type(self).__name__}({self.teacher!r}{', ' + extra if extra else ''})"
+
+
 def prefilled(conversation: Conversation) -> bool:
     """A conversation ending in an assistant message asks the model to continue that message."""
     return bool(conversation) and conversation[-1].get("role") == "assistant"

@@ -4,13 +4,16 @@ endpoints.
 The requests the cache lacks are written as batch input files (the format ``offline.py`` exports), uploaded with
 the ``openai`` client's files API and submitted as batches, split at the provider's per-batch limits. The
 submitted batches are recorded in a state file beside the teacher cache before anything waits on them, so a
-killed run started again with the same command picks them up instead of paying for them twice. Answers go through
-``on_answer`` into the same durable cache as online ones; items that failed, or that an expired or cancelled batch
-left unanswered, are submitted again (``resubmits`` times), then reported as failed requests.
+killed run started again with the same command picks them up instead of paying for them twice; should that record
+be lost, each batch's metadata carries a fingerprint of its requests, by which the provider's list of batches finds
+it again before anything is submitted. Answers go through ``on_answer`` into the same durable cache as online
+ones; items that failed, or that an expired or cancelled batch left unanswered, are submitted again (``resubmits``
+times), then reported as failed requests. The provider's refusals are one line without the key.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -23,9 +26,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from srt_trainer.io import write_text_atomic
-from srt_trainer.teachers.base import Answer, Conversation, OnAnswer, SamplingConfig, Teacher, TeacherError
-from srt_trainer.teachers.offline import CHAT_URL, custom_id, request_body, result_answer
-from srt_trainer.teachers.openai_teacher import OpenAITeacher
+from srt_trainer.teachers.base import Answer, Conversation, DelegatingTeacher, OnAnswer, SamplingConfig, TeacherError
+from srt_trainer.teachers.offline import CHAT_URL, Results, custom_id, request_body, result_answer
+from srt_trainer.teachers.openai_teacher import API_KEY_ENV, OpenAITeacher, status_message
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +37,9 @@ MAX_REQUESTS = 50_000
 MAX_BYTES = 200 * 2**20
 COMPLETION_WINDOW = "24h"  # the one window the Batch API accepts
 ENDED = ("completed", "expired", "cancelled", "failed")
+ACTIVE = ("validating", "in_progress", "finalizing")
+# how far back the provider's batches are looked through for ones a lost state file recorded (newest first)
+LOOKBACK_SECONDS = 7 * 24 * 3600
 STATE_VERSION = 1
 
 
@@ -68,7 +74,17 @@ class BatchState:
             data = json.loads(path.read_text(encoding="utf-8"))
             batches = [SubmittedBatch(**b) for b in data["batches"]]
         except (ValueError, KeyError, TypeError) as e:
-            raise TeacherError(f"{path}: not a batch state file ({e}); move it away to submit afresh") from e
+            # its batches are not lost: the provider lists them, each with the fingerprint of its requests
+            kept = path.with_name(path.name + ".corrupt")
+            path.replace(kept)
+            logger.warning(
+                "%s: not a batch state file (%s); kept as %s, and the batches it recorded are looked for at the "
+                "provider by their requests instead of being submitted again",
+                path,
+                e,
+                kept,
+            )
+            return cls(path)
         return cls(path, batches)
 
     def save(self) -> None:
@@ -105,9 +121,8 @@ def split_requests(
         yield group
 
 
-def read_output(text: str, where: str) -> dict[str, Answer]:
-    """Answers by ``custom_id`` from the text of a batch's output or error file."""
-    answers = {}
+def read_output(results: Results, text: str, where: str) -> Results:
+    """``results`` with the answers of a batch's output or error file added (see ``Results``)."""
     for k, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -117,11 +132,11 @@ def read_output(text: str, where: str) -> dict[str, Answer]:
             raise TeacherError(f"{where} line {k}: invalid JSON: {e.msg}") from None
         if not isinstance(item, dict) or not item.get("custom_id"):
             raise TeacherError(f"{where} line {k}: not a batch result (no custom_id)")
-        answers[item["custom_id"]] = result_answer(item, f"{where} line {k}")
-    return answers
+        results.add(item["custom_id"], result_answer(item, f"{where} line {k}"), f"{where} line {k}")
+    return results
 
 
-class BatchTeacher(Teacher):
+class BatchTeacher(DelegatingTeacher):
     """An OpenAI-compatible teacher answered through the provider's Batch API (see the module's description).
 
     Args:
@@ -134,6 +149,8 @@ class BatchTeacher(Teacher):
         sleep: how to wait between polls (tests pass a faster one).
     """
 
+    teacher: OpenAITeacher
+
     def __init__(
         self,
         teacher: OpenAITeacher,
@@ -145,8 +162,7 @@ class BatchTeacher(Teacher):
         progress: bool = True,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.teacher = teacher
-        self.kind, self.model_name = teacher.kind, teacher.model_name
+        super().__init__(teacher)
         self.state_path = Path(state_path)
         self.poll_seconds = poll_seconds
         self.max_requests, self.max_bytes = max_requests, max_bytes
@@ -156,16 +172,11 @@ class BatchTeacher(Teacher):
         self.submitted = 0  # batches this teacher created
         self.resubmitted = 0  # items it submitted again
         self.adopted = 0  # batches of an earlier run it picked up
+        self.recovered = 0  # batches found at the provider that the state file did not record
         self._client: Any = None
 
-    def identity(self) -> dict[str, Any]:
-        return self.teacher.identity()
-
-    def count_prompt_tokens(self, conversation: Conversation) -> int:
-        return self.teacher.count_prompt_tokens(conversation)
-
-    def __repr__(self) -> str:
-        return f"BatchTeacher({self.teacher!r}, state={self.state_path})"
+    def describe(self) -> str:
+        return f"state={self.state_path}"
 
     @property
     def client(self) -> Any:
@@ -182,8 +193,13 @@ class BatchTeacher(Teacher):
             positions.setdefault(name, []).append(j)
             line = {"custom_id": name, "method": "POST", "url": CHAT_URL, "body": body}
             lines[name] = (json.dumps(line, ensure_ascii=False) + "\n").encode()
+        with self._provider("read the batches"):
+            self._generate(lines, positions, on_answer)
+
+    def _generate(self, lines: dict[str, bytes], positions: dict[str, list[int]], on_answer: OnAnswer) -> None:
         state = BatchState.load(self.state_path)
         tries = dict.fromkeys(lines, 0)
+        looked_up: set[str] = set()  # the provider's batches already taken up in this call
 
         def deliver(name: str, answer: Answer) -> None:
             answer.attempts = tries[name]
@@ -197,7 +213,17 @@ class BatchTeacher(Teacher):
                 logger.info("picking up %d batches submitted before (%s)", len(mine), self.state_path)
                 self.adopted += len(mine)
             covered = {name for b in mine for name in b.custom_ids}
-            for group in split_requests({n: v for n, v in lines.items() if n not in covered}, **self._limits()):
+            groups = list(split_requests({n: v for n, v in lines.items() if n not in covered}, **self._limits()))
+            if groups:  # before paying for them: a batch of these requests the state does not record (lost, or
+                # the state file was removed) is found at the provider by its requests' fingerprint
+                found = self._find_unrecorded(groups, lines, state, looked_up)
+                if found:
+                    mine += found
+                    covered |= {name for b in found for name in b.custom_ids}
+                    groups = list(
+                        split_requests({n: v for n, v in lines.items() if n not in covered}, **self._limits())
+                    )
+            for group in groups:
                 submission = 1 + max(tries[n] for n in group)
                 batch = SubmittedBatch(group, submission=submission)
                 self._submit(batch, lines, state)
@@ -221,6 +247,78 @@ class BatchTeacher(Teacher):
                 state.remove(batch)  # its answers are in the cache now
         if self.resubmitted:
             logger.warning("%d batch items failed or were left unanswered and were submitted again", self.resubmitted)
+
+    @contextlib.contextmanager
+    def _provider(self, what: str) -> Iterator[None]:
+        """The provider's refusals and an unreachable endpoint as one line that names the endpoint and what to do,
+        never the key (some gateways echo it) and never the client's traceback."""
+        import openai
+
+        where = self.teacher.base_url or "api.openai.com"
+        try:
+            yield
+        except openai.APIStatusError as e:
+            detail = self.teacher.scrub(f"HTTP {e.status_code}: {status_message(e)}")
+            hint = {
+                401: f"check {API_KEY_ENV}",
+                403: f"check {API_KEY_ENV} and the project's access to the Batch API",
+                404: "does this endpoint serve the Batch API (its files and batches endpoints)?",
+            }.get(
+                e.status_code,
+                f"run the same command again later: the batches submitted are recorded in {self.state_path}",
+            )
+            raise TeacherError(f"{where} refused to {what}: {detail}; {hint}") from None
+        except openai.APIConnectionError as e:
+            detail = self.teacher.scrub(str(e.__cause__ or e))[:300]
+            raise TeacherError(
+                f"{where}: cannot reach the Batch API to {what} ({detail}); the batches submitted so far are recorded "
+                f"in {self.state_path}: run the same command again to pick them up"
+            ) from None
+
+    def _find_unrecorded(
+        self, groups: list[list[str]], lines: dict[str, bytes], state: BatchState, looked_up: set[str]
+    ) -> list[SubmittedBatch]:
+        """Batches at the provider, made by a run of these requests, that ``state`` does not record: one whose
+        requests are one of ``groups`` (the same command splits the same requests alike), or one still running
+        whose input file holds any of ``lines``. A batch that ended is taken only if it answered something (an
+        answer paid for and not yet read): otherwise its requests are simply submitted again. Each is recorded in
+        ``state`` before it is waited on."""
+        wanted = {SubmittedBatch(g).fingerprint: g for g in groups}
+        known = {b.batch_id for b in state.batches} | {b.input_file_id for b in state.batches} | looked_up
+        cutoff = time.time() - LOOKBACK_SECONDS
+        found = []
+        with self._provider("list the batches"):
+            for made in self.client.batches.list(limit=100):
+                if made.created_at and made.created_at < cutoff:
+                    break  # listed newest first
+                meta = made.metadata or {}
+                fingerprint = meta.get("srt_requests")
+                if not fingerprint or made.id in known or made.input_file_id in known or made.status == "failed":
+                    continue
+                counts = made.request_counts
+                if fingerprint in wanted and (made.status not in ENDED or (counts is not None and counts.completed)):
+                    names = wanted.pop(fingerprint)
+                elif made.status in ACTIVE:
+                    text = self.client.files.content(made.input_file_id).text
+                    names = [json.loads(x)["custom_id"] for x in text.splitlines() if x.strip()]
+                    if lines.keys().isdisjoint(names):
+                        continue
+                else:
+                    continue
+                batch = SubmittedBatch(names, input_file_id=made.input_file_id, batch_id=made.id)
+                looked_up.add(made.id)
+                state.add(batch)
+                found.append(batch)
+                self.recovered += 1
+                logger.warning(
+                    "batch %s (%s, %d requests) carries requests of this run but %s did not record it: waiting for it "
+                    "instead of submitting them again",
+                    made.id,
+                    made.status,
+                    len(names),
+                    self.state_path,
+                )
+        return found
 
     def _limits(self) -> dict[str, int]:
         return {"max_requests": self.max_requests, "max_bytes": self.max_bytes}
@@ -251,6 +349,18 @@ class BatchTeacher(Teacher):
             self.state_path,
         )
 
+    def _retrieve(self, batch: SubmittedBatch) -> Any:
+        import openai
+
+        try:
+            return self.client.batches.retrieve(batch.batch_id)
+        except openai.NotFoundError:
+            raise TeacherError(
+                f"{self.teacher.base_url or 'api.openai.com'} does not know batch {batch.batch_id}, which "
+                f"{self.state_path} records (made with another key or endpoint?): run with that key and endpoint, or "
+                f"remove {self.state_path} to submit its {len(batch.custom_ids)} requests again (paid again if it ran)"
+            ) from None
+
     def _adopt(self, batch: SubmittedBatch, state: BatchState) -> None:
         """A recorded batch whose creation was not recorded (killed in between): the provider's, if it made one
         from the uploaded file, else a new one from that file."""
@@ -275,7 +385,7 @@ class BatchTeacher(Teacher):
         try:
             while waiting:
                 for batch in list(waiting):
-                    remote = self.client.batches.retrieve(batch.batch_id)
+                    remote = self._retrieve(batch)
                     counts = remote.request_counts
                     done[batch.batch_id] = (counts.completed + counts.failed) if counts is not None else 0
                     if remote.status not in ENDED:
@@ -285,12 +395,12 @@ class BatchTeacher(Teacher):
                     if remote.status == "failed":
                         state.remove(batch)
                         raise TeacherError(f"batch {remote.id} failed: {_errors(remote)}")
-                    answers = {}
+                    results = Results()
                     for file_id in (remote.error_file_id, remote.output_file_id):
                         if file_id:
                             text = self.client.files.content(file_id).text
-                            answers.update(read_output(text, f"batch {remote.id} file {file_id}"))
-                    yield batch, answers, f"batch {remote.status} before answering it"
+                            read_output(results, text, f"batch {remote.id} file {file_id}")
+                    yield batch, results.answers, f"batch {remote.status} before answering it"
                 bar.n = sum(done.values())
                 bar.refresh()
                 if waiting:

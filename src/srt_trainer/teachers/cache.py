@@ -16,12 +16,17 @@ appending when the cache is created, so a cache that cannot be written fails bef
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import shutil
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -66,11 +71,24 @@ def conversation_hash(messages: Sequence[Mapping[str, str]]) -> str:
 FSYNC_MODES = ("group", "always", "off")
 
 
+# Room kept free beside the cache for the answers already in flight when its disk fills up: they are paid for, so
+# they are written into it before the run stops (64 answers of 2,048 tokens of any script fit in 4 MiB).
+RESERVE_BYTES = 4 * 2**20
+
+_OPEN: weakref.WeakValueDictionary[str, ResponseCache] = weakref.WeakValueDictionary()
+
+
 class ResponseCache:
     """Answers by key, in memory, backed by an append-only JSONL file (``path`` None: memory only).
 
     ``fsync``: "group" (default: a background thread fsyncs batches of appended lines), "always" (each ``put``
-    fsyncs before it returns) or "off" (flushed only; for throw-away runs)."""
+    fsyncs before it returns) or "off" (flushed only; for throw-away runs).
+
+    One run at a time uses a cache file: a second run (another process) opening it waits until the first closes it,
+    then reads the answers the first received and asks only for the rest, so that two runs sharing a cache never
+    pay twice for one prompt. When the cache's disk fills up, a reserve kept beside it (``<cache>.reserve``, removed
+    on close) is given up so that the answers already on their way are still kept; every ``put`` from then on
+    raises ``TeacherCacheError`` naming the file, after keeping its answer when it can, so the run stops asking."""
 
     def __init__(self, path: str | Path | None, fsync: str = "group") -> None:
         if fsync not in FSYNC_MODES:
@@ -78,26 +96,78 @@ class ResponseCache:
         self.path = Path(path) if path is not None else None
         self.fsync = fsync
         self._entries: dict[str, dict[str, Any]] = {}
-        self._file = None
+        self._file: Any = None
         self._lock = threading.Lock()
         self._dirty = threading.Event()
         self._closing = False
         self._syncer: threading.Thread | None = None
+        self._reserve: Path | None = None
+        self._full: OSError | None = None  # the disk filled up: the run must stop
+        self._sync_error: OSError | None = None
         self.fsyncs = 0
         self.torn_lines = 0
         self.skipped = 0  # lines not used (unreadable or without an answer): their prompts are asked again
+        self.lost = 0  # answers that could not be written
         if self.path is not None:
             try:
-                self._load()
-                self._file = self.path.open("a", encoding="utf-8")
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = self.path.open("ab", buffering=0)
             except OSError as e:
-                raise TeacherCacheError(f"{self.path}: the teacher cache cannot be written: {e.strerror or e}") from e
+                raise self._error(e) from None
+            self._take()
+            try:
+                self._load()
+            except OSError as e:
+                raise self._error(e) from None
+            self._reserve = self._make_reserve()
+
+    def _error(self, e: OSError, what: str = "") -> TeacherCacheError:
+        return TeacherCacheError(f"{self.path}: the teacher cache cannot be written: {e.strerror or e}{what}")
+
+    def _take(self) -> None:
+        """Hold the cache file's lock (waiting for another run that holds it); the operating system's, so a
+        killed run never leaves it held."""
+        assert self.path is not None and self._file is not None
+        name = str(self.path.resolve())
+        holder = _OPEN.get(name)
+        if holder is not None and holder._thread == threading.get_ident():  # waiting for itself would never end
+            self._file.close()
+            raise TeacherCacheError(f"{self.path}: this teacher cache is open already (close it first)")
+        try:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.warning(
+                "%s: another run is using this teacher cache; waiting for it to finish, then its answers are used "
+                "here instead of being asked again",
+                self.path,
+            )
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
+            logger.info("%s: the other run is done; going on", self.path)
+        except OSError as e:  # a file system without locks: the run goes on unguarded
+            logger.debug("%s: not locked (%s)", self.path, e)
+        self._thread = threading.get_ident()
+        _OPEN[name] = self
+
+    def _make_reserve(self) -> Path | None:
+        assert self.path is not None
+        reserve = self.path.with_name(self.path.name + ".reserve")
+        try:
+            free = shutil.disk_usage(self.path.parent).free
+            reserve.write_bytes(b"\0" * min(RESERVE_BYTES, free // 4))
+        except OSError:
+            reserve.unlink(missing_ok=True)
+            return None
+        return reserve
+
+    def _release_reserve(self) -> bool:
+        reserve, self._reserve = self._reserve, None
+        if reserve is None:
+            return False
+        reserve.unlink(missing_ok=True)
+        return True
 
     def _load(self) -> None:
         assert self.path is not None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not self.path.exists():
-            return
         data = self.path.read_bytes()
         end = data.rfind(b"\n") + 1
         if end < len(data):  # a torn last line from a killed run: cut it off so appends stay line-aligned
@@ -107,6 +177,8 @@ class ResponseCache:
             self.torn_lines += 1
             with self.path.open("r+b") as f:
                 f.truncate(end)
+        if not data:
+            return
         for raw in iter_raw_rows(self.path, "jsonl"):
             entry = raw.value
             if raw.error is not None or not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
@@ -139,7 +211,10 @@ class ResponseCache:
         return self._entries.get(key)
 
     def put(self, key: str, answer: Answer, **meta: Any) -> None:
-        """Store a finished answer durably (only answers with text are cached: failures are asked again)."""
+        """Store a finished answer durably (only answers with text are cached: failures are asked again).
+
+        Raises ``TeacherCacheError`` when the file cannot be written, and after a full disk (the answer kept when
+        the reserve had room for it): the run must stop asking."""
         entry = {
             "key": key,
             "text": answer.text,
@@ -150,23 +225,60 @@ class ResponseCache:
             "time": round(time.time(), 3),
             **meta,
         }
-        line = json.dumps(entry, ensure_ascii=False) + "\n"
+        data = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8")
         if self.path is not None:
             with self._lock:
                 if self._file is None:
-                    self._file = self.path.open("a", encoding="utf-8")
-                self._file.write(line)
-                self._file.flush()  # in the OS's hands: a killed process loses nothing
+                    self._file = self.path.open("ab", buffering=0)
+                try:
+                    self._append(data)  # in the OS's hands at once: a killed process loses nothing
+                except OSError as e:
+                    self.lost += 1
+                    raise self._error(e, self._stopped()) from None
                 if self.fsync == "always":
                     self._fsync_locked()
                 elif self.fsync == "group":
                     self._start_syncer()
                     self._dirty.set()
         self._entries[key] = entry
+        trouble = self._full or self._sync_error
+        if trouble is not None:  # kept, but the disk is full (or failed): nothing more may be asked
+            raise self._error(trouble, self._stopped())
+
+    def _stopped(self) -> str:
+        kept = f"{len(self._entries)} answers are kept in it"
+        lost = f", {self.lost} received since could not be" if self.lost else ""
+        return f" ({kept}{lost}): make room and run the same command again; what it holds is not asked again"
+
+    def _append(self, data: bytes) -> None:
+        """Write one whole line, or none: a full disk first gives up the reserve; a line that still cannot be
+        written is cut off again, so the file stays line-aligned."""
+        fd = self._file.fileno()
+        start = os.fstat(fd).st_size
+        done = 0
+        while done < len(data):
+            try:
+                done += os.write(fd, data[done:])
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    self._full = self._full or e
+                    if self._release_reserve():
+                        logger.warning(
+                            "%s: the disk is full; the reserve beside the cache is given up for the answers already "
+                            "on their way, and nothing more is asked",
+                            self.path,
+                        )
+                        continue
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
+                raise
 
     def _fsync_locked(self) -> None:
         if self._file is not None:
-            os.fsync(self._file.fileno())
+            try:
+                os.fsync(self._file.fileno())
+            except OSError as e:
+                raise self._error(e, self._stopped()) from None
             self.fsyncs += 1
 
     def _start_syncer(self) -> None:
@@ -185,6 +297,8 @@ class ResponseCache:
             try:
                 os.fsync(fd)
                 self.fsyncs += 1
+            except OSError as e:  # reported by the next put, and by close
+                self._sync_error = e
             finally:
                 os.close(fd)
             if self._closing:
@@ -197,13 +311,22 @@ class ResponseCache:
             self._closing = True
             self._dirty.set()
             syncer.join()
-        with self._lock:
-            if self._file is not None:
-                if self.fsync != "off":
-                    self._fsync_locked()
-                self._file.close()
-                self._file = None
-        self._closing = False
+        try:
+            with self._lock:
+                if self._file is not None:
+                    try:
+                        if self.fsync != "off":
+                            self._fsync_locked()
+                    finally:
+                        self._file.close()
+                        self._file = None
+            if self._sync_error is not None:
+                raise self._error(self._sync_error, self._stopped())
+        finally:
+            self._release_reserve()
+            if self.path is not None and _OPEN.get(str(self.path.resolve())) is self:
+                del _OPEN[str(self.path.resolve())]
+            self._closing = False
 
     def __enter__(self) -> ResponseCache:
         return self

@@ -11,6 +11,41 @@ from srt_trainer.teachers.base import SamplingConfig, TeacherConfigError
 TEACHER_KINDS = ("openai", "transformers", "vllm")
 
 
+def split_base_urls(base_url: str | None) -> list[str]:
+    """The endpoints ``--base_url`` names, each in one spelling: one URL, or several separated by commas (replicas of
+    one teacher). Spaces, empty parts and trailing slashes are dropped and the scheme and host are lower-cased, so
+    that ``URL``, `` URL/`` and ``URL,`` are one endpoint (and one cache key); None is the provider's default host.
+    A value that names no endpoint, a part that is not an http(s) URL, or one endpoint named twice is refused."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    if base_url is None:
+        return []
+    urls: list[str] = []
+    for part in base_url.split(","):
+        text = part.strip()
+        if not text:
+            continue
+        parts = urlsplit(text)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise TeacherConfigError(f"--base_url: {text!r} is not an http(s) URL, e.g. http://127.0.0.1:8000/v1")
+        netloc = parts.netloc if "@" in parts.netloc else parts.netloc.lower()
+        url = urlunsplit((parts.scheme.lower(), netloc, parts.path.rstrip("/"), parts.query, parts.fragment))
+        if url in urls:
+            raise TeacherConfigError(f"--base_url names the endpoint {url} twice: {base_url!r}")
+        urls.append(url)
+    if not urls:
+        raise TeacherConfigError(
+            f"--base_url {base_url!r} names no endpoint: give one URL (or several, separated by commas), or leave it "
+            "out for api.openai.com"
+        )
+    return urls
+
+
+def normalize_base_url(base_url: str | None) -> str | None:
+    """``--base_url`` in its one spelling (see ``split_base_urls``); None stays None."""
+    return ",".join(split_base_urls(base_url)) if base_url is not None else None
+
+
 @dataclass
 class TeacherArguments:
     """The teacher LLM: which one, how it samples, and how it is asked (YAML keys or flags; ``srt eval judge`` also
@@ -165,8 +200,9 @@ class TeacherArguments:
     def __post_init__(self) -> None:
         if self.teacher not in TEACHER_KINDS:
             raise TeacherConfigError(f"unknown teacher {self.teacher!r}; choose one of {', '.join(TEACHER_KINDS)}")
-        if self.base_url and self.teacher != "openai":
+        if self.base_url is not None and self.teacher != "openai":
             raise TeacherConfigError(f"--base_url is for the openai teacher, not {self.teacher!r}")
+        self.base_url = normalize_base_url(self.base_url)
         if self.teacher == "openai" and not self.teacher_model:
             raise TeacherConfigError("--teacher_model is required with the openai teacher: the served model's name")
         if self.offline() and self.teacher != "openai":
@@ -175,7 +211,7 @@ class TeacherArguments:
             )
         if self.teacher_batch and self.teacher != "openai":
             raise TeacherConfigError(f"--teacher_batch is for the openai teacher, not {self.teacher!r}")
-        if self.teacher_batch and self.base_url and "," in self.base_url:
+        if self.teacher_batch and len(split_base_urls(self.base_url)) > 1:
             raise TeacherConfigError("--teacher_batch sends to one provider: give --base_url a single endpoint")
         if self.teacher_batch and self.offline():
             raise TeacherConfigError(

@@ -20,7 +20,7 @@ from typing import Any
 
 from srt_trainer.errors import SRTUserError
 from srt_trainer.io import iter_raw_rows, write_text_atomic
-from srt_trainer.teachers.base import Answer, Conversation, OnAnswer, SamplingConfig, Teacher, TeacherError
+from srt_trainer.teachers.base import Answer, Conversation, DelegatingTeacher, OnAnswer, SamplingConfig, TeacherError
 from srt_trainer.teachers.openai_teacher import OpenAITeacher
 
 logger = logging.getLogger(__name__)
@@ -58,13 +58,35 @@ def read_results(path: str | Path) -> dict[str, Answer]:
     path = Path(path)
     if not path.is_file():
         raise TeacherError(f"{path}: no such results file")
-    answers: dict[str, Answer] = {}
+    results = Results()
     for raw in iter_raw_rows(path):
         where = f"{path} line {raw.line or raw.row + 1}"
         if raw.error or not isinstance(raw.value, dict) or not raw.value.get("custom_id"):
             raise TeacherError(f"{where}: {raw.error or 'not a batch result (no custom_id)'}")
-        answers[raw.value["custom_id"]] = result_answer(raw.value, where)
-    return answers
+        results.add(raw.value["custom_id"], result_answer(raw.value, where), where)
+    return results.answers
+
+
+class Results:
+    """Answers by ``custom_id``, gathered from result lines. A request can appear more than once (results of a
+    retry appended to the first ones): an answer wins over a failure, the same answer twice is one, and two
+    different answers to one request are refused, naming both lines (taking either would be a guess)."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, Answer] = {}
+        self.where: dict[str, str] = {}
+
+    def add(self, name: str, answer: Answer, where: str) -> None:
+        before = self.answers.get(name)
+        if before is not None and before.text is not None:
+            if answer.text is not None and answer.text != before.text:
+                raise TeacherError(
+                    f"{where}: a second, different answer to request {name} (the first is at {self.where[name]}): "
+                    "a request has one answer; keep the one to use"
+                )
+            return
+        if before is None or answer.text is not None:
+            self.answers[name], self.where[name] = answer, where
 
 
 def result_answer(item: dict[str, Any], where: str) -> Answer:
@@ -90,7 +112,7 @@ def result_answer(item: dict[str, Any], where: str) -> Answer:
     )
 
 
-class OfflineTeacher(Teacher):
+class OfflineTeacher(DelegatingTeacher):
     """An OpenAI-compatible teacher answered through files instead of requests: answers from ``results`` (a batch
     output file) where it holds them; the rest written to ``export`` (a batch input file), which stops the run.
     Without ``export``, a request the results lack fails with that reason (counted as any failed request).
@@ -98,25 +120,20 @@ class OfflineTeacher(Teacher):
     Its identity is the online teacher's, so cache keys, outputs and resumes are those of an online run.
     """
 
+    teacher: OpenAITeacher
+
     def __init__(self, teacher: OpenAITeacher, results: str | Path | None, export: str | Path | None) -> None:
         if results is None and export is None:
             raise ValueError("an offline teacher needs a results file, an export file or both")
-        self.teacher = teacher
-        self.kind, self.model_name = teacher.kind, teacher.model_name
+        super().__init__(teacher)
         self.results_path = Path(results) if results is not None else None
         self.export_path = Path(export) if export is not None else None
         self._results = read_results(results) if results is not None else {}
         self.imported = 0  # answers taken from the results file
         self.reexported = 0  # failed items of the results file written to the export file again
 
-    def identity(self) -> dict[str, Any]:
-        return self.teacher.identity()
-
-    def count_prompt_tokens(self, conversation: Conversation) -> int:
-        return self.teacher.count_prompt_tokens(conversation)
-
-    def __repr__(self) -> str:
-        return f"OfflineTeacher({self.teacher!r}, results={self.results_path}, export={self.export_path})"
+    def describe(self) -> str:
+        return f"results={self.results_path}, export={self.export_path}"
 
     def generate(self, conversations: Sequence[Conversation], sampling: SamplingConfig, on_answer: OnAnswer) -> None:
         missing: list[tuple[str, dict[str, Any]]] = []

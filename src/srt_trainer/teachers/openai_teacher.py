@@ -24,11 +24,12 @@ import json
 import logging
 import os
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from srt_trainer.teachers.base import Answer, Conversation, OnAnswer, SamplingConfig, Teacher, TeacherError
+from srt_trainer.teachers.config import normalize_base_url, split_base_urls
 
 logger = logging.getLogger(__name__)
 
@@ -145,13 +146,8 @@ MAX_REST_SECONDS = 300.0
 
 
 def split_urls(base_url: str | None) -> list[str | None]:
-    """The endpoints of ``--base_url``: one URL, or several separated by commas (replicas of one teacher)."""
-    if not base_url:
-        return [None]
-    urls = [u.strip() for u in base_url.split(",") if u.strip()]
-    if len(set(urls)) != len(urls):
-        raise TeacherError(f"--base_url names an endpoint twice: {base_url}")
-    return list(urls) or [None]
+    """The endpoints of ``--base_url`` (see ``split_base_urls``); ``[None]`` for the provider's default host."""
+    return list(split_base_urls(base_url)) or [None]
 
 
 class Replica:
@@ -163,23 +159,43 @@ class Replica:
         self.failures = 0  # in a row
         self.rest_until = 0.0
         self.answered = 0
+        self.calls: dict[asyncio.Future[Any], float] = {}  # requests in flight to it -> when each was sent
+        self.heard = 0.0  # when it last answered anything (a request, or a look at its models)
+        self.probing = False
+
+
+# A replica is looked at when it has kept a request without answering anything for STALL_FACTOR times the longest
+# answer seen so far (at least the teacher's stall_seconds): long enough that a slow answer is not taken for a hung
+# server, since the measure grows with the machines' own speed.
+STALL_FACTOR = 4.0
+STALL_SECONDS = 10.0
+WATCH_SECONDS = 0.5
 
 
 class Replicas:
     """Data-parallel copies of one teacher: each request goes to the replica with the fewest requests in flight
-    among those not resting. A replica that fails (dropped connection, 5xx, time-out) rests, 5 s doubling per
-    failure in a row up to 5 minutes, and the requests go to the others; when every replica rests, the one whose
-    rest ends first is tried."""
+    among those not resting (the one that failed least recently, among equals). A replica that fails (dropped
+    connection, 5xx, time-out, a body that is no chat completion) rests, 5 s doubling per failure in a row up to 5
+    minutes, and the requests go to the others; when every replica rests, the one whose rest ends first is tried.
 
-    def __init__(self, replicas: Sequence[Replica]) -> None:
+    A replica that takes requests and answers none (a hung server still accepting connections) is found by
+    ``watch``: when it has kept a request longer than ``stall_limit`` without answering anything, it is asked for
+    its models (a request any live server answers at once, busy or not); no answer within the same limit, and its
+    requests are taken back and sent to the others, which they would otherwise wait for up to the request
+    time-out. A replica that answers the look keeps its requests: it is slow, not hung."""
+
+    def __init__(self, replicas: Sequence[Replica], stall_seconds: float = STALL_SECONDS) -> None:
         self.replicas = list(replicas)
+        self.stall_seconds = stall_seconds
+        self.longest = 0.0  # the longest answer seen, in seconds
+        self.moved = 0  # requests taken back from hung replicas
 
     def pick(self) -> Replica:
         now = time.monotonic()
         ready = [r for r in self.replicas if r.rest_until <= now]
         if not ready:
             return min(self.replicas, key=lambda r: r.rest_until)
-        return min(ready, key=lambda r: r.active)
+        return min(ready, key=lambda r: (r.active, r.failures))
 
     def any_ready(self) -> bool:
         now = time.monotonic()
@@ -198,9 +214,48 @@ class Replicas:
             seconds,
         )
 
-    def answered(self, replica: Replica) -> None:
+    def answered(self, replica: Replica, seconds: float = 0.0) -> None:
         replica.failures = 0
         replica.answered += 1
+        replica.heard = time.monotonic()
+        self.longest = max(self.longest, seconds)
+
+    def stall_limit(self) -> float:
+        return max(self.stall_seconds, STALL_FACTOR * self.longest)
+
+    async def watch(self, probe: Callable[[Replica, float], Awaitable[bool]]) -> None:
+        """Look, every half second, for replicas that keep requests and answer nothing (see the class)."""
+        looks: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                await asyncio.sleep(WATCH_SECONDS)
+                now, limit = time.monotonic(), self.stall_limit()
+                for r in self.replicas:
+                    if r.probing or not r.calls or now - max(min(r.calls.values()), r.heard) < limit:
+                        continue
+                    if not any(o is not r and o.rest_until <= now for o in self.replicas):
+                        continue  # nowhere else to send its requests: they wait for it
+                    r.probing = True
+                    task = asyncio.ensure_future(self._look(r, limit, probe))
+                    looks.add(task)
+                    task.add_done_callback(looks.discard)
+        finally:
+            for task in looks:
+                task.cancel()
+
+    async def _look(self, r: Replica, limit: float, probe: Callable[[Replica, float], Awaitable[bool]]) -> None:
+        try:
+            alive = await probe(r, limit)
+        finally:
+            r.probing = False
+        if alive:
+            r.heard = time.monotonic()
+            return
+        calls = list(r.calls)
+        self.failed(r, f"it kept {len(calls)} request(s) {limit:g} s without answering, nor a look at its models")
+        for call in calls:  # the asking coroutines see them cancelled and send them elsewhere
+            call.cancel()
+        self.moved += len(calls)
 
 
 class OpenAITeacher(Teacher):
@@ -219,6 +274,8 @@ class OpenAITeacher(Teacher):
         extra_body: extra JSON fields of each request (e.g. vLLM's ``continue_final_message``).
         fatal_after: stop the run when this many requests in a row were refused with the same 4xx and none
             succeeded (a wrong model name refused as 400 would otherwise fail every row one by one).
+        stall_seconds: with several replicas, the least time a replica may keep a request without answering
+            anything before it is looked at (see ``Replicas``; the limit grows with the longest answer seen).
     """
 
     kind = "openai"
@@ -234,12 +291,14 @@ class OpenAITeacher(Teacher):
         extra_body: dict[str, Any] | None = None,
         fatal_after: int = 8,
         timeout_retries: int = 1,
+        stall_seconds: float = STALL_SECONDS,
     ) -> None:
         if not model:
             raise TeacherError("the openai teacher needs a model name (--teacher-model): the name the endpoint serves")
         self.model_name = model
-        self.base_url = base_url
+        self.base_url = normalize_base_url(base_url)  # one spelling: a stray space or slash is not another cache key
         self.base_urls = split_urls(base_url)
+        base_url = self.base_url
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
         if not key and base_url is None:
             raise TeacherError(f"set {API_KEY_ENV} to use api.openai.com (or pass --base-url for a local server)")
@@ -252,6 +311,7 @@ class OpenAITeacher(Teacher):
         self.timeouts = 0  # requests that timed out, over the teacher's life
         self.extra_body = dict(extra_body or {})
         self.fatal_after = fatal_after
+        self.stall_seconds = stall_seconds
 
     def identity(self) -> dict[str, Any]:
         # replicas serve the same answers: with several, which one answered (or how many there are) is no part of
@@ -309,26 +369,42 @@ class OpenAITeacher(Teacher):
                     ),
                 )
                 for url in self.base_urls
-            ]
+            ],
+            self.stall_seconds,
         )
         in_flight = InFlight(self.concurrency)
         refusals = {"streak": 0, "status": None, "ok": 0}
+        stop: list[Exception] = []  # the error that ends the run: nothing new is sent, what is in flight is kept
 
         async def one(j: int) -> None:
+            if stop:
+                return
             async with in_flight:
-                answer, status = await self._ask(replicas, conversations[j], sampling, in_flight)
-            if answer.text is not None:
-                refusals["ok"] += 1
-            elif status is not None:
-                same = refusals["status"] == status
-                refusals["streak"], refusals["status"] = (refusals["streak"] + 1 if same else 1), status
-                if refusals["ok"] == 0 and refusals["streak"] >= min(self.fatal_after, len(conversations)):
-                    raise TeacherError(
-                        f"{self.base_url or 'api.openai.com'} refused {refusals['streak']} requests "
-                        f"in a row and answered none: {answer.error}"
-                    )
-            on_answer(j, answer)
+                if stop:
+                    return
+                try:
+                    answer, status = await self._ask(replicas, conversations[j], sampling, in_flight)
+                except TeacherError as e:  # the endpoint refuses the run (a key, a model): no other request is sent
+                    stop.append(e)
+                    return
+            try:
+                if answer.text is not None:
+                    refusals["ok"] += 1
+                elif status is not None:
+                    same = refusals["status"] == status
+                    refusals["streak"], refusals["status"] = (refusals["streak"] + 1 if same else 1), status
+                    if refusals["ok"] == 0 and refusals["streak"] >= min(self.fatal_after, len(conversations)):
+                        raise TeacherError(
+                            f"{self.base_url or 'api.openai.com'} refused {refusals['streak']} requests "
+                            f"in a row and answered none: {answer.error}"
+                        )
+                on_answer(j, answer)
+            except Exception as e:
+                # e.g. the cache's disk is full: the answers of the requests already sent are paid for, so they are
+                # still received and kept (as far as they can be) before the run stops; nothing new is sent
+                stop.append(e)
 
+        watch = asyncio.ensure_future(replicas.watch(self._probe)) if len(replicas.replicas) > 1 else None
         try:
             tasks = [asyncio.ensure_future(one(j)) for j in range(len(conversations))]
             try:
@@ -338,11 +414,34 @@ class OpenAITeacher(Teacher):
                     t.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
                 raise
+            if stop:
+                raise stop[0]
         finally:
+            if watch is not None:
+                watch.cancel()
+                await asyncio.gather(watch, return_exceptions=True)
             for replica in replicas.replicas:
                 await replica.client.close()
             if len(replicas.replicas) > 1:
-                logger.info("answers per replica: %s", ", ".join(f"{r.url} {r.answered}" for r in replicas.replicas))
+                moved = f"; {replicas.moved} requests taken back from hung replicas" if replicas.moved else ""
+                answered = ", ".join(f"{r.url} {r.answered}" for r in replicas.replicas)
+                logger.info("answers per replica: %s%s", answered, moved)
+
+    async def _probe(self, replica: Replica, limit: float) -> bool:
+        """Whether ``replica`` answers a look at its models within ``limit`` seconds (any HTTP answer counts: the
+        server is alive). A client of its own, so that requests filling the replica's pool cannot delay it."""
+        import openai
+
+        client = openai.AsyncOpenAI(base_url=replica.url, api_key=self._api_key, max_retries=0, timeout=limit)
+        try:
+            await asyncio.wait_for(client.models.list(), limit)
+        except openai.APIStatusError:
+            return True
+        except (openai.APIError, asyncio.TimeoutError, OSError):
+            return False
+        finally:
+            await client.close()
+        return True
 
     def request_kwargs(self, messages: Conversation, sampling: SamplingConfig) -> dict[str, Any]:
         """The keyword arguments of ``chat.completions.create`` for one conversation."""
@@ -379,11 +478,23 @@ class OpenAITeacher(Teacher):
             sent += 1
             replica = replicas.pick()
             replica.active += 1
+            create = replica.client.with_options(timeout=timeout).chat.completions.with_raw_response.create
+            call = asyncio.ensure_future(create(**kwargs))
+            started = replica.calls[call] = time.monotonic()
             try:
-                create = replica.client.with_options(timeout=timeout).chat.completions.with_raw_response.create
-                raw = await create(**kwargs)
+                try:
+                    await asyncio.wait([call])
+                finally:
+                    del replica.calls[call]
+                    if not call.done():  # this coroutine was cancelled: so is its request
+                        call.cancel()
+                if call.cancelled():  # taken back from a hung replica (``Replicas.watch``): sent elsewhere at once
+                    error = f"{replica.url} kept the request without answering"
+                    delay = 0.0
+                    continue
+                raw = call.result()
             except openai.APIStatusError as e:
-                error = self.scrub(f"HTTP {e.status_code}: {_status_message(e)}")
+                error = self.scrub(f"HTTP {e.status_code}: {status_message(e)}")
                 if e.status_code in FATAL_STATUSES:
                     raise TeacherError(f"{replica.url or 'api.openai.com'} refused the request: {error}") from None
                 if e.status_code < 500 and e.status_code not in CLIENT_RETRIED:
@@ -416,9 +527,12 @@ class OpenAITeacher(Teacher):
             except (json.JSONDecodeError, InvalidResponse, openai.APIResponseValidationError) as e:
                 error = self.scrub(f"unreadable response: {type(e).__name__}: {e}")[:300]
                 logger.debug("request %d: %s; sending it again", sent, error)
+                # a replica that answers with something else than a chat completion (a gateway's error page) rests
+                # like one that fails, so the others take its requests
+                replicas.failed(replica, error[:120])
                 delay = 0.0
                 continue
-            replicas.answered(replica)
+            replicas.answered(replica, time.monotonic() - started)
             usage = getattr(response, "usage", None)
             answer = Answer(
                 text=text,
@@ -457,7 +571,8 @@ def _completion_text(response: Any) -> str:
     return message.content or ""
 
 
-def _status_message(e: Any) -> str:
+def status_message(e: Any) -> str:
+    """The readable part of an HTTP error from the client (not scrubbed: pass it through `scrub`)."""
     body = getattr(e, "body", None)
     if isinstance(body, dict):
         detail = body.get("message") or body.get("detail") or body.get("error") or body
