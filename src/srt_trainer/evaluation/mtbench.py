@@ -60,7 +60,7 @@ from srt_trainer.io import ShardPlan, ShardStore, shard_bounds, sidecar_path, wr
 from srt_trainer.models.config import LoadingArguments, SRTModelConfig
 from srt_trainer.stage import REJECTS, SUMMARY, Stage
 from srt_trainer.teachers import RunCounts, TeacherArguments, build_teacher_from_args, complete_all
-from srt_trainer.teachers.cache import batch_state_path, check_cache_writable
+from srt_trainer.teachers.cache import check_cache_writable
 
 logger = logging.getLogger(__name__)
 
@@ -647,7 +647,7 @@ def _grade(
     check_cache_writable(cache)
     own_teacher = teacher is None
     if teacher is None:
-        teacher = build_teacher_from_args(judge, batch_state_path(cache))
+        teacher = build_teacher_from_args(judge, cache)
     categories = {str(q.question_id): q.category for q in questions}
     judged: dict[str, list[dict[str, Any]]] = {"single": [], "pair": []}
     try:
