@@ -17,8 +17,9 @@ from srt_trainer.io import (
     sidecar_path,
 )
 from srt_trainer.selection.config import SelectArguments, SelectionArguments, SelectionInputError
-from srt_trainer.selection.policy import SelectionResult, ViewSource, copy_message, select_from
+from srt_trainer.selection.policy import SelectionResult, select_rows
 from srt_trainer.selection.report import read_agreement, write_selection
+from srt_trainer.selection.views import Views, ViewSource, copy_message
 
 
 def iter_scored(path: str | Path) -> Iterator[tuple[dict[str, Any], int | None]]:
@@ -64,9 +65,10 @@ def run_select(args: SelectArguments, selection: SelectionArguments) -> Selectio
     with guard_outputs(inputs, output, sidecars, "selection"):
         for view in ("A", "QA"):
             if view in needed and same_file(Path(files[view]), Path(files["ori"])):
-                raise SelectionInputError(copy_message(view, files, same_file=True))
+                raise SelectionInputError(copy_message(view, files, same_file=True, policy=selection.policy))
         if args.agreement:
             read_agreement(args.agreement)  # a bad report refused before the work, not after it
-        result = select_from({v: scored_source(files[v]) for v in needed}, selection, files)
+        views = Views.of({v: scored_source(files[v]) for v in needed})
+        result = select_rows(views, selection, files, seed=args.seed)
         result.files = write_selection(result, args, selection)
     return result
