@@ -385,10 +385,14 @@ def data_card(
         f"size = {result.size}" if result.size is not None else "",
     ]
     budget_text = " and ".join(b for b in budget if b)
-    first = {"IFD": "the pairs with the highest IFD", "length": "the longest responses", "random": "a random order"}
+    order = {
+        "IFD": "the pairs with the highest IFD first",
+        "length": "the longest responses first",
+        "random": f"in a random order (seed {args.seed})",
+    }[config.order()]
     lines += [
         "",
-        f"Budget: {budget_text + ', ' + first[config.order()] + ' first' if budget_text else 'none'}.",
+        f"Budget: {budget_text + ', ' + order if budget_text else 'none'}.",
         *(["", size_text(result, config)] if result.sized_by == "paper" else []),
         "",
         "## Counts",
