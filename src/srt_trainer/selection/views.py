@@ -1,9 +1,10 @@
 """The four views of the same source rows, read side by side and checked before they are judged.
 
 ``Views`` names them (ori = (x0, y0), Q = (x_ins, y_ins), A = (x0, y_res), QA = (x_ins, y_res')); each is the rows
-in memory or a ``ViewSource`` (rows read one at a time with where each is, and read again by place). ``check_views``
+in memory or a ``ViewSource`` (rows read one at a time with where each is, and read again by place). ``ViewScan``
 reads them one row of each at a time, refuses what cannot be judged together (naming the file, row and field) and
-hands every good row to a callback, so four million-row files are never in memory.
+hands every good row to a callback (``Selection.judge``), so four million-row files are never in memory;
+``check_alignment`` runs the checks alone.
 """
 
 from __future__ import annotations
