@@ -12,7 +12,7 @@ import pytest
 from srt_trainer.agreement.measure import read_statistics, statistic_agreement
 from srt_trainer.cli import main as srt
 from srt_trainer.io import read_rows, write_rows
-from srt_trainer.selection import SelectionArguments, select_rows
+from srt_trainer.selection import SelectionArguments, Views, select_rows
 
 N = 8
 
@@ -101,7 +101,7 @@ def test_srt_agree_on_fp32_and_bf16_scores_of_real_rows(two_precisions, tmp_path
     d = report["decisions"]
     assert d["rows"] == N and 0 <= d["same_branch"] <= 1 and 0 <= d["same_kept_variant"] <= 1
     for side, files in (("a", a), ("b", b)):  # the rule as `srt select` runs it on each side's four views
-        kept = select_rows(*(read_rows(files[v]) for v in ("ori", "q", "a", "qa")), SelectionArguments()).rows
+        kept = select_rows(Views(*(read_rows(files[v]) for v in ("ori", "q", "a", "qa"))), SelectionArguments()).rows
         assert d[f"kept_{side}"] == len(kept)
     assert f"| ifd | {N} | {by_stat['ifd']['spearman']:.3f} |" in printed and "decisions (paper rule)" in printed
     # the same file against itself agrees exactly, decisions included

@@ -12,6 +12,7 @@ from srt_trainer.selection import (
     SelectArguments,
     SelectionArguments,
     SelectionInputError,
+    Views,
     run_select,
     select_rows,
     write_selection,
@@ -37,8 +38,8 @@ SPEC_ROWS = [
 VIEWS = ("ori", "Q", "A", "QA")
 
 
-def make_views(spec=SPEC_ROWS) -> dict[str, list[dict]]:
-    views: dict[str, list[dict]] = {v: [] for v in VIEWS}
+def make_views(spec=SPEC_ROWS) -> Views[list[dict]]:
+    rows: dict[str, list[dict]] = {v: [] for v in VIEWS}
     for i, row in enumerate(spec):
         for v, stats in zip(VIEWS, row, strict=True):
             # A keeps ori's instruction, QA keeps Q's: only the response is rewritten
@@ -52,17 +53,14 @@ def make_views(spec=SPEC_ROWS) -> dict[str, list[dict]]:
                 r["output"] = ""
             else:
                 r.update(ifd=stats[0], rifd=stats[1], ifd_loss=stats[0], score_error=None)
-            views[v].append(r)
-    views["Q"][7].update(
-        instruction=views["ori"][7]["instruction"], output=views["ori"][7]["output"], reflection_status="fallback"
+            rows[v].append(r)
+    views = Views.of(rows)
+    views.q[7].update(
+        instruction=views.ori[7]["instruction"], output=views.ori[7]["output"], reflection_status="fallback"
     )
-    views["QA"][7]["instruction"] = views["ori"][7]["instruction"]  # reflected from the fallback Q
-    views["Q"][10]["reflection_status"] = "failed"
+    views.qa[7]["instruction"] = views.ori[7]["instruction"]  # reflected from the fallback Q
+    views.q[10]["reflection_status"] = "failed"
     return views
-
-
-def select(views, **kw):
-    return select_rows(views["ori"], views["Q"], views["A"], views["QA"], SelectionArguments(**kw))
 
 
 def assert_consistent(counts: dict[str, int]) -> None:
@@ -78,7 +76,7 @@ def assert_consistent(counts: dict[str, int]) -> None:
 
 
 def test_paper_rule_reaches_every_branch_and_cut():
-    res = select(make_views())
+    res = select_rows(make_views(), SelectionArguments())
     c = res.counts
     assert_consistent(c)
     assert (c["rows"], c["judged"]) == (13, 13)
@@ -123,7 +121,7 @@ def test_paper_rule_reaches_every_branch_and_cut():
 
 
 def test_counts_say_which_steps_removed_rows():
-    c = select(make_views()).counts
+    c = select_rows(make_views(), SelectionArguments()).counts
     # rows 1, 2 (branch 1 cuts), 5, 6 (branch 3 cuts), 3, 9 (branch 2) and 7, 8, 10 (branch 4): 9 of 13 removed
     assert c.removals() == {
         "branch_4/not_kept": 3,
@@ -134,10 +132,10 @@ def test_counts_say_which_steps_removed_rows():
         "branch_3/cut_ifd": 1,
     }
     assert sum(c.removals().values()) + c["kept"] == c["rows"] and c.missing_statistic_cuts() == 0
-    top = select(make_views(), top_k=1).counts
+    top = select_rows(make_views(), SelectionArguments(top_k=1)).counts
     assert top.removals()["budget_cut"] == 3 and "budget_cut/top_k" not in top.removals()
     # with the winners of branches 2 and 4 judged, row 9's Q and row 10's ori are cut for a missing statistic
-    switched = select(make_views(), keep_unaccepted_winners=True).counts
+    switched = select_rows(make_views(), SelectionArguments(keep_unaccepted_winners=True)).counts
     assert switched.missing_statistic_cuts() == switched["branch_4/cut_rifd_null"] + switched["branch_4/cut_ifd_null"]
     assert switched.missing_statistic_cuts() >= 1
     assert json.loads(json.dumps(c)) == dict(c)  # the summary's JSON is the counts as they are
@@ -146,7 +144,7 @@ def test_counts_say_which_steps_removed_rows():
 def test_nothing_selected_names_the_removing_steps(tmp_path: Path):
     from srt_trainer.training.trainer import nothing_selected
 
-    counts = select(make_views(), rifd_threshold=0.1).counts
+    counts = select_rows(make_views(), SelectionArguments(rifd_threshold=0.1)).counts
     assert counts["kept"] == 0
     message = nothing_selected(counts, tmp_path / "selected.jsonl")
     assert message.startswith("the selection kept none of the 13 source rows (branch_1/cut_rifd 4, branch_3/cut_rifd 4")
@@ -154,7 +152,7 @@ def test_nothing_selected_names_the_removing_steps(tmp_path: Path):
 
 
 def test_switch_keeps_branch_2_and_4_winners():
-    res = select(make_views(), keep_unaccepted_winners=True)
+    res = select_rows(make_views(), SelectionArguments(keep_unaccepted_winners=True))
     c = res.counts
     assert_consistent(c)
     assert (c["branch_2/passed"], c["branch_4/passed"], c["branch_4/cut_ifd"], c["branch_4/cut_rifd"]) == (2, 1, 1, 0)
@@ -178,13 +176,11 @@ def test_switch_keeps_branch_2_and_4_winners():
 def test_rewrites_identical_to_their_source_are_not_accepted():
     """Batched scoring may put a fallback's IFD a hair above its source's; the text decides, as in the release."""
     views = make_views()
-    views["Q"][7]["ifd"] = 0.5 + 1e-7  # the fallback Q, scored in another batch
-    views["A"][4].update(output=views["ori"][4]["output"], reflection_status="ok", rifd=0.6 - 1e-7)  # A = ori again
-    views["QA"][0].update(
-        instruction=views["Q"][0]["instruction"], output=views["Q"][0]["output"], reflection_status="fallback"
-    )
-    views["A"][4]["instruction"] = views["ori"][4]["instruction"]
-    res = select(views)
+    views.q[7]["ifd"] = 0.5 + 1e-7  # the fallback Q, scored in another batch
+    views.a[4].update(output=views.ori[4]["output"], reflection_status="ok", rifd=0.6 - 1e-7)  # A = ori again
+    views.qa[0].update(instruction=views.q[0]["instruction"], output=views.q[0]["output"], reflection_status="fallback")
+    views.a[4]["instruction"] = views.ori[4]["instruction"]
+    res = select_rows(views, SelectionArguments())
     assert [res.decisions[i]["branch"] for i in (0, 4, 7)] == [2, 4, 4]
     c = res.counts
     assert (c["unchanged_rewrites/Q"], c["unchanged_rewrites/A"], c["unchanged_rewrites/QA"]) == (1, 1, 1)
@@ -193,7 +189,7 @@ def test_rewrites_identical_to_their_source_are_not_accepted():
 
 
 def test_thresholds_are_configurable():
-    res = select(make_views(), ifd_threshold=1.15, rifd_threshold=1.25)
+    res = select_rows(make_views(), SelectionArguments(ifd_threshold=1.15, rifd_threshold=1.25))
     # row 1: rIFD(QA) 1.2 < 1.25, IFD .6 → kept; row 2: IFD 1.1 < 1.15 → kept; row 5: rIFD(A) 1.05 → kept;
     # row 6: IFD(A) 1.0 → kept
     assert [r["source_index"] for r in res.rows] == [0, 1, 2, 4, 5, 6, 11, 12]
@@ -213,7 +209,7 @@ def test_thresholds_are_configurable():
     ],
 )
 def test_budgets_rank_by_ifd(budget, kept, cut_key):
-    res = select(make_views(), **budget)
+    res = select_rows(make_views(), SelectionArguments(**budget))
     c = res.counts
     assert_consistent(c)
     assert [r["source_index"] for r in res.rows] == kept  # source order
@@ -228,20 +224,20 @@ def test_budgets_rank_by_ifd(budget, kept, cut_key):
 
 
 def test_a_budget_that_rounds_to_nothing_says_so(caplog):
-    res = select(make_views(), top_p=0.01)  # int(13 × 0.01) = 0 of the 4 rows that passed
+    res = select_rows(make_views(), SelectionArguments(top_p=0.01))  # int(13 × 0.01) = 0 of the 4 rows that passed
     assert res.rows == [] and res.counts["budget_cut/top_p"] == 4
     assert "top_p=0.01 of 13 rows keeps none (the count rounds down to 0)" in caplog.text
 
 
 def test_budget_with_switch_ranks_all_variants_together():
-    res = select(make_views(), keep_unaccepted_winners=True, top_k=3)
+    res = select_rows(make_views(), SelectionArguments(keep_unaccepted_winners=True, top_k=3))
     # candidates: QA .6, Q .7, A .9, ori .5, Q .7 (row 9), QA .95, A .3 → top 3: rows 11, 4, 3 (ties: source order)
     assert [(r["source_index"], r["variant"]) for r in res.rows] == [(3, "Q"), (4, "A"), (11, "QA")]
 
 
 def test_ifd_policy_uses_the_original_pairs_only():
     views = make_views()
-    res = select_rows(views["ori"], None, None, None, SelectionArguments(policy="ifd", top_k=5))
+    res = select_rows(Views(views.ori), SelectionArguments(policy="ifd", top_k=5))
     c = res.counts
     # ori IFD: .5 everywhere but row 8 (1.2, cut) and row 10 (no statistics) → 11 pass, top 5 kept (ties: source order)
     assert (c["ifd"], c["ifd/cut_ifd"], c["ifd/cut_ifd_null"], c["ifd/passed"], c["kept/ori"]) == (13, 1, 1, 11, 5)
@@ -252,16 +248,16 @@ def test_misaligned_inputs_are_refused():
     views = make_views()
     with pytest.raises(SelectionInputError, match=r"qa\.jsonl \(QA\): 12 rows, but ori\.jsonl \(ori\) has 13"):
         files = {"ori": "ori.jsonl", "QA": "qa.jsonl"}
-        select_rows(views["ori"], views["Q"], views["A"], views["QA"][:-1], SelectionArguments(), files)
-    views["A"][5]["source_index"] = 6
+        select_rows(Views(views.ori, views.q, views.a, views.qa[:-1]), SelectionArguments(), files)
+    views.a[5]["source_index"] = 6
     with pytest.raises(SelectionInputError, match=r"a\.jsonl \(A\) row 5: field 'source_index' is 6, but .* 5"):
-        select_rows(views["ori"], views["Q"], views["A"], views["QA"], SelectionArguments(), {"A": "a.jsonl"})
+        select_rows(views, SelectionArguments(), {"A": "a.jsonl"})
     views = make_views()
-    del views["Q"][3]["rifd"]
+    del views.q[3]["rifd"]
     with pytest.raises(SelectionInputError, match=r"Q \(Q\) row 3: no field 'rifd'"):
-        select(views)
+        select_rows(views, SelectionArguments())
     with pytest.raises(SelectionInputError, match="needs the QA scores"):
-        select_rows(views["ori"], views["Q"], views["A"], None, SelectionArguments())
+        select_rows(Views(views.ori, views.q, views.a), SelectionArguments())
 
 
 def test_config_is_validated():
@@ -273,8 +269,8 @@ def test_config_is_validated():
 def test_nan_statistics_count_as_missing():
     """NaN is how the release's own files mark a missing statistic: it reads as null."""
     views = make_views()
-    views["QA"][0]["rifd"] = float("nan")
-    res = select(views)
+    views.qa[0]["rifd"] = float("nan")
+    res = select_rows(views, SelectionArguments())
     assert res.decisions[0]["branch"] == 2 and res.decisions[0]["null_comparisons"] == [
         "rIFD(QA) < rIFD(Q) read as false: QA has no rIFD (null rifd)"
     ]
@@ -289,9 +285,10 @@ def test_run_select_reads_json_jsonl_parquet_and_writes_the_report(tmp_path: Pat
         "A": tmp_path / "a.parquet",
         "QA": tmp_path / "qa.jsonl",
     }
-    files["ori"].write_text(json.dumps(views["ori"]))
-    for v in ("Q", "A", "QA"):
-        write_rows(views[v], files[v])
+    files["ori"].write_text(json.dumps(views.ori))
+    for v, rows in views.named().items():
+        if v != "ori":
+            write_rows(rows, files[v])
     args = SelectArguments(
         ori=str(files["ori"]),
         q=str(files["Q"]),
@@ -301,7 +298,7 @@ def test_run_select_reads_json_jsonl_parquet_and_writes_the_report(tmp_path: Pat
     )
     config = SelectionArguments()
     res = run_select(args, config)
-    assert res.counts == select(views).counts
+    assert res.counts == select_rows(views, SelectionArguments()).counts
     out = read_rows(tmp_path / "sel.parquet")
     assert [(r["source_index"], r["variant"]) for r in out] == [(0, "QA"), (4, "A"), (11, "QA"), (12, "A")]
     report = json.loads((tmp_path / "sel.selection.json").read_text())
@@ -326,12 +323,12 @@ def test_run_select_reads_json_jsonl_parquet_and_writes_the_report(tmp_path: Pat
 def test_write_selection_with_nothing_kept(tmp_path: Path):
     views = make_views()
     args = SelectArguments(ori="ori.jsonl", output=str(tmp_path / "none.jsonl"))
-    res = select(views, top_k=0)
+    res = select_rows(views, SelectionArguments(top_k=0))
     paths = write_selection(
         res,
         args,
         SelectionArguments(top_k=0),
-        {"ori": views["ori"], "q": views["Q"], "a": views["A"], "qa": views["QA"]},
+        views.named(),
     )
     assert read_rows(paths["output"]) == [] and set(paths) == {
         "output",

@@ -197,8 +197,7 @@ def test_srt_select_refuses_a_rewrite_that_is_ori(tmp_path, capsys, how, view):
     from srt_trainer.io import write_rows
     from tests.test_selection import make_views
 
-    views = make_views()
-    files = {v: write_rows(rows, tmp_path / f"{v.lower()}.jsonl") for v, rows in views.items()}
+    files = {v: write_rows(rows, tmp_path / f"{v.lower()}.jsonl") for v, rows in make_views().named().items()}
     if how == "same file":
         files[view] = files["ori"]
     elif how == "symbolic link":
@@ -221,7 +220,7 @@ def test_srt_select_takes_a_rewrite_file_of_all_fallbacks(tmp_path):
     from srt_trainer.io import write_rows
     from tests.test_selection import make_views
 
-    views = make_views()
+    views = make_views().named()
     views["A"] = [{**o, "source_index": i, "reflection_status": "fallback"} for i, o in enumerate(views["ori"])]
     files = {v: write_rows(rows, tmp_path / f"{v.lower()}.jsonl") for v, rows in views.items()}
     assert main(_select_argv(files, tmp_path / "selected.jsonl")) == 0

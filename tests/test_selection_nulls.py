@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from srt_trainer.selection import SelectArguments, SelectionArguments, select_rows
+from srt_trainer.selection import SelectArguments, SelectionArguments, Views, select_rows
 from srt_trainer.selection.report import data_card
 
 VIEWS = ("ori", "Q", "A", "QA")
@@ -44,7 +44,7 @@ def release_paper(stats: list[dict[str, tuple[float, float]]]) -> tuple[list[tup
     return kept, counts
 
 
-def scored_views(stats: list[dict[str, tuple[float, float]]]) -> dict[str, list[dict]]:
+def scored_views(stats: list[dict[str, tuple[float, float]]]) -> Views[list[dict]]:
     """Score rows of the four views; NaN becomes null, as `srt score` writes a missing statistic. Every rewrite
     has its own response (no teacher fallback), A keeps ori's instruction and QA keeps Q's."""
     views: dict[str, list[dict]] = {v: [] for v in VIEWS}
@@ -65,12 +65,7 @@ def scored_views(stats: list[dict[str, tuple[float, float]]]) -> dict[str, list[
                     "rifd_error": None if rifd is not None else "reverse prompt is 2049 tokens",
                 }
             )
-    return views
-
-
-def select(stats, **kw):
-    views = scored_views(stats)
-    return select_rows(views["ori"], views["Q"], views["A"], views["QA"], SelectionArguments(**kw))
+    return Views.of(views)
 
 
 def random_stats(n: int, seed: int, p_null: float = 0.25) -> list[dict[str, tuple[float, float]]]:
@@ -89,7 +84,7 @@ def test_paper_rule_with_nulls_is_the_release_on_nan(winners):
     want, release_counts = release_paper(stats)
     if not winners:
         want = [(i, v) for i, v in want if v in ("QA", "A")]
-    res = select(stats, keep_unaccepted_winners=winners)
+    res = select_rows(scored_views(stats), SelectionArguments(keep_unaccepted_winners=winners))
     assert [(r["source_index"], r["variant"]) for r in res.rows] == want
     c = res.counts
     assert [c["branch_1/passed"], c["branch_3/passed"]] == [release_counts[0], release_counts[2]]
@@ -127,7 +122,7 @@ def test_every_placement_of_nulls_on_every_branch(nulls):
         flat = [NAN if null else x for x, null in zip(flat, nulls, strict=True)]
         stats.append({v: (flat[2 * k], flat[2 * k + 1]) for k, v in enumerate(VIEWS)})
     want, _ = release_paper(stats)
-    res = select(stats, keep_unaccepted_winners=True)
+    res = select_rows(scored_views(stats), SelectionArguments(keep_unaccepted_winners=True))
     assert [(r["source_index"], r["variant"]) for r in res.rows] == want
 
 
@@ -144,7 +139,7 @@ def test_each_null_path_is_named():
         # branch 3, A has no IFD: its threshold fails
         {"ori": (0.5, 0.6), "Q": (0.4, 0.8), "A": (NAN, 0.5), "QA": (0.6, 0.5)},
     ]
-    res = select(stats)
+    res = select_rows(scored_views(stats), SelectionArguments())
     d, c = res.decisions, res.counts
     assert [x["branch"] for x in d] == [3, 4, 2, 1, 3]
     assert [(r["source_index"], r["variant"]) for r in res.rows] == [(0, "A")]
@@ -159,7 +154,7 @@ def test_each_null_path_is_named():
     assert (c["null_comparisons/ifd_Q_vs_ori"], c["null_comparisons/rifd_A_vs_ori"]) == (2, 1)
     assert (c["null_comparisons/rifd_QA_vs_Q"], c["null_comparisons"]) == (1, 4)
     assert (c["branch_1/cut_ifd_null"], c["branch_3/cut_ifd_null"], c["branch_3/passed"]) == (1, 1, 1)
-    res = select(stats, keep_unaccepted_winners=True)
+    res = select_rows(scored_views(stats), SelectionArguments(keep_unaccepted_winners=True))
     assert res.decisions[1]["cut"] == "no r-IFD (ori: reverse prompt is 2049 tokens)"
     # row 2's winner Q (IFD .7, r-IFD .8) passes; row 1's ori has neither
     assert res.counts["branch_4/cut_rifd_null"] == 1 and res.counts["branch_2/passed"] == 1
@@ -216,7 +211,7 @@ def test_ifd_policy_is_cherry_llm_selection(top_p, top_k):
     rows = cherry_rows(200, seed=3)
     data = [{"i": r["row_index"], "ifd_score": NAN if r["ifd_loss"] is None else r["ifd_loss"]} for r in rows]
     want = cherry_select(data, sample_rate=top_p or 0.0, sample_number=top_k or 0)
-    res = select_rows(rows, None, None, None, SelectionArguments(policy="ifd", top_p=top_p, top_k=top_k))
+    res = select_rows(Views(rows), SelectionArguments(policy="ifd", top_p=top_p, top_k=top_k))
     assert [r["source_index"] for r in res.rows] == sorted(x["i"] for x in want)  # ours in source order
     ranked = sorted((d for d in res.decisions if "ifd_rank" in d), key=lambda d: d["ifd_rank"])
     assert [d["source_index"] for d in ranked][: len(want)] == [x["i"] for x in want]  # Cherry's order
@@ -232,11 +227,11 @@ def test_ifd_policy_ranks_by_the_loss_ratio_not_the_perplexity_ratio():
     for r, (cond, alone) in zip(rows, [(2.0, 2.2), (0.5, 0.6)], strict=True):
         r.update(loss_out_cond=cond, loss_out_alone=alone, ifd=math.exp(cond - alone), ifd_loss=cond / alone)
     assert rows[0]["ifd"] < rows[1]["ifd"] and rows[0]["ifd_loss"] > rows[1]["ifd_loss"]
-    res = select_rows(rows, None, None, None, SelectionArguments(policy="ifd", top_k=1))
+    res = select_rows(Views(rows), SelectionArguments(policy="ifd", top_k=1))
     assert [r["source_index"] for r in res.rows] == [0]
     # a file with the losses but no ifd_loss column (the golden file's form) gives the same
     bare = [{k: v for k, v in r.items() if k != "ifd_loss"} for r in rows]
-    res = select_rows(bare, None, None, None, SelectionArguments(policy="ifd", top_k=1))
+    res = select_rows(Views(bare), SelectionArguments(policy="ifd", top_k=1))
     assert [r["source_index"] for r in res.rows] == [0] and res.rows[0]["ifd_loss"] == pytest.approx(2.0 / 2.2)
 
 
@@ -245,6 +240,6 @@ def test_ifd_policy_top_p_is_a_fraction_of_all_rows():
     rows = cherry_rows(10, seed=1)
     for i, r in enumerate(rows):
         r["ifd_loss"] = 0.5 + 0.1 * i if i < 4 else 1.5
-    res = select_rows(rows, None, None, None, SelectionArguments(policy="ifd", top_p=0.3))
+    res = select_rows(Views(rows), SelectionArguments(policy="ifd", top_p=0.3))
     assert [r["source_index"] for r in res.rows] == [1, 2, 3]
     assert res.counts["budget_cut/top_p"] == 1 and res.counts["ifd/cut_ifd"] == 6

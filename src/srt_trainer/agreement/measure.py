@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 
 from srt_trainer.selection.config import SelectionArguments, SelectionInputError
-from srt_trainer.selection.policy import select_from
+from srt_trainer.selection.policy import select_rows
 from srt_trainer.selection.runner import iter_scored, scored_source
+from srt_trainer.selection.views import Views
 
 STATISTICS = ("ifd", "rifd")
 
@@ -120,7 +121,7 @@ def decision_agreement(
     selection = selection or SelectionArguments()
     tables = []
     for views in (a, b):
-        result = select_from({v: scored_source(p) for v, p in views.items()}, selection, dict(views))
+        result = select_rows(Views.of({v: scored_source(p) for v, p in views.items()}), selection, dict(views))
         assert result.table is not None
         tables.append(result.table)
     ta, tb = tables

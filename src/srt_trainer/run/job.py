@@ -176,7 +176,7 @@ def run(
     model = load_model_for_training(model_args, training_args)
     # under a ZeRO-3 launch each process holds a slice of the student: it generates only with every process
     partitioned = is_partitioned(model)
-    need_variants = selection.policy != "ifd"
+    need_variants = selection.needed_views() != ("ori",)
     if partitioned and need_variants and teacher_args.teacher != "openai":
         raise TeacherPlacementError(
             f"teacher {teacher_args.teacher!r}: under DeepSpeed ZeRO-3 the student is split across the processes, "

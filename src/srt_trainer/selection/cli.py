@@ -20,6 +20,10 @@ def format_result(result: SelectionResult, policy: str) -> str:
     from srt_trainer.selection.report import format_counts
 
     lines = [f"selection ({policy} policy) of {result.counts['rows']} source rows:", format_counts(result.counts)]
+    if result.sized_by == "paper":
+        lines.append(f"size {result.size}: the paper policy's kept count on these four files")
+    elif result.size is not None:
+        lines.append(f"size {result.size}")
     lines += [f"{kind}: {path}" for kind, path in result.files.items() if kind != "output"]
     lines.append(f"wrote {result.files['output']} ({len(result.rows)} rows)")
     return "\n".join(lines)

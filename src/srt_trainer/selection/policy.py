@@ -1,57 +1,57 @@
-"""The student's choice among the original pair and its rewrites (the paper's selection rule, as released),
-thresholds and budgets.
+"""The student's choice among the original pair and its rewrites (the paper's rule, ``selection/rule.py``), the
+ablation's arms and baselines, thresholds, budgets and size.
 
-The released rule, per source row, from the student's statistics of the four views ori = (x0, y0),
-Q = (x_ins, y_ins), A = (x0, y_res) and QA = (x_ins, y_res'):
+``select_rows(Views(ori, q, a, qa), config)`` runs one ``Selection``: every source row is judged as it is read
+(``Selection.judge``: the policy's per-row step, its counts, its decision, and the row's candidate pair), then the
+candidates are cut to the budgets and size by the policy's order (``Selection.cut``), and the kept pairs are read
+again from their files (``Selection.fetch``). Only the decisions (column by column, ``DecisionTable``) and where each
+candidate is in its file are held: four million-row score files are never in memory.
 
-    if IFD(Q) > IFD(ori):                       # the student accepts the new instruction
-        if rIFD(QA) < rIFD(Q): branch 1 → QA    # ... and the new response
-        else:                  branch 2         # the release keeps nothing
-    else:
-        if rIFD(A) < rIFD(ori): branch 3 → A
-        else:                   branch 4        # the release keeps nothing
+The policies (docs/selection.md says exactly what each keeps):
 
-A branch's candidate is kept when rIFD < ``rifd_threshold`` and IFD < ``ifd_threshold`` (both 1 in the release);
-the cuts are counted in that order (r-IFD first), so each row is cut once and the counts add up. With
-``keep_unaccepted_winners`` the pair that won the comparison in branch 2 (Q: the student accepted the new
-instruction but not the new response) and in branch 4 (ori: it accepted neither) go through the same thresholds.
-A rewrite identical to its source (a teacher fallback) is never "accepted", as in the release where it scores
-exactly like its source. Budgets then rank the candidates that passed by IFD, highest (hardest, still feasible)
-first, as Cherry_LLM does.
+- 'paper': the released rule (``rule.paper_rule``); a branch's pair is kept when rIFD < ``rifd_threshold`` and IFD <
+  ``ifd_threshold`` (both 1 in the release), cut r-IFD first so each row is cut once; with
+  ``keep_unaccepted_winners`` the winners of branches 2 (Q) and 4 (ori) go through the same thresholds. Budgets rank
+  the pairs that passed by IFD, highest (hardest, still feasible) first, as Cherry_LLM does.
+- 'ifd': Cherry_LLM's selection (``select_from_ifd_json.py``) on the original pairs: its IFD is the ratio of mean
+  losses s(y|x) / s(y) (``ifd_loss``, not the perplexity ratio ``ifd``), pairs with IFD ≤ the threshold pass,
+  ranked highest first (ties in source order), and ``top_p`` is a fraction of the whole data set.
+- The paper's ablation, one pair per source row: 'ori'; 'instruction_only' (Q where the student accepts the new
+  instruction and Q passes the thresholds, else ori); 'response_only' (the same with A and the new response);
+  'reflection_all' (QA, no selection).
+- Baselines on the original pairs, sized like the paper policy unless ``size`` says: 'random', 'ifd_top' (the
+  highest IFD among IFD < ``ifd_threshold``), 'longest' (the longest responses).
 
-A missing statistic (null; NaN, the release's own mark, reads the same) is a NaN in the release's script: every
-comparison with it is false. So a row whose Q (or ori) has no IFD goes down the A path, one whose QA has no r-IFD
-lands in branch 2, one whose A or ori has no r-IFD in branch 4, and a threshold on a missing value cuts. Every such
-comparison and cut is counted (``null_comparisons/...``, ``.../cut_rifd_null``, ``.../cut_ifd_null``).
-
-The 'ifd' policy is Cherry_LLM's selection (``select_from_ifd_json.py``) on the original pairs: its IFD is the
-ratio of mean losses s(y|x) / s(y) (our ``ifd_loss``, not the perplexity ratio ``ifd``), pairs with IFD ≤ the
-threshold pass, they are ranked by IFD, highest first (ties in source order), and ``top_p`` is a fraction of the
-whole data set.
-
-The four views are read side by side, one row of each at a time (``select_from``): what a row needs is checked and
-judged as it is read, and only the decisions (column by column, ``DecisionTable``) and where each kept pair is in
-its file are held; the kept pairs are read again at the end. Four million-row score files are never in memory.
+A missing statistic (null; NaN, the release's own mark, reads the same) makes every comparison with it false and
+fails its threshold, as NaN does in the release's script; every such comparison and cut is counted
+(``null_comparisons/...``, ``.../cut_rifd_null``, ``.../cut_ifd_null``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import numbers
 import re
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from srt_trainer.io import gc_paused, no_rows_message
 from srt_trainer.selection.config import SelectionArguments, SelectionInputError
-from srt_trainer.selection.counts import NOT_KEPT, SelectionCounts
+from srt_trainer.selection.counts import ACCEPTING, NOT_KEPT, SelectionCounts
+from srt_trainer.selection.rule import (
+    COMPARISONS,
+    Stats,
+    accepts_instruction,
+    accepts_response,
+    cherry_cut,
+    paper_rule,
+    threshold_cut,
+)
+from srt_trainer.selection.views import Views, ViewScan, ViewSource, ViewSummary, _index_key, _stat, cherry_ifd
 
 logger = logging.getLogger(__name__)
 
@@ -71,37 +71,14 @@ SCORE_COLUMNS = (
     "ifd_turns",
     "rifd_turns",
 )
-# ratios of perplexities or of losses: positive where there; a mean loss is 0 or more
-RATIO_FIELDS = {"ifd": "IFD", "rifd": "r-IFD", "ifd_loss": "IFD (loss ratio)"}
-LOSS_FIELDS = ("loss_out_cond", "loss_out_alone")
-# the release's comparisons between views, by count key: (first view, statistic, operator, second view)
-COMPARISONS = {
-    "ifd_Q_vs_ori": ("Q", "ifd", ">", "ori"),
-    "rifd_QA_vs_Q": ("QA", "rifd", "<", "Q"),
-    "rifd_A_vs_ori": ("A", "rifd", "<", "ori"),
+# each rewrite and the view it rewrites: a rewrite identical to its source is a teacher fallback
+SOURCES = {"Q": "ori", "A": "ori", "QA": "Q"}
+# the comparisons each policy reads (keys of ``rule.COMPARISONS``)
+POLICY_COMPARISONS = {
+    "paper": tuple(COMPARISONS),
+    "instruction_only": ("ifd_Q_vs_ori",),
+    "response_only": ("rifd_A_vs_ori",),
 }
-# each rewrite keeps its source's instruction and input: A is ori's pair with a new response, QA is Q's
-SHARED_INSTRUCTION = (("A", "ori"), ("QA", "Q"))
-
-
-def _stat(row: Mapping[str, Any], key: str) -> float | None:
-    """A checked statistic (see ``check_alignment``), None when missing (null or NaN)."""
-    value = row.get(key)
-    if type(value) is float:  # the common case first: this runs for every statistic of every row
-        return value if value == value else None
-    if value is None:
-        return None
-    value = float(value)
-    return None if math.isnan(value) else value
-
-
-def cherry_ifd(row: Mapping[str, Any]) -> float | None:
-    """Cherry_LLM's IFD of a scored pair: the mean loss of the response with its instruction over the mean loss of
-    the response alone (``ifd_loss``; from the two losses where a file has only those)."""
-    if "ifd_loss" in row:
-        return _stat(row, "ifd_loss")
-    cond, alone = _stat(row, "loss_out_cond"), _stat(row, "loss_out_alone")
-    return None if cond is None or alone is None or alone == 0 else cond / alone
 
 
 def _slug(text: str) -> str:
@@ -116,113 +93,12 @@ def _slug(text: str) -> str:
 _SLUGS: dict[str, str] = {}  # a file holds a handful of distinct statuses, each seen on many rows
 
 
-def _index_key(row: Mapping[str, Any]) -> tuple[str, Any] | None:
-    for col in ("source_index", "row_index"):
-        if row.get(col) is not None:
-            return col, row[col]
-    return None
-
-
-def _bad_value(value: Any, field: str) -> str | None:
-    """Why ``value`` cannot be the statistic ``field`` (None when it can): a real number (not a string or a bool),
-    finite, positive for a ratio and non-negative for a loss; null, or NaN as the release writes it, is missing."""
-    if value is None or (type(value) is float and 0 < value < math.inf):  # the common values first
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return f"is {value!r:.60} ({type(value).__name__}), not a number"
-    if math.isnan(value):
-        return None
-    if not math.isfinite(value):
-        return f"is {value!r}, not finite"
-    if field in RATIO_FIELDS and not value > 0:
-        return f"is {value!r}: {RATIO_FIELDS[field]} is a ratio of perplexities or losses, always above 0"
-    if field in LOSS_FIELDS and value < 0:
-        return f"is {value!r}: a mean loss is 0 or more"
-    return None
-
-
-def _required(policy: str, row: Mapping[str, Any]) -> str | None:
-    """The field a row lacks for ``policy`` (None when it has what the policy reads)."""
-    if policy == "ifd":
-        if "ifd_loss" not in row and not all(f in row for f in LOSS_FIELDS):
-            return "'ifd_loss' (nor 'loss_out_cond' and 'loss_out_alone')"
-        return None
-    for col in ("ifd", "rifd"):
-        if col not in row:
-            return repr(col)
-    return None
-
-
-def _instruction(row: Mapping[str, Any]) -> tuple[str, str]:
-    return row.get("instruction") or "", row.get("input") or ""
-
-
-def _row_problem(row: Any, policy: str) -> str | None:
-    """Why a row of a view cannot be judged (not an object, a field missing, a statistic that is no number)."""
-    if type(row) is not dict and not isinstance(row, Mapping):
-        return f"not an object: {row!r:.80}"
-    lacking = _required(policy, row)
-    if lacking:
-        return f"no field {lacking}; is it an `srt score` output?"
-    get = row.get
-    for col in STAT_FIELDS:
-        value = get(col)
-        if value is None or (type(value) is float and 0 < value < math.inf):  # the common values, checked inline
-            continue
-        bad = _bad_value(value, col)
-        if bad:
-            return f"field {col!r} {bad}"
-    return None
-
-
-STAT_FIELDS = (*RATIO_FIELDS, *LOSS_FIELDS)
-
-
-@dataclass
-class ViewSource:
-    """Where one view's rows come from: ``rows`` yields each row with where it is (``SelectionInputError`` for a
-    row or file that cannot be read); ``fetch(places)`` gives the rows at those places again, in that order."""
-
-    rows: Iterable[tuple[Any, Any]]
-    fetch: Callable[[list[Any]], Iterable[Any]]
-
-    @classmethod
-    def of(cls, rows: Sequence[Any]) -> ViewSource:
-        """A view already in memory: a row's place is its position."""
-        return cls(((row, i) for i, row in enumerate(rows)), lambda places: (rows[i] for i in places))
-
-
-@dataclass
-class ViewSummary:
-    """What one view held: rows, rows with each statistic, reflection statuses, the teachers named in its rows."""
-
-    rows: int = 0
-    with_statistics: int = 0
-    with_ifd: int = 0
-    with_rifd: int = 0
-    reflection_status: dict[str, int] = field(default_factory=dict)
-    teacher: list[str] = field(default_factory=list)
-
-    def add(self, row: Mapping[str, Any]) -> Any:
-        """Count one row; returns its reflection status (None where it has none)."""
-        get = row.get
-        status = get("reflection_status")
-        if status is not None:
-            key = status if type(status) is str else str(status)
-            self.reflection_status[key] = self.reflection_status.get(key, 0) + 1
-        for name in ("teacher_model", "teacher"):
-            value = get(name)
-            if value and value not in self.teacher and str(value) not in self.teacher:
-                self.teacher.append(str(value))
-        return status
-
-
 class DecisionTable:
     """One decision per source row, column by column: a million decisions as dicts would hold over a gigabyte.
     ``row(i)`` (and iteration) gives each as the dict written to ``decisions.jsonl``; a statistic is None where
     missing."""
 
-    def __init__(self, views: Sequence[str], policy: str) -> None:
+    def __init__(self, views: Sequence[str], policy: str, order: str = "IFD") -> None:
         self.views = tuple(views)
         self.policy = policy
         self.source_index: list[Any] = []
@@ -231,8 +107,11 @@ class DecisionTable:
         self.cut: list[str | None] = []
         self.stats = {(v, k): array("d") for v in self.views for k in ("ifd", "rifd")}
         self.ifd_loss_ori = array("d")
+        self.response_chars = array("q")  # the 'longest' policy's order
         self.null_comparisons: dict[int, list[str]] = {}
-        self.rank: dict[int, int] = {}  # the IFD rank of each row that passed the thresholds
+        self.replaced: dict[int, str] = {}  # why ori took the place of an accepted rewrite (a threshold)
+        self.rank: dict[int, int] = {}  # each candidate's rank in the policy's order
+        self.rank_name = f"{order.lower()}_rank"
 
     def __len__(self) -> int:
         return len(self.branch)
@@ -255,10 +134,14 @@ class DecisionTable:
         if self.policy == "ifd":
             value = self.ifd_loss_ori[i]
             d["ifd_loss_ori"] = None if math.isnan(value) else value
+        elif self.policy == "longest":
+            d["response_chars"] = self.response_chars[i]
         if i in self.null_comparisons:
             d["null_comparisons"] = self.null_comparisons[i]
+        if i in self.replaced:
+            d["replaced"] = self.replaced[i]
         if i in self.rank:
-            d["ifd_rank"] = self.rank[i]
+            d[self.rank_name] = self.rank[i]
         return d
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -272,7 +155,8 @@ class DecisionTable:
 class SelectionResult:
     """What the selection kept (``rows``, in source order), what it decided for every source row
     (``decisions``, built on first use; ``iter_decisions`` streams them), the counts of every step, what each view
-    held (``views``) and, once written, the files (``files``: "output", "card", ...)."""
+    held (``views``), the size it was cut to (``size``) and, once written, the files (``files``: "output", "card",
+    ...)."""
 
     def __init__(
         self,
@@ -281,6 +165,8 @@ class SelectionResult:
         counts: SelectionCounts,
         files: dict[str, Path] | None = None,
         views: dict[str, ViewSummary] | None = None,
+        size: int | None = None,
+        sized_by: str | None = None,
     ) -> None:
         self.rows = rows
         self.table = decisions if isinstance(decisions, DecisionTable) else None
@@ -288,6 +174,8 @@ class SelectionResult:
         self.counts = counts
         self.files = files or {}
         self.views = views or {}
+        self.size = size  # the size the candidates were cut to (None: none)
+        self.sized_by = sized_by  # "size" (given), "paper" (the paper policy's kept count on the same views)
 
     @property
     def decisions(self) -> list[dict[str, Any]]:
@@ -303,163 +191,6 @@ class SelectionResult:
         """The source rows whose kept pair is ``view``'s."""
         variants = self.table.variant if self.table is not None else [d["variant"] for d in self.decisions]
         return [i for i, v in enumerate(variants) if v == view]
-
-
-def _where(files: Mapping[str, Any], name: str) -> str:
-    return f"{files.get(name) or name} ({name})"
-
-
-def check_alignment(
-    views: Mapping[str, Sequence[Mapping[str, Any]]], files: Mapping[str, str | None], policy: str = "paper"
-) -> None:
-    """Refuse inputs that cannot be judged together, naming the file, row and field at fault:
-
-    - every view holds the same number of rows as ori, each an object with the statistics ``policy`` reads;
-    - every statistic is null or a real, finite number (IFD, r-IFD and the loss ratio above 0), never a string, a
-      bool or a list, which would be coerced or crash later;
-    - where both sides carry an index (``source_index``, else ``row_index``) a variant's index equals ori's;
-    - A has ori's instruction and input, QA has Q's, row by row: rewrites of other data whose indices happen to
-      line up are refused at the first row that differs.
-    """
-    _Scan({name: ViewSource.of(rows) for name, rows in views.items()}, policy, files).run()
-
-
-class _Scan:
-    """The views read side by side: every row checked, and judged by ``judge`` when given.
-
-    An error is not raised where it is met but kept, the first of each kind, and the one that a reading of each
-    file in turn, then its checks, would meet first is raised at the end: the message does not depend on how far
-    the other files were read. Judging stops at the first error; reading goes on to count the rows.
-    """
-
-    def __init__(
-        self,
-        sources: Mapping[str, ViewSource],
-        policy: str,
-        files: Mapping[str, Any],
-        judge: Callable[[int, dict[str, tuple[Any, Any]]], None] | None = None,
-        refuse_copies: bool = False,
-    ) -> None:
-        self.sources = sources
-        self.names = list(sources)
-        self.policy = policy
-        self.files = files
-        self.judge = judge
-        # A or QA holding ori's rows unchanged: a copy of ori given for a rewrite
-        self.copies = {n: True for n in ("A", "QA") if n in self.names} if refuse_copies else {}
-        self.errors: dict[tuple[int, int, int], str] = {}
-        self.num_rows = dict.fromkeys(self.names, 0)
-
-    def _fail(self, key: tuple[int, int, int], message: str) -> None:
-        self.errors.setdefault(key, message)
-
-    def run(self) -> None:
-        rank = {name: k for k, name in enumerate(self.names)}
-        iters = {name: iter(src.rows) for name, src in self.sources.items()}
-        alive = list(self.names)
-        shared = [(k, v, src) for k, (v, src) in enumerate(SHARED_INSTRUCTION) if v in rank and src in rank]
-        i = 0
-        with gc_paused():
-            while alive:
-                r: dict[str, tuple[Any, Any]] = {}
-                for name in list(alive):
-                    try:
-                        r[name] = next(iters[name])
-                    except StopIteration:
-                        alive.remove(name)
-                    except SelectionInputError as e:  # the file, or a row of it, cannot be read
-                        alive.remove(name)
-                        self._fail((0, rank[name], 0), str(e))
-                        if name == self.names[0]:
-                            raise  # nothing a later file holds could come first
-                if not r:
-                    break
-                valid = {}
-                for name, (row, _) in r.items():
-                    self.num_rows[name] += 1
-                    problem = _row_problem(row, self.policy)
-                    if problem is not None:
-                        self._fail((1, rank[name], 1), f"{_where(self.files, name)} row {i}: {problem}")
-                    else:
-                        valid[name] = row
-                ori = valid.get("ori")
-                if ori is not None:
-                    ko = _index_key(ori)
-                    for name, row in valid.items():
-                        kv = _index_key(row) if name != "ori" else None
-                        if ko is not None and kv is not None and ko[1] != kv[1]:
-                            self._fail(
-                                (1, rank[name], 2),
-                                f"{_where(self.files, name)} row {i}: field {kv[0]!r} is {kv[1]!r}, but the original "
-                                f"at that position ({self.files.get('ori') or 'ori'} row {i}) has {ko[0]!r} "
-                                f"{ko[1]!r}; the inputs are not aligned",
-                            )
-                for k, name, source in shared:
-                    if name in valid and source in valid:
-                        self._check_shared(k, name, source, valid[name], valid[source], i)
-                for name in self.copies:
-                    if self.copies[name] and (name not in valid or ori is None or valid[name] != ori):
-                        self.copies[name] = False
-                if self.judge is not None and not self.errors and len(valid) == len(self.names):
-                    self.judge(i, r)
-                i += 1
-        self._finish(rank)
-
-    def _check_shared(self, k: int, name: str, source: str, v: Mapping[str, Any], s: Mapping[str, Any], i: int) -> None:
-        for col, mine, theirs in zip(("instruction", "input"), _instruction(v), _instruction(s), strict=True):
-            if mine != theirs:
-                self._fail(
-                    (2, k, 0),
-                    f"{_where(self.files, name)} row {i}: field {col!r} is {mine!r:.60}, but "
-                    f"{_where(self.files, source)} row {i} has {theirs!r:.60}; {name} must be {source}'s pairs with "
-                    f"rewritten responses, in {source}'s order",
-                )
-                return
-
-    def _finish(self, rank: Mapping[str, int]) -> None:
-        ori_rows = self.num_rows[self.names[0]]
-        for name in self.names[1:]:
-            if self.num_rows[name] != ori_rows:
-                self._fail(
-                    (1, rank[name], 0),
-                    f"{_where(self.files, name)}: {self.num_rows[name]} rows, but {_where(self.files, 'ori')} has "
-                    f"{ori_rows}; the four inputs must be scores of the same rows in the same order",
-                )
-        if self.copies and ori_rows == 0:  # a stage's input with no rows stops it, as every stage does
-            self._fail((0, 0, 1), no_rows_message(self.files.get("ori") or "ori"))
-        for k, (name, is_copy) in enumerate(self.copies.items()):
-            if is_copy and ori_rows:
-                self._fail((3, k, 0), copy_message(name, self.files))
-        if self.errors:
-            raise SelectionInputError(self.errors[min(self.errors)])
-
-
-def copy_message(name: str, files: Mapping[str, Any], same_file: bool = False) -> str:
-    """Why an A or QA input that is ori itself (the same file, or a copy of its rows) is refused."""
-    source = "ori" if name == "A" else "Q"
-    what = "is the same file as" if same_file else "holds exactly the rows of"
-    return (
-        f"{_where(files, name)} {what} {_where(files, 'ori')}: {name} must be the scores of the response reflection "
-        f"of {source}'s pairs (srt reflect --mode response, then srt score); with ori's own rows every rewrite is "
-        "unchanged and nothing would be kept"
-    )
-
-
-def _candidate(row: Mapping[str, Any], config: SelectionArguments) -> str | None:
-    """The threshold cut of a candidate pair, or None when it passes. A missing value fails its threshold, as a
-    NaN fails every comparison in the release."""
-    if config.policy == "ifd":  # Cherry_LLM: IFD (loss ratio) ≤ threshold
-        value = cherry_ifd(row)
-        if value is None:
-            return "cut_ifd_null"
-        return None if value <= config.ifd_threshold else "cut_ifd"
-    for key, threshold in (("rifd", config.rifd_threshold), ("ifd", config.ifd_threshold)):
-        value = _stat(row, key)
-        if value is None:
-            return f"cut_{key}_null"
-        if not value < threshold:
-            return f"cut_{key}"
-    return None
 
 
 CUT_TEXT = {
@@ -486,38 +217,6 @@ def unchanged(rewrite: Mapping[str, Any], source: Mapping[str, Any]) -> bool:
         and (get("instruction") or "") == (source_get("instruction") or "")
         and (get("input") or "") == (source_get("input") or "")
     )
-
-
-def _compare(r: Mapping[str, Mapping[str, Any]], key: str, nulls: list[str]) -> bool:
-    """One of the release's comparisons; with a missing side it is false and ``key`` goes to ``nulls``."""
-    first, stat, op, second = COMPARISONS[key]
-    a, b = _stat(r[first], stat), _stat(r[second], stat)
-    if a is None or b is None:
-        nulls.append(key)
-        return False
-    return a > b if op == ">" else a < b
-
-
-def _judge_paper(
-    r: Mapping[str, Mapping[str, Any]], config: SelectionArguments, same: Mapping[str, bool] | None = None
-) -> tuple[int, str | None, list[str]]:
-    """(branch, candidate view or None, comparisons read as false for a missing statistic) of one source row under
-    the released rule.
-
-    A rewrite identical to its source is not accepted, as in the release, where it scores exactly like its source
-    and the strict comparisons fail; checking the text keeps that so under batched scoring's rounding noise.
-    ``same``: ``unchanged`` of Q, A and QA against their sources, where the caller has it already.
-    """
-    if same is None:
-        same = {name: unchanged(r[name], r[source]) for name, source in (("Q", "ori"), ("A", "ori"), ("QA", "Q"))}
-    nulls: list[str] = []
-    if not same["Q"] and _compare(r, "ifd_Q_vs_ori", nulls):
-        if not same["QA"] and _compare(r, "rifd_QA_vs_Q", nulls):
-            return 1, "QA", nulls
-        return 2, ("Q" if config.keep_unaccepted_winners else None), nulls
-    if not same["A"] and _compare(r, "rifd_A_vs_ori", nulls):
-        return 3, "A", nulls
-    return 4, ("ori" if config.keep_unaccepted_winners else None), nulls
 
 
 def _kept_row(
@@ -563,182 +262,298 @@ _NOT_EXTRAS = frozenset(SCORE_COLUMNS) | {
 }
 
 
-def _budget_limits(passed: int, total: int, config: SelectionArguments) -> dict[str, int]:
+def _budget_limits(passed: int, total: int, config: SelectionArguments, policy: str | None = None) -> dict[str, int]:
     """How many of the ``passed`` candidates each budget keeps. ``top_p`` is a fraction of the candidates under the
     paper policy and, as in Cherry_LLM, of the whole data set (``total`` rows) under the 'ifd' policy; both round
-    down, as Cherry_LLM's ``int(len(data) * sample_rate)``."""
+    down, as Cherry_LLM's ``int(len(data) * sample_rate)``. ``policy``: the one whose budgets these are (the
+    config's by default)."""
+    policy = policy or config.policy
     limits = {}
     if config.top_k is not None:
         limits["top_k"] = min(passed, config.top_k)
     if config.top_p is not None:
-        limits["top_p"] = min(passed, int((total if config.policy == "ifd" else passed) * config.top_p))
+        limits["top_p"] = min(passed, int((total if policy == "ifd" else passed) * config.top_p))
     return limits
-
-
-def _ranking_key(row: Mapping[str, Any], config: SelectionArguments) -> float:
-    value = cherry_ifd(row) if config.policy == "ifd" else _stat(row, "ifd")
-    assert value is not None  # a candidate passed its IFD threshold
-    return value
 
 
 FETCH_CHUNK = 65536  # kept pairs read back per file at a time
 
 
 def select_rows(
-    ori: Sequence[Mapping[str, Any]],
-    q: Sequence[Mapping[str, Any]] | None,
-    a: Sequence[Mapping[str, Any]] | None,
-    qa: Sequence[Mapping[str, Any]] | None,
-    config: SelectionArguments,
-    files: Mapping[str, str | None] | None = None,
+    views: Views[Any], config: SelectionArguments, files: Mapping[str, Any] | None = None, seed: int = 42
 ) -> SelectionResult:
-    """Judge every source row with ``config.policy``, apply the thresholds and budgets, count every step.
+    """Judge every source row with ``config.policy``, apply the thresholds, budgets and size, count every step.
 
-    The inputs are `srt score` outputs of the same source rows in the same order (Q / A / QA may be None under the
-    'ifd' policy), read from ``files`` (by view; named in errors); ``check_alignment`` refuses any that are not, and
-    an A or QA that is a copy of ori is refused too. Every row is judged: a missing statistic makes the comparisons
-    and thresholds that read it false, as NaN does in the release, and each such case is counted.
-    Kept rows come back in source order.
+    ``views``: `srt score` outputs of the same source rows in the same order, each the rows (a sequence) or a
+    ``ViewSource`` read one row at a time; the policy reads those it needs (``config.needed_views()``), the others
+    may be None. ``files`` (by view name) name them in errors; inputs that cannot be judged together are refused
+    (``ViewScan``), and so is an A or QA that is a copy of ori. ``seed``: the random order's (``SelectArguments``).
+    Every row is judged: a missing statistic makes the comparisons and thresholds that read it false, as NaN does
+    in the release, and each such case is counted. Kept rows come back in source order.
     """
-    views: dict[str, Sequence[Mapping[str, Any]]] = {"ori": ori}
-    for name, rows in (("Q", q), ("A", a), ("QA", qa)):
-        if rows is not None:
-            views[name] = rows
-        elif name in config.needed_views():
-            raise SelectionInputError(f"the {config.policy!r} policy needs the {name} scores")
-    return select_from({name: ViewSource.of(rows) for name, rows in views.items()}, config, files or {})
+    given = views.named()
+    for name in config.needed_views():
+        if name not in given:
+            why = " without size (its size is the paper policy's kept count)" if config.sized_by_paper() else ""
+            raise SelectionInputError(f"the {config.policy!r} policy{why} needs the {name} scores")
+    sources = {
+        name: view if isinstance(view, ViewSource) else ViewSource.of(view)
+        for name, view in ((name, given[name]) for name in config.needed_views())
+    }
+    selection = Selection(config, list(sources), seed)
+    refuse_copies = "A" in sources or "QA" in sources  # a rewrite given ori's own rows
+    ViewScan(sources, config.policy, files or {}, selection.judge, refuse_copies=refuse_copies).run()
+    selection.cut()
+    return selection.fetch(sources)
 
 
-def select_from(
-    sources: Mapping[str, ViewSource], config: SelectionArguments, files: Mapping[str, Any] | None = None
-) -> SelectionResult:
-    """``select_rows`` over views read one row at a time (``ViewSource``): ``sources`` by view, ori first, then Q,
-    A and QA as the policy needs them (the others are not read). The kept pairs are fetched again at the end."""
-    files = files or {}
-    missing = [v for v in config.needed_views() if v not in sources]
-    if missing:
-        raise SelectionInputError(f"the {config.policy!r} policy needs the {missing[0]} scores")
-    sources = {v: sources[v] for v in config.needed_views()}
-    names = list(sources)
-    table = DecisionTable(names, config.policy)
-    counts = SelectionCounts.zero(config.policy, config.keep_unaccepted_winners, COMPARISONS)
-    statuses: dict[str, Counter[str]] = {name: Counter() for name in names}
-    summaries = {name: ViewSummary() for name in names}
-    cut_text = {**CUT_TEXT, **(IFD_POLICY_CUT_TEXT if config.policy == "ifd" else {})}
-    cut_text = {k: v.format(**vars(config)) for k, v in cut_text.items()}
-    texts: dict[str, str] = {}  # one string object per distinct cut text, not one per row
-    candidates: list[int] = []  # source rows whose candidate passed the thresholds
-    keys = array("d")  # the candidate's IFD, for the budgets
-    places: list[Any] = []  # where the candidate is in its view's file
+class Selection:
+    """One selection, fed the source rows one at a time; its state is what it has counted and decided so far.
 
-    def judge(i: int, got: dict[str, tuple[Any, Any]]) -> None:
+    - ``judge(i, got)``: one source row as it is read (the views' rows with where each is): what the views hold is
+      summarised, the policy's step decides the row's candidate pair and counts it, the decision is recorded.
+    - ``cut()``: the candidates ranked by the policy's order (``SelectionArguments.order``: IFD, response length,
+      else random) and cut to the budgets and the size.
+    - ``fetch(sources)``: the kept pairs read again from their views, in source order; returns the result.
+    """
+
+    def __init__(self, config: SelectionArguments, views: Sequence[str], seed: int = 42) -> None:
+        self.config = config
+        self.policy = config.policy
+        self.names = tuple(views)
+        self.seed = seed
+        self.order = config.order()
+        self.table = DecisionTable(self.names, self.policy, self.order)
+        comparisons = POLICY_COMPARISONS.get(self.policy, ())
+        rewrites = (ACCEPTING[self.policy],) if self.policy in ACCEPTING else ("Q", "A", "QA")
+        self.counts = SelectionCounts.zero(self.policy, config.keep_unaccepted_winners, comparisons, rewrites)
+        self.statuses: dict[str, Counter[str]] = {name: Counter() for name in self.names}
+        self.summaries = {name: ViewSummary() for name in self.names}
+        cut_text = {**CUT_TEXT, **(IFD_POLICY_CUT_TEXT if self.policy == "ifd" else {})}
+        self.cut_text = {k: v.format(**vars(config)) for k, v in cut_text.items()}
+        self.texts: dict[str, str] = {}  # one string object per distinct cut text, not one per row
+        self.candidates: list[int] = []  # source rows whose pair passed the policy's step
+        self.keys = array("d")  # each candidate's place in the policy's order (IFD, response length)
+        self.places: list[Any] = []  # where the candidate is in its view's file
+        self.sized_by_paper = config.sized_by_paper()
+        self.paper_passed = 0  # rows the paper policy would keep before its budgets (a baseline's size)
+        self.size: int | None = config.size
+
+    # -- each source row, as it is read
+
+    def judge(self, i: int, got: Mapping[str, tuple[Any, Any]]) -> None:
+        """Judge source row ``i``: ``got`` holds each view's row and its place in its file."""
         r = {name: row for name, (row, _) in got.items()}
-        ori_row = r["ori"]
-        key = _index_key(ori_row)
-        source_index = key[1] if key else i
-        for name, row in r.items():  # teacher fallbacks / failures, where the reflect columns came through
-            status = summaries[name].add(row)
-            if status is not None:
-                statuses[name][_slug(status)] += 1
-        nulls: list[str] = []
-        if config.policy == "paper":
-            same = {name: unchanged(r[name], r[source]) for name, source in (("Q", "ori"), ("A", "ori"), ("QA", "Q"))}
-            for name, is_same in same.items():
-                if is_same:
-                    counts.add("unchanged_rewrites", name)
-            branch, view, nulls = _judge_paper(r, config, same)
-        else:
-            branch, view = "ifd", "ori"
-        table.source_index.append(source_index)
-        table.branch.append(branch)
-        for name, row in r.items():
-            for k in ("ifd", "rifd"):
-                value = _stat(row, k)
-                table.stats[(name, k)].append(math.nan if value is None else value)
-        if config.policy == "ifd":
-            value = cherry_ifd(ori_row)
-            table.ifd_loss_ori.append(math.nan if value is None else value)
+        stats = self._read(r)
+        step, view, cut, nulls = self._decide(i, r, stats)
+        table = self.table
+        key = _index_key(r["ori"])
+        table.source_index.append(key[1] if key else i)
+        table.branch.append(step)
         if nulls:
             table.null_comparisons[i] = [_null_text(r, k) for k in nulls]
             for k in nulls:
-                counts.add("null_comparisons", k)
-        counts.add("judged")
-        prefix = f"branch_{branch}" if branch != "ifd" else "ifd"
-        cut = NOT_KEPT if view is None else _candidate(r[view], config)
-        counts.add(prefix, cut or "passed")
+                self.counts.add("null_comparisons", k)
+        self.counts.add("judged")
         if cut is None:
-            counts.add("passed_thresholds")
+            assert view is not None
+            self.counts.add("passed_thresholds")
             table.variant.append(view)
             table.cut.append(None)
-            candidates.append(i)
-            keys.append(_ranking_key(r[view], config))
-            places.append(got[view][1])
+            self.candidates.append(i)
+            self.keys.append(self._order_key(r, view, stats))
+            self.places.append(got[view][1])
             return
         if cut.endswith("_null"):
             stat = "rifd" if "rifd" in cut else "ifd"
-            text = f"{cut_text[cut]} ({view}: {_why_missing(r[view], stat)})"
+            text = f"{self.cut_text[cut]} ({view}: {_why_missing(r[view], stat)})"  # type: ignore[index]
         else:
-            text = cut_text[cut] + (f" ({view})" if view else f" ({prefix})")
+            text = self.cut_text[cut] + (f" ({view})" if view else f" (branch_{step})")
         table.variant.append(None)
-        table.cut.append(texts.setdefault(text, text))
+        table.cut.append(self.texts.setdefault(text, text))
 
-    _Scan(sources, config.policy, files, judge, refuse_copies=config.policy == "paper").run()
-    n = len(table)
-    counts["rows"] = n
-    for name in names:
-        for status, k in statuses[name].items():
-            counts.add(f"reflection_status/{name}/{status}", n=k)
-        stats = summaries[name]
-        ifd, rifd = ~np.isnan(table.values(name, "ifd")), ~np.isnan(table.values(name, "rifd"))
-        stats.rows, stats.with_ifd, stats.with_rifd = n, int(ifd.sum()), int(rifd.sum())
-        stats.with_statistics = int((ifd & rifd).sum())
+    def _read(self, r: Mapping[str, Mapping[str, Any]]) -> dict[str, Stats]:
+        """Summarise what each view's row holds, record its statistics, and return them; a rewrite identical to
+        its source is marked (and counted where the policy judges it)."""
+        stats = {}
+        table = self.table
+        for name, row in r.items():
+            status = self.summaries[name].add(row)
+            if status is not None:  # teacher fallbacks / failures, where the reflect columns came through
+                self.statuses[name][_slug(status)] += 1
+            ifd, rifd = _stat(row, "ifd"), _stat(row, "rifd")
+            table.stats[(name, "ifd")].append(math.nan if ifd is None else ifd)
+            table.stats[(name, "rifd")].append(math.nan if rifd is None else rifd)
+            stats[name] = Stats(ifd, rifd)
+        if self.policy == "ifd":
+            value = cherry_ifd(r["ori"])
+            table.ifd_loss_ori.append(math.nan if value is None else value)
+        elif self.policy == "longest":
+            table.response_chars.append(len(r["ori"].get("output") or ""))
+        for name, source in SOURCES.items():
+            if name in r and source in r and unchanged(r[name], r[source]):
+                stats[name] = stats[name]._replace(unchanged=True)
+                if f"unchanged_rewrites/{name}" in self.counts:  # a rewrite this policy judges
+                    self.counts.add("unchanged_rewrites", name)
+        return stats
 
-    # budgets: rank what passed by the kept pair's IFD, highest first; ties keep source order
-    limits = _budget_limits(len(candidates), n, config)
-    for name, limit in limits.items():
-        if limit == 0 and candidates:  # a fraction of a few rows rounds down to nothing: say so, do not guess
-            logger.warning("%s=%s of %d rows keeps none (the count rounds down to 0)", name, getattr(config, name), n)
-    for name in limits:
-        counts.setdefault(f"budget_cut/{name}", 0)
-    ranked = np.argsort(-np.frombuffer(keys, dtype=np.float64), kind="stable") if candidates else []
-    binding = sorted(limits.items(), key=lambda kv: kv[1])  # the budget that binds first, for each rank
-    for rank, c in enumerate(ranked.tolist() if len(ranked) else []):
-        i = candidates[c]
-        table.rank[i] = rank
-        over = [name for name, limit in binding if rank >= limit]
-        if over:
-            name = over[0]
-            table.cut[i] = f"budget: {name}={getattr(config, name)} (IFD rank {rank})"
-            table.variant[i] = None
-            counts.add("budget_cut", name)
-
-    kept = [(i, place) for i, place in zip(candidates, places, strict=True) if table.variant[i] is not None]
-    fetched = {
-        name: _fetch_in_chunks(sources[name], [p for i, p in kept if table.variant[i] == name]) for name in names
-    }
-    kept_rows = []
-    for i, _ in kept:
-        variant = table.variant[i]
-        assert variant is not None
-        row = next(fetched[variant])
-        kept_rows.append(
-            _kept_row(
-                row,
-                variant,
-                table.source_index[i],
-                table.branch[i],
-                table.stat("ori", "ifd", i),
-                table.stat("ori", "rifd", i),
-                config.policy,
+    def _decide(
+        self, i: int, r: Mapping[str, Mapping[str, Any]], stats: Mapping[str, Stats]
+    ) -> tuple[Any, str | None, str | None, list[str]]:
+        """The policy's step for one row: (its step, which the decision's ``branch`` records; the view whose pair is
+        the row's candidate; the cut that removed it, None when it passed; comparisons a missing statistic decided).
+        Counts the step and its outcome."""
+        config, policy = self.config, self.policy
+        thresholds = (config.ifd_threshold, config.rifd_threshold)
+        if self.sized_by_paper and self._paper_keeps(stats, thresholds):
+            self.paper_passed += 1
+        if policy == "paper":
+            branch, view, nulls = paper_rule(
+                stats["ori"], stats["Q"], stats["A"], stats["QA"], config.keep_unaccepted_winners
             )
+            cut = NOT_KEPT if view is None else threshold_cut(stats[view], *thresholds)
+            self.counts.add(f"branch_{branch}", cut or "passed")
+            return branch, view, cut, nulls
+        if policy == "ifd":  # Cherry_LLM: IFD (loss ratio) ≤ threshold
+            cut = cherry_cut(cherry_ifd(r["ori"]), config.ifd_threshold)
+            self.counts.add("ifd", cut or "passed")
+            return "ifd", "ori", cut, []
+        if policy == "ifd_top":  # the perplexity ratio, below the threshold, as the paper's budgets rank it
+            ifd = stats["ori"].ifd
+            cut = "cut_ifd_null" if ifd is None else None if ifd < config.ifd_threshold else "cut_ifd"
+            self.counts.add("ifd_top", cut or "passed")
+            return "ifd_top", "ori", cut, []
+        if policy in ACCEPTING:
+            return self._accept(i, ACCEPTING[policy], stats, thresholds)
+        return policy, "QA" if policy == "reflection_all" else "ori", None, []
+
+    def _accept(
+        self, i: int, rewrite: str, stats: Mapping[str, Stats], thresholds: tuple[float, float]
+    ) -> tuple[str, str, None, list[str]]:
+        """'instruction_only' / 'response_only': the rewrite where the student accepts it and it passes the
+        thresholds, else ori (one pair per source row: a cut puts ori back instead of removing the row)."""
+        nulls: list[str] = []
+        if rewrite == "Q":
+            accepted = accepts_instruction(stats["Q"], stats["ori"], nulls)
+        else:
+            accepted = accepts_response(stats["A"], stats["ori"], "rifd_A_vs_ori", nulls)
+        if not accepted:
+            self.counts.add("not_accepted")
+            return "not_accepted", "ori", None, nulls
+        cut = threshold_cut(stats[rewrite], *thresholds)
+        self.counts.add("accepted", cut or "passed")
+        if cut is None:
+            return "accepted", rewrite, None, nulls
+        self.table.replaced[i] = self.cut_text[cut] + f" ({rewrite}): ori kept"
+        return "accepted", "ori", None, nulls
+
+    def _paper_keeps(self, stats: Mapping[str, Stats], thresholds: tuple[float, float]) -> bool:
+        """Whether the paper policy keeps this row before its budgets (a baseline's size is its kept count)."""
+        view = paper_rule(stats["ori"], stats["Q"], stats["A"], stats["QA"], self.config.keep_unaccepted_winners).view
+        return view is not None and threshold_cut(stats[view], *thresholds) is None
+
+    def _order_key(self, r: Mapping[str, Mapping[str, Any]], view: str, stats: Mapping[str, Stats]) -> float:
+        """A candidate's place in the policy's order, highest first (IFD, response length); 0 where the order is
+        random."""
+        if self.order == "length":
+            return self.table.response_chars[-1]
+        if self.order == "random":
+            return 0.0
+        value = cherry_ifd(r[view]) if self.policy == "ifd" else stats[view].ifd
+        assert value is not None  # a candidate passed its IFD threshold
+        return value
+
+    # -- once every row is read
+
+    def cut(self) -> None:
+        """Count what the views held, then rank the candidates by the policy's order and cut them to the budgets
+        (``top_k``, ``top_p``) and the size, whichever binds first; ties keep source order."""
+        config, table, counts = self.config, self.table, self.counts
+        n = len(table)
+        counts["rows"] = n
+        for name in self.names:
+            for status, k in self.statuses[name].items():
+                counts.add(f"reflection_status/{name}/{status}", n=k)
+            stats = self.summaries[name]
+            ifd, rifd = ~np.isnan(table.values(name, "ifd")), ~np.isnan(table.values(name, "rifd"))
+            stats.rows, stats.with_ifd, stats.with_rifd = n, int(ifd.sum()), int(rifd.sum())
+            stats.with_statistics = int((ifd & rifd).sum())
+        if self.sized_by_paper:
+            self.size = min([self.paper_passed, *_budget_limits(self.paper_passed, n, config, "paper").values()])
+        passed = len(self.candidates)
+        limits = {} if self.sized_by_paper else _budget_limits(passed, n, config)
+        for name, limit in limits.items():
+            if limit == 0 and passed:  # a fraction of a few rows rounds down to nothing: say so, do not guess
+                logger.warning(
+                    "%s=%s of %d rows keeps none (the count rounds down to 0)", name, getattr(config, name), n
+                )
+        if self.size is not None:
+            limits["size"] = min(passed, self.size)
+            if passed < self.size:
+                logger.warning(
+                    "size=%d: the %r policy has %d candidate rows, and keeps them all", self.size, self.policy, passed
+                )
+        for name in limits:
+            counts.setdefault(f"budget_cut/{name}", 0)
+        if self.order == "random" and not self.config.uses_seed():
+            return  # every candidate is kept, in no order
+        values = {"top_k": config.top_k, "top_p": config.top_p, "size": self.size}
+        binding = sorted(limits.items(), key=lambda kv: kv[1])  # the budget that binds first, for each rank
+        for rank, c in enumerate(self._ranked().tolist()):
+            i = self.candidates[c]
+            table.rank[i] = rank
+            over = [name for name, limit in binding if rank >= limit]
+            if over:
+                name = over[0]
+                table.cut[i] = f"budget: {name}={values[name]} ({self.order} rank {rank})"
+                table.variant[i] = None
+                counts.add("budget_cut", name)
+
+    def _ranked(self) -> np.ndarray:
+        """The candidates (positions in ``candidates``) in the policy's order: highest key first, ties in source
+        order; or numpy's ``default_rng(seed).permutation`` of the source rows, restricted to the candidates."""
+        if not self.candidates:
+            return np.array([], dtype=np.int64)
+        if self.order == "random":
+            position = np.empty(len(self.table), dtype=np.int64)
+            position[np.random.default_rng(self.seed).permutation(len(self.table))] = np.arange(len(self.table))
+            return np.argsort(position[np.array(self.candidates, dtype=np.int64)], kind="stable")
+        return np.argsort(-np.frombuffer(self.keys, dtype=np.float64), kind="stable")
+
+    def fetch(self, sources: Mapping[str, ViewSource]) -> SelectionResult:
+        """Read the kept pairs again from their views (a chunk of places at a time), in source order."""
+        table = self.table
+        kept = [(i, place) for i, place in zip(self.candidates, self.places, strict=True) if table.variant[i]]
+        fetched = {
+            name: _fetch_in_chunks(sources[name], [p for i, p in kept if table.variant[i] == name])
+            for name in self.names
+        }
+        kept_rows = []
+        for i, _ in kept:
+            variant = table.variant[i]
+            assert variant is not None
+            row = next(fetched[variant])
+            kept_rows.append(
+                _kept_row(
+                    row,
+                    variant,
+                    table.source_index[i],
+                    table.branch[i],
+                    table.stat("ori", "ifd", i),
+                    table.stat("ori", "rifd", i),
+                    self.policy,
+                )
+            )
+            self.counts.add("kept", variant)
+        # one schema for all kept rows (Parquet takes its columns from the first row)
+        columns = tuple(dict.fromkeys(k for row in kept_rows for k in row))
+        for j, row in enumerate(kept_rows):
+            if tuple(row) != columns:
+                kept_rows[j] = {k: row.get(k) for k in columns}
+        sized_by = "paper" if self.sized_by_paper else "size" if self.size is not None else None
+        return SelectionResult(
+            kept_rows, table, self.counts.ordered(), views=self.summaries, size=self.size, sized_by=sized_by
         )
-        counts.add("kept", variant)
-    # one schema for all kept rows (Parquet takes its columns from the first row)
-    columns = tuple(dict.fromkeys(k for row in kept_rows for k in row))
-    for j, row in enumerate(kept_rows):
-        if tuple(row) != columns:
-            kept_rows[j] = {k: row.get(k) for k in columns}
-    return SelectionResult(kept_rows, table, counts.ordered(), views=summaries)
 
 
 def _fetch_in_chunks(source: ViewSource, places: list[Any]) -> Iterator[Any]:

@@ -15,9 +15,12 @@ import numpy as np
 from srt_trainer.io import check_output_path, sidecar_path, write_rows, write_text_atomic
 from srt_trainer.plotting import pyplot, save_figure
 from srt_trainer.selection.config import VARIANTS, SelectArguments, SelectionArguments, SelectionInputError
-from srt_trainer.selection.counts import SelectionCounts
-from srt_trainer.selection.policy import SelectionResult, ViewSummary
+from srt_trainer.selection.counts import ACCEPTING, SelectionCounts
+from srt_trainer.selection.policy import SelectionResult
+from srt_trainer.selection.views import Views, ViewSummary
 
+# the scored views of a result built by hand: ``Views``, or a mapping by view name (any case)
+Scored = Views[Sequence[Mapping[str, Any]]] | Mapping[str, Sequence[Mapping[str, Any]] | None] | None
 BRANCH_TEXT = {
     1: "new instruction and new response accepted → QA",
     2: "new instruction accepted, new response not → Q",
@@ -53,11 +56,17 @@ def funnel_stages(
             for b in (1, 2, 3, 4)
             if f"branch_{b}/passed" in counts
         ]
-    else:
-        passed = [("ori", counts["ifd/passed"], COLORS["ori"])]
-    stages.append(("passed thresholds", passed))
+    elif config.policy in ("ifd", "ifd_top"):
+        passed = [("ori", counts[f"{config.policy}/passed"], COLORS["ori"])]
+    else:  # one pair per source row (the ablation), or every original pair (a baseline, before its size)
+        if config.policy in ACCEPTING:
+            rewrite = ACCEPTING[config.policy]
+            parts = [("accepted", counts["accepted"], COLORS[rewrite]), ("not", counts["not_accepted"], COLORS["ori"])]
+            stages.append((f"{rewrite} accepted", parts))
+        passed = [("candidates", counts["passed_thresholds"], COLORS["none"])]
+    stages.append(("passed thresholds" if config.policy in ("paper", "ifd") else "candidates", passed))
     kept = [(v, counts[f"kept/{v}"], COLORS[v]) for v in BRANCH_VIEW.values() if f"kept/{v}" in counts]
-    stages.append(("kept (after budget)", kept))
+    stages.append(("kept (after budget)" if config.order() == "IFD" else "kept (after size)", kept))
     return stages
 
 
@@ -282,7 +291,7 @@ def data_card(
     result: SelectionResult,
     args: SelectArguments,
     config: SelectionArguments,
-    scored: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    scored: Scored = None,
     files: Mapping[str, Path] | None = None,
 ) -> str:
     """Markdown: what went in, which models, the rule, the counts, the budgets, where the plots are. ``scored`` is
@@ -291,11 +300,13 @@ def data_card(
 
     files = files or {}
     inputs = input_summary(args, _normalized_views(scored), result)
+    statistics = config.policy in ("paper", "ifd", "ifd_top", *ACCEPTING)  # the student's statistics decide
+    by_student = " by the student" if statistics else ""
     out = Path(args.output).name
     lines = [
         f"# Data card: `{out}`",
         "",
-        f"{len(result.rows)} instruction-response pairs selected by the student from {result.counts['rows']} "
+        f"{len(result.rows)} instruction-response pairs selected{by_student} from {result.counts['rows']} "
         f"source rows with the `{config.policy}` policy of `srt select` (srt_trainer {__version__}), "
         "Selective Reflection-Tuning (Li et al., ACL 2024 Findings).",
         "",
@@ -360,20 +371,29 @@ def data_card(
             "`null_comparisons` counts the comparisons it decided, `cut_rifd_null` / `cut_ifd_null` the "
             "thresholds it failed."
         )
-    else:
+    elif config.policy == "ifd":
         lines.append(
             "Cherry_LLM's selection: the original pairs only, kept when their IFD, the ratio of mean losses "
             f"s(y|x) / s(y), is at most {config.ifd_threshold:g}, ranked by it, highest first; a pair without "
             "it fails the threshold (`cut_ifd_null`)."
         )
+    else:
+        lines.append(arm_text(config, args.seed))
     budget = [
-        f"top_k = {config.top_k}" if config.top_k is not None else "",
-        f"top_p = {config.top_p:g}" if config.top_p is not None else "",
+        f"top_k = {config.top_k}" if config.top_k is not None and not config.sized_by_paper() else "",
+        f"top_p = {config.top_p:g}" if config.top_p is not None and not config.sized_by_paper() else "",
+        f"size = {result.size}" if result.size is not None else "",
     ]
     budget_text = " and ".join(b for b in budget if b)
+    order = {
+        "IFD": "the pairs with the highest IFD first",
+        "length": "the longest responses first",
+        "random": f"in a random order (seed {args.seed})",
+    }[config.order()]
     lines += [
         "",
-        f"Budget: {budget_text + ', the pairs with the highest IFD first' if budget_text else 'none'}.",
+        f"Budget: {budget_text + ', ' + order if budget_text else 'none'}.",
+        *(["", size_text(result, config)] if result.sized_by == "paper" else []),
         "",
         "## Counts",
         "",
@@ -406,15 +426,60 @@ def data_card(
             lines += ["", f"![{text}]({files[key].name})"]
     cmd = ["srt", "select"]
     for k, v in {**asdict(args), **asdict(config)}.items():
-        if v is not None and v is not False and k not in ("plot", "data_card"):
+        if (
+            v is not None
+            and v is not False
+            and k not in ("plot", "data_card", *(() if config.uses_seed() else ("seed",)))
+        ):
             cmd += [f"--{k}", str(v)]
     lines += ["", "## Reproduce", "", "```", shlex.join(cmd), "```", ""]
     return "\n".join(lines)
 
 
-def _normalized_views(
-    scored: Mapping[str, Sequence[Mapping[str, Any]] | None] | None,
-) -> dict[str, Sequence[Mapping[str, Any]]]:
+ARM_TEXT = {
+    "ori": "The paper's ablation (§5), the original data: every original pair (x0, y0), one per source row; the "
+    "statistics are not read.",
+    "instruction_only": "The paper's ablation (§5), the instruction stage alone: Q = (x_ins, y_ins) where the student "
+    "accepts the new instruction, IFD(Q) > IFD(ori), and Q passes the thresholds, rIFD(Q) < {r:g} and IFD(Q) < {i:g} "
+    "(r-IFD first); else the original pair. One pair per source row: a cut Q puts ori back (`accepted/cut_*`, "
+    "`replaced` in the decisions). A teacher fallback is never accepted; a missing statistic makes the comparison "
+    "false and fails its threshold, as NaN does in the release.",
+    "response_only": "The paper's ablation (§5), the response stage alone on the original instruction: A = (x0, "
+    "y_res) where the student accepts the new response, rIFD(A) < rIFD(ori), and A passes the thresholds, rIFD(A) < "
+    "{r:g} and IFD(A) < {i:g} (r-IFD first); else the original pair. One pair per source row: a cut A puts ori back "
+    "(`accepted/cut_*`, `replaced` in the decisions). A teacher fallback is never accepted; a missing statistic makes "
+    "the comparison false and fails its threshold, as NaN does in the release.",
+    "reflection_all": "The paper's ablation (§5), reflection without the student's selection: QA = (x_ins, y_res') "
+    "for every source row; the statistics are not read.",
+    "random": "Baseline: original pairs (x0, y0) drawn at random, numpy's `default_rng({seed}).permutation` of the "
+    "source rows; the statistics are not read.",
+    "ifd_top": "Baseline, Cherry_LLM's selection as the paper's budgets apply it: the original pairs with IFD (the "
+    "perplexity ratio ppl(y|x)/ppl(y)) below {i:g}, the highest first, ties in source order; a pair without IFD "
+    "is cut (`ifd_top/cut_ifd_null`).",
+    "longest": "Baseline (Zhao et al., 2024, arXiv 2402.04833): the original pairs with the longest responses, in "
+    "characters, longest first, ties in source order; the statistics are not read.",
+}
+
+
+def arm_text(config: SelectionArguments, seed: int) -> str:
+    """The data card's rule for a policy of the ablation or a baseline."""
+    return ARM_TEXT[config.policy].format(r=config.rifd_threshold, i=config.ifd_threshold, seed=seed)
+
+
+def size_text(result: SelectionResult, config: SelectionArguments) -> str:
+    """Where a baseline's size comes from: the paper policy's kept count on the same four views."""
+    budgets = [f"top_k = {config.top_k}" if config.top_k is not None else ""]
+    budgets.append(f"top_p = {config.top_p:g}" if config.top_p is not None else "")
+    shaped = " and ".join(b for b in budgets if b)
+    return (
+        f"Size {result.size}: as many rows as the `paper` policy keeps on the same four files, with the same "
+        f"thresholds{' and ' + shaped if shaped else ''} (computed in the same pass)."
+    )
+
+
+def _normalized_views(scored: Scored) -> dict[str, Sequence[Mapping[str, Any]]]:
+    if isinstance(scored, Views):
+        return scored.named()
     names = {v.lower(): v for v in VARIANTS}
     return {names.get(k.lower(), k): v for k, v in (scored or {}).items() if v is not None}
 
@@ -423,7 +488,7 @@ def write_selection(
     result: SelectionResult,
     args: SelectArguments,
     config: SelectionArguments,
-    scored: Mapping[str, Sequence[Mapping[str, Any]] | None] | None = None,
+    scored: Scored = None,
 ) -> dict[str, Path]:
     """Write the kept rows to ``args.output`` and the report beside it; returns the paths by kind.
 
@@ -439,6 +504,7 @@ def write_selection(
         "output": str(output),
         "kept": len(result.rows),
         "config": {"select": asdict(args), "selection": asdict(config)},
+        **({"size": {"rows": result.size, "from": result.sized_by}} if result.size is not None else {}),
     }
     files["selection"] = sidecar_path(output, "selection.json")
     write_text_atomic(json.dumps(report, indent=2, ensure_ascii=False), files["selection"])

@@ -9,8 +9,9 @@ from typing import Any
 
 from srt_trainer.io import DataLoadError, iter_raw_rows, read_rows_at, same_file
 from srt_trainer.selection.config import SelectArguments, SelectionArguments, SelectionInputError
-from srt_trainer.selection.policy import SelectionResult, ViewSource, copy_message, select_from
+from srt_trainer.selection.policy import SelectionResult, select_rows
 from srt_trainer.selection.report import read_agreement, write_selection
+from srt_trainer.selection.views import Views, ViewSource, copy_message
 from srt_trainer.stage import Stage
 
 # what ``write_selection`` writes beside the output
@@ -65,11 +66,11 @@ def run_select(args: SelectArguments, selection: SelectionArguments) -> Selectio
     with stage.guard():
         for view in ("A", "QA"):
             if view in needed and same_file(Path(files[view]), Path(files["ori"])):
-                raise SelectionInputError(copy_message(view, files, same_file=True))
+                raise SelectionInputError(copy_message(view, files, same_file=True, policy=selection.policy))
         if args.agreement:
             read_agreement(args.agreement)  # a bad report refused before the work, not after it
         # an ori without rows stops every policy before any work, as an empty input stops every stage
-        sources = {v: scored_source(files[v], nonempty=v == "ori") for v in needed}
-        result = select_from(sources, selection, files)
+        views = Views.of({v: scored_source(files[v], nonempty=v == "ori") for v in needed})
+        result = select_rows(views, selection, files, seed=args.seed)
         result.files = write_selection(result, args, selection)
     return result

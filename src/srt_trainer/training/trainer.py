@@ -249,9 +249,14 @@ def score_variants(
 
 
 def select(
-    script_args: SRTScriptArguments, selection: SelectionArguments, score_files: dict[str, str | None], output: Path
+    script_args: SRTScriptArguments,
+    selection: SelectionArguments,
+    score_files: dict[str, str | None],
+    output: Path,
+    seed: int = 42,
 ) -> Path:
-    """Run the selection on the main process and let every process continue once its output exists."""
+    """Run the selection on the main process and let every process continue once its output exists; ``seed``
+    orders the 'random' policy (the training seed)."""
     state = get_state()
     if state.is_main_process:
         args = SelectArguments(
@@ -261,6 +266,7 @@ def select(
             qa=score_files.get("QA"),
             output=str(output),
             plot=script_args.plot,
+            seed=seed,
         )
         result = run_select(args, selection)
         logger.info(
@@ -331,7 +337,7 @@ def train(
         else:
             model = model if model is not None else load_model_for_training(model_args, training_args)
             score_files = score_variants(script_args, scoring, model_args, model, tokenizer, out / "scores")
-        data_file = select(script_args, selection, score_files, selection_dir / "selected.jsonl")
+        data_file = select(script_args, selection, score_files, selection_dir / "selected.jsonl", training_args.seed)
     report = SelectionReport.beside(data_file)
     rejects = selection_dir / "train.rejects.jsonl"
     with state.main_process_first():  # the main process writes the rejects file, the others read the same rows
