@@ -254,6 +254,20 @@ def test_srt_score_under_zero3_offload_gathering_the_whole_model(project, tiny_m
     assert _max_rel(read_rows(output), _single_process_scores(data, tiny_models["llama"], tmp_path)) < 1e-5
 
 
+def test_a_misspelled_variant_file_stops_every_process_before_the_student_loads(project, tiny_models, tmp_path):
+    """The recipe's ZeRO-3 launch with a misspelled Q file: both processes stop with the file named, before the
+    student is loaded or anything scored (the check runs on every process, so none waits for the other)."""
+    out = tmp_path / "typo"
+    args = ["recipes/sft_7b.py", "--config", "recipes/llama2-7b/sft/config_full.yaml"]
+    cmd = [*_launch_cmd("deepspeed_zero3", args), *_student_overrides(tiny_models["llama"], str(out))]
+    res = subprocess.run(
+        [*cmd, "--q_data", "outputs/reflect/q_typo.jsonl"], capture_output=True, text=True, cwd=project, env=_env()
+    )
+    assert res.returncode != 0
+    assert res.stderr.count("recipes/sft_7b.py: outputs/reflect/q_typo.jsonl: no such file or folder") == 2, res.stderr
+    assert not (out / "scores").exists() and "partitioned by DeepSpeed ZeRO-3" not in res.stderr
+
+
 def test_waiting_for_the_main_process_outlasts_the_process_group_timeout(project, tmp_path):
     """What ``srt run`` does while the main process reflects (``on_main_process``): the other process waits for it
     longer than its process-group time-out, and both go on together; at a barrier the same wait ends at the
