@@ -185,34 +185,24 @@ def write_score_files(rows: list[dict[str, Any]], folder: Path, seed: int = 1) -
 
 def tiny_student(base: list[dict[str, Any]], folder: Path, vocab: int = 512) -> Path:
     """A random one-layer Llama, 8 wide, with a BPE tokenizer of ``vocab`` tokens trained on the data."""
-    import torch
-    import transformers
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from srt_trainer.models.tiny import save_tiny_student
 
-    specials = {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab, special_tokens=list(specials.values()), initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator([r["instruction"] + " " + r["input"] + " " + r["output"] for r in base], trainer)
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, **specials)
-    tokenizer.save_pretrained(folder)
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=8,
-        intermediate_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=1,
-        num_key_value_heads=1,
+    return save_tiny_student(
+        folder,
+        [r["instruction"] + " " + r["input"] + " " + r["output"] for r in base],
+        "llama",
+        vocab_size=vocab,
+        specials={"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+        prepends_bos=False,
+        shape={
+            "hidden_size": 8,
+            "intermediate_size": 16,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 1,
+            "num_key_value_heads": 1,
+        },
         max_position_embeddings=4096,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
     )
-    torch.manual_seed(0)
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    return folder
 
 
 # -- one measurement per process --------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Shared fixtures: the small real data slices in tests/data, the embedded student, tiny models of other
-architectures. The suite needs nothing beside the checkout: the full data in ``../shared/data`` is the benchmarks'."""
+architectures (built by ``srt_trainer.models.tiny``, as the benchmarks' and the GPU check's are). The suite needs
+nothing beside the checkout: the full data in ``../shared/data`` is the benchmarks'."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ if workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(workers))))
 
 import pytest
-import torch
 from hypothesis import settings
 
 # Property tests draw the same cases on every run, so a CI result never depends on luck; a developer explores new
@@ -74,65 +74,26 @@ def embedded_model(embedded_dir: Path):
     return load_student(embedded_dir, dtype="float32", device="cpu")
 
 
-def _train_tokenizer(texts: list[str], *, bos: bool, specials: dict[str, str]):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token=specials.get("unk_token")))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600, special_tokens=list(specials.values()), initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(texts, trainer)
-    if bos:  # Llama-style: BOS prepended to every text
-        b = specials["bos_token"]
-        tok.post_processor = processors.TemplateProcessing(
-            single=f"{b} $A", pair=f"{b} $A {b} $B", special_tokens=[(b, tok.token_to_id(b))]
-        )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, **specials)
-
-
-ARCHS = {
-    # name: (config factory, prepends BOS, special tokens); only Qwen2 has a pad token of its own
-    "llama": ("LlamaConfig", True, {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}),
-    "mistral": ("MistralConfig", True, {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}),
-    "gpt2": ("GPT2Config", False, {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}),
-    "qwen2": ("Qwen2Config", False, {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}),
-}
-
-
 @pytest.fixture(scope="session")
 def tiny_models(alpaca_rows, tmp_path_factory) -> dict[str, Path]:
-    import transformers
+    """Tiny random students of four families (``srt_trainer.models.tiny.ARCHITECTURES``), each with a tokenizer
+    trained on the real rows, saved as folders any stage loads."""
+    from srt_trainer.models.tiny import ARCHITECTURES, save_tiny_student
 
     texts = [r["instruction"] + " " + r["input"] + " " + r["output"] for r in alpaca_rows]
-    folders = {}
-    for name, (config_cls, bos, specials) in ARCHS.items():
-        folder = tmp_path_factory.mktemp(name)
-        tok = _train_tokenizer(texts, bos=bos, specials=specials)
-        tok.save_pretrained(folder)
-        size = (
-            {"n_embd": 32, "n_layer": 2, "n_head": 2}
-            if name == "gpt2"
-            else {
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 2,
-                "num_key_value_heads": 1,
-            }
-        )
-        ids = {
-            k.replace("_token", "_token_id"): tok.convert_tokens_to_ids(v)
-            for k, v in specials.items()
-            if k in ("bos_token", "eos_token")
-        }
-        config = getattr(transformers, config_cls)(vocab_size=len(tok), **size, **ids)
-        torch.manual_seed(0)
-        transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-        folders[name] = folder
-    return folders
+    return {name: save_tiny_student(tmp_path_factory.mktemp(name), texts, name) for name in ARCHITECTURES}
+
+
+@pytest.fixture
+def soft_capped_gemma2(tiny_models):
+    """A tiny Gemma-2 over the tiny Llama's tokenizer, and that tokenizer: Gemma-2 soft-caps its logits
+    (``final_logit_softcapping``), which the scorer's fast path over the output layer does not reproduce."""
+    from srt_trainer.models import load_tokenizer
+    from srt_trainer.models.tiny import random_causal_lm
+
+    tokenizer = load_tokenizer(tiny_models["llama"])
+    model = random_causal_lm(tokenizer, "gemma2", head_dim=16, final_logit_softcapping=0.5, sliding_window=4096)
+    return model, tokenizer
 
 
 @pytest.fixture(scope="session")

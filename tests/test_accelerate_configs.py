@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from srt_trainer.training import SRTSFTConfig, gradient_accumulation_for
+from tests.serving import free_port
 
 CONFIGS = Path(__file__).resolve().parents[1] / "accelerate_configs"
 EXPECTED = {
@@ -24,11 +25,15 @@ EXPECTED = {
 
 
 def launch_env(name: str) -> tuple[object, dict[str, str]]:
-    """What ``accelerate launch --config_file <name>.yaml`` validates and hands to the training processes."""
+    """What ``accelerate launch --config_file <name>.yaml`` validates and hands to the training processes.
+
+    On a free port: accelerate checks that the main process's port is free, and refuses the multi-machine config's
+    (29500, accelerate's default) whenever another launch on this machine holds it."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 
-    args = launch_command_parser().parse_args(["--config_file", str(CONFIGS / f"{name}.yaml"), "recipes/sft_7b.py"])
+    argv = ["--config_file", str(CONFIGS / f"{name}.yaml"), "--main_process_port", str(free_port())]
+    args = launch_command_parser().parse_args([*argv, "recipes/sft_7b.py"])
     args, defaults, mp_from_config = _validate_launch_command(args)
     if args.use_deepspeed:  # as accelerate's launch_command does before its DeepSpeed launcher
         fields = [*defaults.deepspeed_config.keys(), *(["mixed_precision"] if mp_from_config else [])]

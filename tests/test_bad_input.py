@@ -343,10 +343,12 @@ def test_time_outs_do_not_multiply_the_servers_work(tmp_path, caplog):
 
     assert default_timeout("http://127.0.0.1:8000/v1") == LOCAL_TIMEOUT >= 600
     assert default_timeout(None) == 120.0 and default_timeout("https://api.example.com/v1") == 120.0
-    server = SlowTeacher(seconds=1.2)
+    # each answer takes longer than the time-out, so the first request of every prompt times out whatever the
+    # machine's speed; the second, with twice the time-out, has 1.8 s to spare for a loaded machine
+    server = SlowTeacher(seconds=2.2)
     try:
         teacher = build_teacher(
-            "openai", model="m", base_url=server.base_url, timeout=0.8, max_retries=8, concurrency=4
+            "openai", model="m", base_url=server.base_url, timeout=2.0, max_retries=8, concurrency=4
         )
         conversations = [[{"role": "user", "content": f"Question {i}"}] for i in range(4)]
         results, counts = complete_all(teacher, conversations, SamplingConfig(max_tokens=4), None, progress=False)
@@ -356,7 +358,7 @@ def test_time_outs_do_not_multiply_the_servers_work(tmp_path, caplog):
     per_prompt = {c: server.requests.count(c) for c in set(server.requests)}
     assert per_prompt == {f"Question {i}": 2 for i in range(4)}  # never max_retries + 1 = 9 copies
     assert counts.timed_out == 4 and counts.requests == 8 and "4 requests timed out" in counts.format()
-    assert "timed out after 0.8 s" in caplog.text and "request(s) in flight" in caplog.text
+    assert "timed out after 2 s" in caplog.text and "request(s) in flight" in caplog.text
 
 
 # -- 9. one line for a user error, tracebacks for bugs ---------------------------------------------------------

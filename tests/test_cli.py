@@ -115,13 +115,13 @@ def test_main_job_on_the_recipe_config(tmp_path, embedded_dir, capsys):
 
 def test_main_job_checks_its_data_before_any_model_work(tmp_path, capsys, monkeypatch):
     """A window past the end of the data stops `srt run` at once, before the student is loaded or asked."""
-    from srt_trainer.run import job
+    from srt_trainer.training import student
 
     def no_model(*args, **kwargs):
         raise AssertionError("the student was loaded before the data was checked")
 
-    monkeypatch.setattr(job, "load_model_for_training", no_model)
-    monkeypatch.setattr(job, "load_tokenizer", no_model)
+    monkeypatch.setattr(student, "load_model_for_training", no_model)
+    monkeypatch.setattr(student, "load_tokenizer", no_model)
     config = REPO / "recipes" / "smollm2-135m" / "run" / "config_cpu.yaml"
     data = REPO / "tests" / "data" / "alpaca_slice.json"
     argv = ["run", str(config), "--data", str(data), "--offset", "9999", "--output_dir", str(tmp_path / "o")]

@@ -254,18 +254,46 @@ def test_srt_score_under_zero3_offload_gathering_the_whole_model(project, tiny_m
     assert _max_rel(read_rows(output), _single_process_scores(data, tiny_models["llama"], tmp_path)) < 1e-5
 
 
-def test_srt_run_under_zero3_outlasts_the_process_group_timeout(project, tiny_models, tmp_path):
-    """``srt run`` reflects on the main process; the others wait for it longer than the process group's time-out
-    (a barrier would end the job), then score, select and train with it under ZeRO-3; the held-out answers come
-    from the partitioned student (every process generating) and from the saved model."""
+def test_a_misspelled_variant_file_stops_every_process_before_the_student_loads(project, tiny_models, tmp_path):
+    """The recipe's ZeRO-3 launch with a misspelled Q file: both processes stop with the file named, before the
+    student is loaded or anything scored (the check runs on every process, so none waits for the other)."""
+    out = tmp_path / "typo"
+    args = ["recipes/sft_7b.py", "--config", "recipes/llama2-7b/sft/config_full.yaml"]
+    cmd = [*_launch_cmd("deepspeed_zero3", args), *_student_overrides(tiny_models["llama"], str(out))]
+    res = subprocess.run(
+        [*cmd, "--q_data", "outputs/reflect/q_typo.jsonl"], capture_output=True, text=True, cwd=project, env=_env()
+    )
+    assert res.returncode != 0
+    assert res.stderr.count("recipes/sft_7b.py: outputs/reflect/q_typo.jsonl: no such file or folder") == 2, res.stderr
+    assert not (out / "scores").exists() and "partitioned by DeepSpeed ZeRO-3" not in res.stderr
+
+
+def test_waiting_for_the_main_process_outlasts_the_process_group_timeout(project, tmp_path):
+    """What ``srt run`` does while the main process reflects (``on_main_process``): the other process waits for it
+    longer than its process-group time-out, and both go on together; at a barrier the same wait ends at the
+    time-out. The short time-out holds on the waiting process around that wait only (tests/wait_probe.py), so no
+    other collective of the launch depends on how fast a loaded machine runs it."""
+    short = 4
+    probe = [str(REPO / "tests" / "wait_probe.py"), str(tmp_path), str(short)]
+    log = _run(_launch_cmd("deepspeed_zero3", probe), project).stdout
+    waited = dict(re.findall(r"rank (\d): (?:done|None) after ([\d.]+) s", log))
+    assert waited.keys() == {"0", "1"} and float(waited["1"]) > short, log
+    assert log.count("2 processes went on together") == 2, log
+    control = re.search(r"rank 1: the barrier ended: .*", log)
+    assert control and f"Timed out waiting {short * 1000}ms" in control.group(), log  # gloo's own words
+
+
+def test_srt_run_under_zero3(project, tiny_models, tmp_path):
+    """``srt run`` reflects on the main process while the other waits (see the test above for a wait longer than the
+    process group's time-out), then both score, select and train under ZeRO-3; the held-out answers come from the
+    partitioned student (every process generating) and from the saved model."""
     from tests.serving import SlowTeacher
 
-    timeout, seconds = 8, 4  # three reflections one after another: at least 12 s of waiting
-    teacher = SlowTeacher(seconds, SlowTeacher.reflection_reply)
+    teacher = SlowTeacher(0.5, SlowTeacher.reflection_reply)  # three reflections one after another: a real wait
     out = tmp_path / "run"
     job = ["-m", "srt_trainer.cli", "run", "--config", "recipes/smollm2-135m/run/config_cpu.yaml"]
     job += ["--data", "data/alpaca_data.json", "--teacher", "openai", "--teacher_model", "slow"]
-    job += ["--base_url", teacher.base_url, "--ddp_timeout", str(timeout), "--use_peft", "false"]
+    job += ["--base_url", teacher.base_url, "--use_peft", "false"]
     job += ["--held_out_max_new_tokens", "4", "--rifd_threshold", "10", "--ifd_threshold", "10"]
     overrides = _student_overrides(tiny_models["llama"], str(out))
     try:
@@ -274,7 +302,7 @@ def test_srt_run_under_zero3_outlasts_the_process_group_timeout(project, tiny_mo
         teacher.close()
     assert len(teacher.requests) == 3 * 6  # Q and A of every row, then QA of every Q: each asked once
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["timings"]["reflect_s"] > timeout and summary["training"]["global_step"] == 1
+    assert summary["timings"]["reflect_s"] > 3 * 0.5 and summary["training"]["global_step"] == 1
     assert {v: summary["reflection"][v]["ok"] for v in ("Q", "A", "QA")} == {"Q": 6, "A": 6, "QA": 6}
     answers = read_rows(out / "answers.jsonl")
     assert len(answers) == summary["held_out_answers"] >= 1 and all("untuned_output" in a for a in answers)

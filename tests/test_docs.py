@@ -78,7 +78,7 @@ JOBS = {
     "reflect": ("srt_trainer.reflection.runner", "run_reflect"),
     "select": ("srt_trainer.selection.runner", "run_select"),
     "agree": ("srt_trainer.agreement.measure", "measure_agreement"),
-    "train": ("srt_trainer.training.trainer", "train"),
+    "train": ("srt_trainer.training", "prepare_training_data"),  # the first step of srt train and the recipes
     "run": ("srt_trainer.run.job", "run"),
     "eval generate": ("srt_trainer.evaluation.generate", "run_generate"),
     "eval judge": ("srt_trainer.evaluation.judge", "run_judge"),

@@ -10,7 +10,7 @@ from transformers import AutoConfig
 
 from srt_trainer.models import EmbeddedModelError, ensure_pad_token, find_embedded_gguf, load_student, load_tokenizer
 from srt_trainer.models import embedded as embedded_mod
-from tests.conftest import ARCHS
+from srt_trainer.models.tiny import ARCHITECTURES
 
 
 def test_embedded_gguf_comes_from_the_installed_wheel():
@@ -71,10 +71,10 @@ def test_dtype_and_device_options(embedded_dir):
 # --- other architectures: tokenizers trained on real data, tiny random models from configs (conftest) ------
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
 def test_other_tokenizers_pad_and_truncate(arch, tiny_models):
     tok = load_tokenizer(tiny_models[arch])
-    specials = ARCHS[arch][2]
+    specials = ARCHITECTURES[arch].specials
     # without a pad token of its own, EOS stands in (no embedding resize); an existing pad token is kept
     assert tok.pad_token == specials.get("pad_token", specials["eos_token"])
     assert len(tok) == AutoConfig.from_pretrained(tiny_models[arch]).vocab_size
@@ -85,13 +85,13 @@ def test_other_tokenizers_pad_and_truncate(arch, tiny_models):
     assert tok.padding_side == "right"
     assert short[:n_short].tolist() == tok("Hi")["input_ids"]
     assert (short[n_short:] == tok.pad_token_id).all() and batch["attention_mask"][1, n_short:].sum() == 0
-    assert (long[0] == tok.bos_token_id) == ARCHS[arch][1]
+    assert (long[0] == tok.bos_token_id) == ARCHITECTURES[arch].prepends_bos
     cut = tok(texts[0], truncation=True, max_length=4)["input_ids"]
     assert cut == tok(texts[0])["input_ids"][:4]
     assert load_tokenizer(tiny_models[arch], padding_side="left").padding_side == "left"
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
 def test_other_students_generate_the_same_batched_and_alone(arch, tiny_models):
     from srt_trainer.generation import generate_answers
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from safetensors.torch import load_file
 from srt_trainer.io import read_rows
 from srt_trainer.training import gradient_accumulation_for
 from srt_trainer.training.cli import make_parser
+from tests.serving import free_port
 from tests.test_training import write_variant_files
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,12 +31,6 @@ def _recipe_defaults(name: str) -> dict:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # the recipe only defines DEFAULTS unless run as a script
     return module.DEFAULTS
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_recipe_configs_cover_the_students():
@@ -89,7 +83,7 @@ def _launch(*args: str, launcher: list[str], timeout: int = 900) -> subprocess.C
         "--dynamo_backend",
         "no",
         "--main_process_port",
-        str(_free_port()),
+        str(free_port()),
         str(REPO / "recipes" / "sft_7b.py"),
         "--config",
         str(REPO / "recipes" / "smollm2-135m" / "sft" / "config_cpu.yaml"),

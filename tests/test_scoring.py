@@ -151,24 +151,9 @@ def test_lora_adapter_on_its_base(targets, tiny_models, alpaca_rows, tmp_path):
     assert any(abs(g["ifd"] - p["ifd"]) > 1e-4 for g, p in zip(got, plain, strict=True))  # the adapter counts
 
 
-def test_models_whose_logits_need_more_than_the_head_fall_back(tiny_models, alpaca_rows):
+def test_models_whose_logits_need_more_than_the_head_fall_back(soft_capped_gemma2, alpaca_rows):
     """Gemma-2 soft-caps its logits: the fast path disagrees with forward(), so full forwards are used."""
-    import transformers
-
-    tok = load_tokenizer(tiny_models["llama"])
-    config = transformers.Gemma2Config(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        final_logit_softcapping=0.5,
-        sliding_window=4096,
-    )
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    model, tok = soft_capped_gemma2
     t = get_template("vicuna")
     scorer = IFDScorer(model, tok, t)
     assert not scorer.fast_path

@@ -309,25 +309,10 @@ def test_score_config_engine():
     assert ScoringArguments().engine == "auto"
 
 
-def test_packed_engine_without_the_fast_path(tiny_models, alpaca_rows):
+def test_packed_engine_without_the_fast_path(soft_capped_gemma2, alpaca_rows):
     """Asked for, the packed engine also runs through a model's full forward (here Gemma-2, whose soft-capped
     logits keep it off the fast path, so auto picks padded)."""
-    import transformers
-
-    tok = load_tokenizer(tiny_models["llama"])
-    config = transformers.Gemma2Config(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        final_logit_softcapping=0.5,
-        sliding_window=4096,
-    )
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    model, tok = soft_capped_gemma2
     t = get_template("vicuna")
     auto = IFDScorer(model, tok, t)
     assert not auto.fast_path and auto.engine == "padded"

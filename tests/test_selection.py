@@ -142,7 +142,7 @@ def test_counts_say_which_steps_removed_rows():
 
 
 def test_nothing_selected_names_the_removing_steps(tmp_path: Path):
-    from srt_trainer.training.trainer import nothing_selected
+    from srt_trainer.training.prepare import nothing_selected
 
     counts = select_rows(make_views(), SelectionArguments(rifd_threshold=0.1)).counts
     assert counts["kept"] == 0

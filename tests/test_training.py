@@ -15,9 +15,11 @@ from srt_trainer.training import (
     SRTScriptArguments,
     SRTSFTConfig,
     SRTSFTTrainer,
+    Student,
     TrainingDataError,
     build_sft_dataset,
     gradient_accumulation_for,
+    prepare_training_data,
     resolve_resume,
     train,
 )
@@ -161,6 +163,38 @@ def test_cli_names_bad_input(alpaca_rows, tmp_path, capsys):
     only_bad.write_text('{"instruction": "Name a color."}\n')
     assert train_main(["--dataset", str(only_bad), *quick]) == 2
     assert "only_bad.jsonl: no usable rows" in capsys.readouterr().err
+
+
+def test_every_variant_file_is_checked_before_the_student_is_loaded(
+    alpaca_rows, data_dir, tiny_models, tmp_path, capsys, monkeypatch
+):
+    """A misspelled variant file, one with a row fewer than ori, or one with a line that does not parse, stops the
+    run naming the file, before the student is loaded (hours before the error on a 7B launch, where it came only
+    after the files before it were scored)."""
+    from srt_trainer.training import student
+
+    files = write_variant_files(alpaca_rows, data_dir, tmp_path / "variants")
+    loads = []
+    real_load = student.load_model_for_training
+    monkeypatch.setattr(student, "load_model_for_training", lambda *a: loads.append(a) or real_load(*a))
+    short = write_rows(read_rows(files["Q"])[:-1], tmp_path / "short_q.jsonl")
+    lines = files["QA"].read_text().splitlines(keepends=True)
+    broken = tmp_path / "broken_qa.jsonl"
+    broken.write_text("".join([*lines[:2], lines[2].replace("}", "", 1), *lines[3:]]))  # line 3 cut short
+    cases = {
+        "missing": ({"q": tmp_path / "q_typo.jsonl"}, "q_typo.jsonl: no such file or folder"),
+        "short": ({"q": short}, f"{short} (--q_data): 5 usable rows, but {files['ori']} (--ori_data) has 6"),
+        "unparsable": ({"qa": broken}, f"{broken} (--qa_data): 5 usable rows (1 of its 6 rows rejected: "),
+    }
+    for name, (bad, message) in cases.items():
+        given = {"ori": files["ori"], "q": files["Q"], "a": files["A"], "qa": files["QA"], **bad}
+        out = tmp_path / name
+        argv = [f"--{v}_data={p}" for v, p in given.items()]
+        argv += ["--output_dir", str(out), "--model_name_or_path", str(tiny_models["llama"]), "--no_plot"]
+        assert train_main(argv) == 2, name
+        err = capsys.readouterr().err
+        assert message in err, (name, err)
+        assert not loads and not (out / "scores").exists(), name  # nothing loaded, nothing scored
 
 
 def test_rows_with_an_empty_response_are_rejected_with_their_file_row_and_line(tmp_path, capsys):
@@ -321,7 +355,11 @@ def test_lora_training_logs_selection_to_tensorboard_and_checkpoints(data_dir, t
         save_steps=1,
         report_to="tensorboard",
     )
-    outcome = train(script, args, model_args, *rest)
+    scoring, selection = rest
+    student = Student(model_args, args)
+    data = prepare_training_data(script, scoring, selection, student, out)
+    assert data == out / "selection" / "selected.jsonl"
+    outcome = train(data, script, args, student, selection)
     assert outcome.global_step == 2 and outcome.train_rows == 6
 
     selection = json.loads((out / "selection" / "selected.selection.json").read_text())
@@ -355,10 +393,10 @@ def test_full_fine_tuning_changes_weights(tiny_models, alpaca_rows, tmp_path):
 
     data = write_rows(alpaca_rows[:8], tmp_path / "sel.jsonl")
     out = tmp_path / "full"
-    script, args, model_args, *rest = quick_args(
+    script, args, model_args, *_ = quick_args(
         out, dataset=str(data), max_steps=2, learning_rate=1e-3, model_name_or_path=str(tiny_models["llama"])
     )
-    train(script, args, model_args, *rest)
+    train(data, script, args, Student(model_args, args))  # a dataset as given: nothing to prepare
     before = AutoModelForCausalLM.from_pretrained(tiny_models["llama"]).state_dict()
     after = AutoModelForCausalLM.from_pretrained(out).state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
@@ -371,7 +409,7 @@ def test_qlora_trains_a_4bit_student(embedded_dir, alpaca_rows, tmp_path):
 
     data = write_rows(alpaca_rows[:4], tmp_path / "sel.jsonl")
     out = tmp_path / "qlora"
-    script, args, model_args, *rest = quick_args(
+    script, args, model_args, *_ = quick_args(
         out,
         ["--use_peft", "--load_in_4bit", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj"],
         dataset=str(data),
@@ -380,7 +418,7 @@ def test_qlora_trains_a_4bit_student(embedded_dir, alpaca_rows, tmp_path):
         learning_rate=1e-3,
         global_batch_size=2,
     )
-    outcome = train(script, args, model_args, *rest)
+    outcome = train(data, script, args, Student(model_args, args))
     assert outcome.global_step == 1 and outcome.metrics["train_loss"] > 0
     from srt_trainer.models.config import SRTModelConfig
     from srt_trainer.models.loading import load_configured_student

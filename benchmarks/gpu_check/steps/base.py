@@ -49,24 +49,21 @@ def device() -> str:
 
 
 def random_llama(shape: str, dtype: Any, on: str, tokenizer: Any) -> Any:
-    """A Llama-architecture causal LM of ``SHAPES[shape]`` with random weights (seed 0), built directly on ``on``."""
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    """A Llama-architecture causal LM of ``SHAPES[shape]`` with random weights (seed 0), built directly on ``on``,
+    with Llama-2's norm epsilon and untied output layer."""
+    from srt_trainer.models.tiny import random_causal_lm
 
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
+    return random_causal_lm(
+        tokenizer,
+        "llama",
+        SHAPES[shape],
+        dtype=dtype,
+        device=on,
+        attn_implementation="sdpa",
         max_position_embeddings=4096,
         rms_norm_eps=1e-5,
         tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **SHAPES[shape],
     )
-    torch.manual_seed(0)
-    with torch.device(on):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
-    return model.eval()
 
 
 def small_student(assets: Path, dtype: str, on: str) -> tuple[Any, Any, str]:

@@ -15,10 +15,9 @@ fields (``RunArguments``) plus the teacher's and reflection's (``TeacherArgument
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +25,21 @@ from srt_trainer.data import load_instruction_data
 from srt_trainer.distributed import get_state, on_main_process
 from srt_trainer.errors import SRTUserError
 from srt_trainer.generation import generate_answers
-from srt_trainer.io import check_distinct_paths, write_rows, write_text_atomic
-from srt_trainer.models import load_student, load_tokenizer, resolve_model_path
+from srt_trainer.io import check_distinct_paths, write_json, write_rows
+from srt_trainer.models import load_student
 from srt_trainer.models.config import SRTModelConfig
 from srt_trainer.reflection import ReflectArguments, ReflectionArguments, run_reflect
 from srt_trainer.resources import resolve_data
 from srt_trainer.run.config import RunArguments
 from srt_trainer.scoring.config import ScoringArguments
 from srt_trainer.selection.config import SelectionArguments
-from srt_trainer.teachers import Student, TeacherArguments, TeacherFactory
+from srt_trainer.teachers import Student as LoadedTeacher
+from srt_trainer.teachers import TeacherArguments, TeacherFactory
 from srt_trainer.templates import get_template
 from srt_trainer.training.config import SRTScriptArguments, SRTSFTConfig
-from srt_trainer.training.trainer import load_model_for_training, train
+from srt_trainer.training.prepare import prepare_training_data
+from srt_trainer.training.student import Student
+from srt_trainer.training.trainer import train
 from srt_trainer.zero3 import ParameterFetcher, is_partitioned
 
 logger = logging.getLogger(__name__)
@@ -64,7 +66,7 @@ def _reflect_all(
         "QA": ReflectArguments(mode="response", data=q_file, output=str(folder / VARIANT_FILES["QA"])),
     }
     # one factory for the three: a local teacher is loaded once, the student teaches itself when no other is named
-    teacher = TeacherFactory(teacher_args, student=Student(model_args.model_name_or_path, model, tokenizer))
+    teacher = TeacherFactory(teacher_args, student=LoadedTeacher(model_args.model_name_or_path, model, tokenizer))
     summaries = {}
     was_training = model.training
     model.eval()
@@ -168,12 +170,10 @@ def run(
             )
     if windowed:
         ori = str(out / "reflect" / "ori.jsonl")
-    with state.main_process_first():
-        model_args.model_name_or_path = resolve_model_path(model_args.model_name_or_path)
-    student_name = model_args.model_name_or_path
     # one student: it teaches (local default), scores, and is trained
-    tokenizer = load_tokenizer(student_name, trust_remote_code=training_args.trust_remote_code)
-    model = load_model_for_training(model_args, training_args)
+    student = Student(model_args, training_args)
+    student_name = student.args.model_name_or_path
+    tokenizer, model = student.tokenizer, student.model
     # under a ZeRO-3 launch each process holds a slice of the student: it generates only with every process
     partitioned = is_partitioned(model)
     need_variants = selection.needed_views() != ("ori",)
@@ -203,23 +203,21 @@ def run(
     if need_variants:
         reflected = (
             on_main_process(
-                lambda: _reflect_all(teacher_args, reflection, model_args, model, tokenizer, ori, out / "reflect"),
+                lambda: _reflect_all(teacher_args, reflection, student.args, model, tokenizer, ori, out / "reflect"),
                 out / "reflect" / "reflected.done",
             )
             or {}
         )
     timings["reflect_s"] = time.perf_counter() - t
 
-    # 2-3. scoring, selection and SFT, in the training library (resumable: shards and checkpoints)
+    # 2-3. scoring and selection, then SFT, as `srt train` runs them (resumable: shards and checkpoints)
     t = time.perf_counter()
-    script_args.ori_data = ori
-    if need_variants:
-        script_args.q_data, script_args.a_data, script_args.qa_data = (
-            str(out / "reflect" / VARIANT_FILES[v]) for v in ("Q", "A", "QA")
-        )
-    if training_args.resume_from_checkpoint is None:
-        training_args.resume_from_checkpoint = "auto"  # a rerun after a kill goes on from the last checkpoint
-    outcome = train(script_args, training_args, model_args, scoring, selection, model=model, tokenizer=tokenizer)
+    variants = {f"{v.lower()}_data": str(out / "reflect" / VARIANT_FILES[v]) for v in VARIANT_FILES}
+    inputs = replace(script_args, ori_data=ori, **(variants if need_variants else {}))
+    data = prepare_training_data(inputs, scoring, selection, student, out, seed=training_args.seed)
+    # a rerun after a kill goes on from the last checkpoint, unless the config names one
+    resume = "auto" if training_args.resume_from_checkpoint is None else training_args.resume_from_checkpoint
+    outcome = train(data, inputs, training_args, student, selection, resume_from_checkpoint=resume)
     timings["score_select_train_s"] = time.perf_counter() - t
     if not state.is_main_process:
         return JobResult(out, is_main=False)
@@ -266,8 +264,8 @@ def run(
             "reflection": asdict(reflection),
             "scoring": asdict(scoring),
             "selection": asdict(selection),
-            "script": asdict(script_args),
+            "script": asdict(inputs),
         },
     }
-    write_text_atomic(json.dumps(summary, indent=2, default=str), out / "summary.json")
+    write_json(summary, out / "summary.json", default=str)
     return JobResult(out, summary, answers, adapter=bool(model_args.use_peft))

@@ -1,9 +1,8 @@
-"""The SFT stage end to end: load the student once, score and select where asked, then TRL's ``SFTTrainer``.
+"""The SFT step: TRL's ``SFTTrainer`` on a file of rows, as the alignment-handbook's ``sft.py`` trains.
 
-One function, ``train``, behind ``srt train``, ``recipes/sft_7b.py`` and ``recipes/sft_13b.py``. Under
-``accelerate launch`` every process runs it: scoring shares the rows between the processes, the main process
-selects, every process reads the selection after a barrier, and the trainer takes over in the same processes
-with the student that scored (LoRA / QLoRA wrapping happens after scoring, inside the trainer).
+``train`` runs after ``prepare_training_data`` (which scores and selects where asked) in ``srt train``,
+``recipes/sft_7b.py``, ``recipes/sft_13b.py`` and ``srt run``. Under ``accelerate launch`` every process runs it,
+with the student that scored (LoRA / QLoRA wrapping happens here, inside the trainer, after scoring).
 """
 
 from __future__ import annotations
@@ -20,18 +19,12 @@ from trl import SFTTrainer, get_peft_config
 from srt_trainer.distributed import get_state
 from srt_trainer.errors import SRTUserError
 from srt_trainer.io import write_json
-from srt_trainer.models import load_tokenizer, resolve_model_path
-from srt_trainer.models.config import SRTModelConfig
-from srt_trainer.models.embedded import public_model_name
-from srt_trainer.models.loading import load_configured_student
-from srt_trainer.resources import resolve_data
-from srt_trainer.scoring import ScoreArguments, ScoringArguments, run_score
-from srt_trainer.scoring.report import format_summary
-from srt_trainer.selection import SelectArguments, SelectionArguments, SelectionCounts, format_counts, run_select
+from srt_trainer.selection.config import SelectionArguments
 from srt_trainer.training.callbacks import REPORT_DIR, SelectionReport, SelectionStatsCallback
-from srt_trainer.training.config import SRTScriptArguments, SRTSFTConfig, TrainingInputError
-from srt_trainer.training.data import TrainingDataError, build_sft_dataset, load_training_rows
+from srt_trainer.training.config import SRTScriptArguments, SRTSFTConfig
+from srt_trainer.training.data import build_sft_dataset, load_training_rows
 from srt_trainer.training.step_time import StepTimeCallback, step_metrics
+from srt_trainer.training.student import Student
 
 logger = logging.getLogger(__name__)
 
@@ -202,142 +195,32 @@ def resolve_resume(value: str | bool | None, output_dir: str | Path) -> str | No
     return str(value)
 
 
-def load_model_for_training(model_args: SRTModelConfig, training_args: SRTSFTConfig) -> Any:
-    """The student in ``model_args.dtype`` on this process's device (QLoRA: quantized with bitsandbytes)."""
-    if model_args.adapter:
-        raise TrainingInputError(
-            f"--adapter {model_args.adapter}: training starts from model_name_or_path (use_peft adds a new "
-            "adapter); merge a trained adapter into its base model first to train on top of it"
-        )
-    model = load_configured_student(
-        model_args, device=str(training_args.device), trust_remote_code=training_args.trust_remote_code
-    )
-    if training_args.activation_checkpointing:
-        model.config.use_cache = False  # the cache is useless in training and warns with checkpointing
-    return model
-
-
-def score_variants(
-    script_args: SRTScriptArguments,
-    scoring: ScoringArguments,
-    model_args: SRTModelConfig,
-    model: Any,
-    tokenizer: Any,
-    folder: Path,
-) -> dict[str, str]:
-    """Score the variant files with the loaded student across all processes (resumable); returns the score files."""
-    state = get_state()
-    out: dict[str, str] = {}
-    for variant, data in script_args.variant_files("data").items():
-        if not data:
-            continue
-        output = folder / f"{variant.lower()}.scores.jsonl"
-        args = ScoreArguments(
-            data=resolve_data(data), output=str(output), data_format=script_args.data_format, plot=script_args.plot
-        )
-        if state.is_main_process:
-            logger.info("scoring the %s pairs of %s with the student", variant, data)
-        was_training = model.training
-        model.eval()
-        scored = run_score(args, scoring, model_args, model=model, tokenizer=tokenizer)
-        model.train(was_training)
-        if scored is not None:  # the main process
-            logger.info("%s\nwrote %s (%d rows)", format_summary(scored.summary), output, len(scored.rows))
-        state.wait_for_everyone()  # the main process writes the output after the others are done
-        out[variant] = str(output)
-    return out
-
-
-def select(
-    script_args: SRTScriptArguments,
-    selection: SelectionArguments,
-    score_files: dict[str, str | None],
-    output: Path,
-    seed: int = 42,
-) -> Path:
-    """Run the selection on the main process and let every process continue once its output exists; ``seed``
-    orders the 'random' policy (the training seed)."""
-    state = get_state()
-    if state.is_main_process:
-        args = SelectArguments(
-            ori=score_files["ori"],
-            q=score_files.get("Q"),
-            a=score_files.get("A"),
-            qa=score_files.get("QA"),
-            output=str(output),
-            plot=script_args.plot,
-            seed=seed,
-        )
-        result = run_select(args, selection)
-        logger.info(
-            "selection (%s policy) of %d source rows:\n%s\nwrote %s (%d rows)",
-            selection.policy,
-            result.counts["rows"],
-            format_counts(result.counts),
-            output,
-            len(result.rows),
-        )
-        if not result.rows:
-            raise TrainingDataError(nothing_selected(result.counts, output))
-    state.wait_for_everyone()
-    return output
-
-
-def nothing_selected(counts: SelectionCounts, output: Path) -> str:
-    """Why a selection left nothing to train on: the steps that removed rows, largest first."""
-    reasons = ", ".join(f"{k} {n}" for k, n in list(counts.removals().items())[:4])
-    hint = (
-        "; a missing statistic fails its threshold: the score files' ifd_error / rifd_error say why it is missing "
-        "(for example a score_max_length too short for the reverse prompt)"
-        if counts.missing_statistic_cuts()
-        else ""
-    )
-    return (
-        f"the selection kept none of the {counts.get('rows', 0)} source rows ({reasons or 'no row was judged'}){hint}; "
-        f"the counts and funnel are beside {output}"
-    )
-
-
 def train(
+    data_file: str | Path,
     script_args: SRTScriptArguments,
     training_args: SRTSFTConfig,
-    model_args: SRTModelConfig,
-    scoring: ScoringArguments | None = None,
+    student: Student,
     selection: SelectionArguments | None = None,
-    model: Any = None,
-    tokenizer: Any = None,
+    resume_from_checkpoint: str | bool | None = None,
 ) -> TrainOutcome:
-    """Score / select where asked, fine-tune with ``SFTTrainer``, save the model (or adapter), the tokenizer, the
-    metrics (``train_results.json``, ``all_results.json``), the trainer state and the model card; then finish the
-    trackers and the process group.
+    """Fine-tune ``student`` on the rows of ``data_file`` with ``SFTTrainer``; save the model (or adapter), the
+    tokenizer, the metrics (``train_results.json``, ``all_results.json``), the trainer state, the model card and
+    ``srt_train_summary.json``; then finish the trackers and the process group.
 
-    ``scoring`` / ``selection``: how variant files are scored and scores selected (default: the paper's settings).
-    ``model`` / ``tokenizer``: a student already loaded by the caller; loaded from ``model_args`` otherwise.
+    ``data_file``: what ``prepare_training_data`` returned; the selection report beside it (an ``srt select``
+    output's) travels with the run. ``script_args``: the rows' format and response separator; recorded in the
+    summary, with ``selection`` where the rows were selected in this run (no ``--dataset``).
+    ``resume_from_checkpoint``: as the option of that name (default: ``training_args``'); a checkpoint folder, or
+    ``auto`` for the last complete one in ``output_dir``.
     """
-    scoring = scoring or ScoringArguments()
-    selection = selection or SelectionArguments()
-    mode = script_args.mode(selection.needed_views())
     state = get_state()
     out = Path(training_args.output_dir)
-    base_model = public_model_name(model_args.model_name_or_path)
-    # one conversion of the embedded student, then every process reads the cached folder
-    with state.main_process_first():
-        model_args.model_name_or_path = resolve_model_path(model_args.model_name_or_path)
-    if tokenizer is None:
-        tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
+    data_file = Path(data_file)
+    model_args, tokenizer = student.args, student.tokenizer
+    selected_here = selection is not None and not script_args.dataset
 
-    # 1. the rows to train on: as given, or selected here from scores (computed here, by the student that will be
-    #    trained, when only the variant files are given); bad input fails before the student is loaded otherwise
+    # 1. the rows, checked before the student is loaded (unless it was, to score them)
     selection_dir = out / REPORT_DIR
-    if mode == "dataset":
-        data_file = Path(resolve_data(script_args.dataset))
-    else:
-        if mode == "scores":
-            score_files = script_args.variant_files("scores")
-        else:
-            model = model if model is not None else load_model_for_training(model_args, training_args)
-            score_files = score_variants(script_args, scoring, model_args, model, tokenizer, out / "scores")
-        data_file = select(script_args, selection, score_files, selection_dir / "selected.jsonl", training_args.seed)
     report = SelectionReport.beside(data_file)
     rejects = selection_dir / "train.rejects.jsonl"
     with state.main_process_first():  # the main process writes the rejects file, the others read the same rows
@@ -359,21 +242,21 @@ def train(
             *batch,
             _global_batch(training_args),
         )
-        if report.files and mode == "dataset":
+        if report.files:  # a selection made elsewhere: its report joins this run's (one made here is there)
             report.copy_to(selection_dir)
 
-    # 2. the trainer, with LoRA / QLoRA wrapping done by TRL on the student that scored
-    if model is None:
-        model = load_model_for_training(model_args, training_args)
-    resume = resolve_resume(training_args.resume_from_checkpoint, out)
+    # 2. the trainer, with LoRA / QLoRA wrapping done by TRL on the student (the one that scored, where it did)
+    if resume_from_checkpoint is None:
+        resume_from_checkpoint = training_args.resume_from_checkpoint
+    resume = resolve_resume(resume_from_checkpoint, out)
     trainer = SRTSFTTrainer(
-        model=model,
+        model=student.model,
         args=training_args,
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
         selection_report=report if (report.files or report.counts) else None,
-        base_model=base_model,
+        base_model=student.base_model,
         dataset_name=str(data_file),
     )
     result = trainer.train(resume_from_checkpoint=resume)
@@ -395,7 +278,7 @@ def train(
             "metrics": metrics,
             "selection": report.counts,
             "script_args": asdict(script_args),
-            **({"selection_args": asdict(selection)} if mode != "dataset" else {}),
+            **({"selection_args": asdict(selection)} if selected_here else {}),
         }
         write_json(summary, out / "srt_train_summary.json", default=str)
     state.wait_for_everyone()
