@@ -72,8 +72,11 @@ def build_teacher_from_args(
             "batch_size": args.teacher_batch_size,
             "trust_remote_code": args.teacher_trust_remote_code,
         }
-    else:
-        base = {"trust_remote_code": args.teacher_trust_remote_code}
+    else:  # vllm: our options, then vllm.LLM's own from --teacher_vllm_options
+        from srt_trainer.vllm_engine import parse_vllm_options
+
+        base = {"dtype": args.teacher_dtype, "trust_remote_code": args.teacher_trust_remote_code}
+        base.update(parse_vllm_options(args.teacher_vllm_options, "--teacher_vllm_options"))
     if args.offline():  # nothing is sent, so no key is needed (nor read)
         from srt_trainer.teachers.offline import OfflineTeacher
 

@@ -103,9 +103,20 @@ class TeacherArguments:
     teacher_batch_size: int = field(default=8, metadata={"help": "transformers: conversations per generate call."})
     teacher_dtype: str = field(
         default="float32",
-        metadata={"help": "transformers: the teacher's dtype.", "choices": ["float32", "bfloat16", "float16"]},
+        metadata={
+            "help": "transformers, vllm: the teacher's dtype (bfloat16 on a GPU; float32 is exact on a CPU).",
+            "choices": ["float32", "bfloat16", "float16"],
+        },
     )
     teacher_device: str | None = field(default=None, metadata={"help": "transformers: cpu, cuda, cuda:N or auto."})
+    teacher_vllm_options: str | None = field(
+        default=None,
+        metadata={
+            "help": "vllm: further arguments of vllm.LLM as a JSON object, e.g. '{\"tensor_parallel_size\": 2, "
+            "\"max_model_len\": 8192}'; on a CPU '{\"enforce_eager\": true, \"kv_cache_memory_bytes\": 2000000000}' "
+            "(or set VLLM_CPU_KVCACHE_SPACE, in GiB)."
+        },
+    )
     teacher_trust_remote_code: bool = field(
         default=False, metadata={"help": "transformers, vllm: run model code from the teacher's folder."}
     )
@@ -186,6 +197,12 @@ class TeacherArguments:
                 "--teacher_batch_max_requests and --teacher_batch_max_mb must be positive, "
                 "--teacher_batch_poll 0 or more"
             )
+        if self.teacher_vllm_options:
+            if self.teacher != "vllm":
+                raise TeacherConfigError(f"--teacher_vllm_options is for the vllm teacher, not {self.teacher!r}")
+            from srt_trainer.vllm_engine import parse_vllm_options
+
+            parse_vllm_options(self.teacher_vllm_options, "--teacher_vllm_options")  # fail before any work
         if self.teacher_context_length < 1:
             raise TeacherConfigError(f"--teacher_context_length must be positive, not {self.teacher_context_length}")
         if self.teacher_max_tokens is not None and self.teacher_max_tokens < 1:
