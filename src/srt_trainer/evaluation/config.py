@@ -57,9 +57,9 @@ class GenerateArguments:
     vllm_options: str | None = field(
         default=None,
         metadata={
-            "help": "--engine vllm: further arguments of vllm.LLM as a JSON object, e.g. '{\"tensor_parallel_size\": "
-            "2}'; on a CPU '{\"enforce_eager\": true, \"kv_cache_memory_bytes\": 2000000000}' (or set "
-            "VLLM_CPU_KVCACHE_SPACE, in GiB)."
+            "help": "--engine vllm: further arguments of vllm.LLM, as a JSON object such as "
+            '{"tensor_parallel_size": 2}; on a CPU {"enforce_eager": true, "kv_cache_memory_bytes": 2000000000} '
+            "(or set VLLM_CPU_KVCACHE_SPACE, in GiB)."
         },
     )
     max_length: int = field(

@@ -48,8 +48,8 @@ class TeacherArguments:
         default=None,
         metadata={
             "help": "Longest teacher answer, in tokens. Unset: the release's rule, per request min(2048, "
-            "teacher_context_length - prompt tokens); prompt tokens are exact for a local teacher and approximated "
-            "for openai and vllm (4 characters a token, plus 4 a message)."
+            "teacher_context_length - prompt tokens); prompt tokens are exact for transformers and vllm (the "
+            "model's tokenizer) and approximated for openai (4 characters a token, plus 4 a message)."
         },
     )
     teacher_context_length: int = field(
@@ -79,7 +79,8 @@ class TeacherArguments:
         default="auto",
         metadata={
             "help": "Reflection: start the teacher's reply with the mode's tag ([New Instruction] / [Better Answer]); "
-            "auto = on for local teachers, off for API teachers.",
+            "auto = on for local teachers, off for API teachers. On with openai, the request asks the server to "
+            "continue that start (continue_final_message: vLLM and SGLang servers; OpenAI's API has no such field).",
             "choices": ["auto", "on", "off"],
         },
     )
@@ -112,9 +113,9 @@ class TeacherArguments:
     teacher_vllm_options: str | None = field(
         default=None,
         metadata={
-            "help": "vllm: further arguments of vllm.LLM as a JSON object, e.g. '{\"tensor_parallel_size\": 2, "
-            "\"max_model_len\": 8192}'; on a CPU '{\"enforce_eager\": true, \"kv_cache_memory_bytes\": 2000000000}' "
-            "(or set VLLM_CPU_KVCACHE_SPACE, in GiB)."
+            "help": "vllm: further arguments of vllm.LLM, as a JSON object such as "
+            '{"tensor_parallel_size": 2, "max_model_len": 8192}; on a CPU {"enforce_eager": true, '
+            '"kv_cache_memory_bytes": 2000000000} (or set VLLM_CPU_KVCACHE_SPACE, in GiB).'
         },
     )
     teacher_trust_remote_code: bool = field(
