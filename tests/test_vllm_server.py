@@ -19,7 +19,7 @@ import pytest
 from srt_trainer.cli import main as srt
 from srt_trainer.io import read_rows, write_rows
 from srt_trainer.teachers.cache import load_cache_entries
-from tests.vllm_support import run_batch, start_vllm_servers
+from tests.vllm_support import kill_group, run_batch, start_vllm_servers, stop_all
 
 pytestmark = pytest.mark.vllm
 
@@ -62,7 +62,7 @@ def online(short_rows, embedded_dir: Path, tmp_path_factory):
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline and (not cache.exists() or len(cache.read_text().splitlines()) < 2):
             time.sleep(0.05)
-        second.process.kill()  # SIGKILL: no goodbye to the requests in flight
+        kill_group(second.process)  # SIGKILL, the engine too: no goodbye to the requests in flight
         answered_at_kill.append(len(cache.read_text().splitlines()))
 
     killer = threading.Thread(target=kill_after_first_answers, daemon=True)
@@ -80,8 +80,7 @@ def online(short_rows, embedded_dir: Path, tmp_path_factory):
     finally:
         log.removeHandler(handler)
         log.setLevel(level)
-        second.stop()
-        first.stop()
+        stop_all([first, second])
     return {
         "code": code,
         "data": data,
