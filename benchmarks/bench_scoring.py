@@ -5,13 +5,20 @@ with ``output_hidden_states=True``, as released). The scorer runs on the same sa
 bf16. Prints samples/s, tokens/s, executed FLOP/s against this machine's measured matmul peak, the speed ratios,
 and the agreement of the scores (max relative difference for fp32, Spearman of IFD for bf16).
 
+Where vLLM is installed (``--vllm auto``), its engine is measured too, as a peer rather than a path of the package:
+what a vLLM user would do to get IFD, the four views' prompt log-probabilities through ``LLM.generate`` with
+``max_tokens=1`` and ``prompt_logprobs=0`` (the same token ids as the scorer's views), timed after the engine
+started (its start is reported apart).
+
     python benchmarks/bench_scoring.py --n 200            # 2-core CPU, embedded student
+    .venv-vllm/bin/python benchmarks/bench_scoring.py --n 64 --vllm on   # with the vLLM peer
     python benchmarks/bench_scoring.py --device cuda --model PATH --n 2000 --loop-n 200
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import platform
@@ -139,6 +146,53 @@ def measure_scorer(
     }
 
 
+def vllm_engine(model: str, dtype: str, device: str, max_length: int, options: dict) -> tuple[object, float]:
+    """A vLLM engine of ``model`` in ``dtype`` (eager with a 2 GiB KV cache on a CPU, unless ``options`` say
+    otherwise) and the seconds it took to start."""
+    from vllm import LLM
+
+    from srt_trainer.models import resolve_model_path
+
+    defaults = {"enforce_eager": True, "kv_cache_memory_bytes": 2 << 30} if device == "cpu" else {}
+    start = time.perf_counter()
+    llm = LLM(model=resolve_model_path(model), dtype=dtype, max_model_len=max_length, **{**defaults, **options})
+    return llm, time.perf_counter() - start
+
+
+def vllm_losses(llm, views: list) -> list[float]:
+    """Each view's mean NLL over its targets (``input_ids[target_start:]``), from the prompt log-probabilities vLLM
+    returns for a one-token generation."""
+    from vllm import SamplingParams, TokensPrompt
+
+    prompts = [TokensPrompt(prompt_token_ids=list(v.input_ids)) for v in views]
+    outputs = llm.generate(prompts, SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0), use_tqdm=False)
+    losses = []
+    for v, out in zip(views, outputs, strict=True):
+        logprobs = out.prompt_logprobs  # position i: {token id: Logprob} for input_ids[i] (None at 0)
+        targets = range(v.target_start, len(v.input_ids))
+        losses.append(-sum(logprobs[i][v.input_ids[i]].logprob for i in targets) / len(targets))
+    return losses
+
+
+def measure_vllm(llm, rows: list[dict], views: list, warmup: int = 8) -> dict:
+    """Time the vLLM peer on ``views`` (after a warm-up on the first ``warmup`` rows' views) and turn its losses
+    into the scorer's statistics."""
+    if warmup:
+        vllm_losses(llm, [v for v in views if v.sample < warmup])
+    start = time.perf_counter()
+    losses = vllm_losses(llm, views)
+    seconds = time.perf_counter() - start
+    per_sample: list[dict] = [{} for _ in rows]
+    for v, loss in zip(views, losses, strict=True):
+        per_sample[v.sample][f"loss_{v.kind}"] = loss  # one turn per Alpaca row
+    return {
+        "seconds": seconds,
+        "samples": len(rows),
+        "tokens": sum(len(v.input_ids) for v in views),
+        "scores": [stats_from_losses(x) for x in per_sample],
+    }
+
+
 def spearman(a, b) -> float:
     ra = np.argsort(np.argsort(a))
     rb = np.argsort(np.argsort(b))
@@ -162,8 +216,19 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--max-length", type=int, default=2048)
     ap.add_argument("--token-budget", type=int, default=None)
+    ap.add_argument(
+        "--vllm",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="the vLLM peer, in each scorer dtype: auto = where vllm is installed (its own environment, e.g. "
+        ".venv-vllm made by `make setup-vllm`)",
+    )
+    ap.add_argument("--vllm-options", default="{}", help="further vllm.LLM arguments, as a JSON object")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
+    with_vllm = args.vllm == "on" or (args.vllm == "auto" and importlib.util.find_spec("vllm") is not None)
+    if args.vllm == "on" and importlib.util.find_spec("vllm") is None:
+        ap.error("--vllm on: vllm is not installed in this Python (run this script with .venv-vllm/bin/python)")
     loop_n = args.loop_n or args.n
     if args.loop_dtypes is None:
         args.loop_dtypes = "float32" if needs_float32_products(torch.bfloat16, args.device) else "float32,bfloat16"
@@ -214,6 +279,21 @@ def main() -> None:
             results.append(
                 {"method": f"scorer {dtype}" + (f" {r['engine']}" if engine != "auto" else ""), "dtype": dtype, **r}
             )
+    if with_vllm:
+        from vllm import __version__ as vllm_version
+
+        # after our engines: vLLM's engine runs in processes of its own, which would compete with them for the cores
+        for dtype in args.scorer_dtypes.split(","):
+            llm, started = vllm_engine(args.model, dtype, args.device, args.max_length, json.loads(args.vllm_options))
+            r = measure_vllm(llm, rows, views)
+            # prompt log-probabilities take the output layer at every position, as the loop does
+            r["flops"] = model_flops(model, views, None, logits_for_all=True)
+            results.append({"method": f"vLLM {dtype}", "dtype": dtype, "engine_start_seconds": started, **r})
+            print(f"vLLM {vllm_version} engine ({dtype}) started in {started:.1f} s")
+            llm.llm_engine.engine_core.shutdown()
+            del llm
+    else:
+        print("vLLM peer: not run (vllm is not installed in this Python; see --vllm)")
     base = next(r for r in results if r["method"] == "release loop float32")
     base_rate = base["samples"] / base["seconds"]
     header = f"{'method':<24}{'samples/s':>10}{'tokens/s':>10}{'GFLOP/s':>9}{'% peak':>8}{'× loop fp32':>12}  agreement"

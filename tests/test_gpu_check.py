@@ -5,6 +5,7 @@ same weights. No assertion here depends on the machine's speed (the dry run has 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -18,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from gpu_check.assets import truncate_bpe, variant_rows  # noqa: E402
-from gpu_check.config import DRY, GPU, STEPS  # noqa: E402
+from gpu_check.config import DRY, GPU, PEERS, STEPS  # noqa: E402
 from gpu_check.report import HEADLINE, build_report  # noqa: E402
 
 # the numbers a CPU cannot give: torch and the trainer measure peak memory on CUDA devices only
@@ -28,6 +29,9 @@ CUDA_ONLY = {
     ("training", "lora_max_memory_gib"),
     ("training", "qlora_max_memory_gib"),
 }
+# the peers' numbers need vLLM, which lives in an environment of its own (not this one, where the dry run runs)
+VLLM_HERE = importlib.util.find_spec("vllm") is not None
+VLLM_ONLY = {("peers", "vllm_vs_scorer"), ("peers", "vllm_ifd_max_rel")}
 
 
 def test_truncated_tokenizer_is_a_real_32k_tokenizer(embedded_dir):
@@ -63,8 +67,9 @@ def test_variants_pair_each_row_with_its_rewrite_and_a_short_answer(data_dir):
 
 
 def test_gpu_limits_fit_the_deadline_and_the_dry_run_has_none():
-    assert set(GPU.limits) == set(STEPS)
-    assert sum(GPU.limits.values()) <= GPU.deadline_s <= 300  # one rerun fits in a session's device time
+    assert set(GPU.limits) == set(STEPS) and STEPS[-len(PEERS) :] == PEERS  # the peers last
+    # one rerun fits in a session's device time; the peers get what the deadline leaves
+    assert sum(v for k, v in GPU.limits.items() if k not in PEERS) <= GPU.deadline_s <= 300
     assert DRY.limits is None and math.isinf(DRY.limit("train_zero3"))
 
 
@@ -97,6 +102,8 @@ def test_dry_run_runs_every_step_and_reports_every_number(dry_run):
             value = report[section][key]
             if (section, key) in CUDA_ONLY:
                 assert value is None and "CUDA" in report[section][f"{key}_reason"], (section, key)
+            elif (section, key) in VLLM_ONLY and not VLLM_HERE:
+                assert value is None and "vllm is not installed" in report[section][f"{key}_reason"], (section, key)
             else:
                 assert value is not None and f"{key}_reason" not in report[section], (section, key)
                 assert isinstance(value, str) or math.isfinite(value), (section, key, value)
@@ -155,6 +162,20 @@ def test_dry_run_adapters_and_eval(dry_run):
     assert training["lora_ok"] and training["qlora_ok"] and training["lora_tokens_per_s"] > 0
     assert report["eval"]["ok"] and steps["eval"]["answers"] == DRY.eval_items
     assert steps["eval"]["generated_tokens"] > 0 and report["eval"]["tokens_per_s"] > 0
+
+
+def test_dry_run_vllm_peer(dry_run):
+    """Where vLLM is absent (here, and on the GPU machine unless it is carried) the peer step says why and takes no
+    time; where it is installed it measures vLLM beside the scorer on the same rows."""
+    _, report = dry_run
+    peer = report["steps"]["scoring_vllm"]
+    assert peer["ok"]
+    if not VLLM_HERE:
+        assert "vllm is not installed" in peer["skipped"] and peer["wall_seconds"] < 60
+        assert report["peers"]["vllm_vs_scorer"] is None
+    else:
+        assert peer["rows"] == DRY.scorer_rows and report["peers"]["vllm_vs_scorer"] > 0
+        assert report["peers"]["vllm_ifd_max_rel"] < 1e-3  # fp32 on the CPU
 
 
 def test_report_keeps_what_a_stopped_step_measured():

@@ -12,6 +12,8 @@ from srt_trainer.models.config import LoadingArguments, SRTModelConfig
 from srt_trainer.options import StageParser
 from srt_trainer.scoring.config import ScoreArguments, ScoringArguments
 
+VLLM_REFLECT = ["reflect", "--mode", "response", "--data", "d", "--output", "o.jsonl", "--teacher", "vllm"]
+
 
 def _one_line(capsys, argv: list[str]) -> str:
     assert main(argv) == 2
@@ -49,6 +51,19 @@ def _one_line(capsys, argv: list[str]) -> str:
         (["eval", "generat", "--output", "x"], "srt eval: invalid command 'generat' (did you mean generate?)"),
         (["eval", "--output", "x"], "srt eval: missing command before --output"),
         (["scor", "--data", "x"], "srt: invalid stage 'scor' (did you mean score?)"),
+        # vllm.LLM's own arguments: JSON, never a second way to set what has a flag, only where vLLM runs
+        (
+            [*VLLM_REFLECT, "--teacher_vllm_options", "{enforce_eager: true}"],
+            "srt reflect: --teacher_vllm_options: not JSON (Expecting property name enclosed in double quotes",
+        ),
+        (
+            [*VLLM_REFLECT, "--teacher_vllm_options", '{"dtype": "bfloat16"}'],
+            "srt reflect: --teacher_vllm_options: dtype cannot be set here",
+        ),
+        (
+            ["eval", "generate", "--test_sets", "t", "--output", "o.jsonl", "--vllm_options", '{"max_model_len": 8}'],
+            "srt eval generate: --vllm_options is for --engine vllm, not 'transformers'",
+        ),
     ],
 )
 def test_an_option_mistake_is_one_line(argv, expected, capsys):

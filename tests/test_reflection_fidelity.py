@@ -321,11 +321,14 @@ def test_local_teacher_counts_exactly_and_groups_by_budget(embedded_tokenizer, a
     assert calls == [(rendered, 5)]
 
 
-def test_vllm_teacher_gives_each_request_its_budget(alpaca_rows):
+def test_vllm_teacher_gives_each_request_its_budget(alpaca_rows, embedded_tokenizer):
     """vLLM's chat() takes one sampling per call: requests are grouped by budget (and prefill), each answer goes back
-    to its own position. vLLM needs a GPU, so a recording engine stands in for it; the budgets are the real code's."""
+    to its own position. vLLM lives in its own environment (tests/test_vllm_engine.py runs the real engine there),
+    so here a recording engine stands in for it; the budgets are the real code's, counted with the model's tokenizer
+    as the transformers teacher counts them."""
     from types import SimpleNamespace
 
+    from srt_trainer.teachers.local import TransformersTeacher
     from srt_trainer.teachers.vllm_teacher import VLLMTeacher
 
     calls = []
@@ -339,7 +342,8 @@ def test_vllm_teacher_gives_each_request_its_budget(alpaca_rows):
             ]
 
     teacher = object.__new__(VLLMTeacher)  # skips loading vLLM; generate() is what is under test
-    teacher.model_name, teacher.chunk_size, teacher._engine = "m", 2, RecordingEngine()
+    teacher.model_name, teacher.chunk_size, teacher._engine = "embedded", 2, RecordingEngine()
+    teacher._tokenizer = embedded_tokenizer
     longest = max(range(len(alpaca_rows)), key=lambda k: len(alpaca_rows[k]["output"]))
     rows = _rows(alpaca_rows, 4, longest, 5, 6)
     conversations = [[{"role": "user", "content": r["output"]}] for r in rows]
@@ -347,7 +351,8 @@ def test_vllm_teacher_gives_each_request_its_budget(alpaca_rows):
     answers, cut = {}, {}
     teacher.generate(conversations, SamplingConfig(context_length=1024), lambda j, a: answers.setdefault(j, a.text))
     assert answers == {j: c[-1]["content"][:5] for j, c in enumerate(conversations)}
-    budgets = [max(1, min(2048, 1024 - approx_conversation_tokens(c))) for c in conversations]
+    local = TransformersTeacher(tokenizer=embedded_tokenizer)  # the exact count of a local teacher
+    budgets = [max(1, min(2048, 1024 - local.count_prompt_tokens(c))) for c in conversations]
     expected = {}
     for c, b in zip(conversations, budgets, strict=True):
         key = (b, c[-1]["role"] == "assistant")

@@ -280,3 +280,19 @@ def test_a_full_disk_names_the_file_and_nothing_is_paid_twice(short_rows, small_
         server.close()
     assert read_rows(tmp_path / "a.jsonl") == read_rows(small_disk / "b.jsonl")
     assert not list(small_disk.glob("*.reserve"))
+
+
+def test_a_started_reply_is_continued_by_the_server():
+    """`--prefill on` with an OpenAI-compatible server: the request asks it to continue the final assistant message
+    (vLLM's and SGLang's fields; tests/test_vllm_server.py runs it against vLLM's server and batch runner)."""
+    from srt_trainer.teachers.openai_teacher import OpenAITeacher
+
+    teacher = OpenAITeacher("m", base_url="http://127.0.0.1:9/v1")
+    asked = [{"role": "user", "content": "Rewrite it."}]
+    started = [*asked, {"role": "assistant", "content": "[Better Answer]"}]
+    sampling = SamplingConfig(max_tokens=8)
+    assert "extra_body" not in teacher.request_kwargs(asked, sampling)
+    assert teacher.request_kwargs(started, sampling)["extra_body"] == {
+        "continue_final_message": True,
+        "add_generation_prompt": False,
+    }

@@ -54,6 +54,10 @@ HEADLINE: Mapping[str, Mapping[str, tuple[str, str]]] = MappingProxyType(
             "qlora_max_memory_gib": ("train_qlora", "max_memory_gib"),
         },
         "eval": {"ok": ("eval", "ok"), "tokens_per_s": ("eval", "tokens_per_s")},
+        "peers": {
+            "vllm_vs_scorer": ("scoring_vllm", "vllm_vs_scorer"),
+            "vllm_ifd_max_rel": ("scoring_vllm", "vllm_ifd_max_rel"),
+        },
     }
 )
 

@@ -1,13 +1,16 @@
 """vLLM's offline engine, the one wrapper behind the ``vllm`` teacher and ``srt eval generate --engine vllm``.
 
 vLLM is imported only here, on use; the engine loads the model on its first call (a fully cached run never does).
-A PEFT (LoRA) adapter is served through vLLM's ``LoRARequest``.
+A PEFT (LoRA) adapter is served through vLLM's ``LoRARequest``. Further ``vllm.LLM`` settings (GPUs, context,
+memory; on a CPU the KV cache size) come from the user as JSON (``parse_vllm_options``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import logging
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,36 @@ from srt_trainer.errors import SRTUserError
 from srt_trainer.generation import Completion
 from srt_trainer.models import resolve_model_path
 
+logger = logging.getLogger(__name__)
+
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 512)
+# Set from the package's own options (model, dtype, seed, ...): JSON options may not set them a second way.
+RESERVED_OPTIONS = ("model", "dtype", "seed", "revision", "trust_remote_code", "enable_lora", "max_lora_rank")
+
+
+class VLLMOptionsError(SRTUserError, ValueError):
+    """Unusable ``vllm.LLM`` options given as JSON."""
+
+
+def parse_vllm_options(value: str | Mapping[str, Any] | None, option: str) -> dict[str, Any]:
+    """``vllm.LLM`` keyword arguments from ``option``'s value: a JSON object (from a flag) or a mapping (from
+    YAML); empty when unset. Keys that the package sets from its own options are refused, naming the option."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise VLLMOptionsError(f"{option}: not JSON ({e.msg} at character {e.pos}): {value!r}") from e
+    if not isinstance(value, Mapping):
+        raise VLLMOptionsError(f"{option}: a JSON object of vllm.LLM arguments is expected, not {value!r}")
+    taken = sorted(set(value) & set(RESERVED_OPTIONS))
+    if taken:
+        raise VLLMOptionsError(
+            f"{option}: {', '.join(taken)} cannot be set here; use this command's own option "
+            "(the model, --dtype / --teacher_dtype, the seed, --trust_remote_code, the adapter)"
+        )
+    return dict(value)
 
 
 class VLLMMissingError(SRTUserError):
@@ -51,7 +83,9 @@ class VLLMEngine:
     @property
     def llm(self) -> Any:
         if self._llm is None:
+            start = time.perf_counter()
             self._llm = self._vllm.LLM(model=self.path, **self.engine_options)
+            logger.info("vLLM engine for %s ready in %.0f s", self.path, time.perf_counter() - start)
         return self._llm
 
     def _params(self, temperature: float, top_p: float, max_tokens: int, seed: int | None) -> Any:
@@ -117,4 +151,8 @@ class VLLMEngine:
         return self._completions(outputs)
 
     def close(self) -> None:
-        self._llm = None
+        """Stop the engine's processes now (they hold the weights and the KV cache), not whenever it is collected."""
+        llm, self._llm = self._llm, None
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()

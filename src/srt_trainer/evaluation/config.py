@@ -54,6 +54,14 @@ class GenerateArguments:
             "choices": ["transformers", "vllm"],
         },
     )
+    vllm_options: str | None = field(
+        default=None,
+        metadata={
+            "help": "--engine vllm: further arguments of vllm.LLM, as a JSON object such as "
+            '{"tensor_parallel_size": 2}; on a CPU {"enforce_eager": true, "kv_cache_memory_bytes": 2000000000} '
+            "(or set VLLM_CPU_KVCACHE_SPACE, in GiB)."
+        },
+    )
     max_length: int = field(
         default=1024,
         metadata={
@@ -88,6 +96,12 @@ class GenerateArguments:
             raise GenerateConfigError(f"--max_new_tokens must be positive, not {self.max_new_tokens}")
         if self.max_length < 1:
             raise GenerateConfigError(f"--max_length must be positive, not {self.max_length}")
+        if self.vllm_options:
+            if self.engine != "vllm":
+                raise GenerateConfigError(f"--vllm_options is for --engine vllm, not {self.engine!r}")
+            from srt_trainer.vllm_engine import parse_vllm_options
+
+            parse_vllm_options(self.vllm_options, "--vllm_options")  # fail before any work
 
     def fingerprint_settings(self, model_args: Any) -> dict[str, Any]:
         """What changes the answers: a resumed run must match these."""

@@ -132,6 +132,7 @@ class VLLMEngine:
 
     def __init__(self, config: GenerateArguments, model_args: SRTModelConfig, loading: LoadingArguments) -> None:
         from srt_trainer.vllm_engine import VLLMEngine as Engine
+        from srt_trainer.vllm_engine import parse_vllm_options
 
         self.config = config
         self.engine = Engine(
@@ -140,7 +141,9 @@ class VLLMEngine:
             adapter=model_args.adapter,
             dtype=model_args.dtype,
             seed=config.seed,
+            revision=model_args.revision(),
             trust_remote_code=loading.trust_remote_code,
+            **parse_vllm_options(config.vllm_options, "--vllm_options"),
         )
         self.tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=loading.trust_remote_code)
 

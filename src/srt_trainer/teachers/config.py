@@ -83,8 +83,8 @@ class TeacherArguments:
         default=None,
         metadata={
             "help": "Longest teacher answer, in tokens. Unset: the release's rule, per request min(2048, "
-            "teacher_context_length - prompt tokens); prompt tokens are exact for a local teacher and approximated "
-            "for openai and vllm (4 characters a token, plus 4 a message)."
+            "teacher_context_length - prompt tokens); prompt tokens are exact for transformers and vllm (the "
+            "model's tokenizer) and approximated for openai (4 characters a token, plus 4 a message)."
         },
     )
     teacher_context_length: int = field(
@@ -114,7 +114,8 @@ class TeacherArguments:
         default="auto",
         metadata={
             "help": "Reflection: start the teacher's reply with the mode's tag ([New Instruction] / [Better Answer]); "
-            "auto = on for local teachers, off for API teachers.",
+            "auto = on for local teachers, off for API teachers. On with openai, the request asks the server to "
+            "continue that start (continue_final_message: vLLM and SGLang servers; OpenAI's API has no such field).",
             "choices": ["auto", "on", "off"],
         },
     )
@@ -138,9 +139,20 @@ class TeacherArguments:
     teacher_batch_size: int = field(default=8, metadata={"help": "transformers: conversations per generate call."})
     teacher_dtype: str = field(
         default="float32",
-        metadata={"help": "transformers: the teacher's dtype.", "choices": ["float32", "bfloat16", "float16"]},
+        metadata={
+            "help": "transformers, vllm: the teacher's dtype (bfloat16 on a GPU; float32 is exact on a CPU).",
+            "choices": ["float32", "bfloat16", "float16"],
+        },
     )
     teacher_device: str | None = field(default=None, metadata={"help": "transformers: cpu, cuda, cuda:N or auto."})
+    teacher_vllm_options: str | None = field(
+        default=None,
+        metadata={
+            "help": "vllm: further arguments of vllm.LLM, as a JSON object such as "
+            '{"tensor_parallel_size": 2, "max_model_len": 8192}; on a CPU {"enforce_eager": true, '
+            '"kv_cache_memory_bytes": 2000000000} (or set VLLM_CPU_KVCACHE_SPACE, in GiB).'
+        },
+    )
     teacher_trust_remote_code: bool = field(
         default=False, metadata={"help": "transformers, vllm: run model code from the teacher's folder."}
     )
@@ -222,6 +234,12 @@ class TeacherArguments:
                 "--teacher_batch_max_requests and --teacher_batch_max_mb must be positive, "
                 "--teacher_batch_poll 0 or more"
             )
+        if self.teacher_vllm_options:
+            if self.teacher != "vllm":
+                raise TeacherConfigError(f"--teacher_vllm_options is for the vllm teacher, not {self.teacher!r}")
+            from srt_trainer.vllm_engine import parse_vllm_options
+
+            parse_vllm_options(self.teacher_vllm_options, "--teacher_vllm_options")  # fail before any work
         if self.teacher_context_length < 1:
             raise TeacherConfigError(f"--teacher_context_length must be positive, not {self.teacher_context_length}")
         if self.teacher_max_tokens is not None and self.teacher_max_tokens < 1:

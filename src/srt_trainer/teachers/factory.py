@@ -131,8 +131,11 @@ class TeacherFactory:
                 "batch_size": args.teacher_batch_size,
                 "trust_remote_code": args.teacher_trust_remote_code,
             }
-        else:
-            base = {"trust_remote_code": args.teacher_trust_remote_code}
+        else:  # vllm: our options, then vllm.LLM's own from --teacher_vllm_options
+            from srt_trainer.vllm_engine import parse_vllm_options
+
+            base = {"dtype": args.teacher_dtype, "trust_remote_code": args.teacher_trust_remote_code}
+            base.update(parse_vllm_options(args.teacher_vllm_options, "--teacher_vllm_options"))
         return build_teacher(args.teacher, model=args.teacher_model, base_url=args.base_url, **{**base, **self.options})
 
     def build(self, cache: str | Path | None = None) -> Teacher:

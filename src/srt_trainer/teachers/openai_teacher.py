@@ -28,7 +28,15 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from srt_trainer.teachers.base import Answer, Conversation, OnAnswer, SamplingConfig, Teacher, TeacherError
+from srt_trainer.teachers.base import (
+    Answer,
+    Conversation,
+    OnAnswer,
+    SamplingConfig,
+    Teacher,
+    TeacherError,
+    prefilled,
+)
 from srt_trainer.teachers.config import normalize_base_url, split_base_urls
 
 logger = logging.getLogger(__name__)
@@ -455,8 +463,11 @@ class OpenAITeacher(Teacher):
         }
         if sampling.seed is not None:
             kwargs["seed"] = sampling.seed
-        if self.extra_body:
-            kwargs["extra_body"] = self.extra_body
+        extra = dict(self.extra_body)
+        if prefilled(messages):  # continue the started reply (vLLM, SGLang) instead of opening a new one after it
+            extra = {"continue_final_message": True, "add_generation_prompt": False, **extra}
+        if extra:
+            kwargs["extra_body"] = extra
         return kwargs
 
     async def _ask(
