@@ -254,3 +254,19 @@ def test_ablation_end_to_end_resumes_after_a_kill(tiny_models, alpaca_rows, data
     assert manifest["kind"] == "ablation" and manifest["rows"] == sizes and manifest["judge"]["model"] == "judge"
     markdown = (out / "ablation.md").read_text()
     assert all(f"| {arm} | {paper_kept} | 1 |" in markdown for arm in ARMS)
+
+
+@pytest.mark.parametrize("recipe", ["smollm2-135m/ablate/config_cpu.yaml", "llama2-7b/ablate/config_full.yaml"])
+def test_recipes_parse(recipe):
+    from srt_trainer.ablation.cli import make_parser
+
+    repo = Path(__file__).resolve().parents[1]
+    args, script, _, _, training, model, judge = make_parser().parse_args_and_config(
+        ["--config", str(repo / "recipes" / recipe), "--teacher_model", "judge"]
+    )
+    assert args.arms == list(ARMS) and script.ori_scores and judge.teacher == "openai"
+    if "llama2-7b" in recipe:  # the paper's SFT settings
+        assert (training.learning_rate, training.num_train_epochs, training.global_batch_size) == (2e-5, 3, 128)
+        assert model.model_name_or_path == "meta-llama/Llama-2-7b-hf" and not model.use_peft
+    else:
+        assert model.use_peft and model.model_name_or_path == "embedded"

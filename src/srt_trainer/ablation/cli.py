@@ -9,10 +9,40 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from srt_trainer.errors import run_cli
 
 PROG = "srt ablate"
+
+
+def make_parser() -> Any:
+    """``StageParser`` over the ablation's own options, the inputs, selection, scoring, training, the student and
+    the judge (a teacher)."""
+    from srt_trainer.ablation.config import AblateArguments
+    from srt_trainer.models.config import SRTModelConfig
+    from srt_trainer.options import StageParser
+    from srt_trainer.scoring.config import ScoringArguments
+    from srt_trainer.selection.config import SelectionArguments
+    from srt_trainer.teachers.config import TeacherArguments
+    from srt_trainer.training.config import SRTScriptArguments, SRTSFTConfig
+
+    dataclasses = (
+        AblateArguments,
+        SRTScriptArguments,
+        SelectionArguments,
+        ScoringArguments,
+        SRTSFTConfig,
+        SRTModelConfig,
+        TeacherArguments,
+    )
+    return StageParser(
+        dataclasses,
+        PROG,
+        note="`%(prog)s CONFIG` is short for `%(prog)s --config CONFIG`. The judge is a teacher "
+        "(--teacher openai --base_url URL --teacher_model NAME); --policy is set per arm.",
+        usage="%(prog)s CONFIG [--OPTION VALUE ...]",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,32 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = ["--config", *argv]
 
     def command() -> None:
-        from srt_trainer.ablation.config import AblateArguments
         from srt_trainer.ablation.runner import run_ablation
-        from srt_trainer.models.config import SRTModelConfig
-        from srt_trainer.options import StageParser
-        from srt_trainer.scoring.config import ScoringArguments
-        from srt_trainer.selection.config import SelectionArguments
-        from srt_trainer.teachers.config import TeacherArguments
-        from srt_trainer.training.config import SRTScriptArguments, SRTSFTConfig
 
-        dataclasses = (
-            AblateArguments,
-            SRTScriptArguments,
-            SelectionArguments,
-            ScoringArguments,
-            SRTSFTConfig,
-            SRTModelConfig,
-            TeacherArguments,
-        )
-        parser = StageParser(
-            dataclasses,
-            PROG,
-            note="`%(prog)s CONFIG` is short for `%(prog)s --config CONFIG`. The judge is a teacher "
-            "(--teacher openai --base_url URL --teacher_model NAME); --policy is set per arm.",
-            usage="%(prog)s CONFIG [--OPTION VALUE ...]",
-        )
-        result = run_ablation(*parser.parse_args_and_config(argv))
+        result = run_ablation(*make_parser().parse_args_and_config(argv))
         if not result.is_main:
             return
         for step in ("select", "train", "generate", "judge", "mtbench", "harness"):

@@ -49,6 +49,14 @@ class AblateArguments:
         default=1024, metadata={"help": "Length limit of prompt + answer, in tokens (the release's 1024)."}
     )
     eval_batch_size: int = field(default=8, metadata={"help": "Prompts per generate call when answering."})
+    eval_engine: str = field(
+        default="transformers",
+        metadata={
+            "help": "transformers (the arm's model in this process; LoRA arms on the one loaded student) or vllm "
+            "(each arm's model, or the student with the arm's adapter, in vLLM: much faster on GPUs).",
+            "choices": ["transformers", "vllm"],
+        },
+    )
     judge_input: bool = field(
         default=False, metadata={"help": "Show the judge an item's input too (as `srt eval judge --judge_input`)."}
     )

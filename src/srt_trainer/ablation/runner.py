@@ -356,8 +356,8 @@ def evaluate_arms(
     from srt_trainer.evaluation.config import GenerateArguments, HarnessArguments, JudgeArguments, MTBenchArguments
     from srt_trainer.evaluation.generate import run_generate
     from srt_trainer.evaluation.harness import run_harness
-    from srt_trainer.evaluation.judge import run_judge
-    from srt_trainer.evaluation.mtbench import run_mtbench
+    from srt_trainer.evaluation.judge import NoReadableScoresError, run_judge
+    from srt_trainer.evaluation.mtbench import MTBenchNoScoresError, run_mtbench
 
     tokenizer = models.student.tokenizer
     judge = replace(judge, teacher_cache=None)  # each arm's judge cache beside its reviews
@@ -379,11 +379,13 @@ def evaluate_arms(
             max_new_tokens=args.eval_max_new_tokens,
             batch_size=args.eval_batch_size,
             limit=args.eval_limit,
+            engine=args.eval_engine,
             alpaca_eval=True,
         )
         settings = {"generate": asdict(gen), "model": asdict(model_args), "train": _trained(states, arm)}
         if states.done(arm, "generate", settings) is None:
-            run = run_generate(gen, model_args, models.loading, model=models.get(arm), tokenizer=tokenizer)
+            model = models.get(arm) if args.eval_engine == "transformers" else None  # vLLM loads its own
+            run = run_generate(gen, model_args, models.loading, model=model, tokenizer=tokenizer)
             states.mark(arm, "generate", settings, {"items": len(run.rows), "seconds": run.summary["seconds"]})
             ran.setdefault("generate", []).append(arm)
         if args.mtbench_questions:
@@ -401,7 +403,13 @@ def evaluate_arms(
             settings = {"mtbench": _without_plot(mt), "model": asdict(model_args), "judge": judge_settings}
             settings["train"] = _trained(states, arm)
             if states.done(arm, "mtbench", settings) is None:
-                run_mt = run_mtbench(mt, model_args, models.loading, judge, model=models.get(arm), tokenizer=tokenizer)
+                try:
+                    run_mt = run_mtbench(
+                        mt, model_args, models.loading, judge, model=models.get(arm), tokenizer=tokenizer
+                    )
+                except MTBenchNoScoresError as e:
+                    logger.warning("%s", e)
+                    run_mt = e.run
                 single = run_mt.summary["single"] or {}
                 states.mark(
                     arm, "mtbench", settings, {"overall": single.get("overall"), "scored": single.get("scored")}
@@ -419,7 +427,11 @@ def evaluate_arms(
             settings = {"judge_args": _without_plot(jc), "judge": judge_settings}
             settings["answers"] = [file_entry(jc.answers_a), file_entry(jc.answers_b)]
             if states.done(arm, "judge", settings) is None:
-                run_j = run_judge(jc, judge)
+                try:
+                    run_j = run_judge(jc, judge)
+                except NoReadableScoresError as e:  # an arm the judge could not score is a row of the table too
+                    logger.warning("%s", e)
+                    run_j = e.run
                 overall = run_j.aggregate.overall
                 result = {"win": overall.win, "tie": overall.tie, "lose": overall.lose, "failed": overall.failed}
                 states.mark(arm, "judge", settings, result | {"requests": str(run_j.counts.format())})
