@@ -87,6 +87,7 @@ JOBS = {
     "eval harness": ("srt_trainer.evaluation.harness", "run_harness"),
     "eval report": ("srt_trainer.evaluation.report", "run_report"),
     "eval mtbench": ("srt_trainer.evaluation.mtbench", "run_mtbench"),
+    "ablate": ("srt_trainer.ablation.runner", "run_ablation"),
 }
 
 

@@ -34,6 +34,10 @@ STAGES: dict[str, Stage] = {
         "the main job: reflect, score, select and train end to end from one config", "srt_trainer.run.cli:main"
     ),
     "eval": Stage("generate answers, judge them pairwise, aggregate win/tie/lose", "srt_trainer.evaluation.cli:main"),
+    "ablate": Stage(
+        "the paper's ablation and baselines: every arm selected, trained and judged alike, one table with intervals",
+        "srt_trainer.ablation.cli:main",
+    ),
 }
 
 

@@ -147,6 +147,7 @@ class TrainOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
     selection: SelectionReport | None = None
     is_main: bool = True
+    model: Any = field(default=None, repr=False)  # the trained model (a PEFT model with use_peft), still in memory
 
     def describe(self) -> str:
         """The run in two lines: what it trained on, and what it saved."""
@@ -202,6 +203,7 @@ def train(
     student: Student,
     selection: SelectionArguments | None = None,
     resume_from_checkpoint: str | bool | None = None,
+    finish: bool = True,
 ) -> TrainOutcome:
     """Fine-tune ``student`` on the rows of ``data_file`` with ``SFTTrainer``; save the model (or adapter), the
     tokenizer, the metrics (``train_results.json``, ``all_results.json``), the trainer state, the model card and
@@ -211,7 +213,8 @@ def train(
     output's) travels with the run. ``script_args``: the rows' format and response separator; recorded in the
     summary, with ``selection`` where the rows were selected in this run (no ``--dataset``).
     ``resume_from_checkpoint``: as the option of that name (default: ``training_args``'); a checkpoint folder, or
-    ``auto`` for the last complete one in ``output_dir``.
+    ``auto`` for the last complete one in ``output_dir``. ``finish``: end the trackers and the process group
+    afterwards (False where this process trains again, as ``srt ablate`` does once per arm).
     """
     state = get_state()
     out = Path(training_args.output_dir)
@@ -282,7 +285,7 @@ def train(
         }
         write_json(summary, out / "srt_train_summary.json", default=str)
     state.wait_for_everyone()
-    if hasattr(trainer, "end"):  # transformers ≥ 5.18
+    if finish and hasattr(trainer, "end"):  # transformers ≥ 5.18
         trainer.end()  # finish the trackers and the process group
     return TrainOutcome(
         output_dir=out,
@@ -296,6 +299,7 @@ def train(
         metrics=metrics,
         selection=report,
         is_main=state.is_main_process,
+        model=trainer.model,
     )
 
 

@@ -1,0 +1,236 @@
+"""The ablation's table, built from the files the arms wrote (so that it can be rebuilt, and checked, from them):
+one row per arm, one column per metric, each number with its interval (``ablation/uncertainty.py``).
+
+- ``rows``: the rows the arm trained on (its selection's output);
+- ``winning_score``: the arm against ``ori`` on the test sets (``<arm>/reviews.jsonl``, one record per item with
+  its ``result``: win / tie / lose, or none when the judge's scores could not be read in both orders), with win /
+  tie / lose and the failures;
+- ``mtbench`` and ``mtbench_vs_ori``: the mean MT-Bench grade over questions (each question the mean of its graded
+  turns, from ``mtbench/<arm>.mtbench.jsonl``), and its paired difference to ``ori`` over the questions both have;
+- ``harness``: each task's main metric with lm_eval's standard error, and its difference to ``ori``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from srt_trainer.ablation.config import REFERENCE
+from srt_trainer.ablation.uncertainty import (
+    Estimate,
+    bootstrap_mean,
+    normal_interval,
+    paired_difference,
+    winning_score,
+)
+from srt_trainer.io import read_rows
+from srt_trainer.plotting import pyplot, save_figure
+
+REVIEWS = "reviews.jsonl"
+HARNESS = "harness.jsonl"
+MTBENCH_DIR = "mtbench"
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """The settings of every interval."""
+
+    confidence_level: float = 0.95
+    n_resamples: int = 10_000
+    seed: int = 0
+
+
+@dataclass
+class ArmRow:
+    """One arm's numbers."""
+
+    arm: str
+    rows: int | None = None
+    train_steps: int | None = None
+    winning_score: Estimate | None = None
+    counts: dict[str, int] = field(default_factory=dict)  # win, tie, lose, failed
+    mtbench: Estimate | None = None
+    mtbench_vs_ori: Estimate | None = None
+    harness: dict[str, Estimate] = field(default_factory=dict)
+    harness_vs_ori: dict[str, Estimate] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        def est(e: Estimate | None) -> dict[str, Any] | None:
+            return None if e is None else e.to_dict()
+
+        return {
+            "arm": self.arm,
+            "rows": self.rows,
+            "train_steps": self.train_steps,
+            "winning_score": est(self.winning_score),
+            "counts": self.counts,
+            "mtbench": est(self.mtbench),
+            "mtbench_vs_ori": est(self.mtbench_vs_ori),
+            "harness": {k: est(v) for k, v in self.harness.items()},
+            "harness_vs_ori": {k: est(v) for k, v in self.harness_vs_ori.items()},
+        }
+
+
+def item_outcomes(reviews: str | Path) -> tuple[list[str], int]:
+    """The outcome of every judged item of a reviews file (``win``, ``tie``, ``lose``; the arm is model A) and the
+    number of items without one (failed)."""
+    outcomes, failed = [], 0
+    for record in read_rows(reviews):
+        result = record.get("result")
+        if result in ("win", "tie", "lose"):
+            outcomes.append(result)
+        else:
+            failed += 1
+    return outcomes, failed
+
+
+def question_scores(turns: str | Path) -> dict[Any, float]:
+    """Each MT-Bench question's mean grade over its graded turns (a turn without a readable grade is left out, as
+    FastChat leaves out a score of -1), from a ``<model_id>.mtbench.jsonl``."""
+    by_question: dict[Any, list[float]] = defaultdict(list)
+    for row in read_rows(turns):
+        if row.get("score") is not None:
+            by_question[row["question_id"]].append(float(row["score"]))
+    return {q: sum(s) / len(s) for q, s in by_question.items()}
+
+
+def harness_results(path: str | Path) -> dict[str, tuple[float | None, float | None]]:
+    """``task/metric`` → (value, standard error) from an ``srt eval harness`` output."""
+    out = {}
+    for row in read_rows(path):
+        value = row.get("value")
+        stderr = row.get("stderr")
+        out[f"{row['task']}/{row['metric']}"] = (
+            None if value is None else float(value),
+            None if stderr is None or (isinstance(stderr, float) and math.isnan(stderr)) else float(stderr),
+        )
+    return out
+
+
+def build_table(
+    arms_dir: str | Path,
+    arms: Sequence[str],
+    rows: Mapping[str, int],
+    steps: Mapping[str, int] | None = None,
+    mtbench_dir: str | Path | None = None,
+    bootstrap: Bootstrap = Bootstrap(),
+) -> list[ArmRow]:
+    """The table of ``arms`` from the files under ``arms_dir`` (``<arm>/reviews.jsonl``, ``<arm>/harness.jsonl``)
+    and ``mtbench_dir`` (``<arm>.mtbench.jsonl``); a metric whose files are missing is left empty."""
+    arms_dir = Path(arms_dir)
+    b = bootstrap
+    table = []
+    ref_questions: dict[Any, float] | None = None
+    ref_harness: dict[str, tuple[float | None, float | None]] = {}
+    for arm in arms:
+        row = ArmRow(arm, rows.get(arm), (steps or {}).get(arm))
+        reviews = arms_dir / arm / REVIEWS
+        if arm != REFERENCE and reviews.is_file():
+            outcomes, failed = item_outcomes(reviews)
+            row.winning_score = winning_score(outcomes, b.confidence_level, b.n_resamples, b.seed)
+            row.counts = {k: outcomes.count(k) for k in ("win", "tie", "lose")} | {"failed": failed}
+        turns = Path(mtbench_dir) / f"{arm}.mtbench.jsonl" if mtbench_dir else None
+        if turns is not None and turns.is_file():
+            scores = question_scores(turns)
+            row.mtbench = bootstrap_mean(list(scores.values()), b.confidence_level, b.n_resamples, b.seed)
+            if arm == REFERENCE:
+                ref_questions = scores
+            elif ref_questions is not None:
+                common = [q for q in scores if q in ref_questions]
+                row.mtbench_vs_ori = paired_difference(
+                    [scores[q] for q in common],
+                    [ref_questions[q] for q in common],
+                    b.confidence_level,
+                    b.n_resamples,
+                    b.seed,
+                )
+        harness = arms_dir / arm / HARNESS
+        if harness.is_file():
+            results = harness_results(harness)
+            for key, (value, se) in results.items():
+                row.harness[key] = normal_interval(value, se, b.confidence_level)
+                if arm == REFERENCE:
+                    ref_harness[key] = (value, se)
+                elif key in ref_harness and value is not None and ref_harness[key][0] is not None:
+                    ref_value, ref_se = ref_harness[key]
+                    both = None if se is None or ref_se is None else math.hypot(se, ref_se)
+                    row.harness_vs_ori[key] = normal_interval(
+                        value - ref_value, both, b.confidence_level, reference=0.0
+                    )
+        table.append(row)
+    return table
+
+
+def format_table(table: Sequence[ArmRow], confidence_level: float = 0.95) -> str:
+    """The table in markdown: every number with its interval; ``*`` marks a difference to ``ori`` larger than the
+    uncertainty (a winning score whose interval excludes 1.0, a difference whose interval excludes 0)."""
+    level = f"{confidence_level:.0%}"
+    has_mt = any(r.mtbench is not None for r in table)
+    tasks = sorted({k for r in table for k in r.harness})
+    header = ["arm", "rows", "steps", f"winning score vs ori [{level}]", "win / tie / lose (failed)"]
+    if has_mt:
+        header += [f"MT-Bench [{level}]", f"MT-Bench − ori [{level}]"]
+    for t in tasks:
+        header += [f"{t} [{level}]", f"{t} − ori [{level}]"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in table:
+        if r.arm == REFERENCE:
+            ws, wtl = "1 (reference)", "-"
+        else:
+            ws = r.winning_score.format() if r.winning_score else "-"
+            c = r.counts
+            wtl = f"{c['win']} / {c['tie']} / {c['lose']} ({c['failed']})" if c else "-"
+        cells = [r.arm, _str(r.rows), _str(r.train_steps), ws, wtl]
+        if has_mt:
+            cells += [r.mtbench.format() if r.mtbench else "-"]
+            cells += ["-" if r.arm == REFERENCE or r.mtbench_vs_ori is None else r.mtbench_vs_ori.format()]
+        for t in tasks:
+            cells += [r.harness[t].format(3) if t in r.harness else "-"]
+            cells += [r.harness_vs_ori[t].format(3) if t in r.harness_vs_ori else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _str(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def plot_table(table: Sequence[ArmRow], path: str | Path, confidence_level: float = 0.95) -> Path:
+    """One panel per metric: each arm's number with its interval, and the line that means "as good as ori"."""
+    plt = pyplot()
+    panels: list[tuple[str, dict[str, Estimate], float | None]] = []
+    ws = {r.arm: r.winning_score for r in table if r.winning_score and r.winning_score.value is not None}
+    if ws:
+        panels.append(("winning score vs ori", ws, 1.0))
+    mt = {r.arm: r.mtbench for r in table if r.mtbench and r.mtbench.value is not None}
+    if mt:
+        ref = next((r.mtbench.value for r in table if r.arm == REFERENCE and r.mtbench), None)
+        panels.append(("MT-Bench mean grade", mt, ref))
+    for task in sorted({k for r in table for k in r.harness}):
+        values = {r.arm: r.harness[task] for r in table if task in r.harness and r.harness[task].value is not None}
+        ref_est = next((r.harness[task] for r in table if r.arm == REFERENCE and task in r.harness), None)
+        panels.append((task, values, ref_est.value if ref_est else None))
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(4.2 * max(len(panels), 1), 3.6), squeeze=False)
+    for ax, (title, estimates, ref) in zip(axes[0], panels, strict=False):
+        names = list(estimates)
+        values = [estimates[a].value for a in names]
+        low = [
+            v - (estimates[a].low if estimates[a].low is not None else v) for a, v in zip(names, values, strict=True)
+        ]
+        high = [
+            (estimates[a].high if estimates[a].high is not None else v) - v for a, v in zip(names, values, strict=True)
+        ]
+        colors = ["#c44e52" if estimates[a].excludes else "#4c72b0" for a in names]
+        ax.errorbar(range(len(names)), values, yerr=[low, high], fmt="none", ecolor="#555555", capsize=4)
+        ax.scatter(range(len(names)), values, c=colors, zorder=3)
+        if ref is not None:
+            ax.axhline(ref, color="#999999", linestyle="--", linewidth=1)
+        ax.set_xticks(range(len(names)), names, rotation=35, ha="right")
+        ax.set_title(f"{title} ({confidence_level:.0%} intervals)", fontsize=9)
+    if not panels:
+        axes[0][0].text(0.5, 0.5, "no evaluation", ha="center", va="center")
+    return save_figure(fig, path)
