@@ -29,6 +29,15 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 DATA = Path(__file__).resolve().parent / "data"
 
 
+def every_command() -> list[str]:
+    """Every command of ``srt``, as typed after it (``score``, ``eval judge``, ...), read from the CLI's own tables so
+    a new stage is checked without editing a list."""
+    from srt_trainer.cli import STAGES
+    from srt_trainer.evaluation.cli import COMMANDS
+
+    return [*(s for s in STAGES if s != "eval"), *(f"eval {c}" for c in COMMANDS)]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``vllm`` need the real vLLM, which lives in an environment of its own (it pins other torch and
     transformers versions): skipped here when it is absent; `make test` runs them there."""

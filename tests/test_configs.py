@@ -17,6 +17,7 @@ from srt_trainer.scoring.config import ScoreArguments, ScoringArguments
 from srt_trainer.selection.config import SelectionArguments
 from srt_trainer.teachers import TeacherArguments, TeacherConfigError
 from srt_trainer.training.cli import make_parser
+from tests.conftest import every_command
 
 CONCERNS = (
     TeacherArguments,
@@ -44,23 +45,7 @@ def test_no_option_is_declared_by_two_concerns():
     assert shadowing == set()
 
 
-@pytest.mark.parametrize(
-    "stage",
-    [
-        "score",
-        "reflect",
-        "select",
-        "agree",
-        "train",
-        "run",
-        "eval generate",
-        "eval judge",
-        "eval alpacaeval",
-        "eval harness",
-        "eval report",
-        "eval mtbench",
-    ],
-)
+@pytest.mark.parametrize("stage", every_command())
 def test_every_stage_parser_builds(stage, capsys):
     """Building a stage's parser fails on two dataclasses declaring one flag; --help builds it."""
     with pytest.raises(SystemExit) as exit_:

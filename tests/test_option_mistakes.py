@@ -11,6 +11,7 @@ from srt_trainer.cli import main
 from srt_trainer.models.config import LoadingArguments, SRTModelConfig
 from srt_trainer.options import StageParser
 from srt_trainer.scoring.config import ScoreArguments, ScoringArguments
+from tests.conftest import every_command
 
 VLLM_REFLECT = ["reflect", "--mode", "response", "--data", "d", "--output", "o.jsonl", "--teacher", "vllm"]
 
@@ -114,23 +115,7 @@ def test_yaml_keys_may_be_any_spelling_of_their_flag(tmp_path: Path):
     assert args.output == "p"
 
 
-@pytest.mark.parametrize(
-    "stage",
-    [
-        "score",
-        "reflect",
-        "select",
-        "agree",
-        "train",
-        "run",
-        "eval generate",
-        "eval judge",
-        "eval alpacaeval",
-        "eval harness",
-        "eval report",
-        "eval mtbench",
-    ],
-)
+@pytest.mark.parametrize("stage", every_command())
 def test_help_names_the_config_file_and_negations_say_what_they_turn_off(stage, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([*stage.split(), "--ouptut", "--help"])  # --help wins over a mistake
