@@ -33,8 +33,7 @@ from srt_trainer.resources import resolve_data
 from srt_trainer.run.config import RunArguments
 from srt_trainer.scoring.config import ScoringArguments
 from srt_trainer.selection.config import SelectionArguments
-from srt_trainer.teachers import Student as LoadedTeacher
-from srt_trainer.teachers import TeacherArguments, TeacherFactory
+from srt_trainer.teachers import LoadedStudent, TeacherArguments, TeacherFactory
 from srt_trainer.templates import get_template
 from srt_trainer.training.config import SRTScriptArguments, SRTSFTConfig
 from srt_trainer.training.prepare import prepare_training_data
@@ -66,7 +65,7 @@ def _reflect_all(
         "QA": ReflectArguments(mode="response", data=q_file, output=str(folder / VARIANT_FILES["QA"])),
     }
     # one factory for the three: a local teacher is loaded once, the student teaches itself when no other is named
-    teacher = TeacherFactory(teacher_args, student=LoadedTeacher(model_args.model_name_or_path, model, tokenizer))
+    teacher = TeacherFactory(teacher_args, student=LoadedStudent(model_args.model_name_or_path, model, tokenizer))
     summaries = {}
     was_training = model.training
     model.eval()

@@ -23,7 +23,7 @@ from srt_trainer.teachers.base import (
 )
 from srt_trainer.teachers.cache import ResponseCache, cache_key, load_cache_entries
 from srt_trainer.teachers.config import TEACHER_KINDS, TeacherArguments
-from srt_trainer.teachers.factory import Student, TeacherFactory, build_teacher, build_teacher_from_args
+from srt_trainer.teachers.factory import LoadedStudent, TeacherFactory, build_teacher, build_teacher_from_args
 from srt_trainer.teachers.runner import complete_all
 
 __all__ = [
@@ -31,10 +31,10 @@ __all__ = [
     "Answer",
     "ChatResult",
     "Conversation",
+    "LoadedStudent",
     "ResponseCache",
     "RunCounts",
     "SamplingConfig",
-    "Student",
     "Teacher",
     "TeacherArguments",
     "TeacherConfigError",

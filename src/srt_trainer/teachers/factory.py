@@ -56,7 +56,7 @@ def batch_state_for(cache: str | Path) -> Path:
 
 
 @dataclass
-class Student:
+class LoadedStudent:
     """The student a run has already loaded: it teaches when the teacher is local and names no other model."""
 
     name: str
@@ -75,7 +75,7 @@ class TeacherFactory:
     def __init__(
         self,
         args: TeacherArguments,
-        student: Student | None = None,
+        student: LoadedStudent | None = None,
         progress: bool = True,
         teacher: Teacher | None = None,
         **options: Any,
@@ -170,7 +170,7 @@ def build_teacher_from_args(
     args: TeacherArguments,
     cache: str | Path | None = None,
     progress: bool = True,
-    student: Student | None = None,
+    student: LoadedStudent | None = None,
     **options: Any,
 ) -> Teacher:
     """The teacher ``args`` describe, for a stage whose answers go to the teacher cache ``cache`` (see
