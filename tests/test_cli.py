@@ -21,9 +21,10 @@ def _srt(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 def test_help_lists_every_stage():
     res = _srt("--help")
     assert res.returncode == 0
-    for stage in ("score", "reflect", "select", "agree", "train", "run", "eval"):
+    stages = {"score", "reflect", "select", "agree", "train", "run", "eval", "ablate"}
+    for stage in stages:
         assert f"    {stage} " in res.stdout
-    assert set(STAGES) == {"score", "reflect", "select", "agree", "train", "run", "eval"}
+    assert set(STAGES) == stages
 
 
 def _srt_here(capsys, *args: str) -> tuple[int, str]:
