@@ -44,30 +44,6 @@ def test_no_option_is_declared_by_two_concerns():
     assert shadowing == set()
 
 
-@pytest.mark.parametrize(
-    "stage",
-    [
-        "score",
-        "reflect",
-        "select",
-        "agree",
-        "train",
-        "run",
-        "eval generate",
-        "eval judge",
-        "eval alpacaeval",
-        "eval harness",
-        "eval report",
-        "eval mtbench",
-    ],
-)
-def test_every_stage_parser_builds(stage, capsys):
-    """Building a stage's parser fails on two dataclasses declaring one flag; --help builds it."""
-    with pytest.raises(SystemExit) as exit_:
-        main([*stage.split(), "--help"])
-    assert exit_.value.code == 0 and "--" in capsys.readouterr().out
-
-
 def test_score_keeps_the_names_outside_tools_call():
     parser = TrlParser((ScoreArguments, ScoringArguments, SRTModelConfig, LoadingArguments))
     parser.add_argument("--max-length", dest="score_max_length", type=int)  # as `srt score` adds it

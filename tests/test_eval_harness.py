@@ -17,15 +17,14 @@ import pytest
 from srt_trainer.cli import main as srt_main
 from srt_trainer.evaluation.harness import (
     LEADERBOARD_V1,
-    AdapterBaseError,
     HarnessTask,
     UnknownTaskError,
-    check_adapter_base,
     check_tasks,
     plan_tasks,
     task_manager,
 )
 from srt_trainer.io import read_rows
+from srt_trainer.models.loading import AdapterMismatchError, check_adapter_base
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = "tests/data/harness"  # the task's data_files are relative to the repository root
@@ -124,10 +123,12 @@ def test_adapter_of_another_base_is_refused(tiny_models, tiny_adapter, tmp_path)
     other = tmp_path / "other_adapter"
     other.mkdir()
     (other / "adapter_config.json").write_text(json.dumps(config))
-    with pytest.raises(AdapterBaseError, match=r"field base_model_name_or_path is .*mistral"):
+    with pytest.raises(
+        AdapterMismatchError, match=r"field 'base_model_name_or_path': the adapter was trained on .*mistral"
+    ):
         check_adapter_base(str(base), str(other))
     config["base_model_name_or_path"] = str(base)
     (other / "adapter_config.json").write_text(json.dumps(config))
     check_adapter_base(str(base), str(other))
-    with pytest.raises(AdapterBaseError, match=r"no adapter_config\.json"):
+    with pytest.raises(AdapterMismatchError, match=r"no adapter_config\.json"):
         check_adapter_base(str(base), str(tmp_path))

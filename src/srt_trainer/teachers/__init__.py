@@ -5,10 +5,12 @@
 - ``build_teacher("vllm", model=...)``: vLLM's offline engine, when installed.
 - ``complete_all(teacher, conversations, sampling, cache_path, validate=...)``: answers in input order, durably
   cached per answer, re-asked when ``validate`` rejects them; returns the results and the run's counts.
+  ``complete_all_from_args(teacher, args, ...)`` does it with the sampling and re-asks a stage's options set.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +101,29 @@ def build_teacher_from_args(
     return teacher
 
 
+def complete_all_from_args(
+    teacher: Teacher,
+    args: TeacherArguments,
+    conversations: Sequence[Conversation],
+    cache_path: str | Path | None,
+    validate: Callable[[str], bool] | None = None,
+    progress: bool = True,
+    desc: str = "",
+) -> tuple[list[ChatResult], RunCounts]:
+    """``complete_all`` with the sampling, ``--max_reasks`` and ``--reask_temperature`` of ``args``."""
+    return complete_all(
+        teacher,
+        conversations,
+        args.sampling(),
+        cache_path,
+        validate=validate,
+        max_reasks=args.max_reasks,
+        progress=progress,
+        desc=desc,
+        reask_temperature=args.reask_temperature,
+    )
+
+
 __all__ = [
     "TEACHER_KINDS",
     "Answer",
@@ -115,5 +140,6 @@ __all__ = [
     "build_teacher_from_args",
     "cache_key",
     "complete_all",
+    "complete_all_from_args",
     "load_cache_entries",
 ]
