@@ -88,6 +88,13 @@ def test_numbers_equal_the_lm_eval_command(tiny_adapter, tmp_path, monkeypatch):
     assert manifest["packages"]["lm-eval"] == "0.4.13" and manifest["adapter"] == str(adapter)
     assert {Path(p).name for p in manifest["files"]} == {"srt_mc.yaml", "srt_mc.jsonl"}
     assert "srt_mc" in stdout.getvalue() and f"{theirs['acc,none']:.4f}" in stdout.getvalue()
+    # srt eval report reads ours with its manifest, and the command's results file (which has none) alike
+    report = tmp_path / "report.md"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert srt_main(["eval", "report", "--harness", str(out), str(results_file), "--output", str(report)]) == 0
+    data = json.loads(report.with_suffix(".json").read_text())
+    assert data["models"][f"{base.name}+{adapter.name}"]["srt_mc (2-shot)"] == theirs["acc,none"]
+    assert [s["manifest"] for s in data["sources"]] == [manifest, None]
 
     # a rerun keeps the finished task
     with contextlib.redirect_stdout(io.StringIO()):
