@@ -130,8 +130,9 @@ class MTBenchNoScoresError(SRTUserError, RuntimeError):
 # --- answering -------------------------------------------------------------------------------------------------
 class MultiTurnAnswerer:
     """Answers questions turn by turn with a local transformers model in its training template: each later turn's
-    prompt holds the model's own earlier answers, each after the template's response separator (as trained) and
-    closed by EOS, as a conversation's earlier turns are rendered for training."""
+    prompt holds the model's own earlier answers, each after the template's response separator (where a trained
+    answer starts) and closed by EOS: FastChat's vicuna form. (Training and scoring render a conversation's earlier
+    turns without the separator; the final, trained turn has it.)"""
 
     def __init__(
         self,
