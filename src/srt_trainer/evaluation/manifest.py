@@ -77,12 +77,13 @@ def endpoint_host(url: str | None) -> str | None:
 
 
 def judge_entry(judge: TeacherArguments, name: str | None = None) -> dict[str, Any]:
-    """A judge as a manifest names it: the teacher kind, its model (``name`` when the run calls it otherwise), the
-    endpoint host (never the key or the URL's path) and how it was asked (sampling, re-asks)."""
+    """A judge as a manifest names it: the teacher kind, the model asked for, the name the run's files give it
+    (``name``), the endpoint host (never the key or the URL's path) and how it was asked (sampling, re-asks)."""
     sampling = judge.sampling()
     return {
         "teacher": judge.teacher,
-        "model": name or judge.teacher_model,
+        "model": judge.teacher_model or name,
+        "name": name or judge.teacher_model,
         "host": endpoint_host(judge.base_url) if judge.teacher == "openai" else None,
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,
