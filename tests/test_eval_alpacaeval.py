@@ -60,6 +60,7 @@ def _run(args: list[str]) -> tuple[int, str, str]:
 def test_alpaca_eval_package_on_our_outputs(output_files, teacher_server, embedded_dir, tmp_path, monkeypatch):
     model, reference = output_files
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.chdir(tmp_path)  # a relative --output, as a user gives it (and so the annotator's folder)
     out = tmp_path / "ae.jsonl"
     args = [
         "--model_outputs",
@@ -67,7 +68,7 @@ def test_alpaca_eval_package_on_our_outputs(output_files, teacher_server, embedd
         "--reference_outputs",
         str(reference),
         "--output",
-        str(out),
+        "ae.jsonl",
         "--base_url",
         teacher_server,
         "--judge_model",

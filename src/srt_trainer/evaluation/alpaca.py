@@ -333,7 +333,8 @@ def _judge_chunk(
         "--reference_outputs",
         str(reference_file),
         "--annotators_config",
-        str(annotator),
+        # a folder here, absolute: the package reads a relative path as one under its own configs
+        str(annotator.resolve()) if annotator.exists() else str(annotator),
         "--output_path",
         str(folder / "out"),
         "--fn_metric",
