@@ -348,7 +348,9 @@ def test_single_and_pairwise_grading_read_back_as_fastchat_does(judge, tmp_path,
     )
     assert rc == 0, err
     data = json.loads(report.with_suffix(".json").read_text())
-    assert data["models"]["tuned"]["MT-Bench vs base (W/T/L)"] == "2/2/1" and data["models"]["tuned"]["MT-Bench"] == 7.6
+    tuned_row = data["models"]["tuned"]
+    assert tuned_row["MT-Bench vs base (W/T/L)"] == "2/2/1 (1 failed)" and tuned_row["MT-Bench"] == 7.6
+    assert tuned_row["MT-Bench scored"] == "5/6"  # the failed judgment counted, never scored
     assert data["models"]["tuned"]["MT-Bench vs base (adj. win rate)"] == pytest.approx(0.6)
     assert data["models"]["base"]["MT-Bench"] == 4.0
     found = {(Path(s["path"]).name, s["model"]): Path(s["manifest_path"]).name for s in data["sources"]}

@@ -90,7 +90,7 @@ def test_report_gathers_every_kind_with_its_manifest(tmp_path):
             scores = [r["score"] for r in mine if r["turn"] == turn]
             assert models[model][f"MT-Bench turn {turn}"] == sum(scores) / len(scores)
         assert models[model]["MT-Bench"] == sum(r["score"] for r in mine) / len(mine)
-    assert data["details"]["base"]["mtbench"][0]["failed"] == 1
+    assert data["details"]["base"]["mtbench"][0]["failed"] == 1 and models["base"]["MT-Bench scored"] == "3/4"
     assert models["tuned"]["AlpacaEval win rate (%)"] == 62.5
     assert models["base+tuned"]["srt_mc (2-shot)"] == 0.35
 

@@ -144,10 +144,15 @@ def add_pairwise(report: Report, path: Path) -> None:
     other = str(data.get("generator_b") or "model B")
     n = data.get("n", data["win"] + data["tie"] + data["lose"])
     ws = data.get("winning_score")
-    report.put(model, f"pairwise vs {other} (W/T/L)", f"{data['win']}/{data['tie']}/{data['lose']}")
+    report.put(model, f"pairwise vs {other} (W/T/L)", _wtl(data["win"], data["tie"], data["lose"], data.get("failed")))
     report.put(model, f"pairwise vs {other} (WS)", ws)
     entry = {k: data.get(k) for k in ("win", "tie", "lose", "failed", "winning_score", "judge", "unscored")}
     report.detail(model, "pairwise", {"against": other, "n": n, **entry, "source": src.path})
+
+
+def _wtl(win: int, tie: int, loss: int, failed: int | None) -> str:
+    """``W/T/L``, and how many were not counted (no readable verdict) when some were not."""
+    return f"{win}/{tie}/{loss}" + (f" ({failed} failed)" if failed else "")
 
 
 def mtbench_scores(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
@@ -212,6 +217,7 @@ def add_mtbench(report: Report, path: Path) -> None:
         for turn, mean in r["turns"].items():
             report.put(model, f"{label} turn {turn}", mean)
         report.put(model, label, r["overall"])
+        report.put(model, f"{label} scored", f"{r['judged']}/{r['judged'] + r['failed']}")
         report.detail(model, "mtbench", {"judge": judge, **r, "source": sources[model].path})
 
 
@@ -227,11 +233,14 @@ def add_mtbench_summary(report: Report, path: Path) -> None:
         for turn in (1, 2):
             report.put(model, f"MT-Bench turn {turn}", single.get(f"turn_{turn}"))
         report.put(model, "MT-Bench", single.get("overall"))
+        report.put(model, "MT-Bench scored", f"{single.get('scored')}/{single.get('judgments')}")
         entry = {k: single.get(k) for k in ("overall", "turn_1", "turn_2", "judgments", "scored", "failures")}
         report.detail(model, "mtbench", {"judge": summary.get("judge"), **entry, "source": src.path})
     if pair:
         other = pair.get("model_b") or "model B"
-        report.put(model, f"MT-Bench vs {other} (W/T/L)", f"{pair['win']}/{pair['tie']}/{pair['loss']}")
+        report.put(
+            model, f"MT-Bench vs {other} (W/T/L)", _wtl(pair["win"], pair["tie"], pair["loss"], pair.get("failures"))
+        )
         report.put(model, f"MT-Bench vs {other} (adj. win rate)", pair.get("win_rate_adjusted"))
         keys = ("win", "tie", "loss", "n", "win_rate", "win_rate_adjusted", "judgments", "failures")
         report.detail(model, "mtbench_pair", {"against": other, **{k: pair.get(k) for k in keys}, "source": src.path})
@@ -403,9 +412,10 @@ def markdown_report(report: Report, manifest: dict[str, Any]) -> str:
     lines = ["# Evaluation report", ""]
     lines += [
         "One row per model. Pairwise: win / tie / lose of the row's model against the other, judged in both orders, "
-        "and the winning score (win − lose) / n + 1; MT-Bench: mean 1-10 grade per turn and overall (failed "
-        "judgments left out); AlpacaEval: win rate (%) against the reference outputs; harness: lm_eval's main "
-        "metric of each task (fraction) at its shot count.",
+        "and the winning score (win − lose) / n + 1 (items without readable scores: failed, not counted); MT-Bench: "
+        "mean 1-10 grade per turn and overall (failed judgments left out; scored: readable of all), and win / tie / "
+        "loss against model B with the adjusted win rate (a tie half a win); AlpacaEval: win rate (%) against the "
+        "reference outputs; harness: lm_eval's main metric of each task (fraction) at its shot count.",
         "",
     ]
     if report.columns:
