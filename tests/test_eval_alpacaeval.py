@@ -60,6 +60,7 @@ def _run(args: list[str]) -> tuple[int, str, str]:
 def test_alpaca_eval_package_on_our_outputs(output_files, teacher_server, embedded_dir, tmp_path, monkeypatch):
     model, reference = output_files
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.chdir(tmp_path)  # a relative --output, as a user gives it (and so the annotator's folder)
     out = tmp_path / "ae.jsonl"
     args = [
         "--model_outputs",
@@ -67,7 +68,7 @@ def test_alpaca_eval_package_on_our_outputs(output_files, teacher_server, embedd
         "--reference_outputs",
         str(reference),
         "--output",
-        str(out),
+        "ae.jsonl",
         "--base_url",
         teacher_server,
         "--judge_model",
@@ -109,6 +110,13 @@ def test_alpaca_eval_package_on_our_outputs(output_files, teacher_server, embedd
     manifest = json.loads(out.with_name("ae.manifest.json").read_text())
     assert manifest["judge"]["host"] == teacher_server.split("/")[2]
     assert manifest["files"]["annotator_prompt"]["sha256"]
+    # srt eval report reads the win rate with that manifest
+    report = tmp_path / "report.md"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert srt_main(["eval", "report", "--alpacaeval", str(out), "--output", str(report)]) == 0
+    data = json.loads(report.with_suffix(".json").read_text())
+    assert data["models"]["smollm2-vicuna"]["AlpacaEval win rate vs smollm2-alpaca (%)"] == summary["win_rate"]
+    assert data["sources"][0]["manifest"] == manifest
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert not [p for p in written if KEY in p.read_text(errors="replace")]
 

@@ -17,15 +17,14 @@ import pytest
 from srt_trainer.cli import main as srt_main
 from srt_trainer.evaluation.harness import (
     LEADERBOARD_V1,
-    AdapterBaseError,
     HarnessTask,
     UnknownTaskError,
-    check_adapter_base,
     check_tasks,
     plan_tasks,
     task_manager,
 )
 from srt_trainer.io import read_rows
+from srt_trainer.models.loading import AdapterMismatchError, check_adapter_base
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = "tests/data/harness"  # the task's data_files are relative to the repository root
@@ -89,6 +88,13 @@ def test_numbers_equal_the_lm_eval_command(tiny_adapter, tmp_path, monkeypatch):
     assert manifest["packages"]["lm-eval"] == "0.4.13" and manifest["adapter"] == str(adapter)
     assert {Path(p).name for p in manifest["files"]} == {"srt_mc.yaml", "srt_mc.jsonl"}
     assert "srt_mc" in stdout.getvalue() and f"{theirs['acc,none']:.4f}" in stdout.getvalue()
+    # srt eval report reads ours with its manifest, and the command's results file (which has none) alike
+    report = tmp_path / "report.md"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert srt_main(["eval", "report", "--harness", str(out), str(results_file), "--output", str(report)]) == 0
+    data = json.loads(report.with_suffix(".json").read_text())
+    assert data["models"][f"{base.name}+{adapter.name}"]["srt_mc (2-shot)"] == theirs["acc,none"]
+    assert [s["manifest"] for s in data["sources"]] == [manifest, None]
 
     # a rerun keeps the finished task
     with contextlib.redirect_stdout(io.StringIO()):
@@ -124,10 +130,12 @@ def test_adapter_of_another_base_is_refused(tiny_models, tiny_adapter, tmp_path)
     other = tmp_path / "other_adapter"
     other.mkdir()
     (other / "adapter_config.json").write_text(json.dumps(config))
-    with pytest.raises(AdapterBaseError, match=r"field base_model_name_or_path is .*mistral"):
+    with pytest.raises(
+        AdapterMismatchError, match=r"field 'base_model_name_or_path': the adapter was trained on .*mistral"
+    ):
         check_adapter_base(str(base), str(other))
     config["base_model_name_or_path"] = str(base)
     (other / "adapter_config.json").write_text(json.dumps(config))
     check_adapter_base(str(base), str(other))
-    with pytest.raises(AdapterBaseError, match=r"no adapter_config\.json"):
+    with pytest.raises(AdapterMismatchError, match=r"no adapter_config\.json"):
         check_adapter_base(str(base), str(tmp_path))

@@ -8,6 +8,7 @@ rule, counts that add up, rejects for unmatched answers, and a rerun served from
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -16,7 +17,8 @@ import pytest
 
 from srt_trainer.cli import main as srt_main
 from srt_trainer.evaluation.aggregate import aggregate_records, judge_item
-from srt_trainer.evaluation.judge import question_text, review_messages
+from srt_trainer.evaluation.judge import judge_prompt_sha256, question_text, review_messages
+from srt_trainer.evaluation.manifest import endpoint_host
 from srt_trainer.evaluation.scores import parse_scores
 from srt_trainer.io import read_rows
 
@@ -126,6 +128,28 @@ def test_every_item_judged_in_both_orders(judged, answer_files, teacher_server, 
         assert isinstance(r["review"], str) and isinstance(r["review_reverse"], str)  # the server answered
     reasked = sum(r["reasks"] + r["reasks_reverse"] for r in records)  # each re-ask is a request of its own
     assert f"judge: {2 * ITEMS} conversations: asked {2 * ITEMS + reasked}, cached 0," in printed
+
+
+def test_manifests_name_the_judge_the_prompt_and_the_answers(judged, answer_files, teacher_server, embedded_dir):
+    """Beside the reviews, how they were judged (judge, endpoint host, prompt and answer files by sha256, how the
+    answers were generated); beside the aggregate, that manifest and the reviews' sha256."""
+    out, _ = judged
+    manifest = json.loads(out.with_name("reviews.manifest.json").read_text())
+    judge = manifest["judge"]
+    assert (judge["model"], judge["host"], judge["max_tokens"]) == (
+        str(embedded_dir),
+        endpoint_host(teacher_server),
+        16,
+    )
+    assert judge["prompt_sha256"] == judge_prompt_sha256() and manifest["items"] == ITEMS
+    for label, path in zip(("answers_a", "answers_b"), answer_files, strict=True):
+        entry = manifest["files"][label]
+        assert entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert (entry["generation"]["max_new_tokens"], entry["generation"]["seed"]) == (8, 0)
+    assert manifest["files"]["answers_b"]["generation"]["template"] == "alpaca"
+    aggregated = json.loads(out.with_name("reviews.aggregate.manifest.json").read_text())
+    assert aggregated["judging"] == manifest and aggregated["judge"] == judge
+    assert aggregated["files"]["reviews"]["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
 
 
 def test_statuses_follow_the_parser_and_the_rule(judged):

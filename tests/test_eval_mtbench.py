@@ -10,6 +10,7 @@ the failures.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from srt_trainer.cli import main as srt_main
+from srt_trainer.evaluation.manifest import endpoint_host
 from srt_trainer.evaluation.mtbench_formats import parse_rating, read_questions
 from srt_trainer.io import read_rows
 from tests.processes import interrupted_after_shards
@@ -235,7 +237,8 @@ def _show_result_pair(path: Path) -> dict[str, dict[str, int]]:
     return {m: dict(c) for m, c in tally.items()}
 
 
-def test_single_and_pairwise_grading_read_back_as_fastchat_does(judge, tmp_path):
+def test_single_and_pairwise_grading_read_back_as_fastchat_does(judge, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-never-on-disk")  # sent to the judge, written nowhere
     out = tmp_path / "mt"
     tuned = _answer_file(tmp_path / "answers" / "tuned.jsonl", "tuned", "Tuned")
     base = _answer_file(tmp_path / "answers" / "base.jsonl", "base", "Base")
@@ -324,6 +327,42 @@ def test_single_and_pairwise_grading_read_back_as_fastchat_does(judge, tmp_path)
     per_turn, overall = _show_result_single(single_file)
     assert overall == {"tuned": 7.6, "base": 4.0} and per_turn[("base", 2)] == 4.0
     assert len(read_rows(pair_file)) == 6  # the pairs are untouched
+
+    # how the numbers were obtained: each run's manifest (files by sha256, the judge by model and host, no key)
+    manifest = json.loads((out / "tuned.mtbench.manifest.json").read_text())
+    assert manifest["judge"]["model"] == "judge-model" and manifest["judge"]["host"] == endpoint_host(
+        judge.server.base_url
+    )
+    given = {"questions": QUESTIONS, "judge_prompts": PROMPTS, "reference_answers": REFERENCES, "answers": tuned}
+    for label, path in {**given, "answers_b": base}.items():
+        assert manifest["files"][label]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert manifest["grading"] == {"single": True, "model_b": "base"} and manifest["generation"] is None
+    assert manifest["packages"]["srt-trainer"] and manifest["date"]
+    assert not [p for p in out.rglob("*") if p.is_file() and b"sk-never-on-disk" in p.read_bytes()]
+    # srt eval report: the run's summary (single grades and the pair) and FastChat's judgments, each model with the
+    # manifest its run wrote
+    report = tmp_path / "report.md"
+    summary_file = out / "tuned.mtbench.summary.json"
+    rc, stdout, err = _srt(
+        ["eval", "report", "--mtbench", str(summary_file), str(single_file), "--output", str(report)]
+    )
+    assert rc == 0, err
+    data = json.loads(report.with_suffix(".json").read_text())
+    tuned_row = data["models"]["tuned"]
+    assert tuned_row["MT-Bench vs base (W/T/L)"] == "2/2/1 (1 failed)" and tuned_row["MT-Bench"] == 7.6
+    assert tuned_row["MT-Bench scored"] == "5/6"  # the failed judgment counted, never scored
+    assert data["models"]["tuned"]["MT-Bench vs base (adj. win rate)"] == pytest.approx(0.6)
+    assert data["models"]["base"]["MT-Bench"] == 4.0
+    found = {(Path(s["path"]).name, s["model"]): Path(s["manifest_path"]).name for s in data["sources"]}
+    assert found == {
+        ("tuned.mtbench.summary.json", None): "tuned.mtbench.manifest.json",
+        ("judge-model_single.jsonl", "base"): "base.mtbench.manifest.json",
+        ("judge-model_single.jsonl", "tuned"): "tuned.mtbench.manifest.json",
+    }
+    assert (
+        "no manifest" not in stdout
+        and f"judge: judge-model at {endpoint_host(judge.server.base_url)}" in report.read_text()
+    )
 
 
 # --- bad input --------------------------------------------------------------------------------------------------

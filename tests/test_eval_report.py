@@ -53,10 +53,9 @@ def test_report_gathers_every_kind_with_its_manifest(tmp_path):
         {"id": 2, "review": "7 7\nEven.", "review_reverse": "6 6\nEven.", "generator_b": "base", "judge": "gpt-4"},
     ]
     reviews.write_text("".join(json.dumps(r) + "\n" for r in records))
+    judging = {"kind": "pairwise-judge", "judge": {"model": "gpt-4", "host": "api.openai.com"}, "seed": 0}
+    (tmp_path / "pair" / "reviews.manifest.json").write_text(json.dumps(judging))  # as srt eval judge writes it
     pair = aggregate_file(reviews, plot=False).reports["json"]
-    (tmp_path / "pair" / "reviews.manifest.json").write_text(
-        json.dumps({"kind": "pairwise", "judge": {"model": "gpt-4", "host": "api.openai.com"}, "seed": 0})
-    )
     mt = tmp_path / "mt" / "model_judgment" / "gpt-4_single.jsonl"
     mt_rows = _mtbench(mt)
     board = tmp_path / "ae" / "leaderboard.csv"  # as alpaca_eval writes it
@@ -91,18 +90,22 @@ def test_report_gathers_every_kind_with_its_manifest(tmp_path):
             scores = [r["score"] for r in mine if r["turn"] == turn]
             assert models[model][f"MT-Bench turn {turn}"] == sum(scores) / len(scores)
         assert models[model]["MT-Bench"] == sum(r["score"] for r in mine) / len(mine)
-    assert data["details"]["base"]["mtbench"][0]["failed"] == 1
+    assert data["details"]["base"]["mtbench"][0]["failed"] == 1 and models["base"]["MT-Bench scored"] == "3/4"
     assert models["tuned"]["AlpacaEval win rate (%)"] == 62.5
     assert models["base+tuned"]["srt_mc (2-shot)"] == 0.35
 
     # every source with its sha256; the pairwise one with its manifest, the others reported without one
     sources = {Path(s["path"]).name: s for s in data["sources"]}
     assert sources["gpt-4_single.jsonl"]["sha256"] == hashlib.sha256(mt.read_bytes()).hexdigest()
-    assert sources["reviews.aggregate.json"]["manifest"]["judge"]["host"] == "api.openai.com"
+    # the aggregate's manifest holds the judging manifest beside the reviews, and the reviews' sha256
+    aggregated = sources["reviews.aggregate.json"]["manifest"]
+    assert aggregated["judge"]["host"] == "api.openai.com" and aggregated["judging"] == judging
+    assert aggregated["files"]["reviews"]["sha256"] == hashlib.sha256(reviews.read_bytes()).hexdigest()
     assert sources["leaderboard.csv"]["manifest"] is None
     assert data["manifest"]["packages"]["srt-trainer"]
     text = out.read_text()
     assert "| tuned |" in text and "| base |" in text and "judge: gpt-4 at api.openai.com" in text
+    assert f"judged as `{reviews.with_name('reviews.manifest.json')}` says:" in text
     assert "no manifest beside" in stdout
 
 

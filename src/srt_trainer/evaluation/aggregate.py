@@ -20,6 +20,7 @@ from typing import Any
 
 from srt_trainer.errors import SRTUserError
 from srt_trainer.evaluation.config import UNSCORED_CHOICES
+from srt_trainer.evaluation.manifest import build_manifest, file_entry, manifest_path
 from srt_trainer.evaluation.scores import parse_scores
 from srt_trainer.io import (
     DataLoadError,
@@ -27,6 +28,7 @@ from srt_trainer.io import (
     iter_raw_rows,
     sidecar_path,
     sniff_format,
+    write_json,
     write_text_atomic,
 )
 from srt_trainer.plotting import pyplot, save_figure
@@ -299,8 +301,34 @@ def format_table(agg: Aggregate) -> str:
     return "\n".join(out)
 
 
+def aggregate_manifest(agg: Aggregate, reviews: str | Path | None) -> dict[str, Any]:
+    """How an aggregate was obtained: the reviews file (sha256), the rule, and the manifest ``srt eval judge`` wrote
+    beside the reviews (``<stem>.manifest.json``: judge, endpoint host, prompt, answer files), kept whole as
+    ``judging``; reviews judged elsewhere have none, which the manifest says."""
+    judging_path = manifest_path(reviews) if reviews is not None else None
+    judging = None
+    if judging_path is not None and judging_path.is_file():
+        try:
+            judging = json.loads(judging_path.read_text(encoding="utf-8"))
+        except ValueError:
+            judging = None
+    fields: dict[str, Any] = {
+        "generator_a": agg.generator_a,
+        "generator_b": agg.generator_b,
+        "rule": {"unscored": agg.unscored},
+        "files": {"reviews": file_entry(reviews)},
+        "judge": (judging or {}).get("judge") or {"model": agg.judge, "host": None},
+        "judging_manifest": str(judging_path) if judging is not None else None,
+        "judging": judging,
+    }
+    if judging is None:
+        fields["unknown"] = [f"how {reviews} was judged: no manifest of srt eval judge beside it"]
+    return build_manifest("pairwise", **fields)
+
+
 def write_reports(agg: Aggregate, stem_path: Path, source: str | None = None, plot: bool = True) -> dict[str, str]:
-    """Write ``<stem>.aggregate.json``, ``.md`` and (with ``plot``) ``.png``; returns their paths."""
+    """Write ``<stem>.aggregate.json``, ``.md``, ``.manifest.json`` and (with ``plot``) ``.png``; returns their paths.
+    ``source`` is the reviews file (its judging manifest goes into the aggregate's)."""
     stem_path.parent.mkdir(parents=True, exist_ok=True)
     paths: dict[str, str] = {}
     chart = None
@@ -313,6 +341,8 @@ def write_reports(agg: Aggregate, stem_path: Path, source: str | None = None, pl
     js = sidecar_path(stem_path, "aggregate.json")
     write_text_atomic(json.dumps({**agg.to_dict(), "source": source}, indent=2), js)
     paths["json"] = str(js)
+    manifest = sidecar_path(stem_path, "aggregate.manifest.json")
+    paths["manifest"] = str(write_json(aggregate_manifest(agg, source), manifest, default=str))
     return paths
 
 
@@ -325,7 +355,7 @@ class AggregateRun:
     reports: dict[str, str]
 
 
-REPORT_SUFFIXES = ("aggregate.json", "aggregate.md", "aggregate.png")
+REPORT_SUFFIXES = ("aggregate.json", "aggregate.md", "aggregate.png", "aggregate.manifest.json")
 
 
 class NoJudgedItemsError(SRTUserError, ValueError):

@@ -40,7 +40,7 @@ from srt_trainer.data import Reject
 from srt_trainer.errors import SRTUserError
 from srt_trainer.evaluation.config import AlpacaEvalArguments
 from srt_trainer.evaluation.judge import match_answers, read_answers
-from srt_trainer.evaluation.manifest import build_manifest, endpoint_host, file_entry, write_manifest
+from srt_trainer.evaluation.manifest import MANIFEST, build_manifest, endpoint_host, file_entry, write_manifest
 from srt_trainer.io import DataLoadError, no_rows_message, write_json
 from srt_trainer.stage import REJECTS, SUMMARY, Stage
 
@@ -50,7 +50,6 @@ ANNOTATOR = "srt_pairwise"
 API_KEY_ENV = "OPENAI_API_KEY"
 LEADERBOARD = "leaderboard.csv"
 FAILURES = "failures.jsonl"
-MANIFEST = "manifest.json"
 # the package's console entry point, run by the interpreter that has it (its own environment, if need be)
 _RUN_PACKAGE = "import sys; from alpaca_eval.main import main; sys.exit(main())"
 # the package's metric over the merged annotations of every chunk, and its leaderboard row as `evaluate` writes it
@@ -334,7 +333,8 @@ def _judge_chunk(
         "--reference_outputs",
         str(reference_file),
         "--annotators_config",
-        str(annotator),
+        # a folder here, absolute: the package reads a relative path as one under its own configs
+        str(annotator.resolve()) if annotator.exists() else str(annotator),
         "--output_path",
         str(folder / "out"),
         "--fn_metric",

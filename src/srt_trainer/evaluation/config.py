@@ -306,7 +306,8 @@ class ReportArguments:
     mtbench: list[str] = field(
         default_factory=list,
         metadata={
-            "help": "MT-Bench single-grade judgments in FastChat's format (model_judgment/<judge>_single.jsonl)."
+            "help": "MT-Bench results: the <model_id>.mtbench.summary.json of `srt eval mtbench` (single grades and "
+            "the pairwise result), or FastChat's single-grade judgments (model_judgment/<judge>_single.jsonl)."
         },
     )
     alpacaeval: list[str] = field(

@@ -85,6 +85,19 @@ def alpaca_eval_records(rows: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
     ]
 
 
+def load_answering_model(
+    model_args: SRTModelConfig, loading: LoadingArguments, model: Any = None, tokenizer: Any = None
+) -> tuple[Any, Any]:
+    """The model that answers (``model_args``: base, adapter, dtype...) and its tokenizer, each loaded unless given."""
+    tokenizer = tokenizer or load_tokenizer(
+        model_args.model_name_or_path, trust_remote_code=loading.trust_remote_code, revision=model_args.revision()
+    )
+    model = model or load_configured_student(
+        model_args, device=loading.device, trust_remote_code=loading.trust_remote_code
+    )
+    return model, tokenizer
+
+
 class TransformersEngine:
     """Batched ``generate`` with a transformers model (and a PEFT adapter when given)."""
 
@@ -97,12 +110,7 @@ class TransformersEngine:
         tokenizer: Any = None,
     ) -> None:
         self.config = config
-        self.tokenizer = tokenizer or load_tokenizer(
-            model_args.model_name_or_path, trust_remote_code=loading.trust_remote_code, revision=model_args.revision()
-        )
-        self.model = model or load_configured_student(
-            model_args, device=loading.device, trust_remote_code=loading.trust_remote_code
-        )
+        self.model, self.tokenizer = load_answering_model(model_args, loading, model, tokenizer)
 
     def generate(self, prompts: Sequence[str], seed: int) -> list[str]:
         kwargs: dict[str, Any] = {}

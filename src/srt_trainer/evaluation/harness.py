@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from srt_trainer.errors import SRTUserError, did_you_mean
 from srt_trainer.evaluation.config import EvalConfigError, HarnessArguments
 from srt_trainer.evaluation.generate import default_generator_name
-from srt_trainer.evaluation.manifest import build_manifest, file_entry, write_manifest
+from srt_trainer.evaluation.manifest import MANIFEST, build_manifest, file_entry, write_manifest
 from srt_trainer.io import write_json
 from srt_trainer.stage import SUMMARY, Stage
 
@@ -31,7 +31,6 @@ logger = logging.getLogger(__name__)
 
 LEADERBOARD_V1 = "leaderboard_v1"
 RESULTS = "results.json"
-MANIFEST = "manifest.json"
 # lm_eval's own seeds, as its command sets them (random, numpy, torch, few-shot sampling)
 LM_EVAL_SEEDS = {"numpy_random_seed": 1234, "torch_random_seed": 1234, "fewshot_random_seed": 1234}
 
@@ -65,10 +64,6 @@ class UnknownTaskError(EvalConfigError):
 
 class TaskDataError(SRTUserError, RuntimeError):
     """A task whose data cannot be loaded (offline, with the data on the hub)."""
-
-
-class AdapterBaseError(SRTUserError, ValueError):
-    """The adapter was trained on another base model than ``--model``."""
 
 
 def plan_tasks(names: list[str], num_fewshot: int | None) -> list[HarnessTask]:
@@ -106,44 +101,6 @@ def check_tasks(plan: list[HarnessTask], manager: Any, include_path: str | None)
             f"--tasks: lm_eval knows no task {names}{where} (`lm_eval ls tasks` lists them; presets: "
             f"{', '.join(PRESETS)})"
         )
-
-
-def _model_config(path: Path) -> dict[str, Any] | None:
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    # what says nothing about the weights
-    for key in ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache"):
-        config.pop(key, None)
-    return config
-
-
-def check_adapter_base(model: str, adapter: str) -> None:
-    """Refuse an adapter trained on another base than ``model``: the adapter's ``base_model_name_or_path`` must be
-    the same folder, a folder with the same config, or (for hub ids) the same model name."""
-    config_path = Path(adapter) / "adapter_config.json"
-    if not config_path.is_file():
-        raise AdapterBaseError(f"--adapter {adapter}: not a PEFT adapter folder (no adapter_config.json)")
-    try:
-        base = json.loads(config_path.read_text()).get("base_model_name_or_path")
-    except ValueError as e:
-        raise AdapterBaseError(f"{config_path}: not valid JSON ({e})") from None
-    if not base or str(base) == str(model):
-        return
-    model_path, base_path = Path(model), Path(str(base))
-    if model_path.is_dir() and base_path.is_dir():
-        if model_path.resolve() == base_path.resolve():
-            return
-        mine, theirs = _model_config(model_path), _model_config(base_path)
-        if mine is not None and mine == theirs:
-            return
-    elif model_path.name.lower() == base_path.name.lower():
-        return  # a hub id and its local copy (or two spellings of one id)
-    raise AdapterBaseError(
-        f"{config_path}: field base_model_name_or_path is {base}, but --model is {model}; an adapter applies only to "
-        "the model it was trained on (give that model as --model)"
-    )
 
 
 def main_metric(task_results: dict[str, Any], key: str | None = None) -> tuple[str, float | None, float | None]:
@@ -222,7 +179,7 @@ def run_harness(config: HarnessArguments) -> HarnessRun:
 
 
 def _run(config: HarnessArguments, stage: Stage) -> HarnessRun:
-    from srt_trainer.models.loading import resolve_model_path
+    from srt_trainer.models.loading import check_adapter_base, resolve_model_path
 
     plan = plan_tasks(config.tasks, config.num_fewshot)
     model_path = resolve_model_path(config.model)

@@ -10,6 +10,7 @@ instruction alone unless ``--judge_input`` adds the item's input, as the publish
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -27,10 +28,11 @@ from srt_trainer.evaluation.aggregate import (
     write_reports,
 )
 from srt_trainer.evaluation.config import JudgeArguments
+from srt_trainer.evaluation.manifest import MANIFEST, answers_entry, build_manifest, judge_entry, write_manifest
 from srt_trainer.evaluation.scores import has_scores
 from srt_trainer.io import DataLoadError, iter_raw_rows, row_window, sidecar_path
 from srt_trainer.stage import REJECTS, Stage
-from srt_trainer.teachers import RunCounts, TeacherArguments, build_teacher_from_args, complete_all
+from srt_trainer.teachers import RunCounts, TeacherArguments, build_teacher_from_args, complete_all_from_args
 from srt_trainer.teachers.cache import check_cache_writable
 
 logger = logging.getLogger(__name__)
@@ -53,6 +55,12 @@ REVIEW_TEMPLATE = (
     "[The Start of Assistant 2's Answer]\n{answer_2}\n\n[The End of Assistant 2's Answer]\n\n"
     "[System]\n{instruction}\n\n"
 )
+
+
+def judge_prompt_sha256() -> str:
+    """sha256 of the review prompt's texts (system line, template, instruction): a manifest names the prompt by it."""
+    text = "\n\n".join((JUDGE_SYSTEM, REVIEW_TEMPLATE, JUDGE_INSTRUCTION))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def question_text(instruction: str, input: str = "", include_input: bool = False) -> str:
@@ -223,7 +231,7 @@ def run_judge(config: JudgeArguments, judge: TeacherArguments, teacher: Any = No
         config.output,
         "reviews file",
         inputs={"--answers_a": config.answers_a, "--answers_b": config.answers_b},
-        side=(REJECTS, FAILURES),
+        side=(REJECTS, FAILURES, MANIFEST),
         extra={"--teacher_cache": cache},
         reports=REPORT_SUFFIXES,
     )
@@ -254,14 +262,8 @@ def _run_judge(config: JudgeArguments, judge: TeacherArguments, stage: Stage, ca
         conversations.append(review_messages(question, a["output"], b["output"]))
         conversations.append(review_messages(question, b["output"], a["output"]))  # swapped: B is Assistant 1
     try:
-        results, counts = complete_all(
-            teacher,
-            conversations,
-            judge.sampling(),
-            cache,
-            validate=has_scores,
-            max_reasks=judge.max_reasks,
-            desc="Judging",
+        results, counts = complete_all_from_args(
+            teacher, judge, conversations, cache, validate=has_scores, desc="Judging"
         )
     finally:
         if own_teacher:
@@ -272,6 +274,15 @@ def _run_judge(config: JudgeArguments, judge: TeacherArguments, stage: Stage, ca
     ]
     output = stage.write(records)
     failures = stage.write_side(FAILURES, [r for r in records if r["status"] != "ok"])
+    manifest = build_manifest(
+        "pairwise-judge",
+        judge=judge_entry(judge, str(judge_name)) | {"prompt_sha256": judge_prompt_sha256()},
+        files={"answers_a": answers_entry(config.answers_a), "answers_b": answers_entry(config.answers_b)},
+        settings={k: getattr(config, k) for k in ("judge_input", "unscored", "offset", "limit")},
+        items=len(pairs),
+        rejected_rows=len(rejects),
+    )
+    write_manifest(output, manifest)  # before the reports: the aggregate's manifest holds it
     agg = aggregate_records(records, unscored=config.unscored)
     reports = write_reports(agg, output, source=str(output), plot=config.plot)
     logger.debug("judge config: %s; judge: %s", asdict(config), asdict(judge))

@@ -9,16 +9,20 @@ judge's model and endpoint host, sha256 of the prompt and question files, seeds,
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
 import sys
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from srt_trainer.io import sidecar_path, write_json
+
+if TYPE_CHECKING:
+    from srt_trainer.teachers import TeacherArguments
 
 MANIFEST = "manifest.json"
 # what every manifest names; a runner adds the packages it ran (lm-eval, alpaca-eval)
@@ -70,6 +74,47 @@ def endpoint_host(url: str | None) -> str | None:
         host = parsed.hostname or ""
         hosts.append(f"{host}:{parsed.port}" if parsed.port else host)
     return ",".join(hosts)
+
+
+def judge_entry(judge: TeacherArguments, name: str | None = None) -> dict[str, Any]:
+    """A judge as a manifest names it: the teacher kind, the model asked for, the name the run's files give it
+    (``name``), the endpoint host (never the key or the URL's path) and how it was asked (sampling, re-asks)."""
+    sampling = judge.sampling()
+    return {
+        "teacher": judge.teacher,
+        "model": judge.teacher_model or name,
+        "name": name or judge.teacher_model,
+        "host": endpoint_host(judge.base_url) if judge.teacher == "openai" else None,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "max_tokens": sampling.max_tokens,
+        "seed": sampling.seed,
+        "max_reasks": judge.max_reasks,
+        "reask_temperature": judge.reask_temperature,
+        "batch_api": judge.teacher_batch,
+    }
+
+
+# what a generate summary says about how its answers were made
+_GENERATION_KEYS = ("template", "seed", "temperature", "top_p", "max_new_tokens", "max_length", "stop_at_turns")
+
+
+def answers_entry(path: str | Path) -> dict[str, Any] | None:
+    """An answer file as a manifest names it: its path and sha256, and how ``srt eval generate`` made it (model,
+    adapter, template, seed, limits) when its ``<stem>.summary.json`` is beside it."""
+    entry = file_entry(path)
+    summary_file = sidecar_path(path, "summary.json")
+    if entry is None or not summary_file.is_file():
+        return entry
+    try:
+        summary = json.loads(summary_file.read_text(encoding="utf-8"))
+        config = summary["config"]
+        settings = {**config["generate"], **config["student"]}
+    except (ValueError, KeyError, TypeError):
+        return entry  # not a generate summary: the hash alone says which file it was
+    generation = {"generator": summary.get("generator"), "model": settings.get("model_name_or_path")}
+    generation |= {"adapter": settings.get("adapter")} | {k: settings.get(k) for k in _GENERATION_KEYS}
+    return {**entry, "summary_sha256": file_sha256(summary_file), "generation": generation}
 
 
 def utc_now() -> str:

@@ -34,7 +34,15 @@ from tqdm.auto import tqdm
 from srt_trainer.data import Reject, summarize_rejects
 from srt_trainer.errors import SRTUserError
 from srt_trainer.evaluation.config import MTBenchArguments
-from srt_trainer.evaluation.generate import TURN_MARKERS, cut_at_turns, default_generator_name
+from srt_trainer.evaluation.generate import TURN_MARKERS, cut_at_turns, default_generator_name, load_answering_model
+from srt_trainer.evaluation.manifest import (
+    MANIFEST,
+    build_manifest,
+    file_entry,
+    judge_entry,
+    manifest_path,
+    write_manifest,
+)
 from srt_trainer.evaluation.mtbench_formats import (
     CATEGORY_TEMPERATURES,
     GRADED_TURNS,
@@ -59,7 +67,7 @@ from srt_trainer.generation import generate_answers
 from srt_trainer.io import ShardPlan, ShardStore, shard_bounds, sidecar_path, write_rows
 from srt_trainer.models.config import LoadingArguments, SRTModelConfig
 from srt_trainer.stage import REJECTS, SUMMARY, Stage
-from srt_trainer.teachers import RunCounts, TeacherArguments, build_teacher_from_args, complete_all
+from srt_trainer.teachers import RunCounts, TeacherArguments, build_teacher_from_args, complete_all_from_args
 from srt_trainer.teachers.cache import check_cache_writable
 
 logger = logging.getLogger(__name__)
@@ -122,8 +130,9 @@ class MTBenchNoScoresError(SRTUserError, RuntimeError):
 # --- answering -------------------------------------------------------------------------------------------------
 class MultiTurnAnswerer:
     """Answers questions turn by turn with a local transformers model in its training template: each later turn's
-    prompt holds the model's own earlier answers, each after the template's response separator (as trained) and
-    closed by EOS, as a conversation's earlier turns are rendered for training."""
+    prompt holds the model's own earlier answers, each after the template's response separator (where a trained
+    answer starts) and closed by EOS: FastChat's vicuna form. (Training and scoring render a conversation's earlier
+    turns without the separator; the final, trained turn has it.)"""
 
     def __init__(
         self,
@@ -133,18 +142,11 @@ class MultiTurnAnswerer:
         model: Any = None,
         tokenizer: Any = None,
     ) -> None:
-        from srt_trainer.models import load_tokenizer
-        from srt_trainer.models.loading import load_configured_student
         from srt_trainer.templates import get_template
         from srt_trainer.training.data import response_separator
 
         self.config = config
-        self.tokenizer = tokenizer or load_tokenizer(
-            model_args.model_name_or_path, trust_remote_code=loading.trust_remote_code, revision=model_args.revision()
-        )
-        self.model = model or load_configured_student(
-            model_args, device=loading.device, trust_remote_code=loading.trust_remote_code
-        )
+        self.model, self.tokenizer = load_answering_model(model_args, loading, model, tokenizer)
         self.template = get_template(model_args.template, self.tokenizer)
         self.separator = response_separator(model_args.template)
         self.eos = self.tokenizer.eos_token or "</s>"
@@ -388,16 +390,7 @@ def _ask(teacher: Any, judge: TeacherArguments, grading: _Grading, cache: Path) 
     conversations = [c for task in grading.tasks for c in task.conversations]
     validate = has_rating if grading.kind == "single" else has_verdict
     desc = "Grading (single)" if grading.kind == "single" else "Grading (pairs)"
-    return complete_all(
-        teacher,
-        conversations,
-        judge.sampling(),
-        cache,
-        validate=validate,
-        max_reasks=judge.max_reasks,
-        desc=desc,
-        reask_temperature=judge.reask_temperature,
-    )
+    return complete_all_from_args(teacher, judge, conversations, cache, validate=validate, desc=desc)
 
 
 def _asks(result: Any) -> str:
@@ -511,6 +504,39 @@ def turn_rows(
     return rows
 
 
+def mtbench_manifest(
+    config: MTBenchArguments, judge: TeacherArguments, run: MTBenchRun, model_b: str | None
+) -> dict[str, Any]:
+    """How this run's numbers were obtained: the question, judge-prompt and reference files and both answer files
+    (sha256), the model and its generation settings (seed, temperatures, limits), the judge (model, endpoint host,
+    sampling), the date; ``answers_b_manifest`` names model B's own manifest when it was answered here too."""
+    summary, paths = run.summary, run.paths
+    generation = summary["generation"]
+    answers = config.answers or paths.answers
+    b_manifest = None
+    if config.grade and config.answers_b and model_b:  # FastChat's layout: <dir>/model_answer/<model_b>.jsonl
+        b_manifest = manifest_path(MTBenchPaths(Path(config.answers_b).parent.parent, model_b).output)
+    return build_manifest(
+        "mtbench",
+        benchmark="mt_bench",
+        model_id=paths.model_id,
+        generation=None if generation is None else generation["settings"],
+        seed=config.seed if generation is not None else None,
+        judge=judge_entry(judge, paths.judge_name) if config.grade else None,
+        grading={"single": config.single and config.grade, "model_b": model_b if config.grade else None},
+        limit=config.limit,
+        questions=summary["questions"],
+        files={
+            "questions": file_entry(config.questions),
+            "judge_prompts": file_entry(config.judge_prompts) if config.grade else None,
+            "reference_answers": file_entry(config.reference_answers) if config.grade else None,
+            "answers": file_entry(answers),
+            "answers_b": file_entry(config.answers_b) if config.grade else None,
+            "answers_b_manifest": file_entry(b_manifest) if b_manifest and b_manifest.is_file() else None,
+        },
+    )
+
+
 def run_mtbench(
     config: MTBenchArguments,
     model_args: SRTModelConfig | None = None,
@@ -572,7 +598,7 @@ def run_mtbench(
             "--answers": config.answers,
             "--answers_b": config.answers_b,
         },
-        side=(REJECTS, SUMMARY, FAILURES, CHART),
+        side=(REJECTS, SUMMARY, FAILURES, CHART, MANIFEST),
         extra={
             "the answers file": None if given else paths.answers,
             "the single judgments": paths.judgments("single") if config.grade and "single" in kinds else None,
@@ -614,6 +640,7 @@ def run_mtbench(
         run.rows = turn_rows(questions, model_id, judged["single"], judged["pair"], run.failures)
         stage.write(run.rows)
         stage.write_summary(summary)
+        summary["files"]["manifest"] = str(write_manifest(stage.output, mtbench_manifest(config, judge, run, model_b)))
     scored = (summary["single"] or {}).get("scored", 0) + (summary["pair"] or {}).get("n", 0)
     if config.grade and scored == 0:  # every file is written: the rows and the failures say why, turn by turn
         first = run.failures[0]["reason"] if run.failures else "nothing to grade"

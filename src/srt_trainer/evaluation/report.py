@@ -6,13 +6,16 @@ them, one row per model:
 
 - pairwise: the ``<stem>.aggregate.json`` of ``srt eval judge`` / ``srt eval aggregate`` (win / tie / lose of model
   A against model B, the winning score);
-- MT-Bench: FastChat's single-grade judgments (``model_judgment/<judge>_single.jsonl``; a score of -1 is a failed
-  judgment, left out of the means and counted, as FastChat's ``show_result`` does): the mean per turn and overall;
+- MT-Bench: the ``<model_id>.mtbench.summary.json`` of ``srt eval mtbench`` (the mean grade per turn and overall,
+  and the pairwise win / tie / loss against model B), or FastChat's single-grade judgments
+  (``model_judgment/<judge>_single.jsonl``; a score of -1 is a failed judgment, left out of the means and counted,
+  as FastChat's ``show_result`` does): the mean per turn and overall;
 - AlpacaEval: the output of ``srt eval alpacaeval`` (its summary) or a ``leaderboard.csv`` the package wrote;
 - harness: the output of ``srt eval harness`` (its summary) or an ``lm_eval`` ``results_*.json``.
 
 Beside each number goes how it was obtained: the manifest its runner wrote (``<stem>.manifest.json``, or a
-``manifest.json`` in the result's folder or the one above), and the sha256 of every file read. A number without
+``manifest.json`` in the result's folder or the one above; for FastChat's judgments, each model's
+``<model_id>.mtbench.manifest.json`` in the folder above), and the sha256 of every file read. A number without
 its manifest is reported as such.
 """
 
@@ -22,7 +25,7 @@ import csv
 import json
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,7 @@ from srt_trainer.errors import SRTUserError
 from srt_trainer.evaluation.config import ReportArguments
 from srt_trainer.evaluation.generate import default_generator_name
 from srt_trainer.evaluation.harness import main_metric
-from srt_trainer.evaluation.manifest import build_manifest, file_sha256, manifest_path
+from srt_trainer.evaluation.manifest import MANIFEST, build_manifest, file_sha256, manifest_path
 from srt_trainer.io import (
     DataLoadError,
     check_distinct_paths,
@@ -55,16 +58,7 @@ class Source:
     manifest: dict[str, Any] | None
     manifest_path: str | None
     notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "path": self.path,
-            "sha256": self.sha256,
-            "manifest_path": self.manifest_path,
-            "manifest": self.manifest,
-            "notes": self.notes,
-        }
+    model: str | None = None  # the one model of a file that holds several (FastChat's judgments)
 
 
 @dataclass
@@ -106,14 +100,27 @@ def _read_json(path: Path) -> Any:
         raise DataLoadError(f"{path}: not valid JSON ({e})") from None
 
 
-def _source(report: Report, kind: str, path: Path) -> Source:
-    found = find_manifest(path)
+def _source(report: Report, kind: str, path: Path, found: Path | None = None, model: str | None = None) -> Source:
+    """The source ``path`` as read, with its manifest (``found``, else the one ``find_manifest`` finds)."""
+    found = found or find_manifest(path)
     manifest = _read_json(found) if found else None
-    src = Source(kind, str(path), file_sha256(path), manifest, str(found) if found else None)
+    src = Source(kind, str(path), file_sha256(path), manifest, str(found) if found else None, model=model)
     if manifest is None:
         src.notes.append("no manifest found beside it")
     report.sources.append(src)
     return src
+
+
+def _summary_of(report: Report, kind: str, path: Path, command: str) -> tuple[dict[str, Any], Path, Source]:
+    """The ``<stem>.summary.json`` beside the output of ``command`` (or ``path`` itself when it is the summary), and
+    the source read."""
+    summary_file = path if path.name.endswith(".summary.json") else sidecar_path(path, "summary.json")
+    if not summary_file.is_file():
+        raise ReportInputError(f"{path}: no {summary_file.name} beside it (is it the output of {command}?)")
+    summary = _read_json(summary_file)
+    if not isinstance(summary, dict):
+        raise ReportInputError(f"{summary_file}: not a summary of {command} (a JSON object)")
+    return summary, summary_file, _source(report, kind, path)
 
 
 def _need(row: dict[str, Any], key: str, path: Path, where: str) -> Any:
@@ -137,10 +144,15 @@ def add_pairwise(report: Report, path: Path) -> None:
     other = str(data.get("generator_b") or "model B")
     n = data.get("n", data["win"] + data["tie"] + data["lose"])
     ws = data.get("winning_score")
-    report.put(model, f"pairwise vs {other} (W/T/L)", f"{data['win']}/{data['tie']}/{data['lose']}")
+    report.put(model, f"pairwise vs {other} (W/T/L)", _wtl(data["win"], data["tie"], data["lose"], data.get("failed")))
     report.put(model, f"pairwise vs {other} (WS)", ws)
     entry = {k: data.get(k) for k in ("win", "tie", "lose", "failed", "winning_score", "judge", "unscored")}
     report.detail(model, "pairwise", {"against": other, "n": n, **entry, "source": src.path})
+
+
+def _wtl(win: int, tie: int, loss: int, failed: int | None) -> str:
+    """``W/T/L``, and how many were not counted (no readable verdict) when some were not."""
+    return f"{win}/{tie}/{loss}" + (f" ({failed} failed)" if failed else "")
 
 
 def mtbench_scores(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
@@ -181,16 +193,59 @@ def mtbench_scores(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
     return out
 
 
+def mtbench_manifest(judgments: Path, model: str) -> Path | None:
+    """The manifest ``srt eval mtbench`` wrote for ``model`` of a FastChat judgment file: in its layout,
+    ``<dir>/model_judgment/<judge>_single.jsonl`` and ``<dir>/<model>.mtbench.manifest.json``; else the file's own
+    (``find_manifest``)."""
+    mine = judgments.parent.parent / f"{model}.mtbench.{MANIFEST}"
+    return mine if mine.is_file() else find_manifest(judgments)
+
+
 def add_mtbench(report: Report, path: Path) -> None:
+    """``srt eval mtbench``'s summary (``<model_id>.mtbench.summary.json``, or its output ``.mtbench.jsonl``), or
+    FastChat's single judgments (one source per model in them, each with its own manifest)."""
+    if path.name.endswith((".mtbench.summary.json", ".mtbench.jsonl")):
+        add_mtbench_summary(report, path)
+        return
     result = mtbench_scores(path)
-    src = _source(report, "mtbench", path)
+    sources = {
+        m: _source(report, "mtbench", path, mtbench_manifest(path, m), m) for m in sorted({m for m, _ in result})
+    }
     judges = {judge for _, judge in result}
     for (model, judge), r in sorted(result.items()):
         label = f"MT-Bench ({judge})" if len(judges) > 1 else "MT-Bench"
         for turn, mean in r["turns"].items():
             report.put(model, f"{label} turn {turn}", mean)
         report.put(model, label, r["overall"])
-        report.detail(model, "mtbench", {"judge": judge, **r, "source": src.path})
+        report.put(model, f"{label} scored", f"{r['judged']}/{r['judged'] + r['failed']}")
+        report.detail(model, "mtbench", {"judge": judge, **r, "source": sources[model].path})
+
+
+def add_mtbench_summary(report: Report, path: Path) -> None:
+    """The summary of one ``srt eval mtbench`` run: its single grades (mean per turn and overall, as from its
+    judgments) and its pairwise win / tie / loss against model B with the adjusted win rate (a tie half a win)."""
+    summary, summary_file, src = _summary_of(report, "mtbench", path, "srt eval mtbench")
+    if summary.get("benchmark") != "mt_bench":
+        raise ReportInputError(f"{summary_file}: field 'benchmark': not an MT-Bench summary of srt eval mtbench")
+    model = str(_need(summary, "model_id", summary_file, "the summary"))
+    single, pair = summary.get("single"), summary.get("pair")
+    if single:
+        for turn in (1, 2):
+            report.put(model, f"MT-Bench turn {turn}", single.get(f"turn_{turn}"))
+        report.put(model, "MT-Bench", single.get("overall"))
+        report.put(model, "MT-Bench scored", f"{single.get('scored')}/{single.get('judgments')}")
+        entry = {k: single.get(k) for k in ("overall", "turn_1", "turn_2", "judgments", "scored", "failures")}
+        report.detail(model, "mtbench", {"judge": summary.get("judge"), **entry, "source": src.path})
+    if pair:
+        other = pair.get("model_b") or "model B"
+        report.put(
+            model, f"MT-Bench vs {other} (W/T/L)", _wtl(pair["win"], pair["tie"], pair["loss"], pair.get("failures"))
+        )
+        report.put(model, f"MT-Bench vs {other} (adj. win rate)", pair.get("win_rate_adjusted"))
+        keys = ("win", "tie", "loss", "n", "win_rate", "win_rate_adjusted", "judgments", "failures")
+        report.detail(model, "mtbench_pair", {"against": other, **{k: pair.get(k) for k in keys}, "source": src.path})
+    if not single and not pair:
+        raise ReportInputError(f"{summary_file}: fields 'single' and 'pair' are both empty: the run graded nothing")
 
 
 def add_alpacaeval(report: Report, path: Path) -> None:
@@ -209,11 +264,7 @@ def add_alpacaeval(report: Report, path: Path) -> None:
             _put_alpaca(report, model, None, _float(row.get("win_rate")), _float(row.get("length_controlled_winrate")))
             report.detail(model, "alpacaeval", {**row, "source": src.path})
         return
-    summary_file = sidecar_path(path, "summary.json")
-    if not summary_file.is_file():
-        raise ReportInputError(f"{path}: no {summary_file.name} beside it (is it the output of srt eval alpacaeval?)")
-    summary = _read_json(summary_file)
-    src = _source(report, "alpacaeval", path)
+    summary, summary_file, src = _summary_of(report, "alpacaeval", path, "srt eval alpacaeval")
     model = str(_need(summary, "generator", summary_file, "the summary"))
     win_rate = _need(summary, "win_rate", summary_file, "the summary")
     _put_alpaca(report, model, summary.get("reference"), win_rate, summary.get("length_controlled_winrate"))
@@ -262,11 +313,7 @@ def add_harness(report: Report, path: Path) -> None:
             tasks[task] = {"metric": key, "value": value, "stderr": stderr, "num_fewshot": shots.get(task)}
         average = None
     else:
-        summary_file = sidecar_path(path, "summary.json")
-        if not summary_file.is_file():
-            raise ReportInputError(f"{path}: no {summary_file.name} beside it (is it the output of srt eval harness?)")
-        summary = _read_json(summary_file)
-        src = _source(report, "harness", path)
+        summary, summary_file, src = _summary_of(report, "harness", path, "srt eval harness")
         model = str(_need(summary, "model", summary_file, "the summary"))
         tasks = _need(summary, "tasks", summary_file, "the summary")
         average = summary.get("average") if len(tasks) > 1 else None
@@ -304,37 +351,71 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _manifest_lines(src: Source) -> list[str]:
-    m = src.manifest
-    lines = [f"- **{src.kind}** `{src.path}` (sha256 `{src.sha256[:16]}…`)"]
-    if m is None:
-        return [*lines, "  - no manifest found beside it: how this number was obtained is unknown"]
+def _settings(values: dict[str, Any], keys: Iterable[str]) -> str:
+    return ", ".join(f"{k} {values[k]}" for k in keys if values.get(k) is not None)
+
+
+# how an answer file or a run's answers were generated, in that order when set
+_GENERATION = ("model_name_or_path", "model", "adapter", "template", "seed", "temperature", "max_new_tokens")
+
+
+def _file_lines(files: dict[str, Any], indent: str) -> list[str]:
+    lines = []
+    for label, entry in files.items():
+        if entry and entry.get("sha256"):
+            line = f"{indent}- {label}: `{entry['path']}` sha256 `{entry['sha256'][:16]}…`"
+            generation = entry.get("generation")
+            if generation:
+                line += f" (answered by {generation.get('generator')}: {_settings(generation, _GENERATION[1:])})"
+            lines.append(line)
+    return lines
+
+
+def _manifest_body(m: dict[str, Any], indent: str = "  ") -> list[str]:
+    """A manifest's lines: the judge, dates, seeds and shots, the answers' generation, the files with their sha256,
+    what it says is unknown; a pairwise aggregate's judging manifest beneath it."""
+    lines = []
     judge = m.get("judge") or {}
     if judge:
-        lines.append(f"  - judge: {judge.get('model')} at {judge.get('host') or 'the default endpoint'}")
-    for key in ("date", "preset", "seed", "seeds", "fn_metric", "limit", "alpaca_eval_version"):
+        how = _settings(judge, ("temperature", "max_tokens", "seed", "max_reasks"))
+        lines.append(f"{indent}- judge: {judge.get('model')} at {judge.get('host') or 'the default endpoint'}")
+        lines[-1] += f" ({how})" if how else ""
+    for key in ("date", "preset", "seed", "seeds", "fn_metric", "limit", "alpaca_eval_version", "rule", "settings"):
         if m.get(key) is not None:
-            lines.append(f"  - {key}: {m[key]}")
+            lines.append(f"{indent}- {key}: {m[key]}")
+    if m.get("generation"):
+        lines.append(f"{indent}- answers generated with: {_settings(m['generation'], _GENERATION)}")
     if m.get("tasks"):
         shots = ", ".join(f"{t['task']} {t['num_fewshot']}-shot" for t in m["tasks"])
-        lines.append(f"  - tasks: {shots}")
+        lines.append(f"{indent}- tasks: {shots}")
     packages = m.get("packages") or {}
     if packages:
-        lines.append("  - packages: " + ", ".join(f"{k} {v}" for k, v in packages.items() if v))
-    for label, entry in (m.get("files") or {}).items():
-        if entry and entry.get("sha256"):
-            lines.append(f"  - {label}: `{entry['path']}` sha256 `{entry['sha256'][:16]}…`")
-    lines.append(f"  - manifest: `{src.manifest_path}`")
+        lines.append(f"{indent}- packages: " + ", ".join(f"{k} {v}" for k, v in packages.items() if v))
+    lines += _file_lines(m.get("files") or {}, indent)
+    lines += [f"{indent}- unknown: {what}" for what in m.get("unknown") or []]
+    if m.get("judging"):
+        lines.append(f"{indent}- judged as `{m.get('judging_manifest')}` says:")
+        lines += _manifest_body(m["judging"], indent + "  ")
     return lines
+
+
+def _manifest_lines(src: Source) -> list[str]:
+    m = src.manifest
+    model = f", model {src.model}" if src.model else ""
+    lines = [f"- **{src.kind}** `{src.path}` (sha256 `{src.sha256[:16]}…`{model})"]
+    if m is None:
+        return [*lines, "  - no manifest found beside it: how this number was obtained is unknown"]
+    return [*lines, *_manifest_body(m), f"  - manifest: `{src.manifest_path}`"]
 
 
 def markdown_report(report: Report, manifest: dict[str, Any]) -> str:
     lines = ["# Evaluation report", ""]
     lines += [
         "One row per model. Pairwise: win / tie / lose of the row's model against the other, judged in both orders, "
-        "and the winning score (win − lose) / n + 1; MT-Bench: mean 1-10 grade per turn and overall (failed "
-        "judgments left out); AlpacaEval: win rate (%) against the reference outputs; harness: lm_eval's main "
-        "metric of each task (fraction) at its shot count.",
+        "and the winning score (win − lose) / n + 1 (items without readable scores: failed, not counted); MT-Bench: "
+        "mean 1-10 grade per turn and overall (failed judgments left out; scored: readable of all), and win / tie / "
+        "loss against model B with the adjusted win rate (a tie half a win); AlpacaEval: win rate (%) against the "
+        "reference outputs; harness: lm_eval's main metric of each task (fraction) at its shot count.",
         "",
     ]
     if report.columns:
@@ -371,7 +452,7 @@ def run_report(config: ReportArguments) -> ReportRun:
         "models": {m: dict(cells) for m, cells in report.cells.items()},
         "columns": report.columns,
         "details": {m: dict(d) for m, d in report.details.items()},
-        "sources": [s.to_dict() for s in report.sources],
+        "sources": [asdict(s) for s in report.sources],
         "manifest": manifest,
     }
     markdown.parent.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ from srt_trainer.teachers import (
     Teacher,
     TeacherArguments,
     TeacherFactory,
-    complete_all,
+    complete_all_from_args,
 )
 from srt_trainer.teachers.base import TeacherError
 from srt_trainer.teachers.cache import check_cache_writable
@@ -217,16 +217,8 @@ def reflect(
         # as released, a reply is asked again only when no part of it is usable
         return fields.instruction is not None or fields.output is not None
 
-    results, counts = complete_all(
-        teacher,
-        conversations,
-        teacher_args.sampling(),
-        cache_path,
-        validate=usable,
-        max_reasks=teacher_args.max_reasks,
-        progress=progress,
-        desc=f"reflect {mode}",
-        reask_temperature=teacher_args.reask_temperature,
+    results, counts = complete_all_from_args(
+        teacher, teacher_args, conversations, cache_path, validate=usable, progress=progress, desc=f"reflect {mode}"
     )
     identity = teacher.identity()
     out_rows, raw = [], []

@@ -24,7 +24,7 @@ from srt_trainer.teachers.base import (
 from srt_trainer.teachers.cache import ResponseCache, cache_key, load_cache_entries
 from srt_trainer.teachers.config import TEACHER_KINDS, TeacherArguments
 from srt_trainer.teachers.factory import LoadedStudent, TeacherFactory, build_teacher, build_teacher_from_args
-from srt_trainer.teachers.runner import complete_all
+from srt_trainer.teachers.runner import complete_all, complete_all_from_args
 
 __all__ = [
     "TEACHER_KINDS",
@@ -44,5 +44,6 @@ __all__ = [
     "build_teacher_from_args",
     "cache_key",
     "complete_all",
+    "complete_all_from_args",
     "load_cache_entries",
 ]

@@ -7,11 +7,15 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
 from srt_trainer.teachers.base import Answer, ChatResult, Conversation, RunCounts, SamplingConfig, Teacher
 from srt_trainer.teachers.cache import ResponseCache, cache_keys
+
+if TYPE_CHECKING:
+    from srt_trainer.teachers.config import TeacherArguments
 
 logger = logging.getLogger(__name__)
 
@@ -146,3 +150,26 @@ def _needs_reask(
             r.reasks += 1
             again.append(i)
     return again
+
+
+def complete_all_from_args(
+    teacher: Teacher,
+    args: TeacherArguments,
+    conversations: Sequence[Conversation],
+    cache_path: str | Path | None,
+    validate: Callable[[str], bool] | None = None,
+    progress: bool = True,
+    desc: str = "",
+) -> tuple[list[ChatResult], RunCounts]:
+    """``complete_all`` with the sampling, ``--max_reasks`` and ``--reask_temperature`` of ``args``."""
+    return complete_all(
+        teacher,
+        conversations,
+        args.sampling(),
+        cache_path,
+        validate=validate,
+        max_reasks=args.max_reasks,
+        progress=progress,
+        desc=desc,
+        reask_temperature=args.reask_temperature,
+    )
