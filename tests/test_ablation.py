@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from srt_trainer.ablation.config import ARMS, AblateArguments, AblationConfigError
+from srt_trainer.ablation.held_out import HeldOutOverlapError, check_no_overlap, load_held_out, response_losses
 from srt_trainer.ablation.uncertainty import bootstrap_mean, normal_interval, paired_difference, winning_score
 from srt_trainer.io import read_rows, write_rows
 from tests.processes import kill_when
@@ -75,6 +76,62 @@ def test_arms_are_checked_and_ordered():
     assert AblateArguments(test_sets=["x"]).arms == list(ARMS)
     with pytest.raises(AblationConfigError, match="did you mean random"):
         AblateArguments(test_sets=["x"], arms=["randm"])
+
+
+# --- the held-out loss against a plain forward pass -------------------------------------------------------------
+
+
+def plain_response_loss(model, tokenizer, row: dict, max_length: int) -> tuple[float, int]:
+    """The mean token NLL of the response given the prompt from one ordinary forward with ``labels`` (the prompt's
+    tokens masked), and the number of response tokens: computed without the scorer."""
+    import torch
+
+    from srt_trainer.templates import get_template
+
+    prompt = get_template("vicuna", tokenizer).prompt(row["instruction"], row["input"])
+    start = len(tokenizer(prompt)["input_ids"])
+    ids = tokenizer(prompt + row["output"])["input_ids"][:max_length]
+    labels = [-100] * start + ids[start:]
+    with torch.no_grad():
+        loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss
+    return float(loss), len(ids) - start
+
+
+def held_out_file(alpaca_rows: list[dict], path: Path, n: int = 6) -> Path:
+    """``n`` real rows the arms of ``variant_files`` never see (from the end of the slice), one of them with an
+    input, and a row without a reference answer (rejected)."""
+    trained = {r["instruction"] for r in [r for r in alpaca_rows if 40 < len(r["output"]) < 300][:16]}  # see above
+    rows = [
+        {k: r[k] for k in ("instruction", "input", "output")}
+        for r in alpaca_rows[-60:]
+        if len(r["output"]) < 400 and r["instruction"] not in trained  # the slice repeats a few rows
+    ]
+    rows = [r for r in rows if r["input"]][:1] + [r for r in rows if not r["input"]][: n - 1]
+    return write_rows([*rows, {"instruction": "Name a colour.", "input": "", "output": ""}], path)
+
+
+def test_held_out_loss_is_the_loss_of_a_plain_forward(tiny_models, alpaca_rows, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from srt_trainer.scoring.config import ScoringArguments
+    from srt_trainer.templates import get_template
+
+    path = held_out_file(alpaca_rows, tmp_path / "held_out.jsonl")
+    loaded = load_held_out(path, tmp_path / "rejects.jsonl")
+    assert len(loaded.rows) == 6 and [r["row"] for r in read_rows(tmp_path / "rejects.jsonl")] == [6]
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"]).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["llama"])
+    options = ScoringArguments(score_max_length=200).scorer_options()  # two long rows are cut, as the scorer cuts
+    got = response_losses(model, tokenizer, get_template("vicuna", tokenizer), loaded.rows, options)
+    want = [plain_response_loss(model, tokenizer, r, 200) for r in loaded.rows]
+    assert [n for _, n in got] == [n for _, n in want] and min(n for _, n in want) > 0
+    assert [loss for loss, _ in got] == pytest.approx([loss for loss, _ in want], rel=1e-4)
+
+    # a held-out row that an arm trains on is refused, naming the row and the arm
+    arm = write_rows([{**loaded.rows[2], "source_index": 0}], tmp_path / "selected.jsonl")
+    with pytest.raises(HeldOutOverlapError, match=r"held_out.jsonl: row 2 .* the paper arm's training data"):
+        check_no_overlap(loaded, {"paper": arm})
+    check_no_overlap(loaded, {"paper": write_rows([{**loaded.rows[2], "output": "other"}], tmp_path / "o.jsonl")})
 
 
 # --- the whole command ----------------------------------------------------------------------------------------
@@ -138,9 +195,12 @@ def variant_files(alpaca_rows: list[dict], folder: Path, n: int = 16) -> dict[st
     return {v: write_rows(rs, folder / f"{v.lower()}.jsonl") for v, rs in views.items()}
 
 
-def _command(files: dict[str, Path], model: Path, out: Path, judge_url: str, data_dir: Path, plot: bool) -> list[str]:
+def _command(
+    files: dict[str, Path], model: Path, out: Path, judge_url: str, data_dir: Path, plot: bool, held_out: Path
+) -> list[str]:
     mt = data_dir / "mt_bench"
     return [
+        f"--held_out={held_out}",
         *(f"--{v.lower()}_data={p}" for v, p in files.items()),
         f"--model={model}",
         "--use_peft=true",
@@ -193,11 +253,12 @@ def test_ablation_end_to_end_resumes_after_a_kill(tiny_models, alpaca_rows, data
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     files = variant_files(alpaca_rows, tmp_path / "data")
+    held_out = held_out_file(alpaca_rows, tmp_path / "data" / "held_out.jsonl")
     out = tmp_path / "ablate"
     second_judged = out / "arms" / "response_only" / "state" / "judge.json"
     judge = ScriptedJudge(hold_after=second_judged)
     try:
-        argv = _command(files, tiny_models["llama"], out, judge.server.base_url, data_dir, plot=False)
+        argv = _command(files, tiny_models["llama"], out, judge.server.base_url, data_dir, False, held_out)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
         kill_when([str(BIN / "srt"), "ablate", *argv], second_judged.is_file, timeout=900, env=env)
         assert not (out / "ablation.json").exists()
@@ -205,16 +266,19 @@ def test_ablation_end_to_end_resumes_after_a_kill(tiny_models, alpaca_rows, data
         adapters = {arm: out / "arms" / arm / "model" / "adapter_model.safetensors" for arm in ARMS}
         trained = {arm: p.stat().st_mtime_ns for arm, p in adapters.items() if p.is_file()}
         assert set(trained) == set(ARMS)  # every arm was trained before the evaluations began
+        losses = {a: out / "arms" / a / "held_out.jsonl" for a in ("untuned", "ori", "instruction_only")}
+        scored = {a: p.stat().st_mtime_ns for a, p in losses.items()}  # before the first arm was judged
 
         with judge.lock:
             judge.phase = 2
-        argv = _command(files, tiny_models["llama"], out, judge.server.base_url, data_dir, plot=True)
+        argv = _command(files, tiny_models["llama"], out, judge.server.base_url, data_dir, True, held_out)
         assert main(["ablate", *argv]) == 0
     finally:
         judge.close()
 
     # resumed: no arm trained again, no request the judge answered asked again
     assert {arm: p.stat().st_mtime_ns for arm, p in adapters.items()} == trained
+    assert {a: p.stat().st_mtime_ns for a, p in losses.items()} == scored  # nor a held-out loss computed again
     assert judge.answered[1] + judge.answered[2] == _cached(out)  # every answer asked for once, and kept
 
     result = json.loads((out / "ablation.json").read_text())
@@ -222,8 +286,8 @@ def test_ablation_end_to_end_resumes_after_a_kill(tiny_models, alpaca_rows, data
     sizes = {arm: len(read_rows(out / "arms" / arm / "selected.jsonl")) for arm in ARMS}
     assert 0 < paper_kept < 16 and set(sizes.values()) == {paper_kept} and result["rows"] == sizes
     assert result["equal_size"] is True
-    table = {row["arm"]: row for row in result["table"]}
-    assert list(table) == list(ARMS)
+    table = {row["arm"]: row for row in result["table"] if row["arm"] in ARMS}
+    assert [row["arm"] for row in result["table"]] == [*ARMS, "untuned"]
     judged = json.loads((out / "mtbench" / "model_judgment" / "judge_single.jsonl").read_text().splitlines()[0])
     assert judged["judge"][0] == "judge"
     single_rows = read_rows(out / "mtbench" / "model_judgment" / "judge_single.jsonl")
@@ -249,11 +313,38 @@ def test_ablation_end_to_end_resumes_after_a_kill(tiny_models, alpaca_rows, data
         ws = table[arm]["winning_score"]
         assert ws["value"] == pytest.approx((counts["win"] - counts["lose"]) / ITEMS + 1) and ws["n"] == ITEMS
         assert ws["low"] <= ws["value"] <= ws["high"] and ws["excludes"] == (not ws["low"] <= 1.0 <= ws["high"])
+    # the held-out loss: ori's tuned model (the tiny student with its adapter) against a plain forward pass, every
+    # arm's mean and paired difference to ori from its per-item file, and the untuned student's row
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["llama"])
+    base = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
+    ori_model = PeftModel.from_pretrained(base, str(out / "arms" / "ori" / "model")).eval()
+    held = load_held_out(held_out, tmp_path / "rejects.jsonl").rows
+    item = {a: [r["loss"] for r in read_rows(out / "arms" / a / "held_out.jsonl")] for a in [*ARMS, "untuned"]}
+    want = [plain_response_loss(ori_model, tokenizer, r, 256)[0] for r in held]
+    assert len(want) == 6 and item["ori"] == pytest.approx(want, rel=1e-4)
+    # training moved the losses (one LoRA step on the tiny student: by about 1e-3, far above fp32 rounding)
+    assert np.max(np.abs(np.subtract(item["untuned"], item["ori"]))) > 1e-4
+    table["untuned"] = next(r for r in result["table"] if r["arm"] == "untuned")
+    for arm, losses in item.items():
+        assert table[arm]["held_out_loss"]["value"] == pytest.approx(np.mean(losses))
+        diff = table[arm]["held_out_loss_vs_ori"]
+        if arm == "ori":
+            assert diff is None
+        else:
+            assert diff["value"] == pytest.approx(np.mean(np.subtract(losses, item["ori"])))
+            assert diff["low"] <= diff["value"] <= diff["high"] and diff["n"] == 6
     assert (out / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     manifest = json.loads((out / "ablation.manifest.json").read_text())
     assert manifest["kind"] == "ablation" and manifest["rows"] == sizes and manifest["judge"]["model"] == "judge"
     markdown = (out / "ablation.md").read_text()
     assert all(f"| {arm} | {paper_kept} | 1 |" in markdown for arm in ARMS)
+    random_rows = {r["instruction"] for r in read_rows(out / "arms" / "random" / "selected.jsonl")}
+    assert random_rows != {r["instruction"] for r in read_rows(out / "arms" / "ori" / "selected.jsonl")}
+    assert "ori vs random: the difference two random draws make" in markdown
+    assert "held-out loss random − ori" in markdown and "| untuned | - | - |" in markdown
 
 
 @pytest.mark.parametrize("recipe", ["smollm2-135m/ablate/config_cpu.yaml", "llama2-7b/ablate/config_full.yaml"])

@@ -64,9 +64,10 @@ def kept(result) -> list[tuple[int, str]]:
     return [(r["source_index"], r["variant"]) for r in result.rows]
 
 
-def random_rows(seed: int, size: int) -> list[int]:
-    """The documented random order: numpy's default_rng(seed).permutation of the source rows, the first ``size``."""
-    return sorted(np.random.default_rng(seed).permutation(N)[:size].tolist())
+def random_rows(seed: int, size: int, stream: bool = False) -> list[int]:
+    """The documented random orders, the first ``size`` source rows: numpy's default_rng(seed).permutation (every
+    policy without an order of its own) or default_rng([seed, 1]).permutation (the random baseline's own stream)."""
+    return sorted(np.random.default_rng([seed, 1] if stream else seed).permutation(N)[:size].tolist())
 
 
 def test_paper_policy_keeps_the_hand_derived_rows():
@@ -119,7 +120,7 @@ def test_response_only_puts_an_accepted_a_in_place_of_ori():
 
 
 def test_baselines_are_as_large_as_the_paper_selection():
-    for policy, rows in (("ifd_top", IFD_TOP_4), ("longest", LONGEST_4), ("random", random_rows(42, 4))):
+    for policy, rows in (("ifd_top", IFD_TOP_4), ("longest", LONGEST_4), ("random", random_rows(42, 4, stream=True))):
         res = select_rows(arm_views(), SelectionArguments(policy=policy))
         assert kept(res) == [(i, "ori") for i in rows], policy
         assert (res.size, res.sized_by, res.counts["kept"]) == (4, "paper", 4)
@@ -140,11 +141,12 @@ def test_size_cuts_every_arm_by_its_own_order():
     assert kept(select_rows(views, SelectionArguments(policy="ifd_top", size=1))) == [(5, "ori")]
     # the baselines need only ori once the size is given
     assert kept(select_rows(Views(views.ori), SelectionArguments(policy="ifd_top", size=1))) == [(5, "ori")]
-    # no order of its own: the seeded random order, the same source rows for every such arm
+    # no order of its own: the seeded random order, the same source rows for every such arm; the random baseline
+    # draws from its own stream of the seed, so that ori and random at one size are two independent subsets
     for seed in (42, 7):
         rows = random_rows(seed, 3)
         assert kept(select_rows(views, SelectionArguments(policy="random", size=3), seed=seed)) == [
-            (i, "ori") for i in rows
+            (i, "ori") for i in random_rows(seed, 3, stream=True)
         ]
         assert kept(select_rows(views, SelectionArguments(policy="ori", size=3), seed=seed)) == [
             (i, "ori") for i in rows
@@ -152,7 +154,7 @@ def test_size_cuts_every_arm_by_its_own_order():
         got = select_rows(views, SelectionArguments(policy="instruction_only", size=3), seed=seed)
         assert kept(got) == [(i, INSTRUCTION_ONLY[i]) for i in rows]
         assert got.counts["budget_cut/size"] == N - 3
-    assert random_rows(42, 3) != random_rows(7, 3)
+    assert random_rows(42, 3) != random_rows(7, 3) and random_rows(42, 3) != random_rows(42, 3, stream=True)
 
 
 def test_a_size_above_the_candidates_keeps_them_all(caplog):
@@ -181,7 +183,7 @@ EXPECTED = {
     "instruction_only": list(enumerate(INSTRUCTION_ONLY)),
     "response_only": list(enumerate(RESPONSE_ONLY)),
     "reflection_all": [(i, "QA") for i in range(N)],
-    "random": [(i, "ori") for i in random_rows(3, 4)],
+    "random": [(i, "ori") for i in random_rows(3, 4, stream=True)],
     "ifd_top": [(i, "ori") for i in IFD_TOP_4],
     "longest": [(i, "ori") for i in LONGEST_4],
 }

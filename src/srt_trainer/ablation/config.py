@@ -38,6 +38,15 @@ class AblateArguments:
             "reference the others are judged against."
         },
     )
+    held_out: str | None = field(
+        default=None,
+        metadata={
+            "help": "Held-out pairs with reference answers (Alpaca JSON/JSONL/Parquet), rows no arm trains on "
+            "(checked by instruction, input and output): each arm's mean token NLL of the reference response given "
+            "the prompt, s(y|x) as the student's IFD computes it, with the tuned model (lower is better); a "
+            "judge-free metric, paired with ori over the same items."
+        },
+    )
     eval_limit: int | None = field(
         default=None, metadata={"help": "Answer only the first N items of each test set (all by default)."}
     )

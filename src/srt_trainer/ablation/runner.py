@@ -8,9 +8,11 @@ evaluated the same way, and one table with intervals (the paper's §5 ablation a
 3. **train** (every process): one model per arm, ``train`` with the same settings, the seed set again before each;
    with LoRA one student is loaded and each arm gets a fresh adapter, unloaded after it is saved; a full fine-tune
    loads the student again for each arm;
-4. **evaluate** (main process): each arm answers the test sets (``run_generate``), is judged against ``ori`` in both
-   orders (``run_judge``), and answers and is graded on MT-Bench (``run_mtbench``) and the harness tasks
-   (``run_harness``) when asked; the LoRA arms load their adapter onto the one student;
+4. **evaluate** (main process): with ``held_out``, the untuned student's and each arm's loss on the held-out pairs
+   (s(y|x) as the IFD scorer computes it: ``ablation/held_out.py``); each arm answers the test sets
+   (``run_generate``), is judged against ``ori`` in both orders (``run_judge``), and answers and is graded on
+   MT-Bench (``run_mtbench``) and the harness tasks (``run_harness``) when asked; the LoRA arms load their adapter
+   onto the one student;
 5. **table**: ``ablation.md`` / ``.json`` / ``.png`` and ``ablation.manifest.json`` (``ablation/table.py``).
 
 Each finished step of each arm leaves ``arms/<arm>/state/<step>.json`` with the settings it ran with: a rerun of
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from srt_trainer.ablation.config import REFERENCE, AblateArguments, AblationConfigError
+from srt_trainer.ablation.held_out import HELD_OUT, check_no_overlap, load_held_out, response_losses, write_held_out
 from srt_trainer.ablation.table import MTBENCH_DIR, Bootstrap, build_table, format_table, plot_table
 from srt_trainer.distributed import get_state, on_main_process
 from srt_trainer.errors import SRTUserError
@@ -43,6 +46,7 @@ from srt_trainer.scoring.config import ScoringArguments
 from srt_trainer.selection import SelectArguments, SelectionArguments, run_select
 from srt_trainer.selection.config import VARIANTS
 from srt_trainer.teachers.config import TeacherArguments
+from srt_trainer.templates import get_template
 from srt_trainer.training.config import VARIANT_FIELDS, SRTScriptArguments, SRTSFTConfig
 from srt_trainer.training.prepare import check_variant_files, score_variants
 from srt_trainer.training.student import Student
@@ -56,7 +60,8 @@ SELECTED = "selected.jsonl"
 MODEL_DIR = "model"
 ANSWERS = "answers.jsonl"
 TABLE = "ablation.json"
-STEPS = ("select", "train", "generate", "judge", "mtbench", "harness")
+STEPS = ("select", "train", "held_out", "generate", "judge", "mtbench", "harness")
+BASE = "untuned"  # the untuned student's held-out losses (arms/untuned/): did training move them at all?
 
 
 class AblationStateError(SRTUserError, ValueError):
@@ -342,6 +347,43 @@ class ArmModels:
         gc.collect()
 
 
+def held_out_settings(args: AblateArguments, scoring: ScoringArguments) -> dict[str, Any]:
+    """What the held-out losses depend on besides the model: the file and how s(y|x) is computed (the batching
+    options change nothing but rounding)."""
+    skip = ("shard_size", "zero3_gather", "token_budget", "max_batch_size")
+    return {
+        "held_out": file_entry(args.held_out),
+        "scoring": {k: v for k, v in asdict(scoring).items() if k not in skip},
+    }
+
+
+def evaluate_held_out(
+    name: str,
+    model: Any,
+    models: ArmModels,
+    held_out: Any,
+    settings: dict[str, Any],
+    states: StepState,
+    scoring: ScoringArguments,
+    ran: dict[str, list[str]],
+) -> None:
+    """``<name>/held_out.jsonl``: s(y|x) of every held-out pair under ``model``, and the step's state."""
+    t = time.perf_counter()
+    tokenizer = models.student.tokenizer
+    template = get_template(models.student.args.template, tokenizer)
+    losses = response_losses(model, tokenizer, template, held_out.rows, scoring.scorer_options())
+    write_held_out(held_out.rows, losses, models.arms_dir / name / HELD_OUT)
+    scored = [loss for loss, _ in losses if loss is not None]
+    result = {
+        "items": len(losses),
+        "scored": len(scored),
+        "mean": sum(scored) / len(scored) if scored else None,
+        "seconds": round(time.perf_counter() - t, 1),
+    }
+    states.mark(name, "held_out", settings, result)
+    ran.setdefault("held_out", []).append(name)
+
+
 def evaluate_arms(
     args: AblateArguments,
     judge: TeacherArguments,
@@ -351,8 +393,11 @@ def evaluate_arms(
     states: StepState,
     ran: dict[str, list[str]],
     plot: bool = True,
+    held_out: Any = None,
+    scoring: ScoringArguments | None = None,
 ) -> None:
-    """Answers, pairwise judging against ori, MT-Bench and harness tasks, for every arm (main process)."""
+    """The held-out losses (``held_out``: the loaded held-out pairs, or None), answers, pairwise judging against
+    ori, MT-Bench and harness tasks, for every arm (main process)."""
     from srt_trainer.evaluation.config import GenerateArguments, HarnessArguments, JudgeArguments, MTBenchArguments
     from srt_trainer.evaluation.generate import run_generate
     from srt_trainer.evaluation.harness import run_harness
@@ -367,10 +412,26 @@ def evaluate_arms(
         "host": endpoint_host(judge.base_url),
         "sampling": str(judge.sampling()),
     }
+    scoring = scoring or ScoringArguments()
+    ho_settings = held_out_settings(args, scoring) if held_out is not None else {}
+    if held_out is not None:  # the untuned student first: did training move the losses at all?
+        settings = ho_settings | {"model": asdict(models.student.args)}
+        if states.done(BASE, "held_out", settings) is None:
+            models.release()
+            base = models.student.model
+            base.eval()
+            evaluate_held_out(BASE, base, models, held_out, settings, states, scoring, ran)
+            if not models.lora:  # each fully tuned arm is loaded from its own folder
+                models.student._model = None
+                gc.collect()
     for arm in args.arms:
         folder = arms_dir / arm
         answers = folder / ANSWERS
         model_args = models.model_args(arm)
+        if held_out is not None:
+            settings = ho_settings | {"model": asdict(model_args), "train": _trained(states, arm)}
+            if states.done(arm, "held_out", settings) is None:
+                evaluate_held_out(arm, models.get(arm), models, held_out, settings, states, scoring, ran)
         gen = GenerateArguments(
             test_sets=list(args.test_sets),
             output=str(answers),
@@ -505,10 +566,17 @@ def run_ablation(
 
     # 2. the arms' selections, at one size (main process; the others wait for the marker)
     t = time.perf_counter()
-    sizes = on_main_process(
-        lambda: select_arms(args, selection, score_files, arms_dir, states, training_args.seed, ran, script_args.plot),
-        arms_dir / "selected.done",
-    )
+
+    def select_and_check() -> dict[str, int]:
+        sizes = select_arms(args, selection, score_files, arms_dir, states, training_args.seed, ran, script_args.plot)
+        if args.held_out:  # before any training: a held-out row an arm trains on would measure memorization
+            check_no_overlap(held_out_rows(), {arm: arms_dir / arm / SELECTED for arm in args.arms})
+        return sizes
+
+    def held_out_rows() -> Any:
+        return load_held_out(args.held_out, out / "held_out.rejects.jsonl")
+
+    sizes = on_main_process(select_and_check, arms_dir / "selected.done")
     timings["select_s"] = time.perf_counter() - t
 
     # 3. one model per arm (every process)
@@ -529,14 +597,16 @@ def run_ablation(
     # 4. the evaluations (main process)
     t = time.perf_counter()
     loading = LoadingArguments(device=None, trust_remote_code=training_args.trust_remote_code)
-    evaluate_arms(args, judge, ArmModels(student, arms_dir, loading), arms_dir, out, states, ran, script_args.plot)
+    held_out = held_out_rows() if args.held_out else None
+    models = ArmModels(student, arms_dir, loading)
+    evaluate_arms(args, judge, models, arms_dir, out, states, ran, script_args.plot, held_out, scoring)
     timings["evaluate_s"] = time.perf_counter() - t
 
     # 5. the table, chart, JSON and manifest
     assert sizes is not None
     b = Bootstrap(args.confidence_level, args.bootstrap_resamples, args.bootstrap_seed)
     mt_dir = out / MTBENCH_DIR if args.mtbench_questions else None
-    table = build_table(arms_dir, args.arms, sizes, steps, mt_dir, b)
+    table = build_table(arms_dir, args.arms, sizes, steps, mt_dir, b, base=BASE if args.held_out else None)
     markdown = format_table(table, args.confidence_level)
     timings["total_s"] = time.perf_counter() - t0
     files = write_outputs(
@@ -566,7 +636,14 @@ def write_outputs(
         "larger than the uncertainty (a winning score whose interval excludes 1.0, a difference whose interval "
         "excludes 0). Every arm trained on the same number of rows with the same settings and seed."
     )
-    text = f"# Ablation: {len(args.arms)} arms of {sizes[args.arms[0]]} rows each\n\n{markdown}\n\n{note}\n"
+    if args.held_out:
+        note += (
+            f" Held-out loss: the mean over the held-out pairs ({args.held_out}) of the tuned model's token NLL of "
+            "the reference response given the prompt, s(y|x) as the student's IFD computes it; lower is better; "
+            "− ori is the paired difference over the same items; `untuned` is the student before any training."
+        )
+    floor = noise_floor(table)
+    text = f"# Ablation: {len(args.arms)} arms of {sizes[args.arms[0]]} rows each\n\n{markdown}\n\n{floor}{note}\n"
     files = {"markdown": write_text_atomic(text, out / "ablation.md")}
     payload = {
         "arms": args.arms,
@@ -578,6 +655,7 @@ def write_outputs(
             "seed": args.bootstrap_seed,
         },
         "table": [r.to_dict() for r in table],
+        "noise_floor": floor.strip() or None,
     }
     files["json"] = write_json(payload, out / TABLE, default=str)
     if plot:
@@ -594,6 +672,7 @@ def write_outputs(
         selection={k: v for k, v in asdict(selection).items() if k != "policy"},
         scores={v: file_entry(f) for v, f in score_files.items()},
         test_sets=[file_entry(p) for p in _expand(args.test_sets)],
+        held_out=file_entry(args.held_out),
         judge={"kind": judge.teacher, "model": judge.teacher_model, "host": endpoint_host(judge.base_url)},
         mtbench={
             "questions": file_entry(args.mtbench_questions),
@@ -607,6 +686,28 @@ def write_outputs(
     )
     files["manifest"] = write_manifest(files["json"], manifest)
     return files
+
+
+def noise_floor(table: list[Any]) -> str:
+    """The line under the table on ``ori`` vs ``random``: two independent random subsets of one size, trained and
+    evaluated alike, so their difference is what the draw of rows alone does (empty without both arms)."""
+    rows = {r.arm: r for r in table}
+    if REFERENCE not in rows or "random" not in rows:
+        return ""
+    r = rows["random"]
+    parts = []
+    if r.held_out_vs_ori is not None and r.held_out_vs_ori.value is not None:
+        parts.append(f"held-out loss random − ori {r.held_out_vs_ori.format(3)}")
+    if r.winning_score is not None and r.winning_score.value is not None:
+        parts.append(f"winning score random vs ori {r.winning_score.format()}")
+    if r.mtbench_vs_ori is not None and r.mtbench_vs_ori.value is not None:
+        parts.append(f"MT-Bench random − ori {r.mtbench_vs_ori.format()}")
+    measured = ": " + "; ".join(parts) if parts else ""
+    return (
+        f"ori vs random: the difference two random draws make (two independent random subsets of the same size, "
+        f"trained and evaluated alike){measured}. An arm's difference to ori no larger than this is within what "
+        "the choice of rows alone does (one draw of that noise, itself uncertain).\n\n"
+    )
 
 
 def _expand(paths: list[str]) -> list[str]:

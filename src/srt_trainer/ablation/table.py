@@ -2,6 +2,8 @@
 one row per arm, one column per metric, each number with its interval (``ablation/uncertainty.py``).
 
 - ``rows``: the rows the arm trained on (its selection's output);
+- ``held_out`` and ``held_out_vs_ori``: the mean over held-out pairs of the arm's response loss s(y|x)
+  (``<arm>/held_out.jsonl``; lower is better), and its paired difference to ``ori`` over the items both scored;
 - ``winning_score``: the arm against ``ori`` on the test sets (``<arm>/reviews.jsonl``, one record per item with
   its ``result``: win / tie / lose, or none when the judge's scores could not be read in both orders), with win /
   tie / lose and the failures;
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from srt_trainer.ablation.config import REFERENCE
+from srt_trainer.ablation.held_out import HELD_OUT, HeldOutItems
 from srt_trainer.ablation.uncertainty import (
     Estimate,
     bootstrap_mean,
@@ -51,6 +54,8 @@ class ArmRow:
     arm: str
     rows: int | None = None
     train_steps: int | None = None
+    held_out: Estimate | None = None
+    held_out_vs_ori: Estimate | None = None
     winning_score: Estimate | None = None
     counts: dict[str, int] = field(default_factory=dict)  # win, tie, lose, failed
     mtbench: Estimate | None = None
@@ -66,6 +71,8 @@ class ArmRow:
             "arm": self.arm,
             "rows": self.rows,
             "train_steps": self.train_steps,
+            "held_out_loss": est(self.held_out),
+            "held_out_loss_vs_ori": est(self.held_out_vs_ori),
             "winning_score": est(self.winning_score),
             "counts": self.counts,
             "mtbench": est(self.mtbench),
@@ -118,16 +125,32 @@ def build_table(
     steps: Mapping[str, int] | None = None,
     mtbench_dir: str | Path | None = None,
     bootstrap: Bootstrap = Bootstrap(),
+    base: str | None = None,
 ) -> list[ArmRow]:
-    """The table of ``arms`` from the files under ``arms_dir`` (``<arm>/reviews.jsonl``, ``<arm>/harness.jsonl``)
-    and ``mtbench_dir`` (``<arm>.mtbench.jsonl``); a metric whose files are missing is left empty."""
+    """The table of ``arms`` from the files under ``arms_dir`` (``<arm>/held_out.jsonl``, ``<arm>/reviews.jsonl``,
+    ``<arm>/harness.jsonl``) and ``mtbench_dir`` (``<arm>.mtbench.jsonl``); a metric whose files are missing is
+    left empty. ``base``: a folder of ``arms_dir`` with the untuned student's held-out losses, the table's last row
+    (no arm: nothing trained, nothing compared)."""
     arms_dir = Path(arms_dir)
     b = bootstrap
     table = []
     ref_questions: dict[Any, float] | None = None
     ref_harness: dict[str, tuple[float | None, float | None]] = {}
+    ref_held_out: dict[int, float] | None = None
     for arm in arms:
         row = ArmRow(arm, rows.get(arm), (steps or {}).get(arm))
+        held_out = arms_dir / arm / HELD_OUT
+        if held_out.is_file():
+            losses = HeldOutItems.read(held_out).losses
+            row.held_out = bootstrap_mean(list(losses.values()), b.confidence_level, b.n_resamples, b.seed)
+            if arm == REFERENCE:
+                ref_held_out = losses
+            elif ref_held_out is not None:
+                common = sorted(i for i in losses if i in ref_held_out)
+                row.held_out_vs_ori = paired_difference(
+                    [losses[i] for i in common], [ref_held_out[i] for i in common], b.confidence_level,
+                    b.n_resamples, b.seed,
+                )  # fmt: skip
         reviews = arms_dir / arm / REVIEWS
         if arm != REFERENCE and reviews.is_file():
             outcomes, failed = item_outcomes(reviews)
@@ -162,6 +185,16 @@ def build_table(
                         value - ref_value, both, b.confidence_level, reference=0.0
                     )
         table.append(row)
+    if base is not None and (arms_dir / base / HELD_OUT).is_file():
+        losses = HeldOutItems.read(arms_dir / base / HELD_OUT).losses
+        row = ArmRow(base, held_out=bootstrap_mean(list(losses.values()), b.confidence_level, b.n_resamples, b.seed))
+        if ref_held_out is not None:
+            common = sorted(i for i in losses if i in ref_held_out)
+            row.held_out_vs_ori = paired_difference(
+                [losses[i] for i in common], [ref_held_out[i] for i in common], b.confidence_level, b.n_resamples,
+                b.seed,
+            )  # fmt: skip
+        table.append(row)
     return table
 
 
@@ -170,8 +203,12 @@ def format_table(table: Sequence[ArmRow], confidence_level: float = 0.95) -> str
     uncertainty (a winning score whose interval excludes 1.0, a difference whose interval excludes 0)."""
     level = f"{confidence_level:.0%}"
     has_mt = any(r.mtbench is not None for r in table)
+    has_ho = any(r.held_out is not None for r in table)
     tasks = sorted({k for r in table for k in r.harness})
-    header = ["arm", "rows", "steps", f"winning score vs ori [{level}]", "win / tie / lose (failed)"]
+    header = ["arm", "rows", "steps"]
+    if has_ho:
+        header += [f"held-out loss ↓ [{level}]", f"held-out loss − ori [{level}]"]
+    header += [f"winning score vs ori [{level}]", "win / tie / lose (failed)"]
     if has_mt:
         header += [f"MT-Bench [{level}]", f"MT-Bench − ori [{level}]"]
     for t in tasks:
@@ -184,7 +221,11 @@ def format_table(table: Sequence[ArmRow], confidence_level: float = 0.95) -> str
             ws = r.winning_score.format() if r.winning_score else "-"
             c = r.counts
             wtl = f"{c['win']} / {c['tie']} / {c['lose']} ({c['failed']})" if c else "-"
-        cells = [r.arm, _str(r.rows), _str(r.train_steps), ws, wtl]
+        cells = [r.arm, _str(r.rows), _str(r.train_steps)]
+        if has_ho:
+            cells += [r.held_out.format(3) if r.held_out else "-"]
+            cells += [r.held_out_vs_ori.format(3) if r.held_out_vs_ori else "-"]
+        cells += [ws, wtl]
         if has_mt:
             cells += [r.mtbench.format() if r.mtbench else "-"]
             cells += ["-" if r.arm == REFERENCE or r.mtbench_vs_ori is None else r.mtbench_vs_ori.format()]
@@ -200,22 +241,34 @@ def _str(value: Any) -> str:
 
 
 def plot_table(table: Sequence[ArmRow], path: str | Path, confidence_level: float = 0.95) -> Path:
-    """One panel per metric: each arm's number with its interval, and the line that means "as good as ori"."""
+    """One panel per metric: each arm's number with its interval, red where its difference to ori is larger than
+    the uncertainty, and the line that means "as good as ori"."""
     plt = pyplot()
-    panels: list[tuple[str, dict[str, Estimate], float | None]] = []
+    # (title, each arm's estimate, ori's line, whether the arm's difference to ori is larger than the uncertainty)
+    panels: list[tuple[str, dict[str, Estimate], float | None, dict[str, bool]]] = []
+
+    def marks(diffs: Mapping[str, Estimate | None]) -> dict[str, bool]:
+        return {arm: bool(d is not None and d.excludes) for arm, d in diffs.items()}
+
+    ho = {r.arm: r.held_out for r in table if r.held_out and r.held_out.value is not None}
+    if ho:
+        ref = next((r.held_out.value for r in table if r.arm == REFERENCE and r.held_out), None)
+        diffs = marks({r.arm: r.held_out_vs_ori for r in table})
+        panels.append(("held-out loss s(y|x), lower is better", ho, ref, diffs))
     ws = {r.arm: r.winning_score for r in table if r.winning_score and r.winning_score.value is not None}
     if ws:
-        panels.append(("winning score vs ori", ws, 1.0))
+        panels.append(("winning score vs ori", ws, 1.0, marks(ws)))
     mt = {r.arm: r.mtbench for r in table if r.mtbench and r.mtbench.value is not None}
     if mt:
         ref = next((r.mtbench.value for r in table if r.arm == REFERENCE and r.mtbench), None)
-        panels.append(("MT-Bench mean grade", mt, ref))
+        panels.append(("MT-Bench mean grade", mt, ref, marks({r.arm: r.mtbench_vs_ori for r in table})))
     for task in sorted({k for r in table for k in r.harness}):
         values = {r.arm: r.harness[task] for r in table if task in r.harness and r.harness[task].value is not None}
         ref_est = next((r.harness[task] for r in table if r.arm == REFERENCE and task in r.harness), None)
-        panels.append((task, values, ref_est.value if ref_est else None))
+        diffs = marks({r.arm: r.harness_vs_ori.get(task) for r in table})
+        panels.append((task, values, ref_est.value if ref_est else None, diffs))
     fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(4.2 * max(len(panels), 1), 3.6), squeeze=False)
-    for ax, (title, estimates, ref) in zip(axes[0], panels, strict=False):
+    for ax, (title, estimates, ref, marked) in zip(axes[0], panels, strict=False):
         names = list(estimates)
         values = [estimates[a].value for a in names]
         low = [
@@ -224,7 +277,7 @@ def plot_table(table: Sequence[ArmRow], path: str | Path, confidence_level: floa
         high = [
             (estimates[a].high if estimates[a].high is not None else v) - v for a, v in zip(names, values, strict=True)
         ]
-        colors = ["#c44e52" if estimates[a].excludes else "#4c72b0" for a in names]
+        colors = ["#c44e52" if marked.get(a) else "#4c72b0" for a in names]
         ax.errorbar(range(len(names)), values, yerr=[low, high], fmt="none", ecolor="#555555", capsize=4)
         ax.scatter(range(len(names)), values, c=colors, zorder=3)
         if ref is not None:

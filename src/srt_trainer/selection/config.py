@@ -41,8 +41,9 @@ class SelectionArguments:
             "accepts the new instruction, IFD(Q) > IFD(ori), and Q passes the thresholds, else ori), "
             "'response_only' (A where it accepts the new response, rIFD(A) < rIFD(ori), and A passes the "
             "thresholds, else ori), 'reflection_all' (QA for every row, no selection). Baselines on the original "
-            "pairs, as many as the paper policy keeps on the same four files unless --size says: 'random' (seeded "
-            "by --seed), 'ifd_top' (the highest IFD among IFD < ifd_threshold), 'longest' (the longest "
+            "pairs, as many as the paper policy keeps on the same four files unless --size says: 'random' (its own "
+            "stream of --seed, independent of the order --size cuts the orderless arms by), 'ifd_top' (the "
+            "highest IFD among IFD < ifd_threshold), 'longest' (the longest "
             "responses). See docs/selection.md. 'ifd': Cherry_LLM's "
             "selection on the original pairs only (Q/A/QA not needed), as its select_from_ifd_json.py does it: "
             "IFD is the loss ratio s(y|x)/s(y) (the score column ifd_loss, not the perplexity ratio ifd), pairs "
@@ -161,8 +162,10 @@ class SelectArguments:
     seed: int = field(
         default=42,
         metadata={
-            "help": "Seed of the random order: the 'random' policy, and --size on a policy with no order of its own "
-            "(numpy's default_rng(seed).permutation of the source rows)."
+            "help": "Seed of the random order: --size on a policy with no order of its own (numpy's "
+            "default_rng(seed).permutation of the source rows) and the 'random' policy (its own stream of the same "
+            "seed, default_rng([seed, 1]).permutation: independent of the other, so ori and random at one size are "
+            "two independent draws)."
         },
     )
     plot: bool = field(default=True, metadata={"help": "Write the funnel and IFD / r-IFD histogram PNGs."})

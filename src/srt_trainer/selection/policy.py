@@ -307,6 +307,19 @@ def select_rows(
     return selection.fetch(sources)
 
 
+RANDOM_STREAM = 1  # the 'random' baseline's own stream of --seed: default_rng([seed, RANDOM_STREAM])
+
+
+def random_order(n: int, seed: int, policy: str) -> np.ndarray:
+    """The seeded random order of ``n`` source rows: numpy's ``default_rng(seed).permutation(n)``, shared by every
+    policy with no order of its own (cut to one size, ``ori`` and the ablation's arms hold the same source rows,
+    each in its own version), except the ``random`` baseline, which draws from its own stream of the same seed,
+    ``default_rng([seed, RANDOM_STREAM])``: ``ori`` and ``random`` at one size are two independent random subsets,
+    so their difference is what two random draws make."""
+    rng = np.random.default_rng([seed, RANDOM_STREAM] if policy == "random" else seed)
+    return rng.permutation(n)
+
+
 class Selection:
     """One selection, fed the source rows one at a time; its state is what it has counted and decided so far.
 
@@ -511,12 +524,12 @@ class Selection:
 
     def _ranked(self) -> np.ndarray:
         """The candidates (positions in ``candidates``) in the policy's order: highest key first, ties in source
-        order; or numpy's ``default_rng(seed).permutation`` of the source rows, restricted to the candidates."""
+        order; or the seeded random order of the source rows (``random_order``), restricted to the candidates."""
         if not self.candidates:
             return np.array([], dtype=np.int64)
         if self.order == "random":
             position = np.empty(len(self.table), dtype=np.int64)
-            position[np.random.default_rng(self.seed).permutation(len(self.table))] = np.arange(len(self.table))
+            position[random_order(len(self.table), self.seed, self.policy)] = np.arange(len(self.table))
             return np.argsort(position[np.array(self.candidates, dtype=np.int64)], kind="stable")
         return np.argsort(-np.frombuffer(self.keys, dtype=np.float64), kind="stable")
 

@@ -388,7 +388,8 @@ def data_card(
     order = {
         "IFD": "the pairs with the highest IFD first",
         "length": "the longest responses first",
-        "random": f"in a random order (seed {args.seed})",
+        "random": f"in a random order (seed {args.seed}"
+        + (", the random baseline's own stream)" if config.policy == "random" else ")"),
     }[config.order()]
     lines += [
         "",
@@ -451,8 +452,9 @@ ARM_TEXT = {
     "the comparison false and fails its threshold, as NaN does in the release.",
     "reflection_all": "The paper's ablation (§5), reflection without the student's selection: QA = (x_ins, y_res') "
     "for every source row; the statistics are not read.",
-    "random": "Baseline: original pairs (x0, y0) drawn at random, numpy's `default_rng({seed}).permutation` of the "
-    "source rows; the statistics are not read.",
+    "random": "Baseline: original pairs (x0, y0) drawn at random, numpy's `default_rng([{seed}, 1]).permutation` of "
+    "the source rows (the random baseline's own stream of the seed, independent of the order `ori --size` is cut "
+    "by); the statistics are not read.",
     "ifd_top": "Baseline, Cherry_LLM's selection as the paper's budgets apply it: the original pairs with IFD (the "
     "perplexity ratio ppl(y|x)/ppl(y)) below {i:g}, the highest first, ties in source order; a pair without IFD "
     "is cut (`ifd_top/cut_ifd_null`).",
