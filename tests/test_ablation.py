@@ -76,6 +76,19 @@ def test_arms_are_checked_and_ordered():
     assert AblateArguments(test_sets=["x"]).arms == list(ARMS)
     with pytest.raises(AblationConfigError, match="did you mean random"):
         AblateArguments(test_sets=["x"], arms=["randm"])
+    with pytest.raises(AblationConfigError, match="nothing to measure the arms by"):
+        AblateArguments()
+    assert AblateArguments(held_out="held_out.jsonl").test_sets == []  # a judge-free ablation
+
+
+def test_a_table_without_judged_test_sets_has_no_pairwise_columns():
+    from srt_trainer.ablation.table import ArmRow, format_table
+
+    loss = bootstrap_mean([1.0, 1.2, 0.9, 1.1], 0.95, 1000, 0)
+    header = format_table([ArmRow("ori", 4, 1, held_out=loss), ArmRow("paper", 4, 1, held_out=loss)]).splitlines()[0]
+    assert "held-out loss" in header and "winning score" not in header and "win / tie / lose" not in header
+    judged = ArmRow("paper", 4, 1, held_out=loss, counts={"win": 1, "tie": 2, "lose": 1, "failed": 0})
+    assert "win / tie / lose" in format_table([ArmRow("ori", 4, 1, held_out=loss), judged])
 
 
 # --- the held-out loss against a plain forward pass -------------------------------------------------------------

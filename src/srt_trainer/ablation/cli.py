@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_ablation(*make_parser().parse_args_and_config(argv))
         if not result.is_main:
             return
-        for step in ("select", "train", "generate", "judge", "mtbench", "harness"):
+        for step in ("select", "train", "held_out", "generate", "judge", "mtbench", "harness"):
             if step in result.ran:
                 print(f"{step}: {', '.join(result.ran[step])}")
         print(result.files["markdown"].read_text().rstrip())

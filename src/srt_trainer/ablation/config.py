@@ -25,10 +25,12 @@ class AblateArguments:
     """What ``srt ablate`` compares and how (YAML via ``--config``; every field also a flag)."""
 
     test_sets: list[str] = field(
+        default_factory=list,
         metadata={
             "help": "Test sets every arm answers (files or folders, as `srt eval generate --test_sets`), judged "
-            "pairwise against the ori arm in both orders."
-        }
+            "pairwise against the ori arm in both orders. May be left out when --held_out, --mtbench_questions or "
+            "--harness_tasks gives the table a metric (--held_out alone needs no judge)."
+        },
     )
     arms: list[str] = field(
         default_factory=lambda: list(ARMS),
@@ -115,5 +117,11 @@ class AblateArguments:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise AblationConfigError(f"--{name} must be positive, not {value}")
+        self.test_sets = [p for p in self.test_sets if p]
+        if not (self.test_sets or self.held_out or self.mtbench_questions or self.harness_tasks):
+            raise AblationConfigError(
+                "nothing to measure the arms by: give --test_sets (judged pairwise), --held_out (a judge-free "
+                "loss), --mtbench_questions or --harness_tasks"
+            )
         if self.mtbench_questions and not self.mtbench_judge_prompts:
             raise AblationConfigError("--mtbench_questions needs --mtbench_judge_prompts (MT-Bench's judge_prompts)")

@@ -432,23 +432,24 @@ def evaluate_arms(
             settings = ho_settings | {"model": asdict(model_args), "train": _trained(states, arm)}
             if states.done(arm, "held_out", settings) is None:
                 evaluate_held_out(arm, models.get(arm), models, held_out, settings, states, scoring, ran)
-        gen = GenerateArguments(
-            test_sets=list(args.test_sets),
-            output=str(answers),
-            generator=arm,
-            max_length=args.eval_max_length,
-            max_new_tokens=args.eval_max_new_tokens,
-            batch_size=args.eval_batch_size,
-            limit=args.eval_limit,
-            engine=args.eval_engine,
-            alpaca_eval=True,
-        )
-        settings = {"generate": asdict(gen), "model": asdict(model_args), "train": _trained(states, arm)}
-        if states.done(arm, "generate", settings) is None:
-            model = models.get(arm) if args.eval_engine == "transformers" else None  # vLLM loads its own
-            run = run_generate(gen, model_args, models.loading, model=model, tokenizer=tokenizer)
-            states.mark(arm, "generate", settings, {"items": len(run.rows), "seconds": run.summary["seconds"]})
-            ran.setdefault("generate", []).append(arm)
+        if args.test_sets:
+            gen = GenerateArguments(
+                test_sets=list(args.test_sets),
+                output=str(answers),
+                generator=arm,
+                max_length=args.eval_max_length,
+                max_new_tokens=args.eval_max_new_tokens,
+                batch_size=args.eval_batch_size,
+                limit=args.eval_limit,
+                engine=args.eval_engine,
+                alpaca_eval=True,
+            )
+            settings = {"generate": asdict(gen), "model": asdict(model_args), "train": _trained(states, arm)}
+            if states.done(arm, "generate", settings) is None:
+                model = models.get(arm) if args.eval_engine == "transformers" else None  # vLLM loads its own
+                run = run_generate(gen, model_args, models.loading, model=model, tokenizer=tokenizer)
+                states.mark(arm, "generate", settings, {"items": len(run.rows), "seconds": run.summary["seconds"]})
+                ran.setdefault("generate", []).append(arm)
         if args.mtbench_questions:
             mt = MTBenchArguments(
                 questions=args.mtbench_questions,
@@ -477,7 +478,7 @@ def evaluate_arms(
                 )
                 ran.setdefault("mtbench", []).append(arm)
         models.release()
-        if arm != REFERENCE:
+        if arm != REFERENCE and args.test_sets:
             jc = JudgeArguments(
                 answers_a=str(answers),
                 answers_b=str(arms_dir / REFERENCE / ANSWERS),

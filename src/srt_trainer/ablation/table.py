@@ -204,11 +204,13 @@ def format_table(table: Sequence[ArmRow], confidence_level: float = 0.95) -> str
     level = f"{confidence_level:.0%}"
     has_mt = any(r.mtbench is not None for r in table)
     has_ho = any(r.held_out is not None for r in table)
+    judged = any(r.counts for r in table)  # no pairwise columns when no test set was judged
     tasks = sorted({k for r in table for k in r.harness})
     header = ["arm", "rows", "steps"]
     if has_ho:
         header += [f"held-out loss ↓ [{level}]", f"held-out loss − ori [{level}]"]
-    header += [f"winning score vs ori [{level}]", "win / tie / lose (failed)"]
+    if judged:
+        header += [f"winning score vs ori [{level}]", "win / tie / lose (failed)"]
     if has_mt:
         header += [f"MT-Bench [{level}]", f"MT-Bench − ori [{level}]"]
     for t in tasks:
@@ -225,7 +227,7 @@ def format_table(table: Sequence[ArmRow], confidence_level: float = 0.95) -> str
         if has_ho:
             cells += [r.held_out.format(3) if r.held_out else "-"]
             cells += [r.held_out_vs_ori.format(3) if r.held_out_vs_ori else "-"]
-        cells += [ws, wtl]
+        cells += [ws, wtl] if judged else []
         if has_mt:
             cells += [r.mtbench.format() if r.mtbench else "-"]
             cells += ["-" if r.arm == REFERENCE or r.mtbench_vs_ori is None else r.mtbench_vs_ori.format()]
