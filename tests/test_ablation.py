@@ -360,12 +360,66 @@ def test_ablation_end_to_end_resumes_after_a_kill(tiny_models, alpaca_rows, data
     assert "held-out loss random − ori" in markdown and "| untuned | - | - |" in markdown
 
 
+def test_from_the_original_pairs_alone_the_run_reflects_first_and_needs_no_judge(
+    tiny_models, alpaca_rows, tmp_path, monkeypatch
+):
+    """--ori_data alone: Q, A and QA are made by the teacher of --reflect_teacher_config (a scripted endpoint that
+    writes tagged rewrites) before scoring; with --held_out and no test set, no judge is asked anything. A rerun
+    asks the teacher nothing again."""
+    from srt_trainer.cli import main
+    from tests.serving import SlowTeacher
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    ori = variant_files(alpaca_rows, tmp_path / "data", n=8)["ori"]
+    held_out = held_out_file(alpaca_rows, tmp_path / "data" / "held_out.jsonl", n=3)
+    teacher = SlowTeacher(0.0, reply=SlowTeacher.reflection_reply)
+    config = tmp_path / "teacher.yaml"
+    config.write_text(f"teacher: openai\nbase_url: {teacher.base_url}\nteacher_model: teacher\nmax_reasks: 0\n")
+    out = tmp_path / "ablate"
+    argv = [
+        f"--ori_data={ori}",
+        f"--reflect_teacher_config={config}",
+        f"--held_out={held_out}",
+        "--test_sets=",
+        "--arms=paper,reflection_all",
+        f"--model={tiny_models['llama']}",
+        "--use_peft=true",
+        "--lora_r=4",
+        "--lora_alpha=8",
+        "--max_steps=1",
+        "--per_device_train_batch_size=2",
+        "--global_batch_size=2",
+        "--max_length=128",
+        "--score_max_length=256",
+        "--report_to=none",
+        "--ifd_threshold=100",
+        "--rifd_threshold=100",
+        "--plot=false",
+        f"--output_dir={out}",
+    ]
+    try:
+        assert main(["ablate", *argv]) == 0
+        asked = len(teacher.requests)
+        assert main(["ablate", *argv]) == 0  # everything done: nothing asked again
+        assert len(teacher.requests) == asked == 3 * 8  # Q, A and QA of eight rows, once each
+    finally:
+        teacher.close()
+    for name in ("q", "a", "qa"):
+        rows = read_rows(out / "reflect" / f"{name}.jsonl")
+        assert len(rows) == 8 and all(r["reflection_status"] == "ok" for r in rows)
+    result = json.loads((out / "ablation.json").read_text())
+    assert [r["arm"] for r in result["table"]] == ["ori", "reflection_all", "paper", "untuned"]
+    assert all(r["held_out_loss"]["n"] == 3 for r in result["table"]) and result["equal_size"] is True
+    markdown = (out / "ablation.md").read_text()
+    assert "held-out loss" in markdown and "winning score" not in markdown and "win / tie" not in markdown
+
+
 @pytest.mark.parametrize("recipe", ["smollm2-135m/ablate/config_cpu.yaml", "llama2-7b/ablate/config_full.yaml"])
 def test_recipes_parse(recipe):
     from srt_trainer.ablation.cli import make_parser
 
     repo = Path(__file__).resolve().parents[1]
-    args, script, _, _, training, model, judge = make_parser().parse_args_and_config(
+    args, script, _, _, training, model, judge, _ = make_parser().parse_args_and_config(
         ["--config", str(repo / "recipes" / recipe), "--teacher_model", "judge"]
     )
     assert args.arms == list(ARMS) and script.ori_scores and judge.teacher == "openai"

@@ -22,6 +22,7 @@ def make_parser() -> Any:
     from srt_trainer.ablation.config import AblateArguments
     from srt_trainer.models.config import SRTModelConfig
     from srt_trainer.options import StageParser
+    from srt_trainer.reflection.config import ReflectionArguments
     from srt_trainer.scoring.config import ScoringArguments
     from srt_trainer.selection.config import SelectionArguments
     from srt_trainer.teachers.config import TeacherArguments
@@ -35,6 +36,7 @@ def make_parser() -> Any:
         SRTSFTConfig,
         SRTModelConfig,
         TeacherArguments,
+        ReflectionArguments,
     )
     return StageParser(
         dataclasses,
@@ -56,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_ablation(*make_parser().parse_args_and_config(argv))
         if not result.is_main:
             return
-        for step in ("select", "train", "held_out", "generate", "judge", "mtbench", "harness"):
+        for step in ("reflect", "select", "train", "held_out", "generate", "judge", "mtbench", "harness"):
             if step in result.ran:
                 print(f"{step}: {', '.join(result.ran[step])}")
         print(result.files["markdown"].read_text().rstrip())

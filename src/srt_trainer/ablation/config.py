@@ -40,6 +40,15 @@ class AblateArguments:
             "reference the others are judged against."
         },
     )
+    reflect_teacher_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "With --ori_data and no Q/A/QA files, the reflections are made first, as `srt run` makes them "
+            "(output_dir/reflect/, resumable through the teacher's cache), by the teacher this YAML file describes "
+            "(the teacher options of `srt reflect`: teacher, base_url, teacher_model, ...; its key from "
+            "OPENAI_API_KEY). Without it the student teaches itself. The command-line teacher options are the judge's."
+        },
+    )
     held_out: str | None = field(
         default=None,
         metadata={

@@ -41,20 +41,25 @@ from srt_trainer.errors import SRTUserError
 from srt_trainer.evaluation.manifest import build_manifest, endpoint_host, file_entry, write_manifest
 from srt_trainer.io import write_json, write_text_atomic
 from srt_trainer.models.config import LoadingArguments, SRTModelConfig
+from srt_trainer.reflection.config import ReflectionArguments
+from srt_trainer.reflection.variants import VARIANT_FILES, reflect_variants
 from srt_trainer.resources import resolve_data
 from srt_trainer.scoring.config import ScoringArguments
 from srt_trainer.selection import SelectArguments, SelectionArguments, run_select
 from srt_trainer.selection.config import VARIANTS
+from srt_trainer.teachers import LoadedStudent
 from srt_trainer.teachers.config import TeacherArguments
 from srt_trainer.templates import get_template
 from srt_trainer.training.config import VARIANT_FIELDS, SRTScriptArguments, SRTSFTConfig
 from srt_trainer.training.prepare import check_variant_files, score_variants
 from srt_trainer.training.student import Student
 from srt_trainer.training.trainer import train
+from srt_trainer.zero3 import is_partitioned
 
 logger = logging.getLogger(__name__)
 
 ARMS_DIR = "arms"
+REFLECT_DIR = "reflect"  # Q, A and QA when the run makes them from --ori_data
 SIZING = "sizing"  # the paper policy's selection without a size, whose kept count sizes the arms (arms/sizing/)
 SELECTED = "selected.jsonl"
 MODEL_DIR = "model"
@@ -156,6 +161,20 @@ def _arm_selection(selection: SelectionArguments, arm: str, size: int) -> Select
     if arm == "paper":
         return replace(selection, policy=arm, size=size)
     return replace(selection, policy=arm, size=size, top_k=None, top_p=None)
+
+
+def reflect_teacher(config: str | None) -> TeacherArguments:
+    """The reflection's teacher: the options in the YAML file ``config`` (``srt reflect``'s teacher options), or
+    the student itself (a local teacher naming no model) without one."""
+    if config is None:
+        return TeacherArguments(teacher="transformers")
+    from transformers import HfArgumentParser
+
+    try:
+        (teacher,) = HfArgumentParser(TeacherArguments).parse_yaml_file(config)
+    except (OSError, ValueError) as e:
+        raise AblationConfigError(f"--reflect_teacher_config {config}: {e}") from e
+    return teacher
 
 
 def _needed_views(arms: list[str], selection: SelectionArguments) -> set[str]:
@@ -537,9 +556,11 @@ def run_ablation(
     training_args: SRTSFTConfig,
     model_args: SRTModelConfig,
     judge: TeacherArguments,
+    reflection: ReflectionArguments | None = None,
 ) -> AblationRun:
     """Run the ablation (see the module's docstring); returns the table and the files written on the main process."""
     state = get_state()
+    reflection = reflection or ReflectionArguments()
     out = Path(training_args.output_dir)
     arms_dir = out / ARMS_DIR
     states = StepState(arms_dir)
@@ -549,13 +570,35 @@ def run_ablation(
 
     score_files, data_files = _score_files(script_args)
     needed = _needed_views(args.arms, selection)
+    to_reflect = [v for v in VARIANTS if v != "ori" and v in needed and v not in score_files | data_files]
+    if to_reflect and "ori" in data_files:  # from the original pairs alone: the reflections are made first
+        data_files |= {v: str(out / REFLECT_DIR / VARIANT_FILES[v]) for v in VARIANT_FILES}
     missing = [f"--{VARIANT_FIELDS[v]}_scores" for v in VARIANTS if v in needed and v not in score_files | data_files]
     if missing:
         raise AblationConfigError(
-            f"{', '.join(missing)} (or the *_data files to score) required: "
+            f"{', '.join(missing)} (or the *_data files to score, or --ori_data alone: the run reflects it first) "
+            "required: "
             + ("the paper policy's kept count sizes the arms" if selection.size is None else "the arms read them")
         )
     student = Student(model_args, training_args)
+
+    # 0. the reflections, when only the original pairs were given (main process; the others wait for the marker)
+    if to_reflect and "ori" in data_files:
+        t = time.perf_counter()
+        teacher_args = reflect_teacher(args.reflect_teacher_config)
+        if teacher_args.teacher != "openai" and is_partitioned(student.model):
+            raise AblationConfigError(
+                f"reflection teacher {teacher_args.teacher!r}: under DeepSpeed ZeRO-3 the student is split across the "
+                "processes and reflection runs on the main process alone; name an endpoint in "
+                "--reflect_teacher_config (teacher: openai), or reflect first with `srt reflect`"
+            )
+        loaded = LoadedStudent(student.args.model_name_or_path, student.model, student.tokenizer)
+        on_main_process(
+            lambda: reflect_variants(teacher_args, reflection, loaded, data_files["ori"], out / REFLECT_DIR),
+            out / REFLECT_DIR / "reflected.done",
+        )
+        ran["reflect"] = list(VARIANT_FILES)
+        timings["reflect_s"] = time.perf_counter() - t
 
     # 1. scores of the views given as data (every process: scoring is shared)
     if data_files:
@@ -634,8 +677,10 @@ def write_outputs(
     note = (
         f"Each number with its {level} bootstrap interval over the test items ({args.bootstrap_resamples} "
         f"resamples, seed {args.bootstrap_seed}; harness: lm_eval's standard error). `*`: the difference to ori is "
-        "larger than the uncertainty (a winning score whose interval excludes 1.0, a difference whose interval "
-        "excludes 0). Every arm trained on the same number of rows with the same settings and seed."
+        "larger than the uncertainty ("
+        + ("a winning score whose interval excludes 1.0, " if args.test_sets else "")
+        + "a difference whose interval excludes 0). Every arm trained on the same number of rows with the same "
+        "settings and seed."
     )
     if args.held_out:
         note += (

@@ -28,12 +28,13 @@ from srt_trainer.generation import generate_answers
 from srt_trainer.io import check_distinct_paths, write_json, write_rows
 from srt_trainer.models import load_student
 from srt_trainer.models.config import SRTModelConfig
-from srt_trainer.reflection import ReflectArguments, ReflectionArguments, run_reflect
+from srt_trainer.reflection import ReflectionArguments
+from srt_trainer.reflection.variants import VARIANT_FILES, reflect_variants
 from srt_trainer.resources import resolve_data
 from srt_trainer.run.config import RunArguments
 from srt_trainer.scoring.config import ScoringArguments
 from srt_trainer.selection.config import SelectionArguments
-from srt_trainer.teachers import LoadedStudent, TeacherArguments, TeacherFactory
+from srt_trainer.teachers import LoadedStudent, TeacherArguments
 from srt_trainer.templates import get_template
 from srt_trainer.training.config import SRTScriptArguments, SRTSFTConfig
 from srt_trainer.training.prepare import prepare_training_data
@@ -42,41 +43,6 @@ from srt_trainer.training.trainer import train
 from srt_trainer.zero3 import ParameterFetcher, is_partitioned
 
 logger = logging.getLogger(__name__)
-
-
-VARIANT_FILES = {"Q": "q.jsonl", "A": "a.jsonl", "QA": "qa.jsonl"}
-
-
-def _reflect_all(
-    teacher_args: TeacherArguments,
-    reflection: ReflectionArguments,
-    model_args: Any,
-    model: Any,
-    tokenizer: Any,
-    ori: str,
-    folder: Path,
-) -> dict[str, Any]:
-    """Q from the originals, A from the originals, QA from Q (into ``folder``), each resumable through its teacher
-    cache; returns each variant's reflection counts."""
-    q_file = str(folder / VARIANT_FILES["Q"])
-    steps = {
-        "Q": ReflectArguments(mode="instruction", data=ori, output=q_file),
-        "A": ReflectArguments(mode="response", data=ori, output=str(folder / VARIANT_FILES["A"])),
-        "QA": ReflectArguments(mode="response", data=q_file, output=str(folder / VARIANT_FILES["QA"])),
-    }
-    # one factory for the three: a local teacher is loaded once, the student teaches itself when no other is named
-    teacher = TeacherFactory(teacher_args, student=LoadedStudent(model_args.model_name_or_path, model, tokenizer))
-    summaries = {}
-    was_training = model.training
-    model.eval()
-    for variant, args in steps.items():
-        logger.info("reflection %s: %s mode on %s", variant, args.mode, args.data)
-        reflected = run_reflect(args, teacher_args, reflection, teacher=teacher)
-        logger.info("%s\nwrote %s", reflected.result.format(), reflected.output)
-        summary = reflected.summary
-        summaries[variant] = {k: summary.get(k) for k in ("rows", "ok", "fallback", "failed", "counts")}
-    model.train(was_training)
-    return summaries
 
 
 class TeacherPlacementError(SRTUserError, ValueError):
@@ -202,7 +168,9 @@ def run(
     if need_variants:
         reflected = (
             on_main_process(
-                lambda: _reflect_all(teacher_args, reflection, student.args, model, tokenizer, ori, out / "reflect"),
+                lambda: reflect_variants(
+                    teacher_args, reflection, LoadedStudent(student_name, model, tokenizer), ori, out / "reflect"
+                ),
                 out / "reflect" / "reflected.done",
             )
             or {}
