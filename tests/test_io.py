@@ -115,7 +115,7 @@ def test_write_json_is_readable_utf8_and_keeps_a_lone_surrogate_as_its_escape(tm
     assert "\\udc80" in bad.read_text(encoding="utf-8") and json.loads(bad.read_text())["data"] == "x\udc80"
 
 
-def test_the_lock_stops_a_second_run_and_a_refused_run_leaves_no_lock_file(tmp_path):
+def test_the_lock_stops_a_second_run_and_a_run_leaves_no_lock_file(tmp_path):
     output = tmp_path / "scores.jsonl"
     lock = tmp_path / "scores.lock"
     with (
@@ -130,11 +130,14 @@ def test_the_lock_stops_a_second_run_and_a_refused_run_leaves_no_lock_file(tmp_p
         raise ValueError("refused")
     assert not lock.exists()  # created by the refused run, removed by it
     with output_lock(output):
+        assert lock.exists()
+    assert not lock.exists()  # a finished run removes its lock file too
+    lock.touch()  # an older run's
+    with output_lock(output):
         pass
-    assert lock.exists()  # a finished run leaves its lock file, as before
     with pytest.raises(ValueError), output_lock(output):
         raise ValueError("refused")
-    assert lock.exists()  # not this run's own: left as it was
+    assert lock.exists()  # not these runs' own: left as it was
 
 
 def test_a_lock_file_removed_by_its_holder_is_locked_again_on_the_new_file(tmp_path, monkeypatch):

@@ -105,7 +105,8 @@ def output_lock(output: str | Path, what: str = "output") -> Iterator[Path]:
     """Hold the advisory lock of ``output`` (``<stem>.lock`` beside it) for the duration: a second run on the same
     output stops at once with ``OutputLockedError`` instead of racing this one over its files. The lock is the
     operating system's (``flock``): a killed run never leaves it held, so the next run can always resume. A run that
-    ends with an error (a refused input) removes the lock file it created, leaving the folder as it found it."""
+    ends, finished or refused, removes the lock file it created, leaving no lock file beside its outputs (a file
+    it found there, an older run's, is left as it was)."""
     lock_path = sidecar_path(output, "lock")
     try:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,11 +120,9 @@ def output_lock(output: str | Path, what: str = "output") -> Iterator[Path]:
         raise OutputPathError(f"{lock_path}: cannot be created: {e.strerror or e}") from e
     try:
         yield lock_path
-    except BaseException:
+    finally:
         if created:  # removed while still held: a run that opens it now finds another file (see ``_take_lock``)
             lock_path.unlink(missing_ok=True)
-        raise
-    finally:
         os.close(fd)  # releases the lock
 
 
