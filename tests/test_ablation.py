@@ -110,10 +110,15 @@ def plain_response_loss(model, tokenizer, row: dict, max_length: int) -> tuple[f
     return float(loss), len(ids) - start
 
 
+def training_rows(alpaca_rows: list[dict], n: int = 16) -> list[dict]:
+    """The real rows ``variant_files`` builds its four views from (and ``held_out_file`` keeps out)."""
+    return [r for r in alpaca_rows if 40 < len(r["output"]) < 300][:n]
+
+
 def held_out_file(alpaca_rows: list[dict], path: Path, n: int = 6) -> Path:
     """``n`` real rows the arms of ``variant_files`` never see (from the end of the slice), one of them with an
     input, and a row without a reference answer (rejected)."""
-    trained = {r["instruction"] for r in [r for r in alpaca_rows if 40 < len(r["output"]) < 300][:16]}  # see above
+    trained = {r["instruction"] for r in training_rows(alpaca_rows)}
     rows = [
         {k: r[k] for k in ("instruction", "input", "output")}
         for r in alpaca_rows[-60:]
@@ -195,7 +200,7 @@ def _cached(out: Path) -> int:
 def variant_files(alpaca_rows: list[dict], folder: Path, n: int = 16) -> dict[str, Path]:
     """Four variant files of ``n`` real Alpaca rows, no teacher needed: Q asks the instruction again in other words,
     A answers with the response's first sentence, QA is Q's instruction with that answer."""
-    rows = [r for r in alpaca_rows if 40 < len(r["output"]) < 300][:n]
+    rows = training_rows(alpaca_rows, n)
     views: dict[str, list[dict]] = {"ori": [], "Q": [], "A": [], "QA": []}
     for i, r in enumerate(rows):
         asked = f"Answer briefly and precisely. {r['instruction']}"

@@ -611,14 +611,16 @@ def run_ablation(
     # 2. the arms' selections, at one size (main process; the others wait for the marker)
     t = time.perf_counter()
 
+    # the held-out pairs, read once by the main process (which selects and evaluates)
+    held_out = None
+    if args.held_out and state.is_main_process:
+        held_out = load_held_out(args.held_out, out / "held_out.rejects.jsonl")
+
     def select_and_check() -> dict[str, int]:
         sizes = select_arms(args, selection, score_files, arms_dir, states, training_args.seed, ran, script_args.plot)
-        if args.held_out:  # before any training: a held-out row an arm trains on would measure memorization
-            check_no_overlap(held_out_rows(), {arm: arms_dir / arm / SELECTED for arm in args.arms})
+        if held_out is not None:  # before any training: a held-out row an arm trains on would measure memorization
+            check_no_overlap(held_out, {arm: arms_dir / arm / SELECTED for arm in args.arms})
         return sizes
-
-    def held_out_rows() -> Any:
-        return load_held_out(args.held_out, out / "held_out.rejects.jsonl")
 
     sizes = on_main_process(select_and_check, arms_dir / "selected.done")
     timings["select_s"] = time.perf_counter() - t
@@ -641,7 +643,6 @@ def run_ablation(
     # 4. the evaluations (main process)
     t = time.perf_counter()
     loading = LoadingArguments(device=None, trust_remote_code=training_args.trust_remote_code)
-    held_out = held_out_rows() if args.held_out else None
     models = ArmModels(student, arms_dir, loading)
     evaluate_arms(args, judge, models, arms_dir, out, states, ran, script_args.plot, held_out, scoring)
     timings["evaluate_s"] = time.perf_counter() - t

@@ -146,11 +146,7 @@ def build_table(
             if arm == REFERENCE:
                 ref_held_out = losses
             elif ref_held_out is not None:
-                common = sorted(i for i in losses if i in ref_held_out)
-                row.held_out_vs_ori = paired_difference(
-                    [losses[i] for i in common], [ref_held_out[i] for i in common], b.confidence_level,
-                    b.n_resamples, b.seed,
-                )  # fmt: skip
+                row.held_out_vs_ori = _paired_vs_ori(losses, ref_held_out, b)
         reviews = arms_dir / arm / REVIEWS
         if arm != REFERENCE and reviews.is_file():
             outcomes, failed = item_outcomes(reviews)
@@ -189,13 +185,17 @@ def build_table(
         losses = HeldOutItems.read(arms_dir / base / HELD_OUT).losses
         row = ArmRow(base, held_out=bootstrap_mean(list(losses.values()), b.confidence_level, b.n_resamples, b.seed))
         if ref_held_out is not None:
-            common = sorted(i for i in losses if i in ref_held_out)
-            row.held_out_vs_ori = paired_difference(
-                [losses[i] for i in common], [ref_held_out[i] for i in common], b.confidence_level, b.n_resamples,
-                b.seed,
-            )  # fmt: skip
+            row.held_out_vs_ori = _paired_vs_ori(losses, ref_held_out, b)
         table.append(row)
     return table
+
+
+def _paired_vs_ori(losses: Mapping[int, float], ori: Mapping[int, float], b: Bootstrap) -> Estimate:
+    """The paired difference of per-item losses to ori's, over the items both scored."""
+    common = sorted(i for i in losses if i in ori)
+    return paired_difference(
+        [losses[i] for i in common], [ori[i] for i in common], b.confidence_level, b.n_resamples, b.seed
+    )
 
 
 def format_table(table: Sequence[ArmRow], confidence_level: float = 0.95) -> str:
