@@ -91,6 +91,34 @@ def test_a_table_without_judged_test_sets_has_no_pairwise_columns():
     assert "win / tie / lose" in format_table([ArmRow("ori", 4, 1, held_out=loss), judged])
 
 
+def test_the_chart_shows_paired_differences_and_the_noise_floor(tmp_path):
+    from srt_trainer.ablation.table import ArmRow, chart_panels, plot_table
+
+    ori = [2.0, 3.0, 1.0, 4.0, 2.5, 3.5]
+    arms = {"ori": ori, "random": [x - 0.01 for x in ori], "paper": [x + 0.2 for x in ori]}
+    table = [
+        ArmRow(
+            arm,
+            6,
+            1,
+            held_out=bootstrap_mean(losses, 0.95, 1000, 0),
+            held_out_vs_ori=None if arm == "ori" else paired_difference(losses, ori, 0.95, 1000, 0),
+        )
+        for arm, losses in arms.items()
+    ]
+    (panel,) = chart_panels(table)
+    # the arms' paired differences (tight: every item moved alike), not their own wide intervals around ori's line
+    assert list(panel.estimates) == ["random", "paper"] and panel.line == 0.0
+    assert panel.estimates["paper"].value == pytest.approx(0.2)
+    assert panel.estimates["paper"].high - panel.estimates["paper"].low < 1e-9
+    assert panel.band == pytest.approx(0.01) and panel.marked == {"ori": False, "random": True, "paper": True}
+    # with ori alone nothing is compared: its own number, no band
+    (alone,) = chart_panels(table[:1])
+    assert alone.estimates == {"ori": table[0].held_out} and alone.line == table[0].held_out.value
+    assert alone.band is None
+    assert plot_table(table, tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+
+
 # --- the held-out loss against a plain forward pass -------------------------------------------------------------
 
 

@@ -242,50 +242,105 @@ def _str(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def plot_table(table: Sequence[ArmRow], path: str | Path, confidence_level: float = 0.95) -> Path:
-    """One panel per metric: each arm's number with its interval, red where its difference to ori is larger than
-    the uncertainty, and the line that means "as good as ori"."""
-    plt = pyplot()
-    # (title, each arm's estimate, ori's line, whether the arm's difference to ori is larger than the uncertainty)
-    panels: list[tuple[str, dict[str, Estimate], float | None, dict[str, bool]]] = []
+@dataclass(frozen=True)
+class ChartPanel:
+    """One panel of the chart: each arm's estimate, the line that means "as good as ori", the arms whose difference
+    to ori is larger than the uncertainty, and the half-width of the noise-floor band around that line."""
 
-    def marks(diffs: Mapping[str, Estimate | None]) -> dict[str, bool]:
-        return {arm: bool(d is not None and d.excludes) for arm, d in diffs.items()}
+    title: str
+    estimates: dict[str, Estimate]
+    line: float | None
+    marked: dict[str, bool]
+    band: float | None = None
 
-    ho = {r.arm: r.held_out for r in table if r.held_out and r.held_out.value is not None}
-    if ho:
-        ref = next((r.held_out.value for r in table if r.arm == REFERENCE and r.held_out), None)
-        diffs = marks({r.arm: r.held_out_vs_ori for r in table})
-        panels.append(("held-out loss s(y|x), lower is better", ho, ref, diffs))
-    ws = {r.arm: r.winning_score for r in table if r.winning_score and r.winning_score.value is not None}
+
+def _marks(diffs: Mapping[str, Estimate | None]) -> dict[str, bool]:
+    return {arm: bool(d is not None and d.excludes) for arm, d in diffs.items()}
+
+
+def _valid(estimates: Mapping[str, Estimate | None]) -> dict[str, Estimate]:
+    return {a: e for a, e in estimates.items() if e is not None and e.value is not None}
+
+
+def _floor(estimates: Mapping[str, Estimate], line: float) -> float | None:
+    """How far ``random`` lies from ori's line: the noise floor drawn as a band (none without a random arm)."""
+    r = estimates.get("random")
+    return None if r is None else abs(r.value - line)
+
+
+def _metric_panel(
+    title: str, lower_is_better: bool, values: Mapping[str, Estimate | None], diffs: Mapping[str, Estimate | None]
+) -> ChartPanel | None:
+    """The arms' paired differences to ori where any arm has one (the number to read: an arm's own interval also
+    holds the spread over test items that every arm shares); otherwise the values themselves."""
+    direction = "lower" if lower_is_better else "higher"
+    paired = _valid({a: d for a, d in diffs.items() if a != REFERENCE})
+    if paired:
+        return ChartPanel(f"{title} − ori, {direction} is better", paired, 0.0, _marks(diffs), _floor(paired, 0.0))
+    own = _valid(values)
+    if not own:
+        return None
+    ref = own[REFERENCE].value if REFERENCE in own else None
+    return ChartPanel(f"{title}, {direction} is better", own, ref, {})
+
+
+def chart_panels(table: Sequence[ArmRow]) -> list[ChartPanel]:
+    """The chart's panels, one per metric: each arm's difference to ori with its paired interval (the arm's own
+    number where nothing was compared), and the noise-floor band where a ``random`` arm ran."""
+    panels = [
+        _metric_panel(
+            "held-out loss s(y|x)",
+            True,
+            {r.arm: r.held_out for r in table},
+            {r.arm: r.held_out_vs_ori for r in table},
+        )
+    ]
+    ws = _valid({r.arm: r.winning_score for r in table})
     if ws:
-        panels.append(("winning score vs ori", ws, 1.0, marks(ws)))
-    mt = {r.arm: r.mtbench for r in table if r.mtbench and r.mtbench.value is not None}
-    if mt:
-        ref = next((r.mtbench.value for r in table if r.arm == REFERENCE and r.mtbench), None)
-        panels.append(("MT-Bench mean grade", mt, ref, marks({r.arm: r.mtbench_vs_ori for r in table})))
+        panels.append(ChartPanel("winning score vs ori, higher is better", ws, 1.0, _marks(ws), _floor(ws, 1.0)))
+    panels.append(
+        _metric_panel(
+            "MT-Bench mean grade", False, {r.arm: r.mtbench for r in table}, {r.arm: r.mtbench_vs_ori for r in table}
+        )
+    )
     for task in sorted({k for r in table for k in r.harness}):
-        values = {r.arm: r.harness[task] for r in table if task in r.harness and r.harness[task].value is not None}
-        ref_est = next((r.harness[task] for r in table if r.arm == REFERENCE and task in r.harness), None)
-        diffs = marks({r.arm: r.harness_vs_ori.get(task) for r in table})
-        panels.append((task, values, ref_est.value if ref_est else None, diffs))
-    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(4.2 * max(len(panels), 1), 3.6), squeeze=False)
-    for ax, (title, estimates, ref, marked) in zip(axes[0], panels, strict=False):
-        names = list(estimates)
-        values = [estimates[a].value for a in names]
-        low = [
-            v - (estimates[a].low if estimates[a].low is not None else v) for a, v in zip(names, values, strict=True)
-        ]
-        high = [
-            (estimates[a].high if estimates[a].high is not None else v) - v for a, v in zip(names, values, strict=True)
-        ]
-        colors = ["#c44e52" if marked.get(a) else "#4c72b0" for a in names]
-        ax.errorbar(range(len(names)), values, yerr=[low, high], fmt="none", ecolor="#555555", capsize=4)
-        ax.scatter(range(len(names)), values, c=colors, zorder=3)
-        if ref is not None:
-            ax.axhline(ref, color="#999999", linestyle="--", linewidth=1)
-        ax.set_xticks(range(len(names)), names, rotation=35, ha="right")
-        ax.set_title(f"{title} ({confidence_level:.0%} intervals)", fontsize=9)
-    if not panels:
+        panels.append(
+            _metric_panel(
+                task,
+                False,
+                {r.arm: r.harness.get(task) for r in table},
+                {r.arm: r.harness_vs_ori.get(task) for r in table},
+            )
+        )
+    return [p for p in panels if p is not None]
+
+
+def plot_table(table: Sequence[ArmRow], path: str | Path, confidence_level: float = 0.95) -> Path:
+    """The chart of ``chart_panels``: red where the difference to ori is larger than the uncertainty, a dashed line
+    at "as good as ori", and a grey band as wide as ``random``'s distance from it (what the draw of rows alone
+    does)."""
+    plt = pyplot()
+    drawn = chart_panels(table)
+    fig, axes = plt.subplots(1, max(len(drawn), 1), figsize=(4.4 * max(len(drawn), 1), 3.8), squeeze=False)
+    for ax, panel in zip(axes[0], drawn, strict=False):
+        _draw(ax, panel)
+        ax.set_title(f"{panel.title}\n({confidence_level:.0%} intervals)", fontsize=9)
+    if not drawn:
         axes[0][0].text(0.5, 0.5, "no evaluation", ha="center", va="center")
     return save_figure(fig, path)
+
+
+def _draw(ax: Any, panel: ChartPanel) -> None:
+    names = list(panel.estimates)
+    values = [panel.estimates[a].value for a in names]
+    low = [v - e.low if e.low is not None else 0.0 for v, e in zip(values, panel.estimates.values(), strict=True)]
+    high = [e.high - v if e.high is not None else 0.0 for v, e in zip(values, panel.estimates.values(), strict=True)]
+    colors = ["#c44e52" if panel.marked.get(a) else "#4c72b0" for a in names]
+    if panel.band and panel.line is not None:
+        ax.axhspan(panel.line - panel.band, panel.line + panel.band, color="#dddddd", zorder=0, label="random − ori")
+        ax.legend(loc="best", fontsize=7, frameon=False)
+    ax.errorbar(range(len(names)), values, yerr=[low, high], fmt="none", ecolor="#555555", capsize=4)
+    ax.scatter(range(len(names)), values, c=colors, zorder=3)
+    if panel.line is not None:
+        ax.axhline(panel.line, color="#999999", linestyle="--", linewidth=1)
+    ax.set_xticks(range(len(names)), names, rotation=35, ha="right")
