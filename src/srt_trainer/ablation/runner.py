@@ -570,8 +570,9 @@ def run_ablation(
 
     score_files, data_files = _score_files(script_args)
     needed = _needed_views(args.arms, selection)
-    to_reflect = [v for v in VARIANTS if v != "ori" and v in needed and v not in score_files | data_files]
-    if to_reflect and "ori" in data_files:  # from the original pairs alone: the reflections are made first
+    unscored = [v for v in VARIANTS if v != "ori" and v in needed and v not in score_files | data_files]
+    reflect_first = bool(unscored) and "ori" in data_files  # from the original pairs alone: reflect them first
+    if reflect_first:
         data_files |= {v: str(out / REFLECT_DIR / VARIANT_FILES[v]) for v in VARIANT_FILES}
     missing = [f"--{VARIANT_FIELDS[v]}_scores" for v in VARIANTS if v in needed and v not in score_files | data_files]
     if missing:
@@ -583,7 +584,7 @@ def run_ablation(
     student = Student(model_args, training_args)
 
     # 0. the reflections, when only the original pairs were given (main process; the others wait for the marker)
-    if to_reflect and "ori" in data_files:
+    if reflect_first:
         t = time.perf_counter()
         teacher_args = reflect_teacher(args.reflect_teacher_config)
         if teacher_args.teacher != "openai" and is_partitioned(student.model):
