@@ -125,6 +125,12 @@ def test_dry_run_scoring(dry_run):
     big = report["steps"]["scoring_7b"]
     assert big["engines"]["packed"]["flops"] > 0 and scoring["matmul_peak_tflops"] > 0
     assert scoring["mfu_7b"] == big["engines"]["packed"]["mfu"] > 0
+    # the profile splits the default engine's time by what it computes; every part of the forward took some
+    profile = big["profile"]
+    assert profile["engine"] == "packed" and profile["rows"] == DRY.profile_rows_7b
+    assert all(profile["parts"][p]["seconds"] > 0 for p in ("attention", "linear layers", "output layer"))
+    assert sum(p["share"] for p in profile["parts"].values()) == pytest.approx(1.0, abs=0.05)
+    assert scoring["profile_7b_largest_part"] == profile["largest_part"] and 0 < scoring["profile_7b_busy_share"] <= 1
     # and the packed engine under flex attention ran (its BlockMask path) on the first of the same rows
     flex = big["engines"]["packed_flex"]
     assert flex["engine"] == "packed" and flex["samples"] == DRY.flex_rows_7b and flex["flops"] > 0

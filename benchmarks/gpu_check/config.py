@@ -82,6 +82,7 @@ class Sizes:
     rows_7b: int
     padded_rows_7b: int
     flex_rows_7b: int  # the packed engine under flex attention, on the first of the same rows
+    profile_rows_7b: int  # the default engine under torch.profiler, on the first of the same rows
     flex_recompiles: int | None  # dynamo's recompile limit while flex is measured (None: torch's own, 8)
     shape_7b: str
     matmul_n: int
@@ -135,6 +136,7 @@ GPU = Sizes(
     rows_7b=600,
     padded_rows_7b=100,
     flex_rows_7b=600,
+    profile_rows_7b=100,
     flex_recompiles=None,
     shape_7b="llama2-7b",
     matmul_n=8192,
@@ -182,6 +184,7 @@ DRY = Sizes(
     rows_7b=2,
     padded_rows_7b=2,
     flex_rows_7b=1,
+    profile_rows_7b=2,
     # on a CPU, inductor cannot compile flex for dynamic shapes: each new shape recompiles (seconds each) until the
     # limit, then runs the unfused kernel, with the same results; one compile shows the path
     flex_recompiles=1,

@@ -28,6 +28,8 @@ HEADLINE: Mapping[str, Mapping[str, tuple[str, str]]] = MappingProxyType(
             "mfu_7b": ("scoring_7b", "mfu_7b"),
             "mfu_7b_flex": ("scoring_7b", "mfu_7b_flex"),
             "flex_vs_sdpa_packed": ("scoring_7b", "flex_vs_sdpa_packed"),
+            "profile_7b_largest_part": ("scoring_7b", "largest_part"),
+            "profile_7b_busy_share": ("scoring_7b", "busy_share"),
             "tokens_per_s_7b": ("scoring_7b", "tokens_per_s"),
             "peak_memory_gib_7b": ("scoring_7b", "peak_memory_gib"),
             "matmul_peak_tflops": ("scoring_7b", "matmul_peak_tflops"),

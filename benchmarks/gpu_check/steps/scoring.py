@@ -1,5 +1,6 @@
 """The scoring steps: the release's one-sample loop against ``IFDScorer`` on the small student, and the scorer's
-model-FLOPs utilization on a Llama-2-7B-shaped one (padded, packed under sdpa, packed under flex attention)."""
+model-FLOPs utilization on a Llama-2-7B-shaped one (padded, packed under sdpa, packed under flex attention) with a
+profile of where its time goes."""
 
 from __future__ import annotations
 
@@ -94,7 +95,7 @@ def step_scoring_small(ctx: StepContext) -> dict[str, Any]:
 
 def step_scoring_7b(ctx: StepContext) -> dict[str, Any]:
     """The scorer on a Llama-2-7B-shaped student (random bf16 weights): tokens/s, peak memory and model-FLOPs
-    utilization against a bf16 matmul measured in the same process."""
+    utilization against a bf16 matmul measured in the same process, and a profile of where the time goes."""
     import bench_scoring as bench
     import torch
 
@@ -132,6 +133,16 @@ def step_scoring_7b(ctx: StepContext) -> dict[str, Any]:
             if out["peak_memory_gib"] is None:
                 out["peak_memory_gib_reason"] = "torch measures peak memory on CUDA devices only"
         ctx.record(**out)
+    # where the default engine's time goes (what limits its MFU), on the first of the same rows
+    try:
+        out["profile"] = _profile(model, tokenizer, template, rows[: s.profile_rows_7b], engines[0])
+    except Exception as e:  # the numbers above stand; the report says why there is no profile
+        why = f"profiling failed: {type(e).__name__}: {e}"[:300]
+        out["largest_part_reason"] = out["busy_share_reason"] = why
+    else:
+        out["largest_part"] = out["profile"]["largest_part"]
+        out["busy_share"] = out["profile"]["busy_share"]
+    ctx.record(**out)
     # last, since its first forwards compile: the packed engine under flex attention, whose BlockMask skips the
     # tiles between packed views that sdpa computes and masks
     try:
@@ -154,6 +165,16 @@ def _rates(r: dict[str, Any], peak: float) -> dict[str, Any]:
         "tokens_per_s": r["tokens"] / r["seconds"],
         "mfu": r["flops"] / r["seconds"] / peak,
     }
+
+
+def _profile(model: Any, tokenizer: Any, template: Any, rows: list, engine: str) -> dict[str, Any]:
+    """``profile_scoring`` of the scorer (warmed on the first rows) with ``engine``."""
+    from gpu_check.profiling import profile_scoring
+    from srt_trainer.scoring.scorer import IFDScorer
+
+    scorer = IFDScorer(model, tokenizer, template, max_length=MAX_LENGTH, engine=engine)
+    scorer.score(rows[:2])
+    return {"engine": engine, **profile_scoring(scorer, rows, device())}
 
 
 def _packed_flex(

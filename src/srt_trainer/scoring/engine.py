@@ -32,6 +32,10 @@ MASKED_ATTENTION = frozenset({"sdpa", "eager"})
 # flex attention takes a BlockMask instead: a mask function plus, per 128 x 128 tile, whether the tile is empty,
 # full or partial, so the kernel skips the tiles between packed views rather than computing and masking them.
 BLOCK_MASK_ATTENTION = frozenset({"flex_attention"})
+# Named ranges of a scoring forward under ``torch.profiler`` (no cost without one): the decoder, and the output layer
+# with the loss at target positions, so that a profile splits the forward's time between them.
+DECODER_RANGE = "srt::decoder"
+OUTPUT_RANGE = "srt::output_layer"
 
 
 def block_causal_mask(view_index: torch.Tensor, prefix_len: int = 0) -> torch.Tensor:
@@ -230,7 +234,8 @@ class ForwardEngine:
         order as a scoring forward does (see ``finish``)."""
         if not self.fast_path:
             return self.model(**kwargs)
-        out = self._decoder(**kwargs)
+        with torch.profiler.record_function(DECODER_RANGE):
+            out = self._decoder(**kwargs)
         with self._held_head():
             pass
         return out
@@ -289,8 +294,9 @@ class ForwardEngine:
         owner = owner[:, 1:][keep]
         targets = targets[keep]
         if self.fast_path:
-            rows = self._decoder(**kwargs).last_hidden_state[:, :-1][keep]
-            with self._held_head():
+            with torch.profiler.record_function(DECODER_RANGE):
+                rows = self._decoder(**kwargs).last_hidden_state[:, :-1][keep]
+            with self._held_head(), torch.profiler.record_function(OUTPUT_RANGE):
                 if self.tiled:
                     losses = tiled_nll(rows, self._head.weight, self._head.bias, targets)
                 else:
