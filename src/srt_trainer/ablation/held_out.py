@@ -81,7 +81,7 @@ def response_losses(
 
 @dataclass
 class HeldOutItems:
-    """One model's held-out losses, by the held-out row's index in its file."""
+    """One model's held-out losses, by the held-out row's index in its file (in that order)."""
 
     losses: dict[int, float]
     unscored: int  # items without a response token to score
@@ -89,7 +89,8 @@ class HeldOutItems:
     @classmethod
     def read(cls, path: str | Path) -> HeldOutItems:
         records = read_rows(path)
-        losses = {int(r["row_index"]): float(r["loss"]) for r in records if r["loss"] is not None}
+        scored = sorted((int(r["row_index"]), float(r["loss"])) for r in records if r["loss"] is not None)
+        losses = dict(scored)
         return cls(losses, len(records) - len(losses))
 
 

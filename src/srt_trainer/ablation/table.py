@@ -159,14 +159,7 @@ def build_table(
             if arm == REFERENCE:
                 ref_questions = scores
             elif ref_questions is not None:
-                common = [q for q in scores if q in ref_questions]
-                row.mtbench_vs_ori = paired_difference(
-                    [scores[q] for q in common],
-                    [ref_questions[q] for q in common],
-                    b.confidence_level,
-                    b.n_resamples,
-                    b.seed,
-                )
+                row.mtbench_vs_ori = _paired_vs_ori(scores, ref_questions, b)
         harness = arms_dir / arm / HARNESS
         if harness.is_file():
             results = harness_results(harness)
@@ -190,11 +183,12 @@ def build_table(
     return table
 
 
-def _paired_vs_ori(losses: Mapping[int, float], ori: Mapping[int, float], b: Bootstrap) -> Estimate:
-    """The paired difference of per-item losses to ori's, over the items both scored."""
-    common = sorted(i for i in losses if i in ori)
+def _paired_vs_ori(values: Mapping[Any, float], ori: Mapping[Any, float], b: Bootstrap) -> Estimate:
+    """The paired difference of per-item values (held-out losses, MT-Bench grades) to ori's, over the items both
+    have, in the order of ``values``."""
+    common = [i for i in values if i in ori]
     return paired_difference(
-        [losses[i] for i in common], [ori[i] for i in common], b.confidence_level, b.n_resamples, b.seed
+        [values[i] for i in common], [ori[i] for i in common], b.confidence_level, b.n_resamples, b.seed
     )
 
 
