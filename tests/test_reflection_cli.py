@@ -170,3 +170,21 @@ def test_missing_vllm_is_a_clear_error(alpaca_rows, tmp_path, capsys):
     )
     assert code == 2 and "pip install 'srt-trainer[vllm]'" in capsys.readouterr().err
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_local_teacher_is_refused_for_a_zero3_partitioned_student():
+    """Reflection runs on the main process alone, which holds a slice of a ZeRO-3 student: `srt run` and `srt ablate`
+    refuse a local teacher there, and take an endpoint."""
+    import pytest
+    import torch
+
+    from srt_trainer.reflection.variants import TeacherPlacementError, check_teacher_placement
+    from srt_trainer.teachers import TeacherArguments
+
+    model = torch.nn.Linear(2, 2)
+    local, endpoint = TeacherArguments(teacher="transformers"), TeacherArguments(teacher="openai", teacher_model="t")
+    check_teacher_placement(local, model, "use an endpoint")  # a whole student teaches itself
+    model.weight.ds_id = 0  # how DeepSpeed marks a partitioned parameter
+    with pytest.raises(TeacherPlacementError, match=r"'transformers': under DeepSpeed ZeRO-3.*; use an endpoint$"):
+        check_teacher_placement(local, model, "use an endpoint")
+    check_teacher_placement(endpoint, model, "use an endpoint")

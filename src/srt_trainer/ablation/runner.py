@@ -42,7 +42,7 @@ from srt_trainer.evaluation.manifest import build_manifest, endpoint_host, file_
 from srt_trainer.io import write_json, write_text_atomic
 from srt_trainer.models.config import LoadingArguments, SRTModelConfig
 from srt_trainer.reflection.config import ReflectionArguments
-from srt_trainer.reflection.variants import VARIANT_FILES, reflect_variants
+from srt_trainer.reflection.variants import VARIANT_FILES, check_teacher_placement, reflect_variants
 from srt_trainer.resources import resolve_data
 from srt_trainer.scoring.config import ScoringArguments
 from srt_trainer.selection import SelectArguments, SelectionArguments, run_select
@@ -54,7 +54,6 @@ from srt_trainer.training.config import VARIANT_FIELDS, SRTScriptArguments, SRTS
 from srt_trainer.training.prepare import check_variant_files, score_variants
 from srt_trainer.training.student import Student
 from srt_trainer.training.trainer import train
-from srt_trainer.zero3 import is_partitioned
 
 logger = logging.getLogger(__name__)
 
@@ -587,12 +586,11 @@ def run_ablation(
     if reflect_first:
         t = time.perf_counter()
         teacher_args = reflect_teacher(args.reflect_teacher_config)
-        if teacher_args.teacher != "openai" and is_partitioned(student.model):
-            raise AblationConfigError(
-                f"reflection teacher {teacher_args.teacher!r}: under DeepSpeed ZeRO-3 the student is split across the "
-                "processes and reflection runs on the main process alone; name an endpoint in "
-                "--reflect_teacher_config (teacher: openai), or reflect first with `srt reflect`"
-            )
+        check_teacher_placement(
+            teacher_args,
+            student.model,
+            "name an endpoint in --reflect_teacher_config (teacher: openai), or reflect first with `srt reflect`",
+        )
         loaded = LoadedStudent(student.args.model_name_or_path, student.model, student.tokenizer)
         on_main_process(
             lambda: reflect_variants(teacher_args, reflection, loaded, data_files["ori"], out / REFLECT_DIR),

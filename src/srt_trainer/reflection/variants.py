@@ -8,13 +8,29 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from srt_trainer.errors import SRTUserError
 from srt_trainer.reflection.config import ReflectArguments, ReflectionArguments
 from srt_trainer.reflection.runner import run_reflect
 from srt_trainer.teachers import LoadedStudent, TeacherArguments, TeacherFactory
+from srt_trainer.zero3 import is_partitioned
 
 logger = logging.getLogger(__name__)
 
 VARIANT_FILES = {"Q": "q.jsonl", "A": "a.jsonl", "QA": "qa.jsonl"}
+
+
+class TeacherPlacementError(SRTUserError, ValueError):
+    """A teacher that cannot run where the job would run it."""
+
+
+def check_teacher_placement(teacher_args: TeacherArguments, model: Any, remedy: str) -> None:
+    """Refuse a local teacher for a ZeRO-3-partitioned student: reflection runs on the main process alone, which
+    holds only a slice of the student's weights. ``remedy``: what the user can do instead, in their command's terms."""
+    if teacher_args.teacher != "openai" and is_partitioned(model):
+        raise TeacherPlacementError(
+            f"teacher {teacher_args.teacher!r}: under DeepSpeed ZeRO-3 the student is split across the processes, "
+            f"and reflection runs on the main process alone; {remedy}"
+        )
 
 
 def reflect_variants(

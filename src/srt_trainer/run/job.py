@@ -23,13 +23,12 @@ from typing import Any
 
 from srt_trainer.data import load_instruction_data
 from srt_trainer.distributed import get_state, on_main_process
-from srt_trainer.errors import SRTUserError
 from srt_trainer.generation import generate_answers
 from srt_trainer.io import check_distinct_paths, write_json, write_rows
 from srt_trainer.models import load_student
 from srt_trainer.models.config import SRTModelConfig
 from srt_trainer.reflection import ReflectionArguments
-from srt_trainer.reflection.variants import VARIANT_FILES, reflect_variants
+from srt_trainer.reflection.variants import VARIANT_FILES, check_teacher_placement, reflect_variants
 from srt_trainer.resources import resolve_data
 from srt_trainer.run.config import RunArguments
 from srt_trainer.scoring.config import ScoringArguments
@@ -43,10 +42,6 @@ from srt_trainer.training.trainer import train
 from srt_trainer.zero3 import ParameterFetcher, is_partitioned
 
 logger = logging.getLogger(__name__)
-
-
-class TeacherPlacementError(SRTUserError, ValueError):
-    """A teacher that cannot run where the job would run it."""
 
 
 def _answers(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, partitioned: bool) -> list[str]:
@@ -142,11 +137,12 @@ def run(
     # under a ZeRO-3 launch each process holds a slice of the student: it generates only with every process
     partitioned = is_partitioned(model)
     need_variants = selection.needed_views() != ("ori",)
-    if partitioned and need_variants and teacher_args.teacher != "openai":
-        raise TeacherPlacementError(
-            f"teacher {teacher_args.teacher!r}: under DeepSpeed ZeRO-3 the student is split across the processes, "
-            "and reflection runs on the main process alone; use an endpoint (--teacher openai --base_url URL, e.g. "
-            "a vLLM server of the teacher), or reflect first with `srt reflect` and launch `srt train`"
+    if need_variants:
+        check_teacher_placement(
+            teacher_args,
+            model,
+            "use an endpoint (--teacher openai --base_url URL, e.g. a vLLM server of the teacher), or reflect first "
+            "with `srt reflect` and launch `srt train`",
         )
     held_out: list[dict[str, str]] = []
     prompts: list[str] = []
