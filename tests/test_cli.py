@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,29 @@ def test_main_job_checks_its_data_before_any_model_work(tmp_path, capsys, monkey
     data = REPO / "tests" / "data" / "alpaca_slice.json"
     argv = ["run", str(config), "--data", str(data), "--offset", "9999", "--output_dir", str(tmp_path / "o")]
     assert main(argv) == 2 and "no rows from --offset 9999 on" in capsys.readouterr().err
+
+
+def test_a_process_of_a_launch_ends_with_its_exit_status_and_its_output_flushed():
+    """Under a multi-process launch a command's process ends at once after its work (no interpreter shutdown, where a
+    gloo worker thread still releasing tensors would abort it): the status, and every line written, stay."""
+    body = (
+        "import logging, sys\n"
+        "from srt_trainer.errors import SRTUserError, run_cli\n"
+        "def done():\n"
+        "    print('written', end='')\n"
+        "    logging.getLogger('srt_trainer').warning('logged')\n"
+        "def refused():\n"
+        "    raise SRTUserError('data.json: no rows')\n"
+        "code = run_cli('srt x', done if sys.argv[1] == 'done' else refused)\n"
+        "print('after the command')  # not reached under a launch\n"
+        "sys.exit(code)\n"
+    )
+    env = {**os.environ, "WORLD_SIZE": "2"}
+    ok = subprocess.run([sys.executable, "-c", body, "done"], capture_output=True, text=True, env=env)
+    assert ok.returncode == 0 and ok.stdout == "written" and "logged" in ok.stderr
+    refused = subprocess.run([sys.executable, "-c", body, "refused"], capture_output=True, text=True, env=env)
+    assert refused.returncode == 2 and refused.stdout == "" and "srt x: data.json: no rows" in refused.stderr
+    alone = subprocess.run(
+        [sys.executable, "-c", body, "done"], capture_output=True, text=True, env={**env, "WORLD_SIZE": "1"}
+    )
+    assert alone.returncode == 0 and alone.stdout == "writtenafter the command\n"

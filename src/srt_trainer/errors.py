@@ -123,5 +123,19 @@ def run_cli(prog: str, command: Callable[[], object]) -> int:
         if debug_enabled():
             traceback.print_exc()
         print(f"{prog}: {message}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    return EXIT_OK
+        return _leave_launch(EXIT_USER_ERROR)
+    return _leave_launch(EXIT_OK)
+
+
+def _leave_launch(code: int) -> int:
+    """``code``; in a process of a multi-process launch (``accelerate launch``, ``torchrun``), the process ends here
+    with it, once its output is flushed, without the interpreter's shutdown. A gloo worker thread may still be
+    releasing the tensors of the last collective, which needs the interpreter; when shutdown has begun, that thread
+    aborts the process (SIGABRT, "terminate called without an active exception"), failing a run whose work is done
+    and saved. Everything the command wrote is closed by then; the process group was destroyed by the training."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return code
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
